@@ -1,0 +1,309 @@
+//! A deterministic synthetic feedback stream drawn from planted user and item
+//! factors, so a learner has real structure to find and tests know the truth.
+//! It can also mix in malformed messages, cycling through every rejection
+//! reason, each labelled with the reason a validator must give.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::codec::{ContentType, encode};
+use crate::event::{Click, EventKind, Features, Feedback, Forget, Rating};
+use crate::reject::RejectReason;
+
+/// Devices used as the click context feature, with their planted logit effect.
+const DEVICES: [(&str, f32); 3] = [("ios", 0.3), ("android", -0.2), ("web", 0.0)];
+
+/// Shape of the synthetic stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthConfig {
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Number of distinct users.
+    pub users: u32,
+    /// Number of distinct items (popularity is skewed towards low indices).
+    pub items: u32,
+    /// Dimension of the planted factors.
+    pub dim: usize,
+    /// Standard deviation of the rating noise.
+    pub rating_noise: f32,
+    /// Share of valid events that are clicks (the rest are ratings or forgets).
+    pub click_share: f64,
+    /// Share of valid events that are forget requests.
+    pub forget_share: f64,
+    /// Share of messages that are malformed.
+    pub invalid_rate: f64,
+    /// Share of valid events sent as bincode instead of JSON.
+    pub bincode_share: f64,
+    /// Event time of the first message (epoch ms).
+    pub start_ts: i64,
+    /// Event time step between consecutive messages (ms).
+    pub ts_step_ms: i64,
+    /// The validator's size limit, so oversized messages exceed it.
+    pub max_message_bytes: usize,
+    /// Ratings are clipped into this range.
+    pub rating_range: (f32, f32),
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            seed: 42,
+            users: 2_000,
+            items: 1_000,
+            dim: 8,
+            rating_noise: 0.3,
+            click_share: 0.5,
+            forget_share: 0.0,
+            invalid_rate: 0.0,
+            bincode_share: 0.0,
+            start_ts: 1_764_400_000_000,
+            ts_step_ms: 1,
+            max_message_bytes: 64 * 1024,
+            rating_range: (1.0, 5.0),
+        }
+    }
+}
+
+/// The ground truth the stream is drawn from.
+#[derive(Debug, Clone)]
+pub struct PlantedModel {
+    dim: usize,
+    global_rating: f32,
+    click_bias: f32,
+    user_bias: Vec<f32>,
+    item_bias: Vec<f32>,
+    user_factors: Vec<f32>,
+    item_factors: Vec<f32>,
+}
+
+impl PlantedModel {
+    fn draw(cfg: &SynthConfig, rng: &mut ChaCha8Rng) -> Self {
+        let bias = Normal::new(0.0f32, 0.4).expect("valid normal");
+        // Factor scale chosen so that u·v has a standard deviation of about 0.6.
+        let scale = (0.6f32 / (cfg.dim.max(1) as f32).sqrt()).sqrt();
+        let factor = Normal::new(0.0f32, scale).expect("valid normal");
+        let users = cfg.users.max(1) as usize;
+        let items = cfg.items.max(1) as usize;
+        PlantedModel {
+            dim: cfg.dim,
+            global_rating: 3.5,
+            click_bias: -0.5,
+            user_bias: (0..users).map(|_| bias.sample(rng)).collect(),
+            item_bias: (0..items).map(|_| bias.sample(rng)).collect(),
+            user_factors: (0..users * cfg.dim).map(|_| factor.sample(rng)).collect(),
+            item_factors: (0..items * cfg.dim).map(|_| factor.sample(rng)).collect(),
+        }
+    }
+
+    fn affinity(&self, user: usize, item: usize) -> f32 {
+        let u = &self.user_factors[user * self.dim..(user + 1) * self.dim];
+        let v = &self.item_factors[item * self.dim..(item + 1) * self.dim];
+        u.iter().zip(v).map(|(a, b)| a * b).sum()
+    }
+
+    /// The noiseless rating of `item` by `user` (before clipping).
+    pub fn expected_rating(&self, user: usize, item: usize) -> f32 {
+        self.global_rating + self.user_bias[user] + self.item_bias[item] + self.affinity(user, item)
+    }
+
+    /// The probability that `user` clicks `item`, without context.
+    pub fn click_probability(&self, user: usize, item: usize) -> f32 {
+        let logit = self.click_bias + self.item_bias[item] + 2.0 * self.affinity(user, item);
+        1.0 / (1.0 + (-logit).exp())
+    }
+}
+
+/// Which input topic a message belongs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// The clicks topic.
+    Clicks,
+    /// The ratings topic (forget requests go here too).
+    Ratings,
+}
+
+/// What a validator must make of a synthetic message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// A valid event of this kind.
+    Valid(EventKind),
+    /// A rejection with this reason.
+    Invalid(RejectReason),
+}
+
+/// One message ready to produce.
+#[derive(Debug, Clone)]
+pub struct SynthMessage {
+    /// Destination topic.
+    pub stream: Stream,
+    /// Message key (the user id).
+    pub key: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Value of the `content-type` header, if any.
+    pub content_type: Option<String>,
+    /// What validation must conclude.
+    pub expected: Expected,
+}
+
+/// The stream itself: an endless iterator of messages.
+#[derive(Debug, Clone)]
+pub struct SynthStream {
+    cfg: SynthConfig,
+    planted: PlantedModel,
+    rng: ChaCha8Rng,
+    noise: Normal<f32>,
+    produced: u64,
+    invalid_produced: usize,
+}
+
+impl SynthStream {
+    /// A stream shaped by `cfg`.
+    pub fn new(cfg: SynthConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let planted = PlantedModel::draw(&cfg, &mut rng);
+        let noise = Normal::new(0.0, cfg.rating_noise.max(0.0)).expect("valid normal");
+        SynthStream { cfg, planted, rng, noise, produced: 0, invalid_produced: 0 }
+    }
+
+    /// The planted ground truth.
+    pub fn planted(&self) -> &PlantedModel {
+        &self.planted
+    }
+
+    /// The next valid event, at event time `ts`.
+    pub fn next_event_at(&mut self, ts: i64) -> Feedback {
+        let user_index = self.rng.random_range(0..self.cfg.users.max(1)) as usize;
+        let user = format!("u{user_index}");
+        let draw: f64 = self.rng.random();
+        if draw < self.cfg.forget_share {
+            return Feedback::Forget(Forget { user, ts });
+        }
+        // Skewed popularity: low indices are drawn far more often.
+        let skew: f64 = self.rng.random();
+        let item_index = ((self.cfg.items.max(1) as f64) * skew * skew) as usize;
+        let item_index = item_index.min(self.cfg.items.max(1) as usize - 1);
+        let item = format!("i{item_index}");
+        if draw < self.cfg.forget_share + self.cfg.click_share {
+            let (device, effect) = DEVICES[self.rng.random_range(0..DEVICES.len())];
+            let p = self.planted.click_probability(user_index, item_index);
+            let logit = (p / (1.0 - p)).ln() + effect;
+            let clicked = self.rng.random::<f32>() < 1.0 / (1.0 + (-logit).exp());
+            let features = Features::from([("device".to_owned(), device.to_owned())]);
+            Feedback::Click(Click { user, item, clicked, ts, features })
+        } else {
+            let (low, high) = self.cfg.rating_range;
+            let noisy = self.planted.expected_rating(user_index, item_index) + self.noise.sample(&mut self.rng);
+            let rating = (noisy.clamp(low, high) * 100.0).round() / 100.0;
+            Feedback::Rating(Rating { user, item, rating, ts, features: Features::new() })
+        }
+    }
+
+    /// The next message (valid or, at the configured rate, malformed) at event time `ts`.
+    pub fn next_message_at(&mut self, ts: i64) -> SynthMessage {
+        let event = self.next_event_at(ts);
+        let stream = match event {
+            Feedback::Click(_) => Stream::Clicks,
+            _ => Stream::Ratings,
+        };
+        let key = event.user().to_owned();
+        if self.rng.random::<f64>() < self.cfg.invalid_rate {
+            let reason = RejectReason::ALL[self.invalid_produced % RejectReason::ALL.len()];
+            self.invalid_produced += 1;
+            let (payload, content_type) = malformed(&event, reason, self.cfg.max_message_bytes);
+            return SynthMessage {
+                stream,
+                key,
+                payload,
+                content_type: content_type.map(str::to_owned),
+                expected: Expected::Invalid(reason),
+            };
+        }
+        let format =
+            if self.rng.random::<f64>() < self.cfg.bincode_share { ContentType::Bincode } else { ContentType::Json };
+        SynthMessage {
+            stream,
+            key,
+            payload: encode(&event, format),
+            content_type: Some(format.mime().to_owned()),
+            expected: Expected::Valid(event.kind()),
+        }
+    }
+}
+
+impl Iterator for SynthStream {
+    type Item = SynthMessage;
+
+    fn next(&mut self) -> Option<SynthMessage> {
+        let ts = self.cfg.start_ts + self.produced as i64 * self.cfg.ts_step_ms;
+        self.produced += 1;
+        Some(self.next_message_at(ts))
+    }
+}
+
+/// A payload derived from `event` that breaks exactly the rule `reason` names.
+fn malformed(event: &Feedback, reason: RejectReason, max_message_bytes: usize) -> (Vec<u8>, Option<&'static str>) {
+    const JSON: Option<&str> = Some("application/json");
+    let ts = event.ts();
+    let user = event.user();
+    let json = |value: serde_json::Value| (value.to_string().into_bytes(), JSON);
+    match reason {
+        RejectReason::TooLarge => json(serde_json::json!({
+            "type": "forget", "user": user, "ts": ts,
+            "padding": "x".repeat(max_message_bytes),
+        })),
+        RejectReason::UnsupportedContentType => (encode(event, ContentType::Json), Some("text/xml")),
+        RejectReason::InvalidUtf8 => {
+            let mut bytes = format!(r#"{{"type":"forget","user":"{user}","ts":{ts}}}"#).into_bytes();
+            bytes.insert(bytes.len() - 3, 0xff);
+            (bytes, JSON)
+        }
+        RejectReason::MalformedJson => (format!(r#"{{"type":"rating","user":"{user}","rating":"#).into_bytes(), JSON),
+        RejectReason::MalformedBincode => {
+            let mut bytes = encode(event, ContentType::Bincode);
+            bytes.truncate(bytes.len() / 2);
+            (bytes, Some(ContentType::Bincode.mime()))
+        }
+        RejectReason::UnknownType => {
+            json(serde_json::json!({"type": "purchase", "user": user, "item": "i1", "ts": ts}))
+        }
+        RejectReason::MissingId => {
+            json(serde_json::json!({"type": "click", "user": "", "item": "i1", "clicked": true, "ts": ts}))
+        }
+        RejectReason::IdTooLong => json(serde_json::json!({
+            "type": "click", "user": "u".repeat(300), "item": "i1", "clicked": false, "ts": ts,
+        })),
+        RejectReason::MissingField => json(serde_json::json!({"type": "rating", "user": user, "item": "i1", "ts": ts})),
+        RejectReason::NonFinite => {
+            let nan = Feedback::Rating(Rating {
+                user: user.to_owned(),
+                item: "i1".to_owned(),
+                rating: f32::NAN,
+                ts,
+                features: Features::new(),
+            });
+            (encode(&nan, ContentType::Bincode), Some(ContentType::Bincode.mime()))
+        }
+        RejectReason::RatingOutOfRange => json(serde_json::json!({
+            "type": "rating", "user": user, "item": "i1", "rating": 99.5, "ts": ts,
+        })),
+        RejectReason::MissingTimestamp => {
+            json(serde_json::json!({"type": "click", "user": user, "item": "i1", "clicked": true}))
+        }
+        RejectReason::TimestampOutOfRange => json(serde_json::json!({
+            "type": "click", "user": user, "item": "i1", "clicked": true, "ts": -ts,
+        })),
+        RejectReason::TooManyFeatures => {
+            let features: Features = (0..200).map(|i| (format!("f{i}"), "v".to_owned())).collect();
+            json(serde_json::json!({
+                "type": "click", "user": user, "item": "i1", "clicked": true, "ts": ts,
+                "features": features,
+            }))
+        }
+        RejectReason::InvalidFeature => json(serde_json::json!({
+            "type": "click", "user": user, "item": "i1", "clicked": true, "ts": ts,
+            "features": {"a=b": "c"},
+        })),
+    }
+}

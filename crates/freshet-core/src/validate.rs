@@ -1,0 +1,146 @@
+//! Validation rules shared by every wire format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::event::{Features, Feedback};
+use crate::id_hash::FEATURE_SEPARATOR;
+use crate::reject::Rejection;
+
+/// Limits a feedback event must respect. Deserialised from the `[validation]`
+/// table of the configuration; unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Largest accepted payload, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest accepted user/item id (and feature name or value), in bytes.
+    pub max_id_bytes: usize,
+    /// Smallest accepted rating.
+    pub rating_min: f32,
+    /// Largest accepted rating.
+    pub rating_max: f32,
+    /// How far past the consumer's clock an event time may lie, in ms.
+    pub max_future_skew_ms: i64,
+    /// How old an event may be, in ms; `None` accepts any age (replays).
+    pub max_age_ms: Option<i64>,
+    /// Most context features per event.
+    pub max_features: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_message_bytes: 64 * 1024,
+            max_id_bytes: 256,
+            rating_min: 0.5,
+            rating_max: 5.0,
+            max_future_skew_ms: 10 * 60 * 1000,
+            max_age_ms: None,
+            max_features: 32,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// Checks the limits themselves, naming the offending key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::new("validation.max_message_bytes", "must be positive"));
+        }
+        if self.max_id_bytes == 0 {
+            return Err(ConfigError::new("validation.max_id_bytes", "must be positive"));
+        }
+        if !self.rating_min.is_finite() {
+            return Err(ConfigError::new("validation.rating_min", "must be finite"));
+        }
+        if !self.rating_max.is_finite() || self.rating_max <= self.rating_min {
+            return Err(ConfigError::new("validation.rating_max", "must be finite and greater than rating_min"));
+        }
+        if self.max_future_skew_ms < 0 {
+            return Err(ConfigError::new("validation.max_future_skew_ms", "must not be negative"));
+        }
+        if self.max_age_ms.is_some_and(|age| age <= 0) {
+            return Err(ConfigError::new("validation.max_age_ms", "must be positive when set"));
+        }
+        Ok(())
+    }
+
+    /// Applies every content rule to a decoded event.
+    pub fn validate(&self, event: &Feedback, now_ms: i64) -> Result<(), Rejection> {
+        match event {
+            Feedback::Click(click) => {
+                self.check_id("user", &click.user)?;
+                self.check_id("item", &click.item)?;
+                self.check_features(&click.features)?;
+                self.check_ts(click.ts, now_ms)
+            }
+            Feedback::Rating(rating) => {
+                self.check_id("user", &rating.user)?;
+                self.check_id("item", &rating.item)?;
+                self.check_rating(f64::from(rating.rating))?;
+                self.check_features(&rating.features)?;
+                self.check_ts(rating.ts, now_ms)
+            }
+            Feedback::Forget(forget) => {
+                self.check_id("user", &forget.user)?;
+                self.check_ts(forget.ts, now_ms)
+            }
+        }
+    }
+
+    /// Checks an id field: present, not empty, not too long.
+    pub(crate) fn check_id(&self, field: &'static str, id: &str) -> Result<(), Rejection> {
+        if id.is_empty() {
+            return Err(Rejection::MissingId { field });
+        }
+        if id.len() > self.max_id_bytes {
+            return Err(Rejection::IdTooLong { field, len: id.len(), limit: self.max_id_bytes });
+        }
+        Ok(())
+    }
+
+    /// Checks a rating value: finite and inside the configured range.
+    pub(crate) fn check_rating(&self, value: f64) -> Result<(), Rejection> {
+        if !value.is_finite() {
+            return Err(Rejection::NonFinite { field: "rating" });
+        }
+        if value < f64::from(self.rating_min) || value > f64::from(self.rating_max) {
+            return Err(Rejection::RatingOutOfRange { value, min: self.rating_min, max: self.rating_max });
+        }
+        Ok(())
+    }
+
+    fn check_ts(&self, ts: i64, now_ms: i64) -> Result<(), Rejection> {
+        let earliest = self.max_age_ms.map_or(1, |age| now_ms.saturating_sub(age).max(1));
+        let latest = now_ms.saturating_add(self.max_future_skew_ms);
+        if ts < earliest || ts > latest {
+            return Err(Rejection::TimestampOutOfRange { ts, earliest, latest });
+        }
+        Ok(())
+    }
+
+    fn check_features(&self, features: &Features) -> Result<(), Rejection> {
+        if features.len() > self.max_features {
+            return Err(Rejection::TooManyFeatures { count: features.len(), limit: self.max_features });
+        }
+        for (name, value) in features {
+            let problem = if name.is_empty() {
+                Some("empty name")
+            } else if name.contains(FEATURE_SEPARATOR) {
+                Some("name contains '='")
+            } else if value.is_empty() {
+                Some("empty value")
+            } else if name.len() > self.max_id_bytes || value.len() > self.max_id_bytes {
+                Some("name or value over the id length limit")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let name = name.chars().take(64).collect();
+                return Err(Rejection::InvalidFeature { name, problem });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! Flag parsers shared by subcommands; their errors name the flag through clap.
+
+use std::collections::BTreeMap;
+
+/// Kafka client settings given as repeated `--kafka key=value` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KafkaSettings {
+    /// Extra librdkafka client setting, `key=value` (repeatable), e.g. `security.protocol=SASL_SSL`.
+    #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// The settings as a map.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.settings.iter().cloned().collect()
+    }
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err("expected KEY=VALUE".to_owned()),
+    }
+}
+
+/// A share between 0 and 1.
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&value) { Ok(value) } else { Err("must be between 0 and 1".to_owned()) }
+}
+
+/// A strictly positive count.
+pub fn parse_positive(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be positive".to_owned()),
+        Ok(value) => Ok(value),
+        Err(e) => Err(e.to_string()),
+    }
+}

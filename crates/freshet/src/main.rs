@@ -1,0 +1,66 @@
+//! The `freshet` command: CLI, configuration and pipeline wiring. Model and
+//! format logic live in the library crates.
+
+mod cli_args;
+mod consume;
+mod eval;
+mod logging;
+mod produce;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Batches are allocated on the consumer thread and freed on the trainer's:
+/// mimalloc handles that cross-thread pattern far better than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// freshet: a real-time feedback learner for recommendation and search.
+#[derive(Debug, Parser)]
+#[command(name = "freshet", version, about)]
+struct Cli {
+    /// Log output format (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Produce feedback events to Kafka.
+    #[command(subcommand)]
+    Produce(produce::ProduceCommand),
+    /// Consume and validate feedback events, routing bad ones to the DLQ; print a summary.
+    Consume(consume::ConsumeArgs),
+    /// Replay a ratings (and clicks) file prequentially through the trainer; print metrics and throughput.
+    Eval(eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Produce(command) => produce::run(command).await,
+            Command::Consume(args) => consume::run(args).await,
+            Command::Eval(args) => eval::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
