@@ -139,26 +139,46 @@ pub async fn produce_synth(
     Ok(produced)
 }
 
-/// Reads `count` messages from every partition of `topic`, from the start.
-pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+/// Reads every message of `topic` once it holds at least `at_least` of them
+/// (all partitions, from the start up to their high watermarks).
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()?;
+    let deadline = Instant::now() + timeout;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for meta in metadata.topics() {
-        for partition in meta.partitions() {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let ends = loop {
+        let mut ends = BTreeMap::new();
+        for &partition in &partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            ends.insert(partition, high);
         }
+        if ends.values().sum::<i64>() >= at_least as i64 {
+            break ends;
+        }
+        if Instant::now() > deadline {
+            bail!("{topic} holds {} messages, fewer than {at_least}", ends.values().sum::<i64>());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::with_capacity(count);
-    while messages.len() < count {
+    let total = ends.values().sum::<i64>() as usize;
+    let mut messages = Vec::with_capacity(total);
+    while messages.len() < total {
         if Instant::now() > deadline {
-            bail!("read {} of {count} messages from {topic} before the timeout", messages.len());
+            bail!("read {} of {total} messages from {topic} before the timeout", messages.len());
         }
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             messages.push(message.context("reading")?.detach());

@@ -314,15 +314,26 @@ async fn shutdown_is_bounded_even_with_a_stalled_reader() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stop_during_group_join_returns() {
+async fn stop_during_group_join_returns_and_closes_the_channel() {
     let bootstrap = bootstrap();
     let topics = TestTopics::create(&bootstrap, 1).await.expect("topics");
-    let (source, events) =
+    let (source, mut events) =
         Source::start(&config(&bootstrap, &topics, &unique("g")), Decoder::default(), NextOffsets::new())
             .expect("source");
+    // A reader that still holds an acknowledger must see the channel close.
+    let acknowledger = source.acknowledger();
     let result = tokio::task::spawn_blocking(move || source.stop()).await.expect("join");
     assert!(result.is_ok(), "stop failed: {result:?}");
-    drop(events);
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.recv().await {
+            if let SourceEvent::Revoked(revocation) = event {
+                revocation.acknowledge();
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the event channel stayed open after stop");
+    acknowledger.acknowledge(&NextOffsets::new());
 }
 
 #[test]

@@ -38,7 +38,9 @@ pub struct ConsumerConfig {
     pub topics: Vec<String>,
     /// Dead-letter topic for rejected messages.
     pub dlq_topic: String,
-    /// Where to start partitions without an explicit offset.
+    /// Where to start partitions without an explicit offset. The default,
+    /// `earliest`, suits `freshet run`, whose checkpoint holds the offsets of
+    /// every partition it ever read: one it lacks was never read.
     pub start_from: StartFrom,
     /// A micro-batch closes after this many messages...
     pub batch_max_messages: usize,
@@ -62,7 +64,7 @@ impl Default for ConsumerConfig {
             group_id: "freshet".to_owned(),
             topics: vec![DEFAULT_CLICKS_TOPIC.to_owned(), DEFAULT_RATINGS_TOPIC.to_owned()],
             dlq_topic: DEFAULT_DLQ_TOPIC.to_owned(),
-            start_from: StartFrom::Committed,
+            start_from: StartFrom::Earliest,
             batch_max_messages: 1024,
             batch_max_ms: 20,
             channel_capacity: 8,

@@ -17,5 +17,5 @@ pub use config::{
 };
 pub use error::ConsumerError;
 pub use partition::{NextOffsets, OffsetRange, TopicPartition};
-pub use source::{Revocation, Source, SourceEvent};
+pub use source::{Acknowledger, Revocation, Source, SourceEvent};
 pub use topics::{TopicSpec, ensure_topics};

@@ -69,10 +69,31 @@ impl Revocation {
     }
 }
 
+/// Acknowledges durable offsets to a [`Source`]; cheap to clone.
+#[derive(Clone)]
+pub struct Acknowledger {
+    shared: Arc<Shared>,
+    commits: std_mpsc::Sender<NextOffsets>,
+}
+
+impl Acknowledger {
+    /// See [`Source::acknowledge`].
+    pub fn acknowledge(&self, offsets: &NextOffsets) {
+        let mut resume = lock(&self.shared.resume);
+        for (tp, &next) in offsets {
+            let entry = resume.entry(tp.clone()).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+        drop(resume);
+        // The thread may already have stopped; the resume map is updated regardless.
+        let _ = self.commits.send(offsets.clone());
+    }
+}
+
 /// A running Kafka source.
 pub struct Source {
     shared: Arc<Shared>,
-    acknowledged: std_mpsc::Sender<NextOffsets>,
+    acknowledger: Acknowledger,
     finished: std_mpsc::Receiver<Result<(), ConsumerError>>,
     thread: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -91,7 +112,7 @@ impl Source {
         let pipeline = Pipeline {
             builder: BatchBuilder::new(config.batch_max_messages, config.batch_max_age()),
             dead_letters: DeadLetters::new(config)?,
-            events,
+            events: Some(events),
             decoder,
             reader_gone: false,
         };
@@ -135,13 +156,15 @@ impl Source {
                 let closing = Instant::now();
                 drop(consumer);
                 debug!(elapsed_ms = closing.elapsed().as_millis() as u64, "consumer closed");
+                // Acknowledgers keep the shared state alive: close the channel explicitly.
+                lock(&thread_shared.pipeline).events = None;
                 let _ = finish.send(result);
             })
             .map_err(|e| ConsumerError::Topic { topic: String::new(), message: e.to_string() })?;
         Ok((
             Source {
+                acknowledger: Acknowledger { shared: Arc::clone(&shared), commits: acknowledged },
                 shared,
-                acknowledged,
                 finished,
                 thread: Some(thread),
                 shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
@@ -154,14 +177,12 @@ impl Source {
     /// partition assigned again later resumes there, and the offsets are
     /// committed to the group so that lag tools see them.
     pub fn acknowledge(&self, offsets: &NextOffsets) {
-        let mut resume = lock(&self.shared.resume);
-        for (tp, &next) in offsets {
-            let entry = resume.entry(tp.clone()).or_insert(next);
-            *entry = (*entry).max(next);
-        }
-        drop(resume);
-        // The thread may already have stopped; the resume map is updated regardless.
-        let _ = self.acknowledged.send(offsets.clone());
+        self.acknowledger.acknowledge(offsets);
+    }
+
+    /// A handle for acknowledging from another thread than the one that stops the source.
+    pub fn acknowledger(&self) -> Acknowledger {
+        self.acknowledger.clone()
     }
 
     /// Stops consuming: the open batch is handed over if the reader has room,
@@ -218,7 +239,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Pipeline {
     builder: BatchBuilder,
     dead_letters: DeadLetters,
-    events: mpsc::Sender<SourceEvent>,
+    /// Dropped when the consumer thread ends, which closes the reader's channel.
+    events: Option<mpsc::Sender<SourceEvent>>,
     decoder: Decoder,
     reader_gone: bool,
 }
@@ -257,8 +279,12 @@ impl Pipeline {
     /// Sends an event to the reader, waiting for room unless shutting down.
     /// Returns whether it was delivered.
     fn hand_over(&mut self, mut event: SourceEvent, stop: &AtomicBool) -> bool {
+        let Some(events) = &self.events else {
+            self.reader_gone = true;
+            return false;
+        };
         loop {
-            match self.events.try_send(event) {
+            match events.try_send(event) {
                 Ok(()) => return true,
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.reader_gone = true;

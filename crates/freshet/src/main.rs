@@ -1,12 +1,16 @@
 //! The `freshet` command: CLI, configuration and pipeline wiring. Model and
 //! format logic live in the library crates.
 
+mod backup;
 mod cli_args;
+mod config;
 mod consume;
 mod eval;
+mod inspect;
 mod logging;
 mod produce;
 mod progress;
+mod run;
 
 use std::process::ExitCode;
 
@@ -37,6 +41,12 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Replay a ratings (and clicks) file prequentially through the trainer; print metrics and throughput.
     Eval(eval::EvalArgs),
+    /// Train continuously: consume, train, checkpoint; resume exactly after a crash.
+    Run(run::RunArgs),
+    /// Show what a checkpoint holds (works while `freshet run` holds it).
+    Inspect(inspect::InspectArgs),
+    /// Copy a checkpoint directory consistently.
+    Backup(backup::BackupArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,9 @@ fn main() -> ExitCode {
             Command::Produce(command) => produce::run(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Eval(args) => eval::run(args),
+            Command::Run(args) => run::run(args).await,
+            Command::Inspect(args) => inspect::run(args),
+            Command::Backup(args) => backup::run(args),
         }
     });
     match result {

@@ -1,0 +1,69 @@
+//! Errors of the checkpoint store.
+
+use std::path::PathBuf;
+
+use freshet_trainer::{ModelSpec, StateError};
+use thiserror::Error;
+
+/// Why a checkpoint could not be opened, read or written.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// Another process holds the directory (one active trainer per model).
+    #[error("checkpoint directory {dir} is in use by another process (one trainer per model): {message}")]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// RocksDB refused to open the directory.
+    #[error("cannot open checkpoint directory {dir}: {message}")]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// A read or write failed.
+    #[error("checkpoint {operation} failed: {source}")]
+    Rocks {
+        /// What was being done.
+        operation: &'static str,
+        /// RocksDB's error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// Stored bytes do not decode: the checkpoint is damaged.
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    /// The checkpoint was trained under another model spec than the configured one.
+    #[error(
+        "checkpoint model spec differs from the configuration (refusing to load it): stored {stored:?}, configured {configured:?}"
+    )]
+    SpecMismatch {
+        /// The spec in the checkpoint.
+        stored: Box<ModelSpec>,
+        /// The spec in the configuration.
+        configured: Box<ModelSpec>,
+    },
+    /// The stored state does not form a valid model.
+    #[error("checkpoint state is invalid: {0}")]
+    InvalidState(#[from] StateError),
+    /// A file-system operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CheckpointError {
+    pub(crate) fn rocks(operation: &'static str) -> impl FnOnce(rocksdb::Error) -> CheckpointError {
+        move |source| CheckpointError::Rocks { operation, source }
+    }
+}

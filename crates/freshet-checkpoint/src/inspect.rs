@@ -1,0 +1,111 @@
+//! Read-only inspection of a checkpoint directory, safe while `freshet run`
+//! holds it: the store is opened as a RocksDB secondary instance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use freshet_trainer::{Counters, DenseState, MetricsSnapshot, ModelSpec, PendingRow, RowState, TableKind};
+use rocksdb::{DB, IteratorMode};
+use serde::Serialize;
+
+use crate::codec::{CF_PENDING, CF_ROWS, META_DENSE, META_PUBLISHED, META_SPEC, META_VERSION, decode, parse_row_key};
+use crate::error::CheckpointError;
+use crate::store::{SourceOffsets, cf, db_options, descriptors, meta_u64, meta_value, read_offsets};
+
+/// A summary of a checkpoint directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// The newest durable checkpoint version.
+    pub version: u64,
+    /// The newest snapshot version recorded as published.
+    pub published_version: u64,
+    /// Valid events whose update the checkpoint contains (written in the same
+    /// batch as the rows and offsets).
+    pub events_applied: u64,
+    /// Next offset per source partition, as `"topic/partition"`.
+    pub offsets: BTreeMap<String, i64>,
+    /// Rows per table.
+    pub rows_by_table: BTreeMap<TableKind, u64>,
+    /// Sum of the rows' update counters per table.
+    pub updates_by_table: BTreeMap<TableKind, u64>,
+    /// Ids waiting for admission per table.
+    pub pending_by_table: BTreeMap<TableKind, u64>,
+    /// The trainer's running counters.
+    pub counters: Option<Counters>,
+    /// Progressive metrics at the checkpoint.
+    pub metrics: Option<MetricsSnapshot>,
+    /// The model spec.
+    pub spec: Option<ModelSpec>,
+    /// Bytes of all files in the directory.
+    pub size_on_disk_bytes: u64,
+}
+
+/// Inspects the store in `dir` without taking it from its writer.
+pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
+    if !dir.join("CURRENT").is_file() {
+        return Err(CheckpointError::Open {
+            dir: dir.to_owned(),
+            message: "not a checkpoint directory (no RocksDB CURRENT file)".to_owned(),
+        });
+    }
+    let secondary = tempfile::tempdir().map_err(|source| CheckpointError::Io {
+        operation: "creating a temporary directory for",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let db = DB::open_cf_descriptors_as_secondary(&db_options(), dir, secondary.path(), descriptors())
+        .map_err(|error| CheckpointError::Open { dir: dir.to_owned(), message: error.to_string() })?;
+    db.try_catch_up_with_primary().map_err(CheckpointError::rocks("catching up with the writer"))?;
+
+    let dense: Option<DenseState> = meta_value(&db, META_DENSE)?;
+    let mut rows_by_table = BTreeMap::new();
+    let mut updates_by_table = BTreeMap::new();
+    for item in db.iterator_cf(cf(&db, CF_ROWS)?, IteratorMode::Start) {
+        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+        let (table, _) = parse_row_key(&key)?;
+        let row: RowState = decode(&value, "row")?;
+        *rows_by_table.entry(table).or_insert(0) += 1;
+        *updates_by_table.entry(table).or_insert(0) += row.updates;
+    }
+    let mut pending_by_table = BTreeMap::new();
+    for item in db.iterator_cf(cf(&db, CF_PENDING)?, IteratorMode::Start) {
+        let (_, value) = item.map_err(CheckpointError::rocks("read"))?;
+        let pending: PendingRow = decode(&value, "pending count")?;
+        *pending_by_table.entry(pending.table).or_insert(0) += 1;
+    }
+    for table in TableKind::ALL {
+        for map in [&mut rows_by_table, &mut updates_by_table, &mut pending_by_table] {
+            map.entry(table).or_insert(0);
+        }
+    }
+    Ok(Inspection {
+        version: meta_u64(&db, META_VERSION)?,
+        published_version: meta_u64(&db, META_PUBLISHED)?,
+        events_applied: dense.as_ref().map_or(0, |d| d.counters.events_applied),
+        offsets: describe_offsets(&read_offsets(&db)?),
+        rows_by_table,
+        updates_by_table,
+        pending_by_table,
+        counters: dense.as_ref().map(|d| d.counters),
+        metrics: dense.as_ref().map(|d| d.metrics.snapshot()),
+        spec: meta_value(&db, META_SPEC)?,
+        size_on_disk_bytes: directory_size(dir),
+    })
+}
+
+fn describe_offsets(offsets: &SourceOffsets) -> BTreeMap<String, i64> {
+    offsets.iter().map(|((topic, partition), next)| (format!("{topic}/{partition}"), *next)).collect()
+}
+
+fn directory_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

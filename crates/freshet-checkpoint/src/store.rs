@@ -1,0 +1,308 @@
+//! The RocksDB checkpoint store. One checkpoint is the trainer's drained
+//! [`Delta`] (changed rows, tombstones, admission counts, the dense state),
+//! the source offsets those rows reflect, and the next version, all in ONE
+//! `WriteBatch` with the WAL on (and fsync when configured): after a crash the
+//! store holds either all of a checkpoint or none of it. Cost is proportional
+//! to the delta, not to the model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use freshet_trainer::{Delta, DenseState, ModelSpec, PendingRow, RowState, TrainerState};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::codec::{
+    CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION, META_DENSE, META_FORMAT, META_PUBLISHED,
+    META_SPEC, META_VERSION, decode, encode, offset_key, parse_offset, parse_row_key, parse_u64, row_key,
+};
+use crate::error::CheckpointError;
+
+/// Next offset to read per (topic, partition): where consumption resumes.
+pub type SourceOffsets = BTreeMap<(String, i32), i64>;
+
+/// A checkpoint as loaded for restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    /// The checkpoint version.
+    pub version: u64,
+    /// The newest snapshot version published from this store.
+    pub published_version: u64,
+    /// The trainer state to restore.
+    pub state: TrainerState,
+    /// Where consumption resumes.
+    pub offsets: SourceOffsets,
+}
+
+/// What one commit wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStats {
+    /// The version now durable.
+    pub version: u64,
+    /// Rows written.
+    pub rows: usize,
+    /// Rows deleted.
+    pub tombstones: usize,
+    /// Size of the write batch in bytes.
+    pub bytes: usize,
+    /// Time to build and write the batch.
+    pub elapsed: Duration,
+}
+
+/// The checkpoint store of one model, held by one process at a time.
+pub struct CheckpointStore {
+    db: DB,
+    dir: PathBuf,
+    write: WriteOptions,
+    version: u64,
+    published: u64,
+    spec: Option<ModelSpec>,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointStore").field("dir", &self.dir).field("version", &self.version).finish()
+    }
+}
+
+/// RocksDB options shared by the writer and the inspector.
+pub(crate) fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_max_background_jobs(2);
+    options
+}
+
+pub(crate) fn descriptors() -> Vec<ColumnFamilyDescriptor> {
+    COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, db_options())).collect()
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, CheckpointError> {
+    db.cf_handle(name).ok_or_else(|| CheckpointError::Corrupt(format!("column family {name} is missing")))
+}
+
+/// Reads a u64 meta value, 0 when absent.
+pub(crate) fn meta_u64(db: &DB, key: &[u8]) -> Result<u64, CheckpointError> {
+    let what = String::from_utf8_lossy(key);
+    match db.get_cf(cf(db, CF_META)?, key).map_err(CheckpointError::rocks("read"))? {
+        Some(bytes) => parse_u64(&bytes, &what),
+        None => Ok(0),
+    }
+}
+
+/// Reads a bincode meta value.
+pub(crate) fn meta_value<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, CheckpointError> {
+    let what = String::from_utf8_lossy(key);
+    match db.get_cf(cf(db, CF_META)?, key).map_err(CheckpointError::rocks("read"))? {
+        Some(bytes) => decode(&bytes, &what).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads every source offset.
+pub(crate) fn read_offsets(db: &DB) -> Result<SourceOffsets, CheckpointError> {
+    db.iterator_cf(cf(db, CF_OFFSETS)?, IteratorMode::Start)
+        .map(|item| {
+            let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+            parse_offset(&key, &value)
+        })
+        .collect()
+}
+
+impl CheckpointStore {
+    /// Opens (or creates) the store in `dir`. Fails with
+    /// [`CheckpointError::InUse`] while another process holds it.
+    pub fn open(dir: &Path, fsync: bool) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            operation: "creating",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let db = DB::open_cf_descriptors(&db_options(), dir, descriptors()).map_err(|error| {
+            let message = error.to_string();
+            if message.contains("lock") || message.contains("LOCK") {
+                CheckpointError::InUse { dir: dir.to_owned(), message }
+            } else {
+                CheckpointError::Open { dir: dir.to_owned(), message }
+            }
+        })?;
+        if let Some(format) = meta_value::<u32>(&db, META_FORMAT)?
+            && format != FORMAT_VERSION
+        {
+            return Err(CheckpointError::Corrupt(format!(
+                "store layout version {format}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let version = meta_u64(&db, META_VERSION)?;
+        let published = meta_u64(&db, META_PUBLISHED)?;
+        let spec = meta_value(&db, META_SPEC)?;
+        let mut write = WriteOptions::default();
+        write.set_sync(fsync);
+        info!(dir = %dir.display(), version, published, "checkpoint store open");
+        Ok(CheckpointStore { db, dir: dir.to_owned(), write, version, published, spec })
+    }
+
+    /// The newest durable checkpoint version (0 before the first).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The newest snapshot version recorded as published (0 before the first).
+    pub fn published_version(&self) -> u64 {
+        self.published
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_spec(&self, configured: &ModelSpec) -> Result<(), CheckpointError> {
+        match &self.spec {
+            Some(stored) if stored != configured => Err(CheckpointError::SpecMismatch {
+                stored: Box::new(stored.clone()),
+                configured: Box::new(configured.clone()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the newest checkpoint for a trainer configured with `spec`;
+    /// `None` when the store is empty. A different spec is refused.
+    pub fn load(&self, spec: &ModelSpec) -> Result<Option<Restored>, CheckpointError> {
+        if self.version == 0 {
+            return Ok(None);
+        }
+        self.check_spec(spec)?;
+        let started = Instant::now();
+        let dense: DenseState = meta_value(&self.db, META_DENSE)?
+            .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))?;
+        let rows = self.scan::<RowState>(CF_ROWS, "row")?;
+        let pending = self.scan::<PendingRow>(CF_PENDING, "pending count")?;
+        let offsets = read_offsets(&self.db)?;
+        let state = TrainerState { spec: spec.clone(), rows, pending, dense };
+        state.validate(spec)?;
+        info!(
+            version = self.version,
+            rows = state.rows.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint loaded"
+        );
+        Ok(Some(Restored { version: self.version, published_version: self.published, state, offsets }))
+    }
+
+    /// Decodes every value of a row-keyed column family, checking that each
+    /// value's (table, key) matches its RocksDB key.
+    fn scan<T: serde::de::DeserializeOwned + Keyed>(
+        &self,
+        family: &str,
+        what: &str,
+    ) -> Result<Vec<T>, CheckpointError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, family)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+            let at = parse_row_key(&key)?;
+            let decoded: T = decode(&value, what)?;
+            if decoded.table_key() != at {
+                return Err(CheckpointError::Corrupt(format!(
+                    "{what} stored under {at:?} is {:?}",
+                    decoded.table_key()
+                )));
+            }
+            out.push(decoded);
+        }
+        Ok(out)
+    }
+
+    /// Writes one checkpoint: the delta, the offsets it reflects and the next
+    /// version, atomically. Returns once it is durable (per the fsync setting).
+    pub fn commit(
+        &mut self,
+        spec: &ModelSpec,
+        delta: &Delta,
+        offsets: &SourceOffsets,
+    ) -> Result<CommitStats, CheckpointError> {
+        self.check_spec(spec)?;
+        let started = Instant::now();
+        let (rows, meta, offsets_cf, pending) =
+            (cf(&self.db, CF_ROWS)?, cf(&self.db, CF_META)?, cf(&self.db, CF_OFFSETS)?, cf(&self.db, CF_PENDING)?);
+        let mut batch = WriteBatch::default();
+        for tombstone in &delta.tombstones {
+            batch.delete_cf(rows, row_key(tombstone.table, tombstone.key));
+        }
+        for row in &delta.rows {
+            batch.put_cf(rows, row_key(row.table, row.key), encode(row));
+        }
+        for &(table, key) in &delta.pending_removed {
+            batch.delete_cf(pending, row_key(table, key));
+        }
+        for row in &delta.pending {
+            batch.put_cf(pending, row_key(row.table, row.key), encode(row));
+        }
+        for ((topic, partition), next) in offsets {
+            batch.put_cf(offsets_cf, offset_key(topic, *partition), next.to_be_bytes());
+        }
+        let version = self.version + 1;
+        batch.put_cf(meta, META_DENSE, encode(&delta.dense));
+        batch.put_cf(meta, META_VERSION, version.to_be_bytes());
+        if self.spec.is_none() {
+            batch.put_cf(meta, META_SPEC, encode(spec));
+            batch.put_cf(meta, META_FORMAT, encode(&FORMAT_VERSION));
+        }
+        let bytes = batch.size_in_bytes();
+        debug!(version, rows = delta.rows.len(), tombstones = delta.tombstones.len(), bytes, "checkpoint writing");
+        self.db.write_opt(batch, &self.write).map_err(CheckpointError::rocks("write"))?;
+        self.version = version;
+        self.spec.get_or_insert_with(|| spec.clone());
+        Ok(CommitStats {
+            version,
+            rows: delta.rows.len(),
+            tombstones: delta.tombstones.len(),
+            bytes,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Records that snapshot `version` was published (durably, with the same
+    /// write options), so a restart never publishes a lower version.
+    pub fn record_published(&mut self, version: u64) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META)?, META_PUBLISHED, version.to_be_bytes());
+        self.db.write_opt(batch, &self.write).map_err(CheckpointError::rocks("write"))?;
+        self.published = version;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the store to `to` (which must not exist),
+    /// with RocksDB's checkpoint API. Restore by opening the copy (or moving
+    /// it in place of the original directory).
+    pub fn backup(&self, to: &Path) -> Result<(), CheckpointError> {
+        self.db.flush_wal(true).map_err(CheckpointError::rocks("flushing the WAL"))?;
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(to))
+            .map_err(CheckpointError::rocks("backup"))?;
+        info!(to = %to.display(), version = self.version, "checkpoint backed up");
+        Ok(())
+    }
+}
+
+/// Values stored under a (table, key) row key.
+pub(crate) trait Keyed {
+    fn table_key(&self) -> (freshet_trainer::TableKind, u64);
+}
+
+impl Keyed for RowState {
+    fn table_key(&self) -> (freshet_trainer::TableKind, u64) {
+        (self.table, self.key)
+    }
+}
+
+impl Keyed for PendingRow {
+    fn table_key(&self) -> (freshet_trainer::TableKind, u64) {
+        (self.table, self.key)
+    }
+}

@@ -1,0 +1,151 @@
+//! The configuration file (TOML). Every table maps to one component's
+//! settings struct; unknown keys are errors, and every check names the key.
+//! See deploy/freshet.toml for a documented example.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use freshet_consumer::ConsumerConfig;
+use freshet_core::{ConfigError, ValidationConfig};
+use freshet_trainer::{ModelSpec, TrainerConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything `freshet run` is configured with.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreshetConfig {
+    /// The model's name (one trainer per name).
+    pub name: ModelName,
+    /// `[consumer]`: the Kafka source.
+    pub consumer: ConsumerConfig,
+    /// `[validation]`: limits events must respect.
+    pub validation: ValidationConfig,
+    /// `[model]`: the model's shape (must match the checkpoint).
+    pub model: ModelSpec,
+    /// `[trainer]`: optimisation, admission, expiry, metrics.
+    pub trainer: TrainerConfig,
+    /// `[checkpoint]`: the durable store.
+    pub checkpoint: CheckpointSettings,
+}
+
+/// A model name: letters, digits, `.`, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelName(pub String);
+
+impl Default for ModelName {
+    fn default() -> Self {
+        ModelName("default".to_owned())
+    }
+}
+
+impl std::fmt::Display for ModelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `[checkpoint]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// The RocksDB directory.
+    pub dir: PathBuf,
+    /// Checkpoint at least this often while events arrive (ms)...
+    pub interval_ms: u64,
+    /// ...or after this many applied events, whichever comes first.
+    pub interval_events: u64,
+    /// fsync each checkpoint (the WAL is always on).
+    pub fsync: bool,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            dir: PathBuf::from("freshet-data/checkpoint"),
+            interval_ms: 1_000,
+            interval_events: 500_000,
+            fsync: true,
+        }
+    }
+}
+
+impl FreshetConfig {
+    /// Reads a TOML file; syntax errors and unknown keys name the line and key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in configuration file {}", path.display()))
+    }
+
+    /// Checks every section, naming the offending key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let name = &self.name.0;
+        if name.is_empty()
+            || name.len() > 200
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(ConfigError::new("name", "must be 1 to 200 of letters, digits, '.', '_' or '-'"));
+        }
+        self.consumer.check()?;
+        self.validation.check()?;
+        self.model.check()?;
+        self.trainer.check()?;
+        if (self.validation.rating_min, self.validation.rating_max) != (self.model.rating_min, self.model.rating_max) {
+            return Err(ConfigError::new(
+                "validation.rating_min",
+                "the validation rating range must equal the model's (model.rating_min, model.rating_max)",
+            ));
+        }
+        let checkpoint = &self.checkpoint;
+        if checkpoint.dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("checkpoint.dir", "must not be empty"));
+        }
+        if checkpoint.interval_ms == 0 {
+            return Err(ConfigError::new("checkpoint.interval_ms", "must be positive"));
+        }
+        if checkpoint.interval_events == 0 {
+            return Err(ConfigError::new("checkpoint.interval_events", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<FreshetConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(FreshetConfig::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let config =
+            FreshetConfig::from_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/freshet.toml")))
+                .expect("deploy/freshet.toml parses");
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = parse("[model]\ndimm = 8\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("dimm"), "{error:#}");
+        let error = parse("nmae = \"x\"\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("nmae"), "{error:#}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let key_of = |text: &str| parse(text).expect("parses").check().expect_err("invalid").key;
+        assert_eq!(key_of("name = \"a b\"\n"), "name");
+        assert_eq!(key_of("[model]\ndim = 3\n"), "model.dim");
+        assert_eq!(key_of("[checkpoint]\ninterval_ms = 0\n"), "checkpoint.interval_ms");
+        assert_eq!(key_of("[consumer]\ntopics = []\n"), "consumer.topics");
+        assert_eq!(key_of("[model]\nrating_min = 1.0\n"), "validation.rating_min");
+    }
+}
