@@ -203,7 +203,11 @@ impl CheckpointStore {
         what: &str,
     ) -> Result<Vec<T>, CheckpointError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, family)?, IteratorMode::Start) {
+        let mut read = rocksdb::ReadOptions::default();
+        // One sequential pass: read ahead, and keep the block cache for the trainer's later reads.
+        read.set_readahead_size(8 << 20);
+        read.fill_cache(false);
+        for item in self.db.iterator_cf_opt(cf(&self.db, family)?, read, IteratorMode::Start) {
             let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
             let at = parse_row_key(&key)?;
             let decoded: T = decode(&value, what)?;
@@ -287,6 +291,17 @@ impl CheckpointStore {
             .map_err(CheckpointError::rocks("backup"))?;
         info!(to = %to.display(), version = self.version, "checkpoint backed up");
         Ok(())
+    }
+}
+
+impl Drop for CheckpointStore {
+    /// Persists the memtables, so the next open reads files instead of
+    /// replaying the write-ahead log (which costs time and memory for a
+    /// large model). A crash skips this; the next open then replays the log.
+    fn drop(&mut self) {
+        if let Err(error) = self.db.flush() {
+            tracing::warn!(%error, "flushing the checkpoint store on close failed; the next open replays the WAL");
+        }
     }
 }
 

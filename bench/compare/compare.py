@@ -1,0 +1,236 @@
+"""Prequential comparison of freshet, River's BiasedMF and Vowpal Wabbit.
+
+Every tool replays the same ratings in the same (timestamp) order, predicting
+each rating before learning from it. Each tool runs in its own child process;
+the table reports, per tool:
+
+- RMSE and MAE of its predictions, clipped to freshet's default rating
+  range [0.5, 5] (as freshet clips its own);
+- events/s: events divided by the time the tool spent reading, parsing and
+  learning the file inside its process (interpreter start-up and imports
+  excluded; the VW input conversion, done once beforehand, excluded too);
+- peak RSS of the child process (os.wait4), which for River and VW includes
+  the Python interpreter and the imported packages;
+- freshet's ratios: its events/s divided by the peer's, and its RMSE divided
+  by the peer's.
+
+River's BiasedMF uses the settings of River's own MovieLens example (SGD
+0.025 on biases, 0.05 on 10 latent factors initialised N(0, 0.1)); VW runs
+with its defaults, as `vw` would (`-q ui --rank 10` for the factorised run).
+
+Vowpal Wabbit runs through its Python binding (pyvw, from the vowpalwabbit
+PyPI package, which ships no `vw` executable) with command-line arguments:
+`Workspace("-d FILE -p PREDS ...").run_parser()` is VW's own command-line
+driver, so the learning loop and the parsing are VW's C++ code.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+RIVER_FACTORS = 10
+VW_RANK = 10
+# freshet's default rating range (ModelSpec); freshet clips its predictions
+# to it and the peers' predictions are clipped to it too.
+RATING_RANGE = (0.5, 5.0)
+
+
+def load_ratings(path, fmt):
+    """Ratings as (user, item, rating, ts) in file order."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = (line.rstrip("\r\n") for line in f)
+        first = next(lines, "")
+        if fmt == "csv":
+            sep, header = ",", True
+        elif "::" in first:
+            sep, header = "::", False
+        elif "\t" in first:
+            sep, header = "\t", False
+        else:
+            sep, header = ",", first.lower().startswith("userid")
+        scale = 1 if fmt == "csv" else 1000
+        for line in ([] if header else [first]) + list(lines):
+            fields = line.split(sep)
+            if len(fields) < 4:
+                continue
+            try:
+                rows.append((fields[0], fields[1], float(fields[2]), int(fields[3]) * scale))
+            except ValueError:
+                continue
+    return rows
+
+
+def metrics(predictions, labels, low, high):
+    n = len(labels)
+    se = ae = 0.0
+    for p, y in zip(predictions, labels):
+        p = min(high, max(low, p))
+        se += (p - y) ** 2
+        ae += abs(p - y)
+    return math.sqrt(se / n), ae / n
+
+
+def run_child(argv):
+    """Runs a child to completion; returns (stdout, its peak RSS in MiB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.stderr.write(err.read())
+            raise RuntimeError(f"{argv[0]} failed with status {proc.returncode}")
+        return out.read(), usage.ru_maxrss / 1024.0
+
+
+# ---- children -------------------------------------------------------------
+
+
+def child_river(path, low, high):
+    from river import optim, reco
+
+    # The configuration of River's own MovieLens example (river.reco.BiasedMF docs).
+    model = reco.BiasedMF(
+        n_factors=RIVER_FACTORS,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.05),
+        weight_initializer=optim.initializers.Zeros(),
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+        l2_bias=0.0,
+        l2_latent=0.0,
+    )
+    start = time.perf_counter()
+    predictions, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            user, item, rating, _ = line.rstrip("\n").split(",")
+            y = float(rating)
+            predictions.append(model.predict_one(user, item))
+            labels.append(y)
+            model.learn_one(user, item, y)
+    seconds = time.perf_counter() - start
+    rmse, mae = metrics(predictions, labels, low, high)
+    print(json.dumps({"events": len(labels), "rmse": rmse, "mae": mae, "seconds": seconds}))
+
+
+def child_vw(vw_path, labels_path, args, low, high, workdir, name):
+    from vowpalwabbit import pyvw
+
+    preds = os.path.join(workdir, f"{name}.preds")
+    start = time.perf_counter()
+    ws = pyvw.Workspace(f"--quiet -d {vw_path} -p {preds} {args}")
+    ws.run_parser()
+    ws.finish()
+    seconds = time.perf_counter() - start
+    with open(preds) as f:
+        predictions = [float(line.split()[0]) for line in f]
+    with open(labels_path) as f:
+        labels = [float(line) for line in f]
+    rmse, mae = metrics(predictions, labels, low, high)
+    print(json.dumps({"events": len(labels), "rmse": rmse, "mae": mae, "seconds": seconds}))
+
+
+# ---- parent ---------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--freshet", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--format", choices=["movielens", "csv"], required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--dim")
+    parser.add_argument("--batch")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child == "river":
+        child_river(*args.child_args[:1], *map(float, args.child_args[1:3]))
+        return
+    if args.child == "vw":
+        a = args.child_args
+        child_vw(a[0], a[1], a[2], float(a[3]), float(a[4]), a[5], a[6])
+        return
+
+    rows = load_ratings(args.data, args.format)
+    rows = [r for _, r in sorted(enumerate(rows), key=lambda e: (e[1][3], e[0]))]
+    low, high = RATING_RANGE
+    work = args.workdir
+    ordered = os.path.join(work, "ordered.csv")
+    vw_input = os.path.join(work, "ordered.vw")
+    labels = os.path.join(work, "labels.txt")
+    with open(ordered, "w") as o, open(vw_input, "w") as v, open(labels, "w") as l:
+        o.write("user,item,rating,ts\n")
+        for user, item, rating, ts in rows:
+            o.write(f"{user},{item},{rating},{ts}\n")
+            v.write(f"{rating} |u u{user} |i i{item}\n")
+            l.write(f"{rating}\n")
+
+    # Running mean: the floor every learner must beat.
+    mean = se = ae = 0.0
+    for n, (_, _, y, _) in enumerate(rows):
+        p = min(high, max(low, mean)) if n else (low + high) / 2
+        se += (p - y) ** 2
+        ae += abs(p - y)
+        mean += (y - mean) / (n + 1)
+    results = [("running mean", {"rmse": math.sqrt(se / len(rows)), "mae": ae / len(rows)})]
+
+    cmd = [args.freshet, "eval", "--ratings", args.data, "--format", args.format, "--json"]
+    for flag in ("dim", "batch"):
+        if getattr(args, flag):
+            cmd += [f"--{flag}", getattr(args, flag)]
+    out, rss = run_child(cmd)
+    fr = json.loads(out)
+    fr_total = fr["load_s"] + fr["train_s"]
+    results.append((
+        f"freshet (dim {fr['dim']}, batch {fr['batch']})",
+        {"rmse": fr["rmse"], "mae": fr["mae"], "eps": fr["events"] / fr_total,
+         "train_eps": fr["events_per_s"], "rss": rss},
+    ))
+
+    me = sys.executable
+    script = os.path.abspath(__file__)
+    peers = [
+        (f"River BiasedMF ({RIVER_FACTORS} factors)",
+         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
+          "--child", "river", "--child-args", ordered, str(low), str(high)]),
+        ("VW linear",
+         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
+          "--child", "vw", "--child-args", vw_input, labels, "", str(low), str(high), work, "linear"]),
+        (f"VW --rank {VW_RANK}",
+         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
+          "--child", "vw", "--child-args", vw_input, labels, f"-q ui --rank {VW_RANK}",
+          str(low), str(high), work, "rank"]),
+    ]
+    for name, argv in peers:
+        out, rss = run_child(argv)
+        r = json.loads(out)
+        results.append((name, {"rmse": r["rmse"], "mae": r["mae"], "eps": r["events"] / r["seconds"], "rss": rss}))
+
+    fresh = results[1][1]
+    print(f"\n{len(rows):,} ratings from {os.path.basename(args.data)}, replayed in timestamp order "
+          f"(predictions clipped to [{low}, {high}])\n")
+    header = f"{'tool':<34} {'RMSE':>7} {'MAE':>7} {'events/s':>12} {'peak RSS':>10} {'freshet speed':>14} {'freshet RMSE':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results:
+        eps = f"{r['eps']:,.0f}" if "eps" in r else "-"
+        rss = f"{r['rss']:.0f} MiB" if "rss" in r else "-"
+        speed = f"{fresh['eps'] / r['eps']:.2f}x" if "eps" in r and r is not fresh else "-"
+        ratio = f"{fresh['rmse'] / r['rmse']:.3f}" if r is not fresh else "-"
+        print(f"{name:<34} {r['rmse']:>7.4f} {r['mae']:>7.4f} {eps:>12} {rss:>10} {speed:>14} {ratio:>13}")
+    print(f"\nfreshet training loop alone: {fresh['train_eps']:,.0f} events/s; "
+          "events/s above include reading and parsing the file.")
+
+
+if __name__ == "__main__":
+    main()

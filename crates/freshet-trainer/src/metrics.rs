@@ -1,0 +1,451 @@
+//! Progressive (predict-then-train) metrics: RMSE and MAE of the rating head,
+//! log loss and AUC of the click head, each over a sliding window of the
+//! latest events of that head and over everything seen.
+//!
+//! AUC ranks logits in [`AUC_BINS`] equal bins over [−[`AUC_LOGIT_RANGE`],
+//! +[`AUC_LOGIT_RANGE`]]; pairs inside one bin count half. The pair count is
+//! kept exactly, in integers, with Fenwick trees, so adding or removing an
+//! event costs O(log bins) and the result never drifts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::heads::Head;
+
+/// Number of score bins of the AUC.
+pub const AUC_BINS: usize = 4096;
+/// Logits beyond ± this fall into the outermost AUC bins.
+pub const AUC_LOGIT_RANGE: f32 = 16.0;
+/// Probabilities are clamped to [ε, 1−ε] in the log loss.
+const LOGLOSS_EPSILON: f64 = 1e-7;
+
+/// Error statistics of the rating head over some span of events.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RatingStats {
+    /// Events in the span.
+    pub count: u64,
+    /// Root mean squared error of the clipped predictions (`None` without events).
+    pub rmse: Option<f64>,
+    /// Mean absolute error (`None` without events).
+    pub mae: Option<f64>,
+}
+
+/// Statistics of the click head over some span of events.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClickStats {
+    /// Events in the span.
+    pub count: u64,
+    /// Mean log loss (`None` without events).
+    pub logloss: Option<f64>,
+    /// Area under the ROC curve (`None` unless both outcomes were seen).
+    pub auc: Option<f64>,
+}
+
+/// The progressive metrics at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Rating head over the sliding window.
+    pub rating_window: RatingStats,
+    /// Rating head over every event.
+    pub rating_cumulative: RatingStats,
+    /// Click head over the sliding window.
+    pub click_window: ClickStats,
+    /// Click head over every event.
+    pub click_cumulative: ClickStats,
+}
+
+/// Running sums of the progressive metrics. Serialisable, so a restored
+/// trainer continues the same windows and totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressiveMetrics {
+    rating: RatingMetrics,
+    click: ClickMetrics,
+}
+
+impl ProgressiveMetrics {
+    /// Empty metrics with a sliding window of `window` events per head.
+    pub fn new(window: usize) -> Self {
+        ProgressiveMetrics { rating: RatingMetrics::new(window), click: ClickMetrics::new(window) }
+    }
+
+    /// Records one prediction of `head`: `prediction` is what the head
+    /// answers (clipped rating, or probability), `score` the raw score.
+    /// Non-finite values are not recorded.
+    pub(crate) fn record(&mut self, head: Head, score: f32, prediction: f32, target: f32) {
+        if !(score.is_finite() && prediction.is_finite() && target.is_finite()) {
+            return;
+        }
+        match head {
+            Head::Rating => self.rating.record(prediction - target),
+            Head::Click => self.click.record(score, prediction, target >= 0.5),
+        }
+    }
+
+    /// The metrics now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            rating_window: self.rating.window_stats(),
+            rating_cumulative: self.rating.cumulative_stats(),
+            click_window: self.click.window_stats(),
+            click_cumulative: self.click.cumulative_stats(),
+        }
+    }
+
+    /// The loss the learning-rate schedule watches: windowed rating MSE plus
+    /// windowed click log loss, over the heads with events in their window.
+    pub(crate) fn window_loss(&self) -> Option<f64> {
+        let rating = self.rating.window_mse();
+        let click = self.click.window.mean_logloss();
+        match (rating, click) {
+            (None, None) => None,
+            (r, c) => Some(r.unwrap_or(0.0) + c.unwrap_or(0.0)),
+        }
+    }
+}
+
+/// A ring of the last `capacity` values of one head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Ring<T> {
+    capacity: usize,
+    values: Vec<T>,
+    next: usize,
+}
+
+impl<T: Copy> Ring<T> {
+    fn new(capacity: usize) -> Self {
+        Ring { capacity, values: Vec::new(), next: 0 }
+    }
+
+    /// Stores `value`; returns the value it displaced, if the ring was full.
+    fn push(&mut self, value: T) -> Option<T> {
+        let displaced = if self.values.len() < self.capacity {
+            self.values.push(value);
+            None
+        } else {
+            Some(std::mem::replace(&mut self.values[self.next], value))
+        };
+        self.next = (self.next + 1) % self.capacity;
+        displaced
+    }
+
+    /// Whether the ring just wrapped to its start (a good time to resum).
+    fn wrapped(&self) -> bool {
+        self.next == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RatingMetrics {
+    count: u64,
+    sum_sq: f64,
+    sum_abs: f64,
+    window: Ring<f32>,
+    window_sq: f64,
+    window_abs: f64,
+}
+
+impl RatingMetrics {
+    fn new(window: usize) -> Self {
+        RatingMetrics {
+            count: 0,
+            sum_sq: 0.0,
+            sum_abs: 0.0,
+            window: Ring::new(window),
+            window_sq: 0.0,
+            window_abs: 0.0,
+        }
+    }
+
+    fn record(&mut self, error: f32) {
+        let e = f64::from(error);
+        self.count += 1;
+        self.sum_sq += e * e;
+        self.sum_abs += e.abs();
+        self.window_sq += e * e;
+        self.window_abs += e.abs();
+        if let Some(old) = self.window.push(error) {
+            let o = f64::from(old);
+            self.window_sq -= o * o;
+            self.window_abs -= o.abs();
+        }
+        if self.window.wrapped() {
+            // Resum exactly once per lap so subtraction error cannot accumulate.
+            self.window_sq = self.window.values.iter().map(|&e| f64::from(e) * f64::from(e)).sum();
+            self.window_abs = self.window.values.iter().map(|&e| f64::from(e).abs()).sum();
+        }
+    }
+
+    fn window_mse(&self) -> Option<f64> {
+        let n = self.window.values.len();
+        (n > 0).then(|| self.window_sq.max(0.0) / n as f64)
+    }
+
+    fn window_stats(&self) -> RatingStats {
+        error_stats(self.window.values.len() as u64, self.window_sq, self.window_abs)
+    }
+
+    fn cumulative_stats(&self) -> RatingStats {
+        error_stats(self.count, self.sum_sq, self.sum_abs)
+    }
+}
+
+fn error_stats(count: u64, sum_sq: f64, sum_abs: f64) -> RatingStats {
+    let n = count as f64;
+    RatingStats {
+        count,
+        rmse: (count > 0).then(|| (sum_sq.max(0.0) / n).sqrt()),
+        mae: (count > 0).then(|| sum_abs.max(0.0) / n),
+    }
+}
+
+/// One click in the window: its log loss, AUC bin and outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct ClickEntry {
+    logloss: f32,
+    bin: u16,
+    clicked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ClickSpan {
+    count: u64,
+    logloss: f64,
+    auc: BinnedAuc,
+}
+
+impl ClickSpan {
+    fn new() -> Self {
+        ClickSpan { count: 0, logloss: 0.0, auc: BinnedAuc::new() }
+    }
+
+    fn mean_logloss(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.logloss.max(0.0) / self.count as f64)
+    }
+
+    fn stats(&self) -> ClickStats {
+        ClickStats { count: self.count, logloss: self.mean_logloss(), auc: self.auc.value() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ClickMetrics {
+    cumulative: ClickSpan,
+    window: ClickSpan,
+    ring: Ring<ClickEntry>,
+}
+
+impl ClickMetrics {
+    fn new(window: usize) -> Self {
+        ClickMetrics { cumulative: ClickSpan::new(), window: ClickSpan::new(), ring: Ring::new(window) }
+    }
+
+    fn record(&mut self, score: f32, probability: f32, clicked: bool) {
+        let p = f64::from(probability).clamp(LOGLOSS_EPSILON, 1.0 - LOGLOSS_EPSILON);
+        let logloss = if clicked { -p.ln() } else { -(1.0 - p).ln() };
+        let entry = ClickEntry { logloss: logloss as f32, bin: auc_bin(score), clicked };
+        for span in [&mut self.cumulative, &mut self.window] {
+            span.count += 1;
+            span.logloss += f64::from(entry.logloss);
+            span.auc.add(entry.bin, entry.clicked);
+        }
+        if let Some(old) = self.ring.push(entry) {
+            self.window.count -= 1;
+            self.window.logloss -= f64::from(old.logloss);
+            self.window.auc.remove(old.bin, old.clicked);
+        }
+        if self.ring.wrapped() {
+            self.window.logloss = self.ring.values.iter().map(|e| f64::from(e.logloss)).sum();
+        }
+    }
+
+    fn window_stats(&self) -> ClickStats {
+        self.window.stats()
+    }
+
+    fn cumulative_stats(&self) -> ClickStats {
+        self.cumulative.stats()
+    }
+}
+
+fn auc_bin(score: f32) -> u16 {
+    let unit = (score.clamp(-AUC_LOGIT_RANGE, AUC_LOGIT_RANGE) + AUC_LOGIT_RANGE) / (2.0 * AUC_LOGIT_RANGE);
+    ((unit * AUC_BINS as f32) as usize).min(AUC_BINS - 1) as u16
+}
+
+/// AUC over score bins: `twice_pairs` counts 2 per correctly ordered
+/// (positive, negative) pair and 1 per pair sharing a bin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BinnedAuc {
+    positives: Fenwick,
+    negatives: Fenwick,
+    twice_pairs: u128,
+}
+
+impl BinnedAuc {
+    fn new() -> Self {
+        BinnedAuc { positives: Fenwick::new(AUC_BINS), negatives: Fenwick::new(AUC_BINS), twice_pairs: 0 }
+    }
+
+    /// 2·(pairs the event wins against the other class) + (ties in its bin).
+    fn pair_weight(&self, bin: u16, clicked: bool) -> u128 {
+        let b = usize::from(bin);
+        let (below, at, total) = if clicked {
+            (self.negatives.prefix(b), self.negatives.at(b), self.negatives.total())
+        } else {
+            let at = self.positives.at(b);
+            let above = self.positives.total() - self.positives.prefix(b) - at;
+            (above, at, self.positives.total())
+        };
+        debug_assert!(below + at <= total);
+        2 * u128::from(below) + u128::from(at)
+    }
+
+    fn add(&mut self, bin: u16, clicked: bool) {
+        self.twice_pairs += self.pair_weight(bin, clicked);
+        self.tree(clicked).add(usize::from(bin), 1);
+    }
+
+    fn remove(&mut self, bin: u16, clicked: bool) {
+        self.tree(clicked).sub(usize::from(bin), 1);
+        self.twice_pairs -= self.pair_weight(bin, clicked);
+    }
+
+    fn tree(&mut self, clicked: bool) -> &mut Fenwick {
+        if clicked { &mut self.positives } else { &mut self.negatives }
+    }
+
+    fn value(&self) -> Option<f64> {
+        let pairs = u128::from(self.positives.total()) * u128::from(self.negatives.total());
+        (pairs > 0).then(|| self.twice_pairs as f64 / (2.0 * pairs as f64))
+    }
+}
+
+/// A Fenwick (binary indexed) tree of counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Fenwick {
+    tree: Vec<u64>,
+    total: u64,
+}
+
+impl Fenwick {
+    fn new(size: usize) -> Self {
+        Fenwick { tree: vec![0; size + 1], total: 0 }
+    }
+
+    fn add(&mut self, index: usize, amount: u64) {
+        self.total += amount;
+        let mut i = index + 1;
+        while i < self.tree.len() {
+            self.tree[i] += amount;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    fn sub(&mut self, index: usize, amount: u64) {
+        self.total -= amount;
+        let mut i = index + 1;
+        while i < self.tree.len() {
+            self.tree[i] -= amount;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// Sum of counts at indices `< index`.
+    fn prefix(&self, index: usize) -> u64 {
+        let mut sum = 0;
+        let mut i = index;
+        while i > 0 {
+            sum += self.tree[i];
+            i -= i & i.wrapping_neg();
+        }
+        sum
+    }
+
+    fn at(&self, index: usize) -> u64 {
+        self.prefix(index + 1) - self.prefix(index)
+    }
+
+    fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact AUC by comparing every pair.
+    fn exact_auc(samples: &[(f32, bool)]) -> f64 {
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for &(sp, _) in samples.iter().filter(|s| s.1) {
+            for &(sn, _) in samples.iter().filter(|s| !s.1) {
+                pairs += 1.0;
+                wins += if sp > sn {
+                    1.0
+                } else if sp == sn {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        wins / pairs
+    }
+
+    #[test]
+    fn auc_matches_pairwise_count_on_distinct_bins() {
+        let samples: Vec<(f32, bool)> =
+            (0..200).map(|i| (((i * 37) % 101) as f32 * 0.1 - 5.0, (i * 13) % 7 < 3)).collect();
+        let mut m = ProgressiveMetrics::new(1_000);
+        for &(s, y) in &samples {
+            m.record(Head::Click, s, crate::heads::sigmoid(s), if y { 1.0 } else { 0.0 });
+        }
+        let auc = m.snapshot().click_cumulative.auc.expect("both classes");
+        assert!((auc - exact_auc(&samples)).abs() < 1e-9, "{auc}");
+    }
+
+    #[test]
+    fn window_forgets_old_events_and_cumulative_keeps_them() {
+        let mut m = ProgressiveMetrics::new(4);
+        for _ in 0..10 {
+            m.record(Head::Rating, 0.0, 3.0, 4.0); // error 1
+        }
+        for _ in 0..4 {
+            m.record(Head::Rating, 0.0, 3.0, 3.5); // error 0.5
+        }
+        let s = m.snapshot();
+        assert_eq!(s.rating_window.count, 4);
+        assert!((s.rating_window.rmse.expect("events") - 0.5).abs() < 1e-12);
+        assert!((s.rating_window.mae.expect("events") - 0.5).abs() < 1e-12);
+        let expected_rmse = ((10.0 + 4.0 * 0.25) / 14.0f64).sqrt();
+        assert!((s.rating_cumulative.rmse.expect("events") - expected_rmse).abs() < 1e-12);
+        assert_eq!(s.click_window.logloss, None);
+        assert_eq!(s.click_cumulative.auc, None);
+    }
+
+    #[test]
+    fn windowed_auc_equals_auc_of_the_last_events() {
+        let samples: Vec<(f32, bool)> =
+            (0..500).map(|i| (((i * 53) % 211) as f32 * 0.05 - 5.0, (i * 7) % 5 < 2)).collect();
+        let mut m = ProgressiveMetrics::new(64);
+        for &(s, y) in &samples {
+            m.record(Head::Click, s, crate::heads::sigmoid(s), if y { 1.0 } else { 0.0 });
+        }
+        let window = &samples[samples.len() - 64..];
+        let mut fresh = ProgressiveMetrics::new(64);
+        for &(s, y) in window {
+            fresh.record(Head::Click, s, crate::heads::sigmoid(s), if y { 1.0 } else { 0.0 });
+        }
+        let got = m.snapshot().click_window;
+        let want = fresh.snapshot().click_cumulative;
+        assert_eq!(got.count, 64);
+        assert_eq!(got.auc, want.auc);
+        assert!((got.logloss.expect("events") - want.logloss.expect("events")).abs() < 1e-9);
+    }
+
+    #[test]
+    fn non_finite_predictions_are_not_recorded() {
+        let mut m = ProgressiveMetrics::new(4);
+        m.record(Head::Rating, f32::NAN, f32::NAN, 3.0);
+        assert_eq!(m.snapshot().rating_cumulative.count, 0);
+    }
+}

@@ -1,0 +1,474 @@
+//! The update rules: one step on one row (or on a dense parameter) from its
+//! gradient summed over a micro-batch. A step is computed aside and written
+//! only if every new value is finite.
+
+use crate::config::{Algorithm, TrainerConfig};
+use crate::kernels::{all_finite, dot};
+
+/// A row's parameters and moment slots, borrowed for one step. Moment slices
+/// the algorithms do not use are empty.
+pub(crate) struct RowMut<'a> {
+    /// How many leading parameters are biases; the rest are factors.
+    pub biases: usize,
+    /// `[biases..., factors...]`.
+    pub params: &'a mut [f32],
+    /// First moment (Adam), else empty.
+    pub m: &'a mut [f32],
+    /// Second moment (Adam) or squared-gradient sum (AdaGrad), else empty.
+    pub v: &'a mut [f32],
+}
+
+/// Whether the step adds the L2 penalty: rows do, the global biases do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Penalty {
+    /// `bias_l2` on the biases, `l2` on the factors, times the event count.
+    L2,
+    /// No penalty.
+    None,
+}
+
+/// Reused buffers of one step, so stepping allocates nothing.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StepScratch {
+    grad: Vec<f32>,
+    params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// The configured update rules: one for factors, one for biases.
+#[derive(Debug, Clone)]
+pub(crate) struct Optimizer {
+    algorithm: Algorithm,
+    bias_algorithm: Algorithm,
+    learning_rate: f32,
+    bias_learning_rate: f32,
+    bias_prior_count: Option<f32>,
+    beta1: f32,
+    beta2: f32,
+    first_correction: BiasCorrection,
+    second_correction: BiasCorrection,
+    epsilon: f32,
+    l2: f32,
+    bias_l2: f32,
+    clip_norm: Option<f32>,
+}
+
+/// Adam's bias correction `1/(1 − βᵗ)` for one β, tabulated up to the step
+/// from which it is exactly 1 in f32 (some 17 000 steps for β = 0.999).
+#[derive(Debug, Clone)]
+struct BiasCorrection {
+    beta: f32,
+    /// Entry `t − 1` is the correction at step `t`.
+    table: Vec<f32>,
+    /// First step whose correction is 1.
+    converged_at: u32,
+}
+
+impl BiasCorrection {
+    /// Longest table kept; a β so close to 1 that it needs more is computed past it.
+    const MAX_TABLE: usize = 1 << 20;
+
+    fn new(beta: f32) -> Self {
+        let mut table = Vec::new();
+        while table.len() < Self::MAX_TABLE {
+            let t = table.len() as u32 + 1;
+            let correction = 1.0 / (1.0 - decay_power(beta, t));
+            if correction == 1.0 {
+                return BiasCorrection { beta, table, converged_at: t };
+            }
+            table.push(correction);
+        }
+        BiasCorrection { beta, table, converged_at: u32::MAX }
+    }
+
+    fn at(&self, step: u32) -> f32 {
+        if step >= self.converged_at {
+            return 1.0;
+        }
+        match self.table.get(step.saturating_sub(1) as usize) {
+            Some(&correction) => correction,
+            None => 1.0 / (1.0 - decay_power(self.beta, step)),
+        }
+    }
+}
+
+/// Where a row stands when it takes a step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepInput {
+    /// Events whose gradients were summed into this step.
+    pub count: u32,
+    /// The row's step number after this one, counting from 1.
+    pub step: u32,
+    /// Events that reached the row before this step.
+    pub prior_updates: u64,
+}
+
+/// Adam's bias corrections `1/(1−β₁ᵗ)` and `1/(1−β₂ᵗ)` for one step.
+#[derive(Debug, Clone, Copy)]
+struct Correction {
+    first: f32,
+    second: f32,
+}
+
+impl Optimizer {
+    /// The rule `config` describes.
+    pub(crate) fn new(config: &TrainerConfig) -> Self {
+        Optimizer {
+            algorithm: config.algorithm,
+            bias_algorithm: config.bias_algorithm,
+            learning_rate: config.learning_rate,
+            bias_learning_rate: config.bias_learning_rate,
+            bias_prior_count: config.bias_prior_count,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            first_correction: BiasCorrection::new(config.beta1),
+            second_correction: BiasCorrection::new(config.beta2),
+            epsilon: config.epsilon,
+            l2: config.l2,
+            bias_l2: config.bias_l2,
+            clip_norm: config.clip_norm,
+        }
+    }
+
+    /// Moment slots per parameter both rules together need.
+    pub(crate) fn moments(&self) -> usize {
+        self.algorithm.moments().max(self.bias_algorithm.moments())
+    }
+
+    /// One step on `row` with `grad`, the loss gradient summed over the
+    /// events that touched it.
+    /// Returns false, leaving the row unchanged, if the gradient or any new
+    /// value is not finite.
+    pub(crate) fn step(
+        &self,
+        row: RowMut<'_>,
+        grad: &[f32],
+        input: StepInput,
+        lr_scale: f32,
+        penalty: Penalty,
+        scratch: &mut StepScratch,
+    ) -> bool {
+        let width = row.params.len();
+        let biases = row.biases;
+        debug_assert_eq!(grad.len(), width);
+        let count = input.count as f32;
+        let (bias_l2, l2) = match penalty {
+            Penalty::L2 => (self.bias_l2 * count, self.l2 * count),
+            Penalty::None => (0.0, 0.0),
+        };
+        let g = &mut scratch.grad;
+        g.resize(width, 0.0);
+        penalised(&mut g[..biases], &grad[..biases], &row.params[..biases], bias_l2);
+        penalised(&mut g[biases..], &grad[biases..], &row.params[biases..], l2);
+        // Not finite if any element is NaN or infinite, or if squares overflow.
+        let norm2 = dot(g, g);
+        if !norm2.is_finite() {
+            return false;
+        }
+        if let Some(limit) = self.clip_norm {
+            if norm2 > limit * limit {
+                let scale = limit / norm2.sqrt();
+                g.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+        let correction = if self.algorithm == Algorithm::Adam || self.bias_algorithm == Algorithm::Adam {
+            self.correction(input.step)
+        } else {
+            Correction { first: 1.0, second: 1.0 }
+        };
+        scratch.params.resize(width, 0.0);
+        scratch.m.resize(row.m.len(), 0.0);
+        scratch.v.resize(row.v.len(), 0.0);
+        let spans = [
+            (0..biases, self.bias_algorithm, self.bias_rate(input) * lr_scale),
+            (biases..width, self.algorithm, self.learning_rate * lr_scale),
+        ];
+        for (span, algorithm, rate) in spans {
+            let moment = |slots: &[f32]| if slots.is_empty() { 0..0 } else { span.clone() };
+            apply(
+                algorithm,
+                Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon },
+                rate,
+                correction,
+                &scratch.grad[span.clone()],
+                &row.params[span.clone()],
+                &row.m[moment(row.m)],
+                &row.v[moment(row.v)],
+                &mut scratch.params[span.clone()],
+                &mut scratch.m[moment(row.m)],
+                &mut scratch.v[moment(row.v)],
+            );
+        }
+        if !(all_finite(&scratch.params) && all_finite(&scratch.m) && all_finite(&scratch.v)) {
+            return false;
+        }
+        row.params.copy_from_slice(&scratch.params);
+        row.m.copy_from_slice(&scratch.m);
+        row.v.copy_from_slice(&scratch.v);
+        true
+    }
+
+    /// `max(bias_learning_rate, 1/(n + prior_count))` with `n` the events
+    /// that reached the row including this step's: a young row's bias
+    /// follows the shrunk running mean of its residuals (exactly so under SGD).
+    fn bias_rate(&self, input: StepInput) -> f32 {
+        match self.bias_prior_count {
+            Some(prior) => {
+                let seen = (input.prior_updates + u64::from(input.count)) as f32;
+                self.bias_learning_rate.max(1.0 / (seen + prior))
+            }
+            None => self.bias_learning_rate,
+        }
+    }
+
+    fn correction(&self, step: u32) -> Correction {
+        Correction { first: self.first_correction.at(step), second: self.second_correction.at(step) }
+    }
+}
+
+/// `out = grad + l2 · params`.
+fn penalised(out: &mut [f32], grad: &[f32], params: &[f32], l2: f32) {
+    for (o, (g, p)) in out.iter_mut().zip(grad.iter().zip(params)) {
+        *o = g + l2 * p;
+    }
+}
+
+/// `beta^t` by squaring, stopping at 0 once the result is below 1e-18 (it no
+/// longer changes `1/(1 − beta^t)` in f32), so no subnormal arithmetic —
+/// which is slow on most CPUs — ever runs.
+fn decay_power(beta: f32, t: u32) -> f32 {
+    const NEGLIGIBLE: f32 = 1e-18;
+    let (mut acc, mut base, mut e) = (1.0f32, beta, t);
+    while e > 0 {
+        if base < NEGLIGIBLE || acc < NEGLIGIBLE {
+            return 0.0;
+        }
+        if e & 1 == 1 {
+            acc *= base;
+        }
+        base *= base;
+        e >>= 1;
+    }
+    acc
+}
+
+/// The decay constants of the moments and the denominator's ε.
+#[derive(Debug, Clone, Copy)]
+struct Hyper {
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+}
+
+/// New values of one span of parameters sharing an update rule and a rate.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    algorithm: Algorithm,
+    hyper: Hyper,
+    rate: f32,
+    correction: Correction,
+    g: &[f32],
+    p: &[f32],
+    m: &[f32],
+    v: &[f32],
+    new_p: &mut [f32],
+    new_m: &mut [f32],
+    new_v: &mut [f32],
+) {
+    let eps = hyper.epsilon;
+    match algorithm {
+        Algorithm::Sgd => {
+            for ((np, pj), gj) in new_p.iter_mut().zip(p).zip(g) {
+                *np = pj - rate * gj;
+            }
+        }
+        Algorithm::Adagrad => {
+            for (((np, nv), (pj, vj)), gj) in new_p.iter_mut().zip(new_v.iter_mut()).zip(p.iter().zip(v)).zip(g) {
+                *nv = vj + gj * gj;
+                *np = pj - rate * gj / (nv.sqrt() + eps);
+            }
+        }
+        Algorithm::Adam => {
+            let (b1, b2) = (hyper.beta1, hyper.beta2);
+            for ((np, (nm, nv)), ((pj, (mj, vj)), gj)) in
+                new_p.iter_mut().zip(new_m.iter_mut().zip(new_v.iter_mut())).zip(p.iter().zip(m.iter().zip(v)).zip(g))
+            {
+                *nm = b1 * mj + (1.0 - b1) * gj;
+                *nv = b2 * vj + (1.0 - b2) * gj * gj;
+                *np = pj - rate * (*nm * correction.first) / ((*nv * correction.second).sqrt() + eps);
+            }
+        }
+    }
+    // Slots this rule does not use keep their values.
+    if algorithm.moments() < 2 && !m.is_empty() {
+        new_m.copy_from_slice(m);
+    }
+    if algorithm.moments() < 1 && !v.is_empty() {
+        new_v.copy_from_slice(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn optimizer(algorithm: Algorithm, clip_norm: Option<f32>) -> Optimizer {
+        Optimizer::new(&TrainerConfig {
+            algorithm,
+            bias_algorithm: algorithm,
+            bias_prior_count: None,
+            learning_rate: 0.01,
+            bias_learning_rate: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            l2: 0.0,
+            bias_l2: 0.0,
+            clip_norm,
+            ..TrainerConfig::default()
+        })
+    }
+
+    fn run(opt: &Optimizer, params: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], step: u32) -> bool {
+        let mut scratch = StepScratch::default();
+        let input = StepInput { count: 1, step, prior_updates: u64::from(step - 1) };
+        opt.step(RowMut { biases: 1, params, m, v }, grad, input, 1.0, Penalty::None, &mut scratch)
+    }
+
+    /// Two Adam steps against values computed by hand from the textbook rule
+    /// m = β₁m + (1−β₁)g, v = β₂v + (1−β₂)g², θ −= lr·(m/(1−β₁ᵗ))/(√(v/(1−β₂ᵗ)) + ε).
+    #[test]
+    fn adam_matches_hand_computed_reference() {
+        let opt = optimizer(Algorithm::Adam, None);
+        let mut params = [0.5f32, -0.3, 0.2];
+        let mut m = [0.0f32; 3];
+        let mut v = [0.0f32; 3];
+        assert!(run(&opt, &mut params, &mut m, &mut v, &[0.2, -0.1, 0.0], 1));
+        // Step 1: m = 0.1·g, v = 0.001·g², m̂ = g, v̂ = g², so θ −= lr·sign(g) (ε aside).
+        // bias: 0.5 − 0.1·0.2/(0.2 + 1e-8) = 0.400000005; factor: −0.3 + 0.01 = −0.29;
+        // a zero gradient leaves its parameter alone.
+        let expected_1 = [0.4f32, -0.29, 0.2];
+        for (got, want) in params.iter().zip(expected_1) {
+            assert!((got - want).abs() < 1e-6, "{params:?}");
+        }
+        // (1 − β₂ is 0.0009999871 in f32, hence the relative tolerance.)
+        assert!((m[0] - 0.02).abs() < 1e-7 && (v[0] / 0.00004 - 1.0).abs() < 1e-4);
+        // Step 2 with g = (0.4, 0.1, 0): bias m = 0.9·0.02 + 0.1·0.4 = 0.058,
+        // v = 0.999·4e-5 + 0.001·0.16 = 1.9996e-4; m̂ = 0.058/0.19 = 0.305263,
+        // v̂ = 1.9996e-4/0.001999 = 0.1000300; θ = 0.4 − 0.1·0.305263/0.316275 = 0.3034826.
+        // factor: m = 0.9·(−0.01) + 0.01 = 0.001, v = 0.999·1e-5 + 1e-5 = 1.999e-5;
+        // m̂ = 0.0052632, v̂ = 0.0100000, θ = −0.29 − 0.01·0.0052632/0.1 = −0.2905263.
+        assert!(run(&opt, &mut params, &mut m, &mut v, &[0.4, 0.1, 0.0], 2));
+        let expected_2 = [0.303_482_6f32, -0.290_526_3, 0.2];
+        for (got, want) in params.iter().zip(expected_2) {
+            assert!((got - want).abs() < 2e-6, "{params:?} vs {expected_2:?}");
+        }
+    }
+
+    #[test]
+    fn decay_power_matches_powi_and_flushes_tiny_values() {
+        for beta in [0.0f32, 0.5, 0.9, 0.999] {
+            for t in [1u32, 2, 3, 10, 100, 1000] {
+                let exact = beta.powi(t as i32);
+                let got = decay_power(beta, t);
+                assert!(got == exact || (exact < 1e-18 && got == 0.0), "{beta}^{t}: {got} vs {exact}");
+            }
+        }
+        assert_eq!(decay_power(0.999, 4_000_000_000), 0.0);
+        let table = BiasCorrection::new(0.999);
+        for t in [1u32, 2, 17, 5_000, 17_311, 17_312, 100_000] {
+            assert_eq!(table.at(t), 1.0 / (1.0 - decay_power(0.999, t)), "step {t}");
+        }
+        assert_eq!(BiasCorrection::new(0.0).at(1), 1.0);
+    }
+
+    #[test]
+    fn sgd_and_adagrad_steps() {
+        let sgd = optimizer(Algorithm::Sgd, None);
+        let mut params = [1.0f32, 1.0];
+        assert!(run(&sgd, &mut params, &mut [], &mut [], &[2.0, 2.0], 1));
+        assert_eq!(params, [1.0 - 0.1 * 2.0, 1.0 - 0.01 * 2.0]);
+
+        let adagrad = optimizer(Algorithm::Adagrad, None);
+        let mut params = [1.0f32, 1.0];
+        let mut v = [0.0f32; 2];
+        assert!(run(&adagrad, &mut params, &mut [], &mut v, &[2.0, -3.0], 1));
+        assert_eq!(v, [4.0, 9.0]);
+        assert!((params[0] - 0.9).abs() < 1e-6 && (params[1] - 1.01).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipping_bounds_the_gradient_norm() {
+        let sgd = optimizer(Algorithm::Sgd, Some(1.0));
+        let mut params = [0.0f32, 0.0];
+        assert!(run(&sgd, &mut params, &mut [], &mut [], &[30.0, 40.0], 1));
+        // (30, 40) has norm 50, clipped to (0.6, 0.8).
+        assert!((params[0] + 0.06).abs() < 1e-6 && (params[1] + 0.008).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_steps_leave_the_row_unchanged() {
+        let adam = optimizer(Algorithm::Adam, None);
+        let mut params = [0.5f32, 0.5];
+        let mut m = [0.0f32; 2];
+        let mut v = [0.0f32; 2];
+        assert!(!run(&adam, &mut params, &mut m, &mut v, &[f32::NAN, 0.0], 1));
+        // A finite gradient whose square overflows the second moment.
+        assert!(!run(&adam, &mut params, &mut m, &mut v, &[3e30, 0.0], 1));
+        assert_eq!((params, m, v), ([0.5, 0.5], [0.0; 2], [0.0; 2]));
+    }
+
+    /// With SGD biases and a prior count, a bias fed the same target is the
+    /// shrunk running mean of what it saw, whatever the micro-batch sizes.
+    #[test]
+    fn bias_prior_count_gives_a_shrunk_running_mean() {
+        let opt = Optimizer::new(&TrainerConfig {
+            algorithm: Algorithm::Adam,
+            bias_algorithm: Algorithm::Sgd,
+            bias_learning_rate: 1e-6,
+            bias_prior_count: Some(2.0),
+            clip_norm: None,
+            l2: 0.0,
+            ..TrainerConfig::default()
+        });
+        let targets = [3.0f32, 1.0, 2.0, 5.0, 4.0, 4.0];
+        let mut scratch = StepScratch::default();
+        let (mut params, mut m, mut v) = ([0.0f32, 0.0], [0.0f32; 2], [0.0f32; 2]);
+        let mut seen = 0u64;
+        for (step, batch) in [&targets[..1], &targets[1..4], &targets[4..]].into_iter().enumerate() {
+            // Squared-loss gradients at the current value, summed over the batch.
+            let grad: f32 = batch.iter().map(|y| params[0] - y).sum();
+            let input = StepInput { count: batch.len() as u32, step: step as u32 + 1, prior_updates: seen };
+            let row = RowMut { biases: 1, params: &mut params, m: &mut m, v: &mut v };
+            assert!(opt.step(row, &[grad, 0.0], input, 1.0, Penalty::None, &mut scratch));
+            seen += batch.len() as u64;
+            let mean = targets[..seen as usize].iter().sum::<f32>() / (seen as f32 + 2.0);
+            assert!((params[0] - mean).abs() < 1e-5, "after {seen}: {} vs {mean}", params[0]);
+        }
+        // The bias's Adam slots stay untouched.
+        assert_eq!((m[0], v[0]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn l2_penalty_scales_with_event_count() {
+        let sgd = Optimizer::new(&TrainerConfig {
+            algorithm: Algorithm::Sgd,
+            bias_algorithm: Algorithm::Sgd,
+            bias_prior_count: None,
+            learning_rate: 0.1,
+            bias_learning_rate: 0.1,
+            l2: 0.5,
+            bias_l2: 0.0,
+            clip_norm: None,
+            ..TrainerConfig::default()
+        });
+        let mut params = [1.0f32, 1.0];
+        let mut scratch = StepScratch::default();
+        let row = RowMut { biases: 1, params: &mut params, m: &mut [], v: &mut [] };
+        let input = StepInput { count: 3, step: 1, prior_updates: 0 };
+        assert!(sgd.step(row, &[0.0, 0.0], input, 1.0, Penalty::L2, &mut scratch));
+        // factor gradient = 3 events · 0.5 · 1.0 = 1.5; the bias is not penalised.
+        assert_eq!(params, [1.0, 1.0 - 0.1 * 1.5]);
+    }
+}

@@ -1,0 +1,100 @@
+//! What the trainer tells about its work: per-batch reports and running counters.
+//!
+//! Counting rules:
+//! - every event handed to [`crate::Trainer::train_batch`] counts once in
+//!   `events_applied` and once under its kind, forget events included;
+//! - a rating or click adds 1 to the update counter of each row it touched
+//!   (user, item, each context feature that has a row) when that row's step
+//!   is written; a row whose step is skipped as non-finite gains nothing;
+//! - a forget event touches no row counter: it removes the user's row (whose
+//!   counter goes with it) and that user's pending admission count;
+//! - ids not yet admitted have no row, so their events touch no counter of
+//!   theirs. With `min_count = 1`, no expiry, budget or forget, the user
+//!   rows' counters therefore sum to the number of ratings and clicks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::MetricsSnapshot;
+use crate::table::TableKind;
+
+/// Row life-cycle counters of one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TableCounters {
+    /// Rows created (ids admitted).
+    pub admitted: u64,
+    /// Rows removed by the TTL.
+    pub expired: u64,
+    /// Rows evicted by the row budget.
+    pub evicted: u64,
+    /// Rows removed by forget requests.
+    pub forgotten: u64,
+    /// Pending (not yet admitted) ids dropped to keep the admission map bounded.
+    pub pending_dropped: u64,
+}
+
+/// Totals since the trainer's state began (they survive export and import).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Events trained on, of every kind.
+    pub events_applied: u64,
+    /// Rating events trained on.
+    pub ratings: u64,
+    /// Click events trained on.
+    pub clicks: u64,
+    /// Forget events applied.
+    pub forgets: u64,
+    /// Row (or global) steps not written because a gradient or a new value was not finite.
+    pub nonfinite_skipped: u64,
+    /// The user table.
+    pub users: TableCounters,
+    /// The item table.
+    pub items: TableCounters,
+    /// The context-feature table.
+    pub features: TableCounters,
+}
+
+impl Counters {
+    /// The counters of one table.
+    pub fn table(&self, kind: TableKind) -> &TableCounters {
+        match kind {
+            TableKind::User => &self.users,
+            TableKind::Item => &self.items,
+            TableKind::Feature => &self.features,
+        }
+    }
+
+    pub(crate) fn table_mut(&mut self, kind: TableKind) -> &mut TableCounters {
+        match kind {
+            TableKind::User => &mut self.users,
+            TableKind::Item => &mut self.items,
+            TableKind::Feature => &mut self.features,
+        }
+    }
+}
+
+/// What one call to [`crate::Trainer::train_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Events in the batch (all applied).
+    pub events: u64,
+    /// Rating events.
+    pub ratings: u64,
+    /// Click events.
+    pub clicks: u64,
+    /// Forget events.
+    pub forgets: u64,
+    /// Steps skipped because of non-finite values.
+    pub nonfinite_skipped: u64,
+    /// Rows created, over all tables.
+    pub admitted: u64,
+    /// Rows removed by the TTL, over all tables.
+    pub expired: u64,
+    /// Rows evicted by the budget, over all tables.
+    pub evicted: u64,
+    /// Rows removed by forget events.
+    pub forgotten: u64,
+    /// Progressive metrics after the batch.
+    pub metrics: MetricsSnapshot,
+    /// Multiplier of the learning rates after the batch (1 unless the schedule reduced it).
+    pub lr_scale: f32,
+}

@@ -1,0 +1,310 @@
+//! State leaving and re-entering the trainer: changed rows since the last
+//! drain (for incremental checkpoints), the full state (for restore) and the
+//! parameters alone (for snapshots). Rows come sorted by (table, key).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::Algorithm;
+use crate::heads::Head;
+use crate::lr_schedule::PlateauSchedule;
+use crate::metrics::ProgressiveMetrics;
+use crate::report::Counters;
+use crate::spec::ModelSpec;
+use crate::table::{Removal, TableKind};
+
+/// Everything about one row: parameters, optimizer state and counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowState {
+    /// The row's table.
+    pub table: TableKind,
+    /// The 64-bit key (`hash_id` of the user or item id, `hash_feature` of a feature).
+    pub key: u64,
+    /// The original id string (item rows only).
+    pub id: Option<String>,
+    /// `[rating bias, click bias, factor_1 … factor_dim]`.
+    pub params: Vec<f32>,
+    /// Adam's first moment, same layout (empty for SGD and AdaGrad).
+    pub m: Vec<f32>,
+    /// Adam's second moment or AdaGrad's squared-gradient sum (empty for SGD).
+    pub v: Vec<f32>,
+    /// Optimizer steps taken (Adam's bias correction uses it).
+    pub steps: u32,
+    /// Events whose gradient reached the row.
+    pub updates: u64,
+    /// Trainer clock (event time, ms) at the row's last update.
+    pub last_update_ms: i64,
+}
+
+/// The parameters of one row, as snapshots carry them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowParams {
+    /// The row's table.
+    pub table: TableKind,
+    /// The 64-bit key.
+    pub key: u64,
+    /// The original id string (item rows only).
+    pub id: Option<String>,
+    /// `[rating bias, click bias, factor_1 … factor_dim]`.
+    pub params: Vec<f32>,
+}
+
+impl RowParams {
+    /// The row's bias for `head` (a feature's linear weight).
+    pub fn bias(&self, head: Head) -> f32 {
+        self.params[head.index()]
+    }
+
+    /// The row's factor vector.
+    pub fn factors(&self) -> &[f32] {
+        &self.params[Head::ALL.len()..]
+    }
+}
+
+impl From<&RowState> for RowParams {
+    fn from(row: &RowState) -> Self {
+        RowParams { table: row.table, key: row.key, id: row.id.clone(), params: row.params.clone() }
+    }
+}
+
+/// A row that left the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The row's table.
+    pub table: TableKind,
+    /// The row's key.
+    pub key: u64,
+    /// Why it left.
+    pub cause: Removal,
+}
+
+/// The sighting count of an id not yet admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRow {
+    /// The id's table.
+    pub table: TableKind,
+    /// The id's key.
+    pub key: u64,
+    /// Sightings so far.
+    pub count: u32,
+    /// Trainer clock at the latest sighting.
+    pub last_seen_ms: i64,
+}
+
+/// The global bias of each head (indexed by [`crate::Head::index`]) with its optimizer state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GlobalParams {
+    /// Global bias per head.
+    pub bias: [f32; 2],
+    /// First moment per head (Adam).
+    pub m: [f32; 2],
+    /// Second moment per head (Adam, AdaGrad).
+    pub v: [f32; 2],
+    /// Optimizer steps per head.
+    pub steps: [u32; 2],
+    /// Events per head whose gradient reached the global bias.
+    pub updates: [u64; 2],
+}
+
+/// The small, non-row part of the state: copied whole at every drain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseState {
+    /// The factors' update rule; restoring under another one resets the moments.
+    pub algorithm: Algorithm,
+    /// The biases' update rule; restoring under another one resets the moments.
+    pub bias_algorithm: Algorithm,
+    /// Global biases and their optimizer state.
+    pub globals: GlobalParams,
+    /// The trainer clock: the largest event time seen (ms).
+    pub clock_ms: i64,
+    /// Trainer clock of the last TTL sweep.
+    pub last_sweep_ms: i64,
+    /// Running counters.
+    pub counters: Counters,
+    /// Progressive metrics.
+    pub metrics: ProgressiveMetrics,
+    /// Learning-rate schedule.
+    pub schedule: PlateauSchedule,
+}
+
+/// What changed since the previous drain. Applying every delta in order to
+/// the state exported before the first one gives the current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Rows created or changed (full state), sorted by (table, key).
+    pub rows: Vec<RowState>,
+    /// Rows removed and not re-created, sorted by (table, key).
+    pub tombstones: Vec<Tombstone>,
+    /// Pending admission counts created or changed.
+    pub pending: Vec<PendingRow>,
+    /// Pending admission counts that went away (admitted, dropped, expired or forgotten).
+    pub pending_removed: Vec<(TableKind, u64)>,
+    /// The dense state now.
+    pub dense: DenseState,
+}
+
+impl Delta {
+    /// Whether no row or pending count changed (the dense state always comes along).
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.tombstones.is_empty() && self.pending.is_empty() && self.pending_removed.is_empty()
+    }
+
+    /// The parameters-only view of the delta, for incremental snapshots.
+    pub fn params(&self) -> ParamsDelta {
+        ParamsDelta {
+            globals: self.dense.globals.bias,
+            rows: self.rows.iter().map(RowParams::from).collect(),
+            tombstones: self.tombstones.clone(),
+        }
+    }
+}
+
+/// Parameters changed since the previous drain, for incremental snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamsDelta {
+    /// Global bias per head now.
+    pub globals: [f32; 2],
+    /// Rows created or changed.
+    pub rows: Vec<RowParams>,
+    /// Rows removed.
+    pub tombstones: Vec<Tombstone>,
+}
+
+/// The whole trainer state, for checkpoints and restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// The spec the state was trained under.
+    pub spec: ModelSpec,
+    /// Every row, sorted by (table, key).
+    pub rows: Vec<RowState>,
+    /// Every pending admission count, sorted by (table, key).
+    pub pending: Vec<PendingRow>,
+    /// Everything else.
+    pub dense: DenseState,
+}
+
+impl TrainerState {
+    /// Applies a delta drained after this state was taken (or after the
+    /// previous delta applied to it).
+    pub fn apply(&mut self, delta: Delta) {
+        let mut rows: BTreeMap<(TableKind, u64), RowState> =
+            std::mem::take(&mut self.rows).into_iter().map(|r| ((r.table, r.key), r)).collect();
+        for tombstone in &delta.tombstones {
+            rows.remove(&(tombstone.table, tombstone.key));
+        }
+        for row in delta.rows {
+            rows.insert((row.table, row.key), row);
+        }
+        self.rows = rows.into_values().collect();
+        let mut pending: BTreeMap<(TableKind, u64), PendingRow> =
+            std::mem::take(&mut self.pending).into_iter().map(|p| ((p.table, p.key), p)).collect();
+        for key in &delta.pending_removed {
+            pending.remove(key);
+        }
+        for row in delta.pending {
+            pending.insert((row.table, row.key), row);
+        }
+        self.pending = pending.into_values().collect();
+        self.dense = delta.dense;
+    }
+
+    /// Checks the state against the spec it is restored under.
+    pub fn validate(&self, spec: &ModelSpec) -> Result<(), StateError> {
+        if &self.spec != spec {
+            return Err(StateError::SpecMismatch {
+                state: Box::new(self.spec.clone()),
+                configured: Box::new(spec.clone()),
+            });
+        }
+        let g = &self.dense.globals;
+        if [g.bias, g.m, g.v].iter().flatten().any(|x| !x.is_finite()) {
+            return Err(StateError::NonFiniteGlobal);
+        }
+        let width = spec.row_width();
+        let mut previous: Option<(TableKind, u64)> = None;
+        for row in &self.rows {
+            let at = (row.table, row.key);
+            if previous.is_some_and(|p| p >= at) {
+                return Err(StateError::Unsorted { table: row.table, key: row.key });
+            }
+            previous = Some(at);
+            let moments_ok = [&row.m, &row.v].iter().all(|m| m.is_empty() || m.len() == width);
+            if row.params.len() != width || !moments_ok {
+                return Err(StateError::RowWidth { table: row.table, key: row.key, expected: width });
+            }
+            if [&row.params, &row.m, &row.v].iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+                return Err(StateError::NonFinite { table: row.table, key: row.key });
+            }
+            if row.table.keeps_ids() != row.id.is_some() {
+                return Err(StateError::Id { table: row.table, key: row.key });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The model's parameters alone, for full snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    /// The model's shape.
+    pub spec: ModelSpec,
+    /// Global bias per head.
+    pub globals: [f32; 2],
+    /// Every row, sorted by (table, key).
+    pub rows: Vec<RowParams>,
+}
+
+/// Why a saved state cannot be restored.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum StateError {
+    /// The configuration to restore under is invalid.
+    #[error(transparent)]
+    Config(#[from] freshet_core::ConfigError),
+    /// The state was trained under another model spec.
+    #[error("state was trained with model spec {state:?}, configured spec is {configured:?}")]
+    SpecMismatch {
+        /// The state's spec.
+        state: Box<ModelSpec>,
+        /// The configured spec.
+        configured: Box<ModelSpec>,
+    },
+    /// Rows are not sorted by (table, key), or a key repeats.
+    #[error("rows out of order or repeated at {table:?} key {key:#018x}")]
+    Unsorted {
+        /// Table of the offending row.
+        table: TableKind,
+        /// Key of the offending row.
+        key: u64,
+    },
+    /// A row's parameter or moment vector has the wrong length.
+    #[error("{table:?} row {key:#018x} is not {expected} floats wide")]
+    RowWidth {
+        /// Table of the offending row.
+        table: TableKind,
+        /// Key of the offending row.
+        key: u64,
+        /// The spec's row width.
+        expected: usize,
+    },
+    /// A row holds NaN or an infinity.
+    #[error("{table:?} row {key:#018x} holds a non-finite value")]
+    NonFinite {
+        /// Table of the offending row.
+        table: TableKind,
+        /// Key of the offending row.
+        key: u64,
+    },
+    /// A global bias or its optimizer state is NaN or infinite.
+    #[error("a global bias or its optimizer state is not finite")]
+    NonFiniteGlobal,
+    /// An item row lacks its id string, or another row has one.
+    #[error("{table:?} row {key:#018x} has a missing or unexpected id string")]
+    Id {
+        /// Table of the offending row.
+        table: TableKind,
+        /// Key of the offending row.
+        key: u64,
+    },
+}

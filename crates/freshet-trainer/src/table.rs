@@ -1,0 +1,435 @@
+//! One dynamic embedding table: rows of `[biases…, factor_1 … factor_dim]`
+//! with the optimizer's moments beside them in one contiguous f32 arena,
+//! per-row step and update counters and last-update time, a 64-bit key → row
+//! map, and the record of what changed since the last drain. Removing a row
+//! moves the last row into its place, so the arena stays dense.
+
+use ndarray::{ArrayView2, ShapeBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::keymap::KeyMap;
+use crate::optimizer::RowMut;
+use crate::state::{RowParams, RowState, Tombstone};
+
+/// Which table a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    /// Users, keyed by `hash_id(user)`.
+    User,
+    /// Items, keyed by `hash_id(item)`; rows keep the item's id string.
+    Item,
+    /// Context features, keyed by `hash_feature(name, value)`.
+    Feature,
+}
+
+impl TableKind {
+    /// Every table, in index order.
+    pub const ALL: [TableKind; 3] = [TableKind::User, TableKind::Item, TableKind::Feature];
+
+    /// Position of the table in per-table arrays.
+    pub fn index(self) -> usize {
+        match self {
+            TableKind::User => 0,
+            TableKind::Item => 1,
+            TableKind::Feature => 2,
+        }
+    }
+
+    /// Whether rows keep their original id string (items do, for serving).
+    pub fn keeps_ids(self) -> bool {
+        self == TableKind::Item
+    }
+}
+
+/// Why a row left its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removal {
+    /// A forget event or call removed it.
+    Forgotten,
+    /// It was not updated for the TTL.
+    Expired,
+    /// The row budget evicted it as least recently updated.
+    Evicted,
+}
+
+/// What a table knows about a row besides its floats.
+#[derive(Debug, Clone, Copy)]
+struct RowMeta {
+    key: u64,
+    updates: u64,
+    last_update: i64,
+    steps: u32,
+    /// The row's gradient slot in the current step, or [`NO_SLOT`].
+    slot: u32,
+    dirty: bool,
+}
+
+/// Marks a row without a gradient slot in the current step.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+/// The arena of one table. Each row's floats are contiguous — parameters,
+/// then the first moment (if kept), then the second (if kept) — and so is
+/// its metadata, so touching a row costs two cache misses, not one per array.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    kind: TableKind,
+    width: usize,
+    biases: usize,
+    moments: usize,
+    /// Floats per row in the arena: `width × (1 + moments)`.
+    stride: usize,
+    arena: Vec<f32>,
+    meta: Vec<RowMeta>,
+    ids: Vec<Box<str>>,
+    index: KeyMap<u32>,
+    dirty_keys: Vec<u64>,
+    tombstones: KeyMap<Removal>,
+}
+
+impl Table {
+    /// An empty table of rows `width` floats wide whose first `biases` are
+    /// biases, with `moments` moment slots per parameter (2: first and second
+    /// moment; 1: second only; 0: none).
+    pub(crate) fn new(kind: TableKind, width: usize, biases: usize, moments: usize) -> Self {
+        Table {
+            kind,
+            width,
+            biases,
+            moments,
+            stride: width * (1 + moments),
+            arena: Vec::new(),
+            meta: Vec::new(),
+            ids: Vec::new(),
+            index: KeyMap::default(),
+            dirty_keys: Vec::new(),
+            tombstones: KeyMap::default(),
+        }
+    }
+
+    /// Number of rows.
+    pub(crate) fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The row of `key`, if it has one.
+    #[inline]
+    pub(crate) fn get(&self, key: u64) -> Option<u32> {
+        self.index.get(&key).copied()
+    }
+
+    /// Adds a row for `key` (which must not have one), filled by `init`, and
+    /// marks it changed.
+    pub(crate) fn insert(&mut self, key: u64, id: &str, now_ms: i64, init: impl FnOnce(&mut [f32])) -> u32 {
+        let row = self.push_row(key, id);
+        let start = row as usize * self.stride;
+        init(&mut self.arena[start..start + self.width]);
+        self.meta[row as usize].last_update = now_ms;
+        self.mark_dirty(row);
+        row
+    }
+
+    /// Adds a row from saved state; moments that do not fit the configured
+    /// algorithms start at zero. The row is not marked changed.
+    pub(crate) fn insert_state(&mut self, state: &RowState) -> u32 {
+        let row = self.push_row(state.key, state.id.as_deref().unwrap_or_default());
+        let RowMut { params, m, v, .. } = self.row_mut(row);
+        params.copy_from_slice(&state.params);
+        if m.len() == state.m.len() {
+            m.copy_from_slice(&state.m);
+        }
+        if v.len() == state.v.len() {
+            v.copy_from_slice(&state.v);
+        }
+        let meta = &mut self.meta[row as usize];
+        meta.steps = state.steps;
+        meta.updates = state.updates;
+        meta.last_update = state.last_update_ms;
+        row
+    }
+
+    fn push_row(&mut self, key: u64, id: &str) -> u32 {
+        let row = u32::try_from(self.meta.len()).expect("a table holds fewer than 2^32 rows");
+        self.index.insert(key, row);
+        self.tombstones.remove(&key);
+        if self.kind.keeps_ids() {
+            self.ids.push(id.into());
+        }
+        self.arena.resize(self.arena.len() + self.stride, 0.0);
+        self.meta.push(RowMeta { key, updates: 0, last_update: 0, steps: 0, slot: NO_SLOT, dirty: false });
+        row
+    }
+
+    /// `[biases..., factors...]` of a row.
+    #[inline]
+    pub(crate) fn params(&self, row: u32) -> &[f32] {
+        let start = row as usize * self.stride;
+        &self.arena[start..start + self.width]
+    }
+
+    /// Loads one float from each cache line of `key`'s row and its metadata
+    /// (nothing if it has no row), so a later access finds them cached.
+    #[inline]
+    pub(crate) fn touch(&self, key: u64) -> f32 {
+        const FLOATS_PER_LINE: usize = 16;
+        let Some(row) = self.get(key) else {
+            return 0.0;
+        };
+        let start = row as usize * self.stride;
+        let lines: f32 = self.arena[start..start + self.stride].iter().step_by(FLOATS_PER_LINE).sum();
+        lines + self.meta[row as usize].steps as f32
+    }
+
+    /// A row's parameters and moments, for one optimizer step.
+    #[inline]
+    pub(crate) fn row_mut(&mut self, row: u32) -> RowMut<'_> {
+        let start = row as usize * self.stride;
+        let floats = &mut self.arena[start..start + self.stride];
+        let (params, moments) = floats.split_at_mut(self.width);
+        let (m, v) = if self.moments >= 2 { moments.split_at_mut(self.width) } else { (&mut [][..], moments) };
+        RowMut { biases: self.biases, params, m, v }
+    }
+
+    /// Optimizer steps taken by a row.
+    #[inline]
+    pub(crate) fn steps(&self, row: u32) -> u32 {
+        self.meta[row as usize].steps
+    }
+
+    /// Events whose gradient reached a row.
+    #[inline]
+    pub(crate) fn updates(&self, row: u32) -> u64 {
+        self.meta[row as usize].updates
+    }
+
+    /// The row's gradient slot in the current step (see [`NO_SLOT`]).
+    #[inline]
+    pub(crate) fn slot_mut(&mut self, row: u32) -> &mut u32 {
+        &mut self.meta[row as usize].slot
+    }
+
+    /// Records a written step that `events` events contributed to.
+    #[inline]
+    pub(crate) fn record_update(&mut self, row: u32, events: u32, now_ms: i64) {
+        let meta = &mut self.meta[row as usize];
+        meta.steps = meta.steps.saturating_add(1);
+        meta.updates += u64::from(events);
+        meta.last_update = now_ms;
+        self.mark_dirty(row);
+    }
+
+    #[inline]
+    fn mark_dirty(&mut self, row: u32) {
+        let meta = &mut self.meta[row as usize];
+        if !meta.dirty {
+            meta.dirty = true;
+            self.dirty_keys.push(meta.key);
+        }
+    }
+
+    /// Removes the row of `key` if there is one; returns whether it existed.
+    pub(crate) fn remove_key(&mut self, key: u64, cause: Removal) -> bool {
+        match self.get(key) {
+            Some(row) => {
+                self.remove(row, cause);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a row (the last row takes its place) and records a tombstone.
+    fn remove(&mut self, row: u32, cause: Removal) {
+        let r = row as usize;
+        let last = self.len() - 1;
+        let key = self.meta[r].key;
+        self.index.remove(&key);
+        self.tombstones.insert(key, cause);
+        if r != last {
+            self.index.insert(self.meta[last].key, row);
+            self.meta[r] = self.meta[last];
+            if self.kind.keeps_ids() {
+                self.ids.swap(r, last);
+            }
+            self.arena.copy_within(last * self.stride..(last + 1) * self.stride, r * self.stride);
+        }
+        self.meta.truncate(last);
+        self.ids.truncate(if self.kind.keeps_ids() { last } else { 0 });
+        self.arena.truncate(last * self.stride);
+    }
+
+    /// Removes several rows, highest index first so no pending index moves.
+    fn remove_rows(&mut self, mut rows: Vec<u32>, cause: Removal) -> usize {
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        for &row in &rows {
+            self.remove(row, cause);
+        }
+        rows.len()
+    }
+
+    /// Removes rows last updated before `cutoff_ms`; returns how many.
+    pub(crate) fn expire(&mut self, cutoff_ms: i64) -> usize {
+        let stale: Vec<u32> =
+            (0..self.len() as u32).filter(|&row| self.meta[row as usize].last_update < cutoff_ms).collect();
+        self.remove_rows(stale, Removal::Expired)
+    }
+
+    /// Evicts the least recently updated rows (ties: lower key first) until
+    /// `target` rows remain; returns how many left.
+    pub(crate) fn evict_to(&mut self, target: usize) -> usize {
+        let excess = self.len().saturating_sub(target);
+        if excess == 0 {
+            return 0;
+        }
+        let mut order: Vec<(i64, u64, u32)> =
+            self.meta.iter().zip(0..).map(|(meta, row)| (meta.last_update, meta.key, row)).collect();
+        order.select_nth_unstable(excess - 1);
+        let victims = order[..excess].iter().map(|&(_, _, row)| row).collect();
+        self.remove_rows(victims, Removal::Evicted)
+    }
+
+    /// The full state of a row.
+    pub(crate) fn row_state(&self, row: u32) -> RowState {
+        let r = row as usize;
+        let start = r * self.stride;
+        let floats = &self.arena[start..start + self.stride];
+        let (params, moments) = floats.split_at(self.width);
+        let (m, v) = if self.moments >= 2 { moments.split_at(self.width) } else { (&[][..], moments) };
+        let meta = &self.meta[r];
+        RowState {
+            table: self.kind,
+            key: meta.key,
+            id: self.id(r),
+            params: params.to_vec(),
+            m: m.to_vec(),
+            v: v.to_vec(),
+            steps: meta.steps,
+            updates: meta.updates,
+            last_update_ms: meta.last_update,
+        }
+    }
+
+    fn id(&self, r: usize) -> Option<String> {
+        self.ids.get(r).map(|id| id.to_string())
+    }
+
+    /// Appends the state of every row changed since the last drain and every
+    /// tombstone of a key that has no row now, both sorted by key, and forgets them.
+    pub(crate) fn drain(&mut self, rows: &mut Vec<RowState>, tombstones: &mut Vec<Tombstone>) {
+        let mut keys = std::mem::take(&mut self.dirty_keys);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            if let Some(row) = self.get(key) {
+                self.meta[row as usize].dirty = false;
+                rows.push(self.row_state(row));
+            }
+        }
+        let mut removed: Vec<Tombstone> =
+            self.tombstones.drain().map(|(key, cause)| Tombstone { table: self.kind, key, cause }).collect();
+        removed.sort_unstable_by_key(|t| t.key);
+        tombstones.extend(removed);
+    }
+
+    /// Appends the state of every row, sorted by key.
+    pub(crate) fn export(&self, rows: &mut Vec<RowState>) {
+        let start = rows.len();
+        rows.extend((0..self.len() as u32).map(|row| self.row_state(row)));
+        rows[start..].sort_unstable_by_key(|row| row.key);
+    }
+
+    /// Appends the parameters of every row, sorted by key.
+    pub(crate) fn export_params(&self, rows: &mut Vec<RowParams>) {
+        let start = rows.len();
+        rows.extend((0..self.len()).map(|r| RowParams {
+            table: self.kind,
+            key: self.meta[r].key,
+            id: self.id(r),
+            params: self.params(r as u32).to_vec(),
+        }));
+        rows[start..].sort_unstable_by_key(|row| row.key);
+    }
+
+    /// Every row's `[biases..., factors...]`, one row per table row, in arena
+    /// order (which changes as rows are removed; see [`Table::keys`]). A
+    /// strided view into the arena: no copy.
+    pub(crate) fn params_view(&self) -> ArrayView2<'_, f32> {
+        let shape = (self.len(), self.width).strides((self.stride, 1));
+        let used = if self.len() == 0 { 0 } else { (self.len() - 1) * self.stride + self.width };
+        ArrayView2::from_shape(shape, &self.arena[..used]).expect("the arena holds len rows of stride floats")
+    }
+
+    /// The key of each arena row, aligned with [`Table::params_view`].
+    pub(crate) fn keys(&self) -> Vec<u64> {
+        self.meta.iter().map(|meta| meta.key).collect()
+    }
+
+    /// Sum of the rows' update counters.
+    pub(crate) fn update_count_sum(&self) -> u64 {
+        self.meta.iter().map(|meta| meta.updates).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table::new(TableKind::Item, 3, 2, 2)
+    }
+
+    fn fill(value: f32) -> impl FnOnce(&mut [f32]) {
+        move |row: &mut [f32]| row.fill(value)
+    }
+
+    #[test]
+    fn removal_moves_the_last_row_and_keeps_the_index_right() {
+        let mut t = table();
+        for key in 1..=4u64 {
+            t.insert(key, &format!("i{key}"), key as i64, fill(key as f32));
+        }
+        assert!(t.remove_key(2, Removal::Forgotten));
+        assert!(!t.remove_key(2, Removal::Forgotten));
+        assert_eq!(t.len(), 3);
+        for key in [1u64, 3, 4] {
+            let row = t.get(key).expect("row kept");
+            assert_eq!(t.params(row), &[key as f32; 3]);
+            assert_eq!(t.row_state(row).id.as_deref(), Some(format!("i{key}").as_str()));
+            assert_eq!(t.row_state(row).last_update_ms, key as i64);
+        }
+    }
+
+    #[test]
+    fn eviction_takes_least_recently_updated_rows() {
+        let mut t = table();
+        for key in 1..=6u64 {
+            t.insert(key, "", 100 - key as i64, fill(0.0));
+        }
+        assert_eq!(t.evict_to(4), 2);
+        let mut kept: Vec<u64> = t.keys();
+        kept.sort_unstable();
+        assert_eq!(kept, [1, 2, 3, 4]);
+        assert_eq!(t.expire(97), 1); // key 4 was last updated at 96
+    }
+
+    #[test]
+    fn drain_reports_changes_once_and_tombstones_of_absent_keys() {
+        let mut t = table();
+        t.insert(5, "a", 0, fill(1.0));
+        t.insert(6, "b", 0, fill(1.0));
+        t.remove_key(6, Removal::Evicted);
+        let (mut rows, mut tombs) = (Vec::new(), Vec::new());
+        t.drain(&mut rows, &mut tombs);
+        assert_eq!(rows.iter().map(|r| r.key).collect::<Vec<_>>(), [5]);
+        assert_eq!(tombs, [Tombstone { table: TableKind::Item, key: 6, cause: Removal::Evicted }]);
+        let (mut rows, mut tombs) = (Vec::new(), Vec::new());
+        t.drain(&mut rows, &mut tombs);
+        assert!(rows.is_empty() && tombs.is_empty());
+        // A re-admitted key is a row again, not a tombstone.
+        t.remove_key(5, Removal::Expired);
+        t.insert(5, "a", 1, fill(2.0));
+        t.drain(&mut rows, &mut tombs);
+        assert_eq!((rows.len(), tombs.len()), (1, 0));
+    }
+}

@@ -1,0 +1,706 @@
+//! The trainer: micro-batches of feedback in; progressive metrics, updated
+//! rows and tombstones out.
+//!
+//! One call to [`Trainer::train_batch`] splits the batch at forget events
+//! into segments. Each segment is one step: every event is first scored with
+//! the parameters from before the segment (progressive metrics), its loss
+//! gradient is summed per touched row, then each touched row takes one
+//! optimizer step in first-touch order (rows are independent, so the order
+//! cannot change a value; the sums follow event order, so the same batches
+//! always give bit-identical parameters). Expiry and the row budget run at
+//! the end of the batch.
+
+use freshet_core::{ConfigError, Features, Feedback, hash_feature, hash_id};
+use ndarray::ArrayView2;
+
+use crate::admission::Admission;
+use crate::config::TrainerConfig;
+use crate::heads::Head;
+use crate::init::init_row;
+use crate::kernels::{axpy, dot};
+use crate::lr_schedule::PlateauSchedule;
+use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
+use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
+use crate::report::{BatchReport, Counters};
+use crate::spec::ModelSpec;
+use crate::state::{Delta, DenseState, GlobalParams, ModelParams, RowState, StateError, Tombstone, TrainerState};
+use crate::table::{NO_SLOT, Removal, Table, TableKind};
+
+/// Events whose rows are warmed together (see [`Trainer::warm`]): enough
+/// independent loads to overlap their misses, few enough to stay cached.
+const WARM_AHEAD: usize = 16;
+
+/// Leading biases of each row: one per head.
+const BIASES: usize = Head::ALL.len();
+
+/// The online model and its optimizer. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    spec: ModelSpec,
+    config: TrainerConfig,
+    optimizer: Optimizer,
+    tables: [Table; 3],
+    admission: [Admission; 3],
+    sums: [GradSums; 3],
+    globals: GlobalParams,
+    global_sums: GlobalSums,
+    metrics: ProgressiveMetrics,
+    schedule: PlateauSchedule,
+    counters: Counters,
+    clock_ms: i64,
+    last_sweep_ms: i64,
+    scratch: Scratch,
+}
+
+/// Per-table gradient sums of the current step, one slot per touched row
+/// (the row's slot number lives in the table's row metadata).
+#[derive(Debug, Clone)]
+struct GradSums {
+    width: usize,
+    rows: Vec<u32>,
+    grads: Vec<f32>,
+    counts: Vec<u32>,
+}
+
+impl GradSums {
+    fn new(width: usize) -> Self {
+        GradSums { width, rows: Vec::new(), grads: Vec::new(), counts: Vec::new() }
+    }
+
+    /// Adds one event's gradient to `row` of `table`: `d` on the head's bias
+    /// and `d·x` on the factors (nothing on the factors without `x`).
+    #[inline]
+    fn add(&mut self, table: &mut Table, row: u32, head: Head, d: f32, x: Option<&[f32]>) {
+        let slot = table.slot_mut(row);
+        if *slot == NO_SLOT {
+            *slot = self.rows.len() as u32;
+            self.rows.push(row);
+            self.counts.push(0);
+            self.grads.resize(self.grads.len() + self.width, 0.0);
+        }
+        let s = *slot as usize;
+        self.counts[s] += 1;
+        let g = &mut self.grads[s * self.width..(s + 1) * self.width];
+        g[head.index()] += d;
+        if let Some(x) = x {
+            axpy(d, x, &mut g[BIASES..]);
+        }
+    }
+
+    /// Forgets the sums, freeing the rows' slots in `table`.
+    fn clear(&mut self, table: &mut Table) {
+        for &row in &self.rows {
+            *table.slot_mut(row) = NO_SLOT;
+        }
+        self.rows.clear();
+        self.grads.clear();
+        self.counts.clear();
+    }
+}
+
+/// Gradient sums of the global biases in the current step.
+#[derive(Debug, Clone, Default)]
+struct GlobalSums {
+    grads: [f32; 2],
+    counts: [u32; 2],
+}
+
+/// Reused buffers, so training allocates nothing per event.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    /// `p_user + Σ q_feature` of the event being scored.
+    user_vec: Vec<f32>,
+    /// `(hash_id(user), hash_id(item))` of each rating or click of the step.
+    keys: Vec<(u64, u64)>,
+    features: Vec<u32>,
+    prior_features: Vec<u32>,
+    step: StepScratch,
+}
+
+/// A rating or click, reduced to what the model uses.
+struct Observation<'a> {
+    head: Head,
+    target: f32,
+    user: &'a str,
+    item: &'a str,
+    features: &'a Features,
+}
+
+impl<'a> Observation<'a> {
+    fn of(event: &'a Feedback) -> Option<Self> {
+        match event {
+            Feedback::Rating(r) => Some(Observation {
+                head: Head::Rating,
+                target: r.rating,
+                user: &r.user,
+                item: &r.item,
+                features: &r.features,
+            }),
+            Feedback::Click(c) => Some(Observation {
+                head: Head::Click,
+                target: if c.clicked { 1.0 } else { 0.0 },
+                user: &c.user,
+                item: &c.item,
+                features: &c.features,
+            }),
+            Feedback::Forget(_) => None,
+        }
+    }
+}
+
+impl Trainer {
+    /// A fresh model: no rows, global biases at their initial values.
+    pub fn new(spec: ModelSpec, config: TrainerConfig) -> Result<Self, ConfigError> {
+        spec.check()?;
+        config.check()?;
+        let width = spec.row_width();
+        let optimizer = Optimizer::new(&config);
+        let moments = optimizer.moments();
+        let globals = GlobalParams {
+            bias: Head::ALL.map(|head| head.initial_global(&spec)),
+            m: [0.0; 2],
+            v: [0.0; 2],
+            steps: [0; 2],
+            updates: [0; 2],
+        };
+        Ok(Trainer {
+            optimizer,
+            tables: TableKind::ALL.map(|kind| Table::new(kind, width, BIASES, moments)),
+            admission: TableKind::ALL.map(|kind| Admission::new(kind, config.min_count, config.max_pending)),
+            sums: TableKind::ALL.map(|_| GradSums::new(width)),
+            globals,
+            global_sums: GlobalSums::default(),
+            metrics: ProgressiveMetrics::new(config.metric_window),
+            schedule: PlateauSchedule::new(&config.lr_schedule),
+            counters: Counters::default(),
+            clock_ms: 0,
+            last_sweep_ms: 0,
+            scratch: Scratch { user_vec: vec![0.0; spec.dim], ..Scratch::default() },
+            spec,
+            config,
+        })
+    }
+
+    /// Restores a trainer from a state exported earlier (under an equal spec).
+    /// The configuration may differ from the one the state was trained with;
+    /// if its algorithm does, the optimizer moments and step counts restart
+    /// from zero. Metrics keep the window length they were saved with.
+    pub fn restore(spec: ModelSpec, config: TrainerConfig, state: TrainerState) -> Result<Self, StateError> {
+        state.validate(&spec)?;
+        let mut trainer = Trainer::new(spec, config)?;
+        let keep_moments = state.dense.algorithm == trainer.config.algorithm
+            && state.dense.bias_algorithm == trainer.config.bias_algorithm;
+        for row in &state.rows {
+            let table = &mut trainer.tables[row.table.index()];
+            if keep_moments {
+                table.insert_state(row);
+            } else {
+                table.insert_state(&RowState { m: Vec::new(), v: Vec::new(), steps: 0, ..row.clone() });
+            }
+        }
+        for pending in &state.pending {
+            trainer.admission[pending.table.index()].insert_state(pending);
+        }
+        let dense = state.dense;
+        trainer.globals = if keep_moments {
+            dense.globals
+        } else {
+            GlobalParams { m: [0.0; 2], v: [0.0; 2], steps: [0; 2], ..dense.globals }
+        };
+        trainer.clock_ms = dense.clock_ms;
+        trainer.last_sweep_ms = dense.last_sweep_ms;
+        trainer.counters = dense.counters;
+        trainer.metrics = dense.metrics;
+        trainer.schedule = dense.schedule;
+        Ok(trainer)
+    }
+
+    /// Trains on one micro-batch, in order; forget events take effect where
+    /// they stand. See [`crate::report`] for how events are counted.
+    pub fn train_batch(&mut self, batch: &[Feedback]) -> BatchReport {
+        let before = self.counters;
+        let mut start = 0;
+        for (i, event) in batch.iter().enumerate() {
+            if let Feedback::Forget(forget) = event {
+                self.train_segment(&batch[start..i]);
+                self.clock_ms = self.clock_ms.max(forget.ts);
+                self.forget(&forget.user);
+                self.counters.forgets += 1;
+                self.counters.events_applied += 1;
+                start = i + 1;
+            }
+        }
+        self.train_segment(&batch[start..]);
+        self.maintain();
+        self.schedule.observe(&self.config.lr_schedule, self.counters.events_applied, self.metrics.window_loss());
+        self.report_since(&before)
+    }
+
+    /// Removes the user's row and pending admission count; returns the
+    /// tombstone of the row, if it had one. What the user's events taught
+    /// item and feature rows stays. Called directly (not through a forget
+    /// event), it counts no event.
+    pub fn forget(&mut self, user: &str) -> Vec<Tombstone> {
+        let key = hash_id(user);
+        let users = TableKind::User.index();
+        self.admission[users].remove(key);
+        if self.tables[users].remove_key(key, Removal::Forgotten) {
+            self.counters.users.forgotten += 1;
+            vec![Tombstone { table: TableKind::User, key, cause: Removal::Forgotten }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The prediction of `head` for `user` and `item` in context `features`,
+    /// with the current parameters (a clipped rating or a click probability).
+    /// Ids without rows contribute nothing.
+    pub fn predict(&self, head: Head, user: &str, item: &str, features: &Features) -> f32 {
+        let user_row = self.tables[TableKind::User.index()].get(hash_id(user));
+        let item_row = self.tables[TableKind::Item.index()].get(hash_id(item));
+        let feature_rows: Vec<u32> = if self.spec.context_features {
+            let table = &self.tables[TableKind::Feature.index()];
+            features.iter().filter_map(|(name, value)| table.get(hash_feature(name, value))).collect()
+        } else {
+            Vec::new()
+        };
+        let mut user_vec = vec![0.0; self.spec.dim];
+        let score = raw_score(&self.tables, &self.globals, head, user_row, item_row, &feature_rows, &mut user_vec);
+        head.predict(score, &self.spec)
+    }
+
+    /// The progressive metrics now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Running counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The model's shape.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The configuration trained under.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The trainer clock: the largest event time seen (epoch ms). TTLs use it,
+    /// never the wall clock.
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
+    /// Current multiplier of the configured learning rates.
+    pub fn lr_scale(&self) -> f32 {
+        self.schedule.scale()
+    }
+
+    /// Rows in a table.
+    pub fn rows(&self, kind: TableKind) -> usize {
+        self.tables[kind.index()].len()
+    }
+
+    /// Ids of a table being counted towards admission.
+    pub fn pending(&self, kind: TableKind) -> usize {
+        self.admission[kind.index()].len()
+    }
+
+    /// The full state of one row, if the key has one.
+    pub fn row(&self, kind: TableKind, key: u64) -> Option<RowState> {
+        let table = &self.tables[kind.index()];
+        table.get(key).map(|row| table.row_state(row))
+    }
+
+    /// A table's parameters as a `rows × (2 + dim)` view (the two head biases
+    /// first; strided into the arena, no copy) with the key of each arena row.
+    /// Arena order changes as rows are removed.
+    pub fn table_params(&self, kind: TableKind) -> (ArrayView2<'_, f32>, Vec<u64>) {
+        let table = &self.tables[kind.index()];
+        (table.params_view(), table.keys())
+    }
+
+    /// Sum of the update counters of a table's rows.
+    pub fn update_count_sum(&self, kind: TableKind) -> u64 {
+        self.tables[kind.index()].update_count_sum()
+    }
+
+    /// Rows and pending counts changed since the last drain, tombstones of
+    /// rows removed since then, and the dense state; clears the change record.
+    /// Costs a copy of the changed rows only.
+    pub fn drain_dirty(&mut self) -> Delta {
+        let (mut rows, mut tombstones) = (Vec::new(), Vec::new());
+        let (mut pending, mut pending_removed) = (Vec::new(), Vec::new());
+        for (table, admission) in self.tables.iter_mut().zip(&mut self.admission) {
+            table.drain(&mut rows, &mut tombstones);
+            admission.drain(&mut pending, &mut pending_removed);
+        }
+        Delta { rows, tombstones, pending, pending_removed, dense: self.dense_state() }
+    }
+
+    /// The whole state, for a full checkpoint. The change record is kept.
+    pub fn export_state(&self) -> TrainerState {
+        let (mut rows, mut pending) = (Vec::new(), Vec::new());
+        for (table, admission) in self.tables.iter().zip(&self.admission) {
+            table.export(&mut rows);
+            admission.export(&mut pending);
+        }
+        TrainerState { spec: self.spec.clone(), rows, pending, dense: self.dense_state() }
+    }
+
+    /// The parameters alone, for a full snapshot.
+    pub fn export_params(&self) -> ModelParams {
+        let mut rows = Vec::new();
+        for table in &self.tables {
+            table.export_params(&mut rows);
+        }
+        ModelParams { spec: self.spec.clone(), globals: self.globals.bias, rows }
+    }
+
+    fn dense_state(&self) -> DenseState {
+        DenseState {
+            algorithm: self.config.algorithm,
+            bias_algorithm: self.config.bias_algorithm,
+            globals: self.globals,
+            clock_ms: self.clock_ms,
+            last_sweep_ms: self.last_sweep_ms,
+            counters: self.counters,
+            metrics: self.metrics.clone(),
+            schedule: self.schedule.clone(),
+        }
+    }
+
+    /// One step over events without forgets: score all, sum gradients, update.
+    fn train_segment(&mut self, events: &[Feedback]) {
+        if events.is_empty() {
+            return;
+        }
+        self.clock_ms = events.iter().map(Feedback::ts).fold(self.clock_ms, i64::max);
+        let fresh_from = self.tables.each_ref().map(Table::len);
+        let mut keys = std::mem::take(&mut self.scratch.keys);
+        keys.clear();
+        keys.extend(events.iter().filter_map(Observation::of).map(|obs| (hash_id(obs.user), hash_id(obs.item))));
+        for (i, (observation, &(user, item))) in events.iter().filter_map(Observation::of).zip(&keys).enumerate() {
+            if i % WARM_AHEAD == 0 {
+                self.warm(&keys[i..keys.len().min(i + WARM_AHEAD)]);
+            }
+            self.learn(&observation, user, item, &fresh_from);
+        }
+        self.scratch.keys = keys;
+        self.apply_step();
+    }
+
+    /// Reads every index entry and row the step is about to use, in a tight
+    /// loop of independent loads, so their cache misses overlap instead of
+    /// queueing one by one inside the scoring loop. Changes nothing.
+    fn warm(&self, keys: &[(u64, u64)]) {
+        let [users, items, _] = &self.tables;
+        let sum: f32 = keys.iter().map(|&(user, item)| users.touch(user) + items.touch(item)).sum();
+        std::hint::black_box(sum);
+    }
+
+    /// Scores one event with the pre-step parameters, records the metrics and
+    /// adds its gradient to the step's sums. Rows admitted during this step
+    /// (index ≥ `fresh_from`) are left out of the progressive score but are
+    /// trained from their initial values.
+    fn learn(&mut self, obs: &Observation<'_>, user_key: u64, item_key: u64, fresh_from: &[usize; 3]) {
+        match obs.head {
+            Head::Rating => self.counters.ratings += 1,
+            Head::Click => self.counters.clicks += 1,
+        }
+        self.counters.events_applied += 1;
+        let user = self.resolve(TableKind::User, user_key, obs.user);
+        let item = self.resolve(TableKind::Item, item_key, obs.item);
+        let mut features = std::mem::take(&mut self.scratch.features);
+        features.clear();
+        if self.spec.context_features {
+            for (name, value) in obs.features {
+                if let Some(row) = self.resolve(TableKind::Feature, hash_feature(name, value), "") {
+                    features.push(row);
+                }
+            }
+        }
+
+        let Trainer { tables, globals, sums, global_sums, metrics, scratch, spec, .. } = self;
+        let fresh = |kind: TableKind, row: u32| row as usize >= fresh_from[kind.index()];
+        let old_user = user.filter(|&r| !fresh(TableKind::User, r));
+        let old_item = item.filter(|&r| !fresh(TableKind::Item, r));
+        let head = obs.head;
+        let prior = if old_user != user || old_item != item || features.iter().any(|&r| fresh(TableKind::Feature, r)) {
+            scratch.prior_features.clear();
+            scratch.prior_features.extend(features.iter().copied().filter(|&r| !fresh(TableKind::Feature, r)));
+            Some(raw_score(tables, globals, head, old_user, old_item, &scratch.prior_features, &mut scratch.user_vec))
+        } else {
+            None
+        };
+        let score = raw_score(tables, globals, head, user, item, &features, &mut scratch.user_vec);
+        let prior = prior.unwrap_or(score);
+        metrics.record(head, prior, head.predict(prior, spec), obs.target);
+
+        let d = head.gradient(score, obs.target);
+        global_sums.grads[head.index()] += d;
+        global_sums.counts[head.index()] += 1;
+        let [user_sums, item_sums, feature_sums] = sums;
+        let [users, items, feature_table] = tables;
+        let item_factors = item.map(|i| &items.params(i)[BIASES..]);
+        if let Some(u) = user {
+            user_sums.add(users, u, head, d, item_factors);
+        }
+        for &f in &features {
+            feature_sums.add(feature_table, f, head, d, item_factors);
+        }
+        if let Some(i) = item {
+            item_sums.add(items, i, head, d, Some(&scratch.user_vec));
+        }
+        self.scratch.features = features;
+    }
+
+    /// The row of `key`, admitting it if this sighting reaches `min_count`.
+    fn resolve(&mut self, kind: TableKind, key: u64, id: &str) -> Option<u32> {
+        let k = kind.index();
+        if let Some(row) = self.tables[k].get(key) {
+            return Some(row);
+        }
+        let (admitted, dropped) = self.admission[k].sight(key, self.clock_ms);
+        let counters = self.counters.table_mut(kind);
+        counters.pending_dropped += dropped as u64;
+        if !admitted {
+            return None;
+        }
+        counters.admitted += 1;
+        let (seed, std) = (self.config.seed, self.config.init_std);
+        Some(self.tables[k].insert(key, id, self.clock_ms, |row| init_row(seed, kind, key, std, BIASES, row)))
+    }
+
+    /// One optimizer step per touched row and per head that saw events.
+    fn apply_step(&mut self) {
+        let lr_scale = self.schedule.scale();
+        let clock = self.clock_ms;
+        let Trainer { tables, sums, optimizer, scratch, counters, globals, global_sums, .. } = self;
+        for (table, sums) in tables.iter_mut().zip(sums.iter_mut()) {
+            let width = sums.width;
+            for (slot, &row) in sums.rows.iter().enumerate() {
+                let grad = &sums.grads[slot * width..(slot + 1) * width];
+                let count = sums.counts[slot];
+                let input =
+                    StepInput { count, step: table.steps(row).saturating_add(1), prior_updates: table.updates(row) };
+                if optimizer.step(table.row_mut(row), grad, input, lr_scale, Penalty::L2, &mut scratch.step) {
+                    table.record_update(row, count, clock);
+                } else {
+                    counters.nonfinite_skipped += 1;
+                }
+            }
+            sums.clear(table);
+        }
+        let moments = optimizer.moments();
+        for h in Head::ALL.map(Head::index) {
+            let count = global_sums.counts[h];
+            if count == 0 {
+                continue;
+            }
+            let row = RowMut {
+                biases: 1,
+                params: std::slice::from_mut(&mut globals.bias[h]),
+                m: if moments >= 2 { std::slice::from_mut(&mut globals.m[h]) } else { &mut [] },
+                v: if moments >= 1 { std::slice::from_mut(&mut globals.v[h]) } else { &mut [] },
+            };
+            let input =
+                StepInput { count, step: globals.steps[h].saturating_add(1), prior_updates: globals.updates[h] };
+            let grad = [global_sums.grads[h]];
+            if optimizer.step(row, &grad, input, lr_scale, Penalty::None, &mut scratch.step) {
+                globals.steps[h] = input.step;
+                globals.updates[h] += u64::from(count);
+            } else {
+                counters.nonfinite_skipped += 1;
+            }
+        }
+        *global_sums = GlobalSums::default();
+    }
+
+    /// End of batch: the TTL sweep (at most every TTL/16 of event time) and the row budget.
+    fn maintain(&mut self) {
+        if let Some(ttl) = self.config.ttl_ms {
+            if self.clock_ms.saturating_sub(self.last_sweep_ms) >= (ttl / 16).max(1) {
+                let cutoff = self.clock_ms.saturating_sub(ttl);
+                for kind in TableKind::ALL {
+                    let expired = self.tables[kind.index()].expire(cutoff);
+                    self.counters.table_mut(kind).expired += expired as u64;
+                    self.admission[kind.index()].expire(cutoff);
+                }
+                self.last_sweep_ms = self.clock_ms;
+            }
+        }
+        if let Some(budget) = self.config.max_rows {
+            for kind in TableKind::ALL {
+                let table = &mut self.tables[kind.index()];
+                if table.len() > budget {
+                    let evicted = table.evict_to(budget - budget / 16);
+                    self.counters.table_mut(kind).evicted += evicted as u64;
+                }
+            }
+        }
+    }
+
+    fn report_since(&self, before: &Counters) -> BatchReport {
+        let now = &self.counters;
+        let tables = |f: fn(&crate::report::TableCounters) -> u64| -> u64 {
+            TableKind::ALL.iter().map(|&k| f(now.table(k)) - f(before.table(k))).sum()
+        };
+        BatchReport {
+            events: now.events_applied - before.events_applied,
+            ratings: now.ratings - before.ratings,
+            clicks: now.clicks - before.clicks,
+            forgets: now.forgets - before.forgets,
+            nonfinite_skipped: now.nonfinite_skipped - before.nonfinite_skipped,
+            admitted: tables(|t| t.admitted),
+            expired: tables(|t| t.expired),
+            evicted: tables(|t| t.evicted),
+            forgotten: tables(|t| t.forgotten),
+            metrics: self.metrics.snapshot(),
+            lr_scale: self.schedule.scale(),
+        }
+    }
+}
+
+/// `global[h] + b_user[h] + Σ w_f[h] + b_item[h] + ⟨p_user + Σ q_f, v_item⟩`
+/// for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
+fn raw_score(
+    tables: &[Table; 3],
+    globals: &GlobalParams,
+    head: Head,
+    user: Option<u32>,
+    item: Option<u32>,
+    features: &[u32],
+    user_vec: &mut [f32],
+) -> f32 {
+    let [users, items, feature_table] = tables;
+    let h = head.index();
+    let mut score = globals.bias[h];
+    match user {
+        Some(u) => {
+            let p = users.params(u);
+            score += p[h];
+            user_vec.copy_from_slice(&p[BIASES..]);
+        }
+        None => user_vec.fill(0.0),
+    }
+    for &f in features {
+        let q = feature_table.params(f);
+        score += q[h];
+        axpy(1.0, &q[BIASES..], user_vec);
+    }
+    if let Some(i) = item {
+        let v = items.params(i);
+        score += v[h] + dot(user_vec, &v[BIASES..]);
+    }
+    score
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet_core::{Click, Rating};
+
+    use super::*;
+
+    fn trainer() -> Trainer {
+        let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
+        let config = TrainerConfig { init_std: 0.4, ..TrainerConfig::default() };
+        Trainer::new(spec, config).expect("valid")
+    }
+
+    /// The loss of `event` with the current parameters.
+    fn loss(t: &Trainer, head: Head, target: f32, rows: (Option<u32>, Option<u32>, &[u32])) -> f64 {
+        let mut user_vec = vec![0.0; t.spec.dim];
+        let score = raw_score(&t.tables, &t.globals, head, rows.0, rows.1, rows.2, &mut user_vec);
+        f64::from(head.loss(score, target))
+    }
+
+    /// Every parameter the event touches: analytic gradient (what `learn`
+    /// sums) against a central finite difference of the loss.
+    #[test]
+    fn gradients_of_each_head_match_finite_differences() {
+        let features =
+            Features::from([("device".to_owned(), "ios".to_owned()), ("page".to_owned(), "home".to_owned())]);
+        let events = [
+            Feedback::Rating(Rating {
+                user: "u".into(),
+                item: "i".into(),
+                rating: 4.5,
+                ts: 1,
+                features: features.clone(),
+            }),
+            Feedback::Click(Click {
+                user: "u".into(),
+                item: "i".into(),
+                clicked: true,
+                ts: 1,
+                features: features.clone(),
+            }),
+            Feedback::Click(Click { user: "u".into(), item: "i".into(), clicked: false, ts: 1, features }),
+        ];
+        for event in &events {
+            let mut t = trainer();
+            let obs = Observation::of(event).expect("not a forget");
+            // Admit the rows, then give the global bias a non-trivial value.
+            let user = t.resolve(TableKind::User, hash_id(obs.user), obs.user).expect("admitted");
+            let item = t.resolve(TableKind::Item, hash_id(obs.item), obs.item).expect("admitted");
+            let feature_rows: Vec<u32> = obs
+                .features
+                .iter()
+                .map(|(n, v)| t.resolve(TableKind::Feature, hash_feature(n, v), "").expect("admitted"))
+                .collect();
+            for (k, row) in [(0usize, user), (1, item), (2, feature_rows[0]), (2, feature_rows[1])] {
+                t.tables[k].row_mut(row).params[..BIASES].fill(0.1 * (k as f32 + 1.0));
+            }
+            t.globals.bias[obs.head.index()] = 0.3;
+            let fresh_from = t.tables.each_ref().map(Table::len);
+            t.learn(&obs, hash_id(obs.user), hash_id(obs.item), &fresh_from);
+
+            let h = 1e-2f32;
+            let rows = (Some(user), Some(item), feature_rows.as_slice());
+            let mut checked = 0;
+            let touched = [
+                (TableKind::User, user),
+                (TableKind::Item, item),
+                (TableKind::Feature, feature_rows[0]),
+                (TableKind::Feature, feature_rows[1]),
+            ];
+            for (kind, row) in touched {
+                let k = kind.index();
+                let slot = *t.tables[k].slot_mut(row) as usize;
+                let width = t.spec.row_width();
+                let analytic: Vec<f32> = t.sums[k].grads[slot * width..(slot + 1) * width].to_vec();
+                for (j, &analytic) in analytic.iter().enumerate() {
+                    let original = t.tables[k].params(row)[j];
+                    t.tables[k].row_mut(row).params[j] = original + h;
+                    let up = loss(&t, obs.head, obs.target, rows);
+                    t.tables[k].row_mut(row).params[j] = original - h;
+                    let down = loss(&t, obs.head, obs.target, rows);
+                    t.tables[k].row_mut(row).params[j] = original;
+                    let numeric = (up - down) / f64::from(2.0 * h);
+                    let a = f64::from(analytic);
+                    assert!(
+                        (numeric - a).abs() < 2e-3 * (1.0 + a.abs()),
+                        "{:?} {kind:?} param {j}: {numeric} vs {a}",
+                        obs.head
+                    );
+                    checked += 1;
+                }
+            }
+            let g = obs.head.index();
+            let original = t.globals.bias[g];
+            t.globals.bias[g] = original + h;
+            let up = loss(&t, obs.head, obs.target, rows);
+            t.globals.bias[g] = original - h;
+            let down = loss(&t, obs.head, obs.target, rows);
+            t.globals.bias[g] = original;
+            let numeric = (up - down) / f64::from(2.0 * h);
+            assert!((numeric - f64::from(t.global_sums.grads[g])).abs() < 2e-3);
+            assert_eq!(checked, 4 * 10);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Files `freshet eval` replays: MovieLens ratings in their three layouts,
+//! and freshet's own CSV for ratings and clicks.
+//!
+//! MovieLens (`--format movielens`), recognised from the first line:
+//! - `u.data` (ML-100K): `user<TAB>item<TAB>rating<TAB>timestamp`;
+//! - `ratings.dat` (ML-1M, ML-10M): `user::item::rating::timestamp`;
+//! - `ratings.csv` (ML-latest, ML-20M, ML-25M): header
+//!   `userId,movieId,rating,timestamp`, then `user,item,rating,timestamp`.
+//!
+//! Timestamps are epoch seconds there. Line ends may be LF or CRLF.
+//!
+//! freshet CSV (ratings with `--format csv`, clicks always): a header line,
+//! then one event per line, no quoting (ids and features contain no commas),
+//! LF or CRLF:
+//! - ratings: `user,item,rating,ts[,features]`
+//! - clicks:  `user,item,clicked,ts[,features]`, `clicked` being 0/1 or false/true
+//!
+//! `ts` is epoch milliseconds; the optional `features` column holds
+//! `name=value` pairs separated by `;` (for example `device=ios;page=home`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use freshet_core::{Click, Features, Feedback, Rating};
+
+/// Layout of the ratings file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RatingsFormat {
+    /// MovieLens `u.data`, `ratings.dat` or `ratings.csv` (detected from the first line).
+    Movielens,
+    /// freshet CSV: `user,item,rating,ts[,features]` with a header, ts in ms.
+    Csv,
+}
+
+/// Header of freshet's ratings CSV.
+pub const RATINGS_HEADER: &str = "user,item,rating,ts,features";
+/// Header of freshet's clicks CSV.
+pub const CLICKS_HEADER: &str = "user,item,clicked,ts,features";
+
+/// A line that could not be read.
+#[derive(Debug, Clone)]
+pub struct Malformed {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Events read from a file, in file order, and the lines skipped.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The events.
+    pub events: Vec<Feedback>,
+    /// The lines that were skipped.
+    pub malformed: Vec<Malformed>,
+}
+
+/// Ratings outside `[min, max]` are malformed lines.
+#[derive(Debug, Clone, Copy)]
+pub struct RatingRange {
+    /// Smallest accepted rating.
+    pub min: f32,
+    /// Largest accepted rating.
+    pub max: f32,
+}
+
+/// MovieLens layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Tab,
+    DoubleColon,
+    Comma,
+}
+
+/// Reads a ratings file.
+pub fn read_ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Loaded> {
+    let text = read(path)?;
+    let mut loaded = Loaded::default();
+    match format {
+        RatingsFormat::Movielens => {
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let layout = if first.contains("::") {
+                Layout::DoubleColon
+            } else if first.contains('\t') {
+                Layout::Tab
+            } else {
+                Layout::Comma
+            };
+            let has_header = layout == Layout::Comma && first.trim_start().to_ascii_lowercase().starts_with("userid");
+            parse_lines(path, &text, has_header, &mut loaded, |line| movielens_rating(line, layout, range));
+        }
+        RatingsFormat::Csv => {
+            parse_lines(path, &text, true, &mut loaded, |line| csv_event(line, Kind::Rating, range));
+        }
+    }
+    Ok(loaded)
+}
+
+/// Reads a clicks file (freshet CSV).
+pub fn read_clicks(path: &Path) -> anyhow::Result<Loaded> {
+    let text = read(path)?;
+    let mut loaded = Loaded::default();
+    let unused = RatingRange { min: 0.0, max: 0.0 };
+    parse_lines(path, &text, true, &mut loaded, |line| csv_event(line, Kind::Click, unused));
+    Ok(loaded)
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Parses every non-empty line after the optional header.
+fn parse_lines(
+    path: &Path,
+    text: &str,
+    skip_header: bool,
+    loaded: &mut Loaded,
+    parse: impl Fn(&str) -> Result<Feedback, String>,
+) {
+    let mut header_pending = skip_header;
+    loaded.events.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if std::mem::take(&mut header_pending) {
+            continue;
+        }
+        match parse(line) {
+            Ok(event) => loaded.events.push(event),
+            Err(reason) => loaded.malformed.push(Malformed { path: path.to_owned(), line: index + 1, reason }),
+        }
+    }
+}
+
+/// Splits `line` at `sep` into exactly `N` fields, or `N − 1` when the last
+/// one is optional; returns the fields found (trimmed) and how many there were.
+fn fields<'a, const N: usize>(line: &'a str, sep: &str) -> ([&'a str; N], usize) {
+    let mut out = [""; N];
+    let mut found = 0;
+    for field in line.split(sep) {
+        if found < N {
+            out[found] = field.trim();
+        }
+        found += 1;
+    }
+    (out, found)
+}
+
+fn movielens_rating(line: &str, layout: Layout, range: RatingRange) -> Result<Feedback, String> {
+    let sep = match layout {
+        Layout::Tab => "\t",
+        Layout::DoubleColon => "::",
+        Layout::Comma => ",",
+    };
+    let (fields, found) = fields::<4>(line, sep);
+    if found != 4 {
+        return Err(format!("expected 4 fields, found {found}"));
+    }
+    let seconds: i64 = fields[3].parse().map_err(|_| format!("bad timestamp {:?}", fields[3]))?;
+    let ts =
+        seconds.checked_mul(1000).filter(|&ts| ts > 0).ok_or_else(|| format!("timestamp {seconds} out of range"))?;
+    Ok(Feedback::Rating(Rating {
+        user: id("user", fields[0])?,
+        item: id("item", fields[1])?,
+        rating: rating(fields[2], range)?,
+        ts,
+        features: Features::new(),
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rating,
+    Click,
+}
+
+fn csv_event(line: &str, kind: Kind, range: RatingRange) -> Result<Feedback, String> {
+    let (fields, found) = fields::<5>(line, ",");
+    if !(4..=5).contains(&found) {
+        return Err(format!("expected 4 or 5 fields, found {found}"));
+    }
+    let user = id("user", fields[0])?;
+    let item = id("item", fields[1])?;
+    let ts: i64 = fields[3].parse().map_err(|_| format!("bad ts {:?}", fields[3]))?;
+    if ts <= 0 {
+        return Err(format!("ts {ts} is not positive"));
+    }
+    let features = parse_features(fields[4])?;
+    Ok(match kind {
+        Kind::Rating => Feedback::Rating(Rating { user, item, rating: rating(fields[2], range)?, ts, features }),
+        Kind::Click => {
+            let clicked = match fields[2] {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                other => return Err(format!("clicked must be 0/1 or false/true, found {other:?}")),
+            };
+            Feedback::Click(Click { user, item, clicked, ts, features })
+        }
+    })
+}
+
+fn id(field: &str, value: &str) -> Result<String, String> {
+    if value.is_empty() { Err(format!("empty {field} id")) } else { Ok(value.to_owned()) }
+}
+
+fn rating(text: &str, range: RatingRange) -> Result<f32, String> {
+    let value: f32 = text.parse().map_err(|_| format!("bad rating {text:?}"))?;
+    if value.is_finite() && (range.min..=range.max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("rating {value} outside [{}, {}]", range.min, range.max))
+    }
+}
+
+fn parse_features(text: &str) -> Result<Features, String> {
+    text.split(';')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() && !value.is_empty() => Ok((name.to_owned(), value.to_owned())),
+            _ => Err(format!("feature {pair:?} is not name=value")),
+        })
+        .collect()
+}
+
+/// Writes the ratings (or clicks) among `events` as freshet CSV.
+pub fn write_csv(path: &Path, events: &[Feedback], clicks: bool) -> anyhow::Result<usize> {
+    let mut out = String::with_capacity(events.len() * 32);
+    out.push_str(if clicks { CLICKS_HEADER } else { RATINGS_HEADER });
+    out.push('\n');
+    let mut written = 0;
+    for event in events {
+        let (user, item, value, ts, features) = match (event, clicks) {
+            (Feedback::Rating(r), false) => (&r.user, &r.item, r.rating.to_string(), r.ts, &r.features),
+            (Feedback::Click(c), true) => (&c.user, &c.item, u8::from(c.clicked).to_string(), c.ts, &c.features),
+            _ => continue,
+        };
+        let features: Vec<String> = features.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        writeln!(out, "{user},{item},{value},{ts},{}", features.join(";")).expect("writing to a String cannot fail");
+        written += 1;
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RANGE: RatingRange = RatingRange { min: 0.5, max: 5.0 };
+
+    fn load(text: &str, format: RatingsFormat) -> Loaded {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("freshet-eval-{}-{n}", std::process::id()));
+        std::fs::write(&dir, text).expect("temp file");
+        let loaded = read_ratings(&dir, format, RANGE).expect("readable");
+        let _ = std::fs::remove_file(&dir);
+        loaded
+    }
+
+    fn summary(loaded: &Loaded) -> Vec<(String, String, f32, i64)> {
+        loaded
+            .events
+            .iter()
+            .map(|e| match e {
+                Feedback::Rating(r) => (r.user.clone(), r.item.clone(), r.rating, r.ts),
+                other => panic!("not a rating: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_three_movielens_layouts() {
+        let expected = vec![
+            ("196".to_owned(), "242".to_owned(), 3.0, 881_250_949_000),
+            ("186".to_owned(), "302".to_owned(), 3.5, 891_717_742_000),
+        ];
+        let udata = load("196\t242\t3\t881250949\n186\t302\t3.5\t891717742\n", RatingsFormat::Movielens);
+        let dat = load("196::242::3::881250949\n186::302::3.5::891717742\n", RatingsFormat::Movielens);
+        let csv = load(
+            "userId,movieId,rating,timestamp\r\n196,242,3.0,881250949\r\n186,302,3.5,891717742\r\n",
+            RatingsFormat::Movielens,
+        );
+        for loaded in [udata, dat, csv] {
+            assert!(loaded.malformed.is_empty(), "{:?}", loaded.malformed);
+            assert_eq!(summary(&loaded), expected);
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_with_their_number() {
+        let loaded = load(
+            "userId,movieId,rating,timestamp\n1,2,4.0,100\n1,2\n1,3,9.0,100\n1,4,x,100\n,5,3,100\n2,2,3.0,101\n",
+            RatingsFormat::Movielens,
+        );
+        assert_eq!(loaded.events.len(), 2);
+        let lines: Vec<usize> = loaded.malformed.iter().map(|m| m.line).collect();
+        assert_eq!(lines, [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn freshet_csv_round_trips_with_features() {
+        let events = vec![
+            Feedback::Click(Click {
+                user: "u1".into(),
+                item: "i9".into(),
+                clicked: true,
+                ts: 1_700_000_000_123,
+                features: Features::from([
+                    ("device".to_owned(), "ios".to_owned()),
+                    ("page".to_owned(), "home".to_owned()),
+                ]),
+            }),
+            Feedback::Click(Click {
+                user: "u2".into(),
+                item: "i1".into(),
+                clicked: false,
+                ts: 5,
+                features: Features::new(),
+            }),
+        ];
+        let path = std::env::temp_dir().join(format!("freshet-eval-clicks-{}", std::process::id()));
+        assert_eq!(write_csv(&path, &events, true).expect("written"), 2);
+        let loaded = read_clicks(&path).expect("readable");
+        let _ = std::fs::remove_file(&path);
+        assert!(loaded.malformed.is_empty(), "{:?}", loaded.malformed);
+        assert_eq!(loaded.events, events);
+    }
+}
