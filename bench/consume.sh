@@ -8,7 +8,7 @@ events=${1:-1000000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 
 bootstrap=$(bash deploy/kafka/kafka.sh start)
-cargo build --release -q -p freshet
+cargo build --release -q --workspace --bins
 freshet="$CARGO_TARGET_DIR/release/freshet"
 base="bench-$(date +%s)"
 

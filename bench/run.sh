@@ -9,7 +9,7 @@ events=${1:-2000000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 
 bootstrap=$(bash deploy/kafka/kafka.sh start)
-cargo build --release -q -p freshet
+cargo build --release -q --workspace --bins
 freshet="$CARGO_TARGET_DIR/release/freshet"
 base="benchrun-$(date +%s)"
 work=$(mktemp -d)
@@ -32,19 +32,23 @@ dir = "$work/checkpoint"
 interval_ms = 1000
 TOML
 
-RUST_LOG=warn /usr/bin/time -f '%M' -o "$work/rss" "$freshet" run --config "$work/freshet.toml" &
+RUST_LOG=info "$freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
 pid=$!
-started=""
+# The rate counts from the partition assignment (after the group join) to
+# the checkpoint that holds every event.
+until grep -q "partitions assigned" "$work/run.log"; do sleep 0.1; done
+started=$(date +%s.%N)
+first=0
 while :; do
     applied=$("$freshet" inspect --json --checkpoint "$work/checkpoint" 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["events_applied"])' 2>/dev/null || echo 0)
     now=$(date +%s.%N)
-    if [[ -z "$started" && "$applied" -gt 0 ]]; then started=$now; first=$applied; fi
     printf '\r  applied %s / %s' "$applied" "$valid" >&2
     [[ "$applied" -ge "$valid" ]] && break
     sleep 0.5
 done
 echo >&2
+grep VmHWM "/proc/$pid/status" | awk '{print $2}' >"$work/rss"
 kill -TERM "$pid"
 wait "$pid" || true
 python3 - "$started" "$now" "$first" "$applied" "$work/rss" <<'PY'

@@ -93,6 +93,31 @@ def run_child(argv):
 # ---- children -------------------------------------------------------------
 
 
+def child_prep(path, fmt, work):
+    """Writes the ratings in timestamp order (stable) for River (CSV) and VW
+    (text format), and the labels; prints the running-mean baseline."""
+    rows = load_ratings(path, fmt)
+    rows = [r for _, r in sorted(enumerate(rows), key=lambda e: (e[1][3], e[0]))]
+    low, high = RATING_RANGE
+    with open(os.path.join(work, "ordered.csv"), "w") as o, \
+            open(os.path.join(work, "ordered.vw"), "w") as v, \
+            open(os.path.join(work, "labels.txt"), "w") as l:
+        o.write("user,item,rating,ts\n")
+        for user, item, rating, ts in rows:
+            o.write(f"{user},{item},{rating},{ts}\n")
+            v.write(f"{rating} |u u{user} |i i{item}\n")
+            l.write(f"{rating}\n")
+    # Running mean: the floor every learner must beat.
+    mean = se = ae = 0.0
+    for n, (_, _, y, _) in enumerate(rows):
+        p = min(high, max(low, mean)) if n else (low + high) / 2
+        se += (p - y) ** 2
+        ae += abs(p - y)
+        mean += (y - mean) / (n + 1)
+    print(json.dumps({"events": len(rows), "rmse": math.sqrt(se / len(rows)), "mae": ae / len(rows)}))
+
+
+
 def child_river(path, low, high):
     from river import optim, reco
 
@@ -153,6 +178,9 @@ def main():
     parser.add_argument("--child-args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.child == "prep":
+        child_prep(args.data, args.format, args.workdir)
+        return
     if args.child == "river":
         child_river(*args.child_args[:1], *map(float, args.child_args[1:3]))
         return
@@ -161,28 +189,21 @@ def main():
         child_vw(a[0], a[1], a[2], float(a[3]), float(a[4]), a[5], a[6])
         return
 
-    rows = load_ratings(args.data, args.format)
-    rows = [r for _, r in sorted(enumerate(rows), key=lambda e: (e[1][3], e[0]))]
-    low, high = RATING_RANGE
+    # The data preparation runs in a child of its own: a child's peak RSS
+    # counts the memory of the process it was forked from, so the parent
+    # stays small.
+    me = sys.executable
+    script = os.path.abspath(__file__)
     work = args.workdir
     ordered = os.path.join(work, "ordered.csv")
     vw_input = os.path.join(work, "ordered.vw")
     labels = os.path.join(work, "labels.txt")
-    with open(ordered, "w") as o, open(vw_input, "w") as v, open(labels, "w") as l:
-        o.write("user,item,rating,ts\n")
-        for user, item, rating, ts in rows:
-            o.write(f"{user},{item},{rating},{ts}\n")
-            v.write(f"{rating} |u u{user} |i i{item}\n")
-            l.write(f"{rating}\n")
-
-    # Running mean: the floor every learner must beat.
-    mean = se = ae = 0.0
-    for n, (_, _, y, _) in enumerate(rows):
-        p = min(high, max(low, mean)) if n else (low + high) / 2
-        se += (p - y) ** 2
-        ae += abs(p - y)
-        mean += (y - mean) / (n + 1)
-    results = [("running mean", {"rmse": math.sqrt(se / len(rows)), "mae": ae / len(rows)})]
+    low, high = RATING_RANGE
+    out, _ = run_child([me, script, "--freshet", "-", "--data", args.data, "--format", args.format,
+                        "--workdir", work, "--child", "prep"])
+    prep = json.loads(out)
+    n_rows = prep["events"]
+    results = [("running mean", {"rmse": prep["rmse"], "mae": prep["mae"]})]
 
     cmd = [args.freshet, "eval", "--ratings", args.data, "--format", args.format, "--json"]
     for flag in ("dim", "batch"):
@@ -197,8 +218,6 @@ def main():
          "train_eps": fr["events_per_s"], "rss": rss},
     ))
 
-    me = sys.executable
-    script = os.path.abspath(__file__)
     peers = [
         (f"River BiasedMF ({RIVER_FACTORS} factors)",
          [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
@@ -217,7 +236,7 @@ def main():
         results.append((name, {"rmse": r["rmse"], "mae": r["mae"], "eps": r["events"] / r["seconds"], "rss": rss}))
 
     fresh = results[1][1]
-    print(f"\n{len(rows):,} ratings from {os.path.basename(args.data)}, replayed in timestamp order "
+    print(f"\n{n_rows:,} ratings from {os.path.basename(args.data)}, replayed in timestamp order "
           f"(predictions clipped to [{low}, {high}])\n")
     header = f"{'tool':<34} {'RMSE':>7} {'MAE':>7} {'events/s':>12} {'peak RSS':>10} {'freshet speed':>14} {'freshet RMSE':>13}"
     print(header)

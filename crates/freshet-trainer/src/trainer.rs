@@ -26,10 +26,6 @@ use crate::spec::ModelSpec;
 use crate::state::{Delta, DenseState, GlobalParams, ModelParams, RowState, StateError, Tombstone, TrainerState};
 use crate::table::{NO_SLOT, Removal, Table, TableKind};
 
-/// Events whose rows are warmed together (see [`Trainer::warm`]): enough
-/// independent loads to overlap their misses, few enough to stay cached.
-const WARM_AHEAD: usize = 16;
-
 /// Leading biases of each row: one per head.
 const BIASES: usize = Head::ALL.len();
 
@@ -384,10 +380,8 @@ impl Trainer {
         let mut keys = std::mem::take(&mut self.scratch.keys);
         keys.clear();
         keys.extend(events.iter().filter_map(Observation::of).map(|obs| (hash_id(obs.user), hash_id(obs.item))));
-        for (i, (observation, &(user, item))) in events.iter().filter_map(Observation::of).zip(&keys).enumerate() {
-            if i % WARM_AHEAD == 0 {
-                self.warm(&keys[i..keys.len().min(i + WARM_AHEAD)]);
-            }
+        self.warm(&keys);
+        for (observation, &(user, item)) in events.iter().filter_map(Observation::of).zip(&keys) {
             self.learn(&observation, user, item, &fresh_from);
         }
         self.scratch.keys = keys;
