@@ -149,6 +149,17 @@ impl Table {
         row
     }
 
+    /// Makes room for `rows` more rows at once, so a restore grows each
+    /// array once instead of doubling (and copying) it repeatedly.
+    pub(crate) fn reserve(&mut self, rows: usize) {
+        self.arena.reserve_exact(rows * self.stride);
+        self.meta.reserve_exact(rows);
+        self.index.reserve(rows);
+        if self.kind.keeps_ids() {
+            self.ids.reserve_exact(rows);
+        }
+    }
+
     fn push_row(&mut self, key: u64, id: &str) -> u32 {
         let row = u32::try_from(self.meta.len()).expect("a table holds fewer than 2^32 rows");
         self.index.insert(key, row);

@@ -186,12 +186,17 @@ impl Trainer {
         let mut trainer = Trainer::new(spec, config)?;
         let keep_moments = state.dense.algorithm == trainer.config.algorithm
             && state.dense.bias_algorithm == trainer.config.bias_algorithm;
-        for row in &state.rows {
+        for kind in TableKind::ALL {
+            let count = state.rows.iter().filter(|row| row.table == kind).count();
+            trainer.tables[kind.index()].reserve(count);
+        }
+        // Rows are consumed one by one, so their memory is released as the arenas fill.
+        for row in state.rows {
             let table = &mut trainer.tables[row.table.index()];
             if keep_moments {
-                table.insert_state(row);
+                table.insert_state(&row);
             } else {
-                table.insert_state(&RowState { m: Vec::new(), v: Vec::new(), steps: 0, ..row.clone() });
+                table.insert_state(&RowState { m: Vec::new(), v: Vec::new(), steps: 0, ..row });
             }
         }
         for pending in &state.pending {
