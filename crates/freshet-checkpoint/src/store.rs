@@ -156,11 +156,6 @@ impl CheckpointStore {
         self.published
     }
 
-    /// The directory of the store.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn check_spec(&self, configured: &ModelSpec) -> Result<(), CheckpointError> {
         match &self.spec {
             Some(stored) if stored != configured => Err(CheckpointError::SpecMismatch {

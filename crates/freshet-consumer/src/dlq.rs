@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use freshet_core::{CONTENT_TYPE_HEADER, Rejection};
 use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::ConsumerConfig;
 use crate::error::ConsumerError;
+use crate::send::send_waiting_for_room;
 
 /// Header with the reason code (see `RejectReason::as_str`).
 pub const HEADER_REASON: &str = "reason";
@@ -110,16 +110,7 @@ impl DeadLetters {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, _)) => return Err(self.failure(error.to_string())),
-            }
-        }
+        send_waiting_for_room(&self.producer, record).map_err(|e| self.failure(e.to_string()))?;
         self.unflushed += 1;
         Ok(())
     }

@@ -8,6 +8,7 @@ mod config;
 pub mod dlq;
 mod error;
 mod partition;
+mod send;
 mod source;
 mod topics;
 
@@ -17,5 +18,6 @@ pub use config::{
 };
 pub use error::ConsumerError;
 pub use partition::{NextOffsets, OffsetRange, TopicPartition};
+pub use send::send_waiting_for_room;
 pub use source::{Acknowledger, Revocation, Source, SourceEvent};
 pub use topics::{TopicSpec, ensure_topics};

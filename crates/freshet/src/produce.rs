@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use freshet_consumer::{DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC, TopicSpec, client_config, ensure_topics};
+use freshet_consumer::{
+    DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC, TopicSpec, client_config, ensure_topics, send_waiting_for_room,
+};
 use freshet_core::synth::{Expected, Stream, SynthConfig, SynthStream};
 use freshet_core::{CONTENT_TYPE_HEADER, ValidationConfig};
 use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::json;
@@ -158,7 +159,7 @@ fn send_stream(args: &SynthArgs, kafka: &BTreeMap<String, String>) -> anyhow::Re
                 OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(content_type.as_str()) }),
             );
         }
-        send(&producer, record)?;
+        send_waiting_for_room(&producer, record).context("sending")?;
         match message.expected {
             Expected::Valid(kind) => *counts.valid.entry(kind.as_str()).or_default() += 1,
             Expected::Invalid(reason) => *counts.invalid.entry(reason.as_str()).or_default() += 1,
@@ -191,19 +192,6 @@ fn send_stream(args: &SynthArgs, kafka: &BTreeMap<String, String>) -> anyhow::Re
         bail!("{failed} messages were not delivered");
     }
     Ok(())
-}
-
-fn send(producer: &ThreadedProducer<Deliveries>, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, _)) => bail!("cannot send: {error}"),
-        }
-    }
 }
 
 /// Sleeps until message `index` is due at `rate` messages per second.
