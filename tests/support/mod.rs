@@ -3,6 +3,9 @@
 //! default `127.0.0.1:9092`). Every test works on its own uniquely named
 //! topics and groups, so tests run in parallel on one broker.
 
+pub mod process;
+pub mod snapshots;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

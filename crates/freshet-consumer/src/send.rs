@@ -3,14 +3,20 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 
 /// Queues `record`, waiting while librdkafka's local queue is full; any other
 /// error is returned.
-pub fn send_waiting_for_room<C: ProducerContext<DeliveryOpaque = ()>>(
+pub fn send_waiting_for_room<K, P, C>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> KafkaResult<()> {
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> KafkaResult<()>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -5,7 +5,7 @@
 
 use crate::keymap::{KeyMap, KeySet};
 use crate::state::PendingRow;
-use crate::table::TableKind;
+use freshet_core::TableKind;
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {

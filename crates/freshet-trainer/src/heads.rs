@@ -4,35 +4,25 @@
 //! scales); the factors are shared. Head `h` scores
 //! `global[h] + b_user[h] + b_item[h] + Σ w_f[h] + ⟨p_user + Σ q_f, v_item⟩`.
 
-use serde::{Deserialize, Serialize};
+use freshet_core::ModelSpec;
 
-use crate::spec::ModelSpec;
+pub use freshet_core::Head;
+pub(crate) use freshet_core::model::sigmoid;
 
-/// A prediction head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Head {
-    /// Explicit ratings: squared loss `½(s − y)²`; the prediction is `s`
-    /// clipped to the rating range (the loss uses the unclipped score).
-    Rating,
-    /// Clicks: logistic loss on the logit `s`; the prediction is `σ(s)`.
-    Click,
+/// The training side of a head: its loss, the loss's gradient and the
+/// global bias a fresh model starts with.
+pub trait HeadLoss {
+    /// The head's loss at raw score `score` for target `target` (a rating, or 0/1).
+    fn loss(self, score: f32, target: f32) -> f32;
+    /// Derivative of [`HeadLoss::loss`] with respect to the raw score.
+    fn gradient(self, score: f32, target: f32) -> f32;
+    /// The global bias a fresh model starts with.
+    fn initial_global(self, spec: &ModelSpec) -> f32;
 }
 
-impl Head {
-    /// Both heads, in index order.
-    pub const ALL: [Head; 2] = [Head::Rating, Head::Click];
-
-    /// Position of the head in per-head arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Head::Rating => 0,
-            Head::Click => 1,
-        }
-    }
-
-    /// The head's loss at raw score `score` for target `target` (a rating, or 0/1).
-    pub fn loss(self, score: f32, target: f32) -> f32 {
+impl HeadLoss for Head {
+    /// Squared loss `½(s − y)²` for ratings, logistic loss on the logit for clicks.
+    fn loss(self, score: f32, target: f32) -> f32 {
         match self {
             Head::Rating => 0.5 * (score - target) * (score - target),
             // log(1 + e^s) − y·s, computed without overflow.
@@ -40,40 +30,19 @@ impl Head {
         }
     }
 
-    /// Derivative of [`Head::loss`] with respect to the raw score.
-    pub fn gradient(self, score: f32, target: f32) -> f32 {
+    fn gradient(self, score: f32, target: f32) -> f32 {
         match self {
             Head::Rating => score - target,
             Head::Click => sigmoid(score) - target,
         }
     }
 
-    /// What the head answers for raw score `score`: a rating inside the
-    /// spec's range, or a click probability.
-    pub fn predict(self, score: f32, spec: &ModelSpec) -> f32 {
-        match self {
-            Head::Rating => score.clamp(spec.rating_min, spec.rating_max),
-            Head::Click => sigmoid(score),
-        }
-    }
-
-    /// The global bias a fresh model starts with: the middle of the rating
-    /// range, or an even click chance.
-    pub(crate) fn initial_global(self, spec: &ModelSpec) -> f32 {
+    /// The middle of the rating range, or an even click chance.
+    fn initial_global(self, spec: &ModelSpec) -> f32 {
         match self {
             Head::Rating => 0.5 * (spec.rating_min + spec.rating_max),
             Head::Click => 0.0,
         }
-    }
-}
-
-/// The logistic function.
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
     }
 }
 
@@ -100,12 +69,5 @@ mod tests {
         assert!(Head::Click.loss(500.0, 1.0).abs() < 1e-6);
         assert!((Head::Click.loss(-500.0, 1.0) - 500.0).abs() < 1e-3);
         assert!(Head::Click.gradient(-500.0, 1.0).is_finite());
-    }
-
-    #[test]
-    fn rating_prediction_is_clipped() {
-        let spec = ModelSpec::default();
-        assert_eq!(Head::Rating.predict(7.0, &spec), spec.rating_max);
-        assert_eq!(Head::Rating.predict(-1.0, &spec), spec.rating_min);
     }
 }

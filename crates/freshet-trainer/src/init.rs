@@ -2,7 +2,7 @@
 //! the key — not on arrival order — so a replay or a re-admitted id starts
 //! from the same point, on every platform (integer arithmetic only).
 
-use crate::table::TableKind;
+use freshet_core::TableKind;
 
 /// Fills `row` with zero biases (its first `biases` values) and factors
 /// uniform in `[−√3·std, √3·std]` (standard deviation `std`).

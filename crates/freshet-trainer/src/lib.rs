@@ -32,20 +32,19 @@ mod lr_schedule;
 mod metrics;
 mod optimizer;
 pub mod report;
-mod spec;
 mod state;
 mod table;
 mod trainer;
 
 pub use config::{Algorithm, LrScheduleConfig, TrainerConfig};
-pub use heads::Head;
+pub use freshet_core::{HEAD_BIASES, MAX_DIM, MIN_DIM, ModelSpec, TableKind};
+pub use heads::{Head, HeadLoss};
 pub use lr_schedule::PlateauSchedule;
 pub use metrics::{AUC_BINS, AUC_LOGIT_RANGE, ClickStats, MetricsSnapshot, ProgressiveMetrics, RatingStats};
 pub use report::{BatchReport, Counters, TableCounters};
-pub use spec::{MAX_DIM, MIN_DIM, ModelSpec};
 pub use state::{
     Delta, DenseState, GlobalParams, ModelParams, ParamsDelta, PendingRow, RowParams, RowState, StateError, Tombstone,
     TrainerState,
 };
-pub use table::{Removal, TableKind};
+pub use table::Removal;
 pub use trainer::Trainer;

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::MetricsSnapshot;
-use crate::table::TableKind;
+use freshet_core::TableKind;
 
 /// Row life-cycle counters of one table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

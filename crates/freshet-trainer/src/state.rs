@@ -12,8 +12,10 @@ use crate::heads::Head;
 use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::ProgressiveMetrics;
 use crate::report::Counters;
-use crate::spec::ModelSpec;
-use crate::table::{Removal, TableKind};
+use freshet_core::ModelSpec;
+use freshet_core::TableKind;
+
+use crate::table::Removal;
 
 /// Everything about one row: parameters, optimizer state and counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,43 +4,13 @@
 //! map, and the record of what changed since the last drain. Removing a row
 //! moves the last row into its place, so the arena stays dense.
 
+use freshet_core::TableKind;
 use ndarray::{ArrayView2, ShapeBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::keymap::KeyMap;
 use crate::optimizer::RowMut;
 use crate::state::{RowParams, RowState, Tombstone};
-
-/// Which table a row belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TableKind {
-    /// Users, keyed by `hash_id(user)`.
-    User,
-    /// Items, keyed by `hash_id(item)`; rows keep the item's id string.
-    Item,
-    /// Context features, keyed by `hash_feature(name, value)`.
-    Feature,
-}
-
-impl TableKind {
-    /// Every table, in index order.
-    pub const ALL: [TableKind; 3] = [TableKind::User, TableKind::Item, TableKind::Feature];
-
-    /// Position of the table in per-table arrays.
-    pub fn index(self) -> usize {
-        match self {
-            TableKind::User => 0,
-            TableKind::Item => 1,
-            TableKind::Feature => 2,
-        }
-    }
-
-    /// Whether rows keep their original id string (items do, for serving).
-    pub fn keeps_ids(self) -> bool {
-        self == TableKind::Item
-    }
-}
 
 /// Why a row left its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

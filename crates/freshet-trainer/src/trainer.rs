@@ -10,21 +10,20 @@
 //! always give bit-identical parameters). Expiry and the row budget run at
 //! the end of the batch.
 
-use freshet_core::{ConfigError, Features, Feedback, hash_feature, hash_id};
+use freshet_core::{ConfigError, Features, Feedback, ModelSpec, TableKind, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
 use crate::config::TrainerConfig;
-use crate::heads::Head;
+use crate::heads::{Head, HeadLoss};
 use crate::init::init_row;
 use crate::kernels::{axpy, dot};
 use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
 use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
 use crate::report::{BatchReport, Counters};
-use crate::spec::ModelSpec;
 use crate::state::{Delta, DenseState, GlobalParams, ModelParams, RowState, StateError, Tombstone, TrainerState};
-use crate::table::{NO_SLOT, Removal, Table, TableKind};
+use crate::table::{NO_SLOT, Removal, Table};
 
 /// Leading biases of each row: one per head.
 const BIASES: usize = Head::ALL.len();

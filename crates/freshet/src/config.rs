@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use freshet_consumer::ConsumerConfig;
 use freshet_core::{ConfigError, ValidationConfig};
+use freshet_publisher::PublisherConfig;
 use freshet_trainer::{ModelSpec, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,8 @@ pub struct FreshetConfig {
     pub trainer: TrainerConfig,
     /// `[checkpoint]`: the durable store.
     pub checkpoint: CheckpointSettings,
+    /// `[publisher]`: snapshots for serving processes.
+    pub publisher: PublisherConfig,
 }
 
 /// A model name: letters, digits, `.`, `_` and `-`.
@@ -90,6 +93,7 @@ impl FreshetConfig {
         self.validation.check()?;
         self.model.check()?;
         self.trainer.check()?;
+        self.publisher.check()?;
         if (self.validation.rating_min, self.validation.rating_max) != (self.model.rating_min, self.model.rating_max) {
             return Err(ConfigError::new(
                 "validation.rating_min",
@@ -147,5 +151,6 @@ mod tests {
         assert_eq!(key_of("[checkpoint]\ninterval_ms = 0\n"), "checkpoint.interval_ms");
         assert_eq!(key_of("[consumer]\ntopics = []\n"), "consumer.topics");
         assert_eq!(key_of("[model]\nrating_min = 1.0\n"), "validation.rating_min");
+        assert_eq!(key_of("[publisher]\nchunk_bytes = 1\n"), "publisher.chunk_bytes");
     }
 }

@@ -11,6 +11,9 @@ mod logging;
 mod produce;
 mod progress;
 mod run;
+mod serve;
+mod snapshot_source;
+mod subscribe;
 
 use std::process::ExitCode;
 
@@ -47,6 +50,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Copy a checkpoint directory consistently.
     Backup(backup::BackupArgs),
+    /// Serve recommendations over HTTP from the newest snapshot, hot-swapped.
+    Serve(serve::ServeArgs),
+    /// Follow a model's snapshots and print each one applied.
+    Subscribe(subscribe::SubscribeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Inspect(args) => inspect::run(args),
             Command::Backup(args) => backup::run(args),
+            Command::Serve(args) => serve::run(args).await,
+            Command::Subscribe(args) => subscribe::run(args).await,
         }
     });
     match result {

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use freshet_consumer::{
     DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC, TopicSpec, client_config, ensure_topics, send_waiting_for_room,
 };
 use freshet_core::synth::{Expected, Stream, SynthConfig, SynthStream};
-use freshet_core::{CONTENT_TYPE_HEADER, ValidationConfig};
+use freshet_core::{CONTENT_TYPE_HEADER, ValidationConfig, now_ms};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -200,8 +200,4 @@ fn pace(started: Instant, index: u64, rate: u64) {
     if let Some(wait) = due.checked_sub(started.elapsed()) {
         std::thread::sleep(wait);
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -3,114 +3,17 @@
 //! `events_applied` and the user rows' update counters equal the number of
 //! valid events produced, and every malformed message is in the DLQ.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use freshet_consumer::dlq::{HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 use freshet_core::RejectReason;
 use freshet_core::synth::{Expected, SynthConfig};
-use freshet_e2e::{TestTopics, bootstrap, header, produce_synth, read_topic, unique};
+use freshet_e2e::process::{Running, inspect, write_config};
+use freshet_e2e::{TestTopics, bootstrap, header, produce_synth, read_topic};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_freshet");
-
-fn write_config(dir: &Path, bootstrap: &str, topics: &TestTopics) -> std::path::PathBuf {
-    let path = dir.join("freshet.toml");
-    let text = format!(
-        r#"
-name = "{name}"
-[consumer]
-bootstrap = "{bootstrap}"
-group_id = "{group}"
-topics = ["{clicks}", "{ratings}"]
-dlq_topic = "{dlq}"
-batch_max_messages = 200
-[model]
-dim = 8
-[trainer]
-min_count = 1
-[checkpoint]
-dir = "{checkpoint}"
-interval_ms = 150
-interval_events = 3000
-"#,
-        name = unique("model"),
-        group = unique("g"),
-        clicks = topics.clicks,
-        ratings = topics.ratings,
-        dlq = topics.dlq,
-        checkpoint = dir.join("checkpoint").display(),
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// A running `freshet run` whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,freshet_checkpoint=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn freshet run");
-        let stderr = child.stderr.take().expect("stderr");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Waits for the `n`-th stderr line containing `needle`.
-    fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => {
-                    seen += 1;
-                    if seen == n {
-                        return true;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
-        self.child.wait().expect("wait")
-    }
-}
-
-fn inspect(checkpoint: &Path) -> Option<Value> {
-    let output = Command::new(BIN).args(["inspect", "--json", "--checkpoint"]).arg(checkpoint).output().ok()?;
-    output.status.success().then(|| serde_json::from_slice(&output.stdout).ok()).flatten()
-}
 
 #[test]
 fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
@@ -122,14 +25,14 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
     let valid = produced.valid() as u64;
 
     let work = tempfile::tempdir().expect("tempdir");
-    let config = write_config(work.path(), &bootstrap, &topics);
+    let config = write_config(work.path(), &bootstrap, &topics, "");
     let checkpoint = work.path().join("checkpoint");
 
     // Six crashes: half right after a checkpoint write began, half after a
     // (deterministically) random delay once training is under way.
     let mut delays = [700u64, 1_900, 350, 1_200, 2_600, 90].into_iter();
     for crash in 0..6 {
-        let running = Running::start(&config);
+        let running = Running::start(BIN, &["run", "--config"], &config);
         if crash % 2 == 0 {
             assert!(
                 running.wait_for("checkpoint writing", 2, Duration::from_secs(120)),
@@ -143,17 +46,17 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
             std::thread::sleep(Duration::from_millis(delays.next().unwrap_or(500)));
         }
         running.kill9();
-        let progress = inspect(&checkpoint).expect("inspectable after a crash");
+        let progress = inspect(BIN, &checkpoint).expect("inspectable after a crash");
         assert!(progress["events_applied"].as_u64().expect("events_applied") <= valid, "never more than produced");
     }
 
     // A last run reaches the end of the topics, then stops cleanly.
-    let running = Running::start(&config);
+    let running = Running::start(BIN, &["run", "--config"], &config);
     let ends = produced.end_offsets();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         assert!(Instant::now() < deadline, "the trainer did not reach the end of the topics");
-        let reached = inspect(&checkpoint).is_some_and(|report| {
+        let reached = inspect(BIN, &checkpoint).is_some_and(|report| {
             ends.iter().all(|(tp, end)| report["offsets"][tp.to_string()].as_i64() == Some(*end))
         });
         if reached {
@@ -163,7 +66,7 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
     }
     assert!(running.terminate().success(), "clean exit on SIGTERM");
 
-    let report = inspect(&checkpoint).expect("inspect");
+    let report = inspect(BIN, &checkpoint).expect("inspect");
     assert_eq!(report["events_applied"].as_u64(), Some(valid), "{report}");
     assert_eq!(report["updates_by_table"]["user"].as_u64(), Some(valid), "{report}");
     assert_eq!(report["updates_by_table"]["item"].as_u64(), Some(valid), "{report}");
@@ -200,8 +103,8 @@ fn a_second_trainer_on_the_same_checkpoint_is_refused() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let topics = runtime.block_on(TestTopics::create(&bootstrap, 1)).expect("topics");
     let work = tempfile::tempdir().expect("tempdir");
-    let config = write_config(work.path(), &bootstrap, &topics);
-    let first = Running::start(&config);
+    let config = write_config(work.path(), &bootstrap, &topics, "");
+    let first = Running::start(BIN, &["run", "--config"], &config);
     assert!(
         first.wait_for("checkpoint store open", 1, Duration::from_secs(60)),
         "first trainer did not open its store"

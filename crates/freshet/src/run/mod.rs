@@ -1,5 +1,6 @@
-//! `freshet run`: consumer → trainer (its own thread) → checkpoint, resuming
-//! from the offsets in the checkpoint, never from the group's.
+//! `freshet run`: consumer → trainer (its own thread) → checkpoint →
+//! snapshot publisher (its own thread), resuming from the offsets in the
+//! checkpoint, never from the group's.
 
 mod trainer_loop;
 
@@ -9,6 +10,7 @@ use anyhow::Context;
 use freshet_checkpoint::CheckpointStore;
 use freshet_consumer::{NextOffsets, Source, TopicPartition, TopicSpec, ensure_topics};
 use freshet_core::Decoder;
+use freshet_publisher::{FullPolicy, PublisherHandle, SnapshotProducer};
 use freshet_trainer::Trainer;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -76,6 +78,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut topics: Vec<TopicSpec> =
         consumer.topics.iter().map(|t| TopicSpec::new(t, DEFAULT_INPUT_PARTITIONS)).collect();
     topics.push(TopicSpec::new(&consumer.dlq_topic, 1));
+    if config.publisher.enabled {
+        topics.push(config.publisher.topic_spec(&config.name.0));
+    }
     ensure_topics(&consumer.bootstrap, &consumer.kafka, &topics).await.context("creating topics")?;
 
     let store = CheckpointStore::open(&config.checkpoint.dir, config.checkpoint.fsync)?;
@@ -94,11 +99,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             (Trainer::new(config.model.clone(), config.trainer.clone())?, NextOffsets::new())
         }
     };
+    let publisher = start_publisher(&config)?;
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
     let (source, events) = Source::start(consumer, Decoder::new(config.validation.clone()), start.clone())
         .context("starting the consumer")?;
 
-    let trainer_loop = TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), start);
+    let trainer_loop =
+        TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), publisher, start);
     let runtime = tokio::runtime::Handle::current();
     let (finished, trainer_done) = oneshot::channel();
     let thread = std::thread::Builder::new().name("freshet-trainer".to_owned()).spawn(move || {
@@ -119,8 +126,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects the snapshot producer (fencing any earlier instance of the
+/// model) and starts the publisher thread, unless publishing is off.
+fn start_publisher(config: &FreshetConfig) -> anyhow::Result<Option<PublisherHandle>> {
+    let settings = &config.publisher;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let producer = SnapshotProducer::connect(
+        &config.consumer.bootstrap,
+        &config.consumer.kafka,
+        settings,
+        &config.name.0,
+        &config.model,
+    )
+    .context("connecting the snapshot publisher")?;
+    info!(topic = producer.topic(), "publishing snapshots");
+    let policy = FullPolicy {
+        every_deltas: settings.full_every_deltas,
+        interval: std::time::Duration::from_millis(settings.full_interval_ms),
+    };
+    Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy)?))
+}
+
 /// Resolves on SIGTERM or SIGINT, naming it.
-async fn shutdown_signal() -> &'static str {
+pub async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {

@@ -1,21 +1,26 @@
 //! The trainer thread of `freshet run`: applies micro-batches in order,
 //! checkpoints every interval (and before letting revoked partitions go), and
-//! only then acknowledges the offsets to the source.
+//! only then acknowledges the offsets to the source and hands the
+//! checkpointed version to the publisher.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use freshet_checkpoint::{CheckpointStore, SourceOffsets};
 use freshet_consumer::{Acknowledger, MicroBatch, NextOffsets, SourceEvent};
-use freshet_trainer::{ModelSpec, Trainer};
+use freshet_core::snapshot::{PartitionOffset, Watermark};
+use freshet_publisher::{Outgoing, PublisherHandle};
+use freshet_trainer::{Delta, ModelSpec, Trainer};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
-use tracing::{debug, info, info_span};
+use tracing::{debug, info, info_span, warn};
 
 use crate::config::CheckpointSettings;
 
 /// What to wait for when nothing is pending.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// How long the final publish may take at shutdown.
+const PUBLISH_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The trainer, its store and the bookkeeping between checkpoints.
 pub struct TrainerLoop {
@@ -24,6 +29,8 @@ pub struct TrainerLoop {
     spec: ModelSpec,
     acknowledger: Acknowledger,
     settings: CheckpointSettings,
+    /// Where checkpointed versions go as snapshots, if publishing.
+    publisher: Option<PublisherHandle>,
     /// Next offset per partition of everything applied so far.
     applied: NextOffsets,
     /// Events applied since the last checkpoint.
@@ -40,6 +47,7 @@ impl TrainerLoop {
         store: CheckpointStore,
         acknowledger: Acknowledger,
         settings: CheckpointSettings,
+        publisher: Option<PublisherHandle>,
         applied: NextOffsets,
     ) -> Self {
         let spec = trainer.spec().clone();
@@ -49,6 +57,7 @@ impl TrainerLoop {
             spec,
             acknowledger,
             settings,
+            publisher,
             applied,
             events_pending: 0,
             offsets_pending: false,
@@ -56,14 +65,20 @@ impl TrainerLoop {
         }
     }
 
-    /// Runs until the source closes its channel, then writes a final checkpoint.
+    /// Runs until the source closes its channel, then writes a final
+    /// checkpoint and publishes it. A restored model is published in full first.
     pub fn run(mut self, runtime: &Handle, mut events: Receiver<SourceEvent>) -> anyhow::Result<()> {
+        if self.store.version() > 0 {
+            self.publish_full();
+        }
         loop {
-            let wait = if self.pending() {
+            let checkpoint_wait = if self.pending() {
                 Duration::from_millis(self.settings.interval_ms).saturating_sub(self.last_checkpoint.elapsed())
             } else {
                 IDLE_WAIT
             };
+            let full_wait = self.publisher.as_ref().and_then(PublisherHandle::full_due_in).unwrap_or(IDLE_WAIT);
+            let wait = checkpoint_wait.min(full_wait);
             match runtime.block_on(async { tokio::time::timeout(wait, events.recv()).await }) {
                 Ok(Some(SourceEvent::Batch(batch))) => self.apply(&batch),
                 Ok(Some(SourceEvent::Assigned(partitions))) => debug!(count = partitions.len(), "assigned"),
@@ -74,13 +89,18 @@ impl TrainerLoop {
                 Ok(None) => {
                     self.checkpoint().context("final checkpoint")?;
                     info!(version = self.store.version(), "trainer stopped after a final checkpoint");
-                    return Ok(());
+                    return self.close_publisher();
                 }
                 Err(_timer) => {}
             }
             if self.due() {
                 self.checkpoint()?;
+            } else if !self.pending() && self.publisher.as_ref().is_some_and(PublisherHandle::full_due) {
+                // Idle: send the current version in full again, so the
+                // topic's retention never leaves subscribers without one.
+                self.publish_full();
             }
+            self.check_publisher()?;
         }
     }
 
@@ -122,6 +142,7 @@ impl TrainerLoop {
         let offsets: SourceOffsets =
             self.applied.iter().map(|(tp, next)| ((tp.topic.clone(), tp.partition), *next)).collect();
         let stats = self.store.commit(&self.spec, &delta, &offsets)?;
+        self.hand_to_publisher(stats.version, delta);
         debug!(
             version = stats.version,
             rows = stats.rows,
@@ -136,5 +157,79 @@ impl TrainerLoop {
         self.offsets_pending = false;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// Hands checkpoint `version` (the state after `delta`) to the publisher:
+    /// in full when one is due, else as a delta on the previous version.
+    fn hand_to_publisher(&self, version: u64, delta: Delta) {
+        let Some(publisher) = &self.publisher else { return };
+        if publisher.full_due() {
+            return self.publish_full();
+        }
+        let outgoing = Outgoing::delta(version - 1, version, delta.params(), self.watermark(), &self.trainer.metrics());
+        publisher.submit(outgoing);
+    }
+
+    /// Hands the trainer's parameters over as a full snapshot of the
+    /// current checkpoint version (nothing may be pending).
+    fn publish_full(&self) {
+        let Some(publisher) = &self.publisher else { return };
+        let _span = info_span!("export_full", version = self.store.version()).entered();
+        let outgoing = Outgoing::full(
+            self.store.version(),
+            self.trainer.export_params(),
+            self.watermark(),
+            &self.trainer.metrics(),
+        );
+        publisher.submit(outgoing);
+    }
+
+    /// The source offsets and newest event time of the trainer's state.
+    fn watermark(&self) -> Watermark {
+        let offsets = self
+            .applied
+            .iter()
+            .map(|(tp, next)| PartitionOffset { topic: tp.topic.clone(), partition: tp.partition, next_offset: *next })
+            .collect();
+        Watermark { offsets, newest_event_ms: self.trainer.clock_ms() }
+    }
+
+    /// Records newly published versions durably; stops on a fatal publisher
+    /// error (another instance fenced this one).
+    fn check_publisher(&mut self) -> anyhow::Result<()> {
+        let Some(publisher) = &self.publisher else { return Ok(()) };
+        if let Some(failure) = publisher.failure() {
+            anyhow::bail!("snapshot publisher stopped: {failure}");
+        }
+        let published = publisher.stats().published_version;
+        if published > self.store.published_version() {
+            self.store.record_published(published)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes what is pending, waits (time-limited) for the publisher to
+    /// stop, and records the version it reached.
+    fn close_publisher(mut self) -> anyhow::Result<()> {
+        let Some(publisher) = self.publisher.take() else { return Ok(()) };
+        match publisher.close(PUBLISH_CLOSE_TIMEOUT) {
+            Ok(stats) => {
+                if stats.published_version > self.store.published_version() {
+                    self.store.record_published(stats.published_version)?;
+                }
+                info!(
+                    published = stats.published_version,
+                    fulls = stats.fulls,
+                    deltas = stats.deltas,
+                    holds = stats.holds,
+                    "publisher stopped"
+                );
+                Ok(())
+            }
+            Err(failure) => {
+                warn!(failure, "publisher failed");
+                anyhow::bail!("snapshot publisher stopped: {failure}")
+            }
+        }
     }
 }

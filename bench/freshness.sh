@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Click-to-serving freshness: `freshet run` (checkpoint every 250 ms,
+# publishing snapshots) and `freshet serve` on the local broker, a steady
+# synthetic load, and the time from produce to a served snapshot covering
+# sampled events (p50/p99), plus delta vs full snapshot bytes.
+# Usage: bench/freshness.sh [RATE=50000] [SECONDS=30]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rate=${1:-50000}
+seconds=${2:-30}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
+
+bootstrap=$(bash deploy/kafka/kafka.sh start)
+cargo build --release -q --workspace --bins
+bin="$CARGO_TARGET_DIR/release"
+base="freshness-$(date +%s)"
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+cat >"$work/freshet.toml" <<TOML
+name = "$base"
+[consumer]
+bootstrap = "$bootstrap"
+group_id = "$base"
+topics = ["$base.ratings"]
+dlq_topic = "$base.dlq"
+batch_max_ms = 5
+[checkpoint]
+dir = "$work/checkpoint"
+interval_ms = 250
+fsync = true
+[publisher]
+full_every_deltas = 240
+full_interval_ms = 60000
+TOML
+
+RUST_LOG=info "$bin/freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
+pids+=($!)
+until grep -q "partitions assigned" "$work/run.log"; do sleep 0.1; done
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin/freshet" serve --config "$work/freshet.toml" --listen "127.0.0.1:$port" 2>"$work/serve.log" &
+pids+=($!)
+
+echo "producing $rate events/s for $seconds s to $base.ratings ..." >&2
+"$bin/freshness" "$bootstrap" "$base" "$base.ratings" "$rate" "$seconds"
+echo "freshet serve answers: $(curl -s "http://127.0.0.1:$port/recommend?user=u1&k=3")" >&2

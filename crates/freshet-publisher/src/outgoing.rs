@@ -1,0 +1,206 @@
+//! What the trainer hands to the publisher after a checkpoint: a full model
+//! or the changes since a version, with the watermark and metrics of that
+//! checkpoint. Hand-offs that were not published yet (the publisher was busy,
+//! a publish failed or was held) merge into one, so the queue never grows.
+
+use std::collections::BTreeMap;
+
+use freshet_core::TableKind;
+use freshet_core::snapshot::{SnapshotMetrics, SnapshotRow, Watermark};
+use freshet_trainer::{MetricsSnapshot, ModelParams, ParamsDelta, RowParams};
+use thiserror::Error;
+
+/// A model version ready to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The checkpoint version it reflects.
+    pub version: u64,
+    /// Global bias per head at this version.
+    pub globals: [f32; 2],
+    /// The rows.
+    pub content: Content,
+    /// Source offsets and event time covered.
+    pub watermark: Watermark,
+    /// Progressive metrics at this version.
+    pub metrics: SnapshotMetrics,
+}
+
+/// All rows, or the changes since a version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// Every row, sorted by (table, key).
+    Full(Vec<SnapshotRow>),
+    /// Rows set or removed since `base_version`.
+    Delta {
+        /// The version the changes apply to.
+        base_version: u64,
+        /// Per (table, key): the new row, or `None` when it was removed.
+        changes: BTreeMap<(TableKind, u64), Option<SnapshotRow>>,
+    },
+}
+
+/// Two hand-offs that do not follow each other cannot merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("a delta based on version {base} cannot follow version {version}")]
+pub struct ChainGap {
+    /// The version held.
+    pub version: u64,
+    /// The base of the delta that came next.
+    pub base: u64,
+}
+
+impl Outgoing {
+    /// A full snapshot of the trainer's exported parameters.
+    pub fn full(version: u64, params: ModelParams, watermark: Watermark, metrics: &MetricsSnapshot) -> Self {
+        Outgoing {
+            version,
+            globals: params.globals,
+            content: Content::Full(params.rows.into_iter().map(snapshot_row).collect()),
+            watermark,
+            metrics: snapshot_metrics(metrics),
+        }
+    }
+
+    /// A delta of the parameters changed between checkpoints `base_version` and `version`.
+    pub fn delta(
+        base_version: u64,
+        version: u64,
+        delta: ParamsDelta,
+        watermark: Watermark,
+        metrics: &MetricsSnapshot,
+    ) -> Self {
+        let mut changes = BTreeMap::new();
+        for tombstone in delta.tombstones {
+            changes.insert((tombstone.table, tombstone.key), None);
+        }
+        for row in delta.rows {
+            changes.insert((row.table, row.key), Some(snapshot_row(row)));
+        }
+        Outgoing {
+            version,
+            globals: delta.globals,
+            content: Content::Delta { base_version, changes },
+            watermark,
+            metrics: snapshot_metrics(metrics),
+        }
+    }
+
+    /// Whether this is a full snapshot.
+    pub fn is_full(&self) -> bool {
+        matches!(self.content, Content::Full(_))
+    }
+
+    /// `self` followed by `later`: one hand-off with the same effect.
+    pub fn merge(self, later: Outgoing) -> Result<Outgoing, ChainGap> {
+        let base = match &later.content {
+            Content::Full(_) => return Ok(later),
+            Content::Delta { base_version, .. } => *base_version,
+        };
+        if base != self.version {
+            return Err(ChainGap { version: self.version, base });
+        }
+        let Content::Delta { changes: later_changes, .. } = later.content else { unreachable!("matched above") };
+        let content = match self.content {
+            Content::Full(rows) => Content::Full(apply_changes(rows, later_changes)),
+            Content::Delta { base_version, mut changes } => {
+                changes.extend(later_changes);
+                Content::Delta { base_version, changes }
+            }
+        };
+        Ok(Outgoing { content, ..later })
+    }
+}
+
+/// Applies changes to rows sorted by (table, key), keeping them sorted.
+fn apply_changes(rows: Vec<SnapshotRow>, changes: BTreeMap<(TableKind, u64), Option<SnapshotRow>>) -> Vec<SnapshotRow> {
+    let mut merged = Vec::with_capacity(rows.len() + changes.len());
+    let mut changes = changes.into_iter().peekable();
+    for row in rows {
+        let at = (row.table, row.key);
+        while let Some(change) = changes.next_if(|(key, _)| *key < at) {
+            merged.extend(change.1);
+        }
+        match changes.next_if(|(key, _)| *key == at) {
+            Some((_, replacement)) => merged.extend(replacement),
+            None => merged.push(row),
+        }
+    }
+    merged.extend(changes.filter_map(|(_, row)| row));
+    merged
+}
+
+fn snapshot_row(row: RowParams) -> SnapshotRow {
+    SnapshotRow { table: row.table, key: row.key, id: row.id, values: row.params }
+}
+
+fn snapshot_metrics(metrics: &MetricsSnapshot) -> SnapshotMetrics {
+    SnapshotMetrics {
+        rating_events: metrics.rating_cumulative.count,
+        rating_rmse: metrics.rating_window.rmse,
+        rating_mae: metrics.rating_window.mae,
+        click_events: metrics.click_cumulative.count,
+        click_logloss: metrics.click_window.logloss,
+        click_auc: metrics.click_window.auc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(table: TableKind, key: u64, value: f32) -> SnapshotRow {
+        SnapshotRow { table, key, id: None, values: vec![value] }
+    }
+
+    fn outgoing(version: u64, content: Content) -> Outgoing {
+        Outgoing {
+            version,
+            globals: [version as f32, 0.0],
+            content,
+            watermark: Watermark::default(),
+            metrics: SnapshotMetrics::default(),
+        }
+    }
+
+    fn delta(base_version: u64, version: u64, changes: &[(u64, Option<f32>)]) -> Outgoing {
+        let changes =
+            changes.iter().map(|&(key, value)| ((TableKind::User, key), value.map(|v| row(TableKind::User, key, v))));
+        outgoing(version, Content::Delta { base_version, changes: changes.collect() })
+    }
+
+    #[test]
+    fn deltas_merge_later_wins_and_removals_stick() {
+        let merged = delta(1, 2, &[(1, Some(1.0)), (2, Some(2.0))])
+            .merge(delta(2, 3, &[(1, None), (3, Some(3.0)), (2, Some(2.5))]))
+            .expect("contiguous");
+        assert_eq!(merged, delta(1, 3, &[(1, None), (2, Some(2.5)), (3, Some(3.0))]));
+    }
+
+    #[test]
+    fn a_delta_applies_to_a_full_snapshot_in_order() {
+        let full = outgoing(
+            5,
+            Content::Full(vec![
+                row(TableKind::User, 2, 0.0),
+                row(TableKind::User, 4, 0.0),
+                row(TableKind::Item, 1, 0.0),
+            ]),
+        );
+        let merged = full.merge(delta(5, 6, &[(1, Some(1.0)), (2, None), (4, Some(4.0)), (9, Some(9.0))])).expect("ok");
+        let expected = vec![
+            row(TableKind::User, 1, 1.0),
+            row(TableKind::User, 4, 4.0),
+            row(TableKind::User, 9, 9.0),
+            row(TableKind::Item, 1, 0.0),
+        ];
+        assert_eq!(merged.content, Content::Full(expected));
+        assert_eq!((merged.version, merged.globals[0]), (6, 6.0));
+    }
+
+    #[test]
+    fn a_full_snapshot_replaces_anything_and_gaps_are_refused() {
+        let full = outgoing(9, Content::Full(vec![]));
+        assert_eq!(delta(1, 2, &[]).merge(full.clone()), Ok(full));
+        assert_eq!(delta(1, 2, &[]).merge(delta(3, 4, &[])), Err(ChainGap { version: 2, base: 3 }));
+    }
+}

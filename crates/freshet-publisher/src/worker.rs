@@ -1,0 +1,290 @@
+//! The publisher thread and the trainer's handle to it. The trainer submits a
+//! hand-off after each checkpoint and never waits: hand-offs not taken yet
+//! merge into one. The thread publishes, holds (quality gate) or retries, and
+//! reports what it published.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use freshet_core::snapshot::SnapshotMetrics;
+use tracing::{info, warn};
+
+use crate::gate::QualityGate;
+use crate::outgoing::Outgoing;
+use crate::producer::{PublishError, Published, SnapshotProducer};
+
+/// Pause after an aborted transaction before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Counters and the latest publish, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PublisherStats {
+    /// Newest version published (0 before any).
+    pub published_version: u64,
+    /// Full snapshots published.
+    pub fulls: u64,
+    /// Delta snapshots published.
+    pub deltas: u64,
+    /// Publishes held by the quality gate.
+    pub holds: u64,
+    /// Whether the newest hand-off is held now.
+    pub holding: bool,
+    /// Aborted transactions.
+    pub aborts: u64,
+    /// The newest publish.
+    pub last: Option<Published>,
+}
+
+/// When full snapshots are due.
+#[derive(Debug, Clone, Copy)]
+pub struct FullPolicy {
+    /// After this many deltas.
+    pub every_deltas: u32,
+    /// When the newest full snapshot is this old.
+    pub interval: Duration,
+}
+
+struct State {
+    pending: Option<Outgoing>,
+    /// `pending` changed since the thread last looked at it.
+    fresh: bool,
+    closing: bool,
+    /// A full snapshot is needed whatever the policy says.
+    wants_full: bool,
+    deltas_since_full: u32,
+    last_full: Option<Instant>,
+    failure: Option<String>,
+    stats: PublisherStats,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    policy: FullPolicy,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data: keep using it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The trainer's side of the publisher thread.
+pub struct PublisherHandle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PublisherHandle {
+    /// Starts the publisher thread around a connected producer.
+    pub fn spawn(producer: SnapshotProducer, gate: QualityGate, policy: FullPolicy) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: None,
+                fresh: false,
+                closing: false,
+                wants_full: false,
+                deltas_since_full: 0,
+                last_full: None,
+                failure: None,
+                stats: PublisherStats::default(),
+            }),
+            wake: Condvar::new(),
+            policy,
+        });
+        let worker = Worker { shared: Arc::clone(&shared), producer, gate, baseline: None };
+        let thread = std::thread::Builder::new().name("freshet-publisher".to_owned()).spawn(move || worker.run())?;
+        Ok(PublisherHandle { shared, thread: Some(thread) })
+    }
+
+    /// Hands a version over; merges with one not taken yet.
+    pub fn submit(&self, outgoing: Outgoing) {
+        let mut state = self.shared.lock();
+        state.pending = match state.pending.take() {
+            None => Some(outgoing),
+            Some(earlier) => match earlier.merge(outgoing) {
+                Ok(merged) => Some(merged),
+                Err(gap) => {
+                    warn!(%gap, "dropping unpublished changes; a full snapshot follows");
+                    state.wants_full = true;
+                    None
+                }
+            },
+        };
+        state.fresh = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Whether the next hand-off should be a full snapshot.
+    pub fn full_due(&self) -> bool {
+        self.full_due_in() == Some(Duration::ZERO)
+    }
+
+    /// How long until a full snapshot is due by age (`ZERO` when due now);
+    /// `None` before the first full snapshot was handed over.
+    pub fn full_due_in(&self) -> Option<Duration> {
+        let state = self.shared.lock();
+        let handed_full = state.pending.as_ref().is_some_and(Outgoing::is_full);
+        if state.wants_full || state.deltas_since_full >= self.shared.policy.every_deltas {
+            return Some(Duration::ZERO).filter(|_| !handed_full);
+        }
+        match (state.last_full, handed_full) {
+            (_, true) => None,
+            (None, false) => Some(Duration::ZERO),
+            (Some(at), false) => Some(self.shared.policy.interval.saturating_sub(at.elapsed())),
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> PublisherStats {
+        self.shared.lock().stats
+    }
+
+    /// Why the thread stopped, if it stopped on a fatal error (e.g. fenced).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failure.clone()
+    }
+
+    /// Publishes what is pending (unless held) and stops the thread, waiting
+    /// at most `timeout`. Returns the fatal error that stopped it, if any.
+    pub fn close(mut self, timeout: Duration) -> Result<PublisherStats, String> {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + timeout;
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                warn!(?timeout, "the publisher did not stop in time; leaving it");
+            }
+        }
+        let state = self.shared.lock();
+        match &state.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(state.stats),
+        }
+    }
+}
+
+impl Drop for PublisherHandle {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The publisher thread's own state.
+struct Worker {
+    shared: Arc<Shared>,
+    producer: SnapshotProducer,
+    gate: QualityGate,
+    /// Metrics of the newest published version.
+    baseline: Option<SnapshotMetrics>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some((outgoing, closing)) = self.next() {
+            if let Some(hold) =
+                self.baseline.as_ref().and_then(|published| self.gate.judge(published, &outgoing.metrics))
+            {
+                warn!(
+                    version = outgoing.version,
+                    metric = hold.metric,
+                    published = hold.published,
+                    current = hold.current,
+                    "quality gate: publish held"
+                );
+                self.put_back(outgoing, |stats| {
+                    stats.holds += 1;
+                    stats.holding = true;
+                });
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            match self.producer.publish(&outgoing) {
+                Ok(published) => self.record(published, outgoing.metrics),
+                Err(error) if !error.is_fatal() => {
+                    warn!(%error, version = outgoing.version, "publish failed; retrying");
+                    self.put_back(outgoing, |stats| stats.aborts += 1);
+                    if closing {
+                        return;
+                    }
+                    std::thread::sleep(RETRY_PAUSE);
+                    self.shared.lock().fresh = true;
+                }
+                Err(error) => return self.fail(&error),
+            }
+        }
+    }
+
+    /// Waits for a fresh hand-off (or closing); `None` when there is nothing left to do.
+    fn next(&self) -> Option<(Outgoing, bool)> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.fresh
+                && let Some(outgoing) = state.pending.take()
+            {
+                state.fresh = false;
+                if outgoing.is_full() {
+                    // Counted from when it is taken, so no second full is exported meanwhile.
+                    state.last_full = Some(Instant::now());
+                    state.deltas_since_full = 0;
+                    state.wants_full = false;
+                }
+                return Some((outgoing, state.closing));
+            }
+            if state.closing {
+                return None;
+            }
+            state = self.shared.wake.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Returns an unpublished hand-off, merged before anything submitted since.
+    fn put_back(&self, outgoing: Outgoing, count: impl FnOnce(&mut PublisherStats)) {
+        let mut state = self.shared.lock();
+        count(&mut state.stats);
+        state.pending = match state.pending.take() {
+            None => Some(outgoing),
+            Some(newer) => match outgoing.merge(newer) {
+                Ok(merged) => Some(merged),
+                Err(gap) => {
+                    warn!(%gap, "dropping unpublished changes; a full snapshot follows");
+                    state.wants_full = true;
+                    None
+                }
+            },
+        };
+    }
+
+    fn record(&mut self, published: Published, metrics: SnapshotMetrics) {
+        let mut state = self.shared.lock();
+        let stats = &mut state.stats;
+        stats.published_version = published.version;
+        stats.holding = false;
+        stats.last = Some(published);
+        if published.full {
+            stats.fulls += 1;
+        } else {
+            stats.deltas += 1;
+            state.deltas_since_full += 1;
+        }
+        self.baseline = Some(metrics);
+    }
+
+    fn fail(&self, error: &PublishError) {
+        tracing::error!(%error, "publisher stopped");
+        let mut state = self.shared.lock();
+        state.failure = Some(error.to_string());
+        state.closing = true;
+        info!(topic = self.producer.topic(), "publisher thread exits");
+    }
+}

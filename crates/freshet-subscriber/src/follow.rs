@@ -1,0 +1,425 @@
+//! Follows a model's snapshot topic on a thread: finds the newest full
+//! snapshot, applies the deltas after it in order, and keeps up.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use freshet_consumer::client_config;
+use freshet_core::snapshot::{SnapshotKind, Watermark};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::assemble::{AssembledSnapshot, Assembler};
+use crate::model::ServingModel;
+use crate::swap::{LiveModel, Swapper};
+
+/// How long one poll waits.
+const POLL: Duration = Duration::from_millis(100);
+/// Messages read back from the end first when looking for the newest chain.
+const FIRST_WINDOW: i64 = 256;
+/// How long a backward scan waits for one window's end.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where and what to follow.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Bootstrap servers.
+    pub bootstrap: String,
+    /// Extra librdkafka settings (security).
+    pub kafka: BTreeMap<String, String>,
+    /// The snapshot topic.
+    pub topic: String,
+}
+
+/// Something the subscriber did with a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SubscriberEvent {
+    /// A snapshot now serves.
+    Applied(SwapReport),
+    /// A complete snapshot that was not needed.
+    Skipped {
+        /// Its version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Messages or a snapshot that could not be used.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One hot swap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwapReport {
+    /// The version now served.
+    pub version: u64,
+    /// `full` or `delta`.
+    pub kind: &'static str,
+    /// Rows set.
+    pub rows: u64,
+    /// Rows removed.
+    pub tombstones: u64,
+    /// Bytes of header and chunks.
+    pub bytes: usize,
+    /// The commit's checksum and chunk count matched (always, or it would not apply).
+    pub checksum_ok: bool,
+    /// Now minus the newest event time the version reflects (ms).
+    pub freshness_ms: i64,
+    /// Now minus when the publisher built it (ms).
+    pub publish_to_apply_ms: i64,
+    /// Source offsets covered.
+    pub watermark: Watermark,
+}
+
+/// Counters of the subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SubscriberStats {
+    /// Full snapshots applied.
+    pub fulls_applied: u64,
+    /// Deltas applied.
+    pub deltas_applied: u64,
+    /// Complete snapshots skipped.
+    pub skipped: u64,
+    /// Rejections (damaged, out of sequence, unusable).
+    pub rejected: u64,
+    /// Bytes of applied snapshots.
+    pub bytes_applied: u64,
+    /// Publish-to-apply latency of the newest swap (ms).
+    pub last_publish_to_apply_ms: i64,
+    /// Whether the subscriber reached the end of the topic at least once.
+    pub caught_up: bool,
+}
+
+/// Why the subscriber could not start.
+#[derive(Debug, Error)]
+pub enum SubscribeError {
+    /// The Kafka client failed.
+    #[error("snapshot consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The thread could not start.
+    #[error("starting the subscriber thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running subscription: the live model plus the thread that updates it.
+pub struct Subscriber {
+    view: SubscriberView,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable read-only view of a subscription, for request handlers.
+#[derive(Debug, Clone)]
+pub struct SubscriberView {
+    live: Arc<LiveModel>,
+    stats: Arc<Mutex<SubscriberStats>>,
+}
+
+impl SubscriberView {
+    /// The model served now (`None` until the first full snapshot applies).
+    pub fn model(&self) -> Option<Arc<ServingModel>> {
+        self.live.load()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> SubscriberStats {
+        *self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Subscriber {
+    /// Starts following `config.topic`; `on_event` runs on the subscriber
+    /// thread after each applied, skipped or rejected snapshot.
+    pub fn start(
+        config: &SubscriberConfig,
+        on_event: impl FnMut(&SubscriberEvent) + Send + 'static,
+    ) -> Result<Self, SubscribeError> {
+        let consumer: BaseConsumer = client_config(&config.bootstrap, &config.kafka)
+            .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
+            .create()?;
+        let live = Arc::new(LiveModel::default());
+        let stats = Arc::new(Mutex::new(SubscriberStats::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = Follower {
+            consumer,
+            topic: config.topic.clone(),
+            swapper: Swapper::new(Arc::clone(&live)),
+            assembler: Assembler::new(),
+            chain_start: None,
+            rejected_headers: HashSet::new(),
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+            on_event: Box::new(on_event),
+        };
+        let thread = std::thread::Builder::new().name("freshet-subscriber".to_owned()).spawn(move || follower.run())?;
+        Ok(Subscriber { view: SubscriberView { live, stats }, stop, thread: Some(thread) })
+    }
+
+    /// The model served now (`None` until the first full snapshot applies).
+    pub fn model(&self) -> Option<Arc<ServingModel>> {
+        self.view.model()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> SubscriberStats {
+        self.view.stats()
+    }
+
+    /// A read-only view for request handlers.
+    pub fn view(&self) -> SubscriberView {
+        self.view.clone()
+    }
+
+    /// Stops the thread, waiting at most `timeout`.
+    pub fn stop(mut self, timeout: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + timeout;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                warn!(?timeout, "the subscriber thread did not stop in time; leaving it");
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Follower {
+    consumer: BaseConsumer,
+    topic: String,
+    swapper: Swapper,
+    assembler: Assembler,
+    /// Header offset of the full snapshot the served chain starts from.
+    chain_start: Option<i64>,
+    /// Header offsets of snapshots found damaged: never reload from them.
+    rejected_headers: HashSet<i64>,
+    stats: Arc<Mutex<SubscriberStats>>,
+    stop: Arc<AtomicBool>,
+    on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
+}
+
+impl Follower {
+    fn run(mut self) {
+        let start = loop {
+            match self.newest_chain_start() {
+                Ok(start) => break start,
+                Err(error) if !self.stopped() => {
+                    warn!(%error, topic = %self.topic, "looking for the newest full snapshot; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(_) => return,
+            }
+        };
+        info!(topic = %self.topic, ?start, "following snapshots");
+        if let Err(error) = self.seek(start.map_or(Offset::Beginning, Offset::Offset)) {
+            warn!(%error, "assigning the snapshot topic");
+            return;
+        }
+        while !self.stopped() {
+            let Some(result) = self.consumer.poll(POLL) else { continue };
+            match result {
+                Ok(message) => {
+                    let offset = message.offset();
+                    let fed = self.assembler.feed(offset, message.payload().unwrap_or_default());
+                    match fed {
+                        Ok(Some(snapshot)) => self.handle(snapshot),
+                        Ok(None) => {}
+                        Err(error) => {
+                            if let crate::assemble::AssemblyError::Damaged { header_offset, .. } = &error {
+                                self.rejected_headers.insert(*header_offset);
+                            }
+                            self.reject(error.to_string());
+                        }
+                    }
+                }
+                Err(KafkaError::PartitionEOF(_)) => {
+                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up = true;
+                }
+                Err(error) => warn!(%error, "snapshot consumer"),
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn handle(&mut self, snapshot: AssembledSnapshot) {
+        let served = self.swapper_version();
+        let version = snapshot.header.version;
+        match snapshot.header.kind {
+            SnapshotKind::Full if served == Some(version) => {
+                // The same version again (a publisher restart): same parameters, newer chain.
+                self.chain_start = Some(snapshot.header_offset);
+                self.skip(version, "version already served; following its chain");
+            }
+            SnapshotKind::Full => {
+                if served.is_some_and(|served| served > version) {
+                    warn!(served, version, "a full snapshot of an older version: the model was reset");
+                }
+                let header_offset = snapshot.header_offset;
+                match self.swapper.apply_full(&snapshot) {
+                    Ok(()) => {
+                        self.chain_start = Some(header_offset);
+                        self.applied(&snapshot);
+                    }
+                    Err(error) => {
+                        self.rejected_headers.insert(header_offset);
+                        self.reject(format!("full snapshot {version}: {error}"));
+                    }
+                }
+            }
+            SnapshotKind::Delta { .. } if served.is_none_or(|served| version <= served) => {
+                let reason = if served.is_none() { "no full snapshot served yet" } else { "already applied" };
+                self.skip(version, reason);
+            }
+            SnapshotKind::Delta { base_version } if Some(base_version) == served => {
+                let snapshot = Arc::new(snapshot);
+                match self.swapper.apply_delta(Arc::clone(&snapshot)) {
+                    Ok(()) => self.applied(&snapshot),
+                    Err(error) => self.reject(format!("delta {version}: {error}")),
+                }
+            }
+            SnapshotKind::Delta { base_version } => {
+                self.reject(format!("delta {version} needs version {base_version}, serving {served:?}: chain broken"));
+                self.reload();
+            }
+        }
+    }
+
+    /// After a broken chain: seek to the newest full snapshot if it is not
+    /// the one served (else the next full snapshot repairs the chain).
+    fn reload(&mut self) {
+        match self.newest_chain_start() {
+            Ok(Some(start)) if Some(start) != self.chain_start && !self.rejected_headers.contains(&start) => {
+                info!(start, "reloading from the newest full snapshot");
+                if let Err(error) = self.seek(Offset::Offset(start)) {
+                    warn!(%error, "seeking to the newest full snapshot");
+                }
+            }
+            Ok(_) => info!("waiting for the next full snapshot"),
+            Err(error) => warn!(%error, "looking for the newest full snapshot"),
+        }
+    }
+
+    fn swapper_version(&self) -> Option<u64> {
+        self.swapper.served().map(|model| model.version())
+    }
+
+    fn applied(&mut self, snapshot: &AssembledSnapshot) {
+        let now = freshet_core::now_ms();
+        let header = &snapshot.header;
+        let report = SwapReport {
+            version: header.version,
+            kind: if header.kind == SnapshotKind::Full { "full" } else { "delta" },
+            rows: header.rows,
+            tombstones: header.tombstones,
+            bytes: snapshot.bytes,
+            checksum_ok: true,
+            freshness_ms: now - header.watermark.newest_event_ms,
+            publish_to_apply_ms: now - header.created_ms,
+            watermark: header.watermark.clone(),
+        };
+        debug!(?report, "snapshot applied");
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if header.kind == SnapshotKind::Full {
+                stats.fulls_applied += 1;
+            } else {
+                stats.deltas_applied += 1;
+            }
+            stats.bytes_applied += snapshot.bytes as u64;
+            stats.last_publish_to_apply_ms = report.publish_to_apply_ms;
+        }
+        (self.on_event)(&SubscriberEvent::Applied(report));
+    }
+
+    fn skip(&mut self, version: u64, reason: &str) {
+        debug!(version, reason, "snapshot skipped");
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).skipped += 1;
+        (self.on_event)(&SubscriberEvent::Skipped { version, reason: reason.to_owned() });
+    }
+
+    fn reject(&mut self, reason: String) {
+        warn!(reason, "snapshot rejected");
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).rejected += 1;
+        (self.on_event)(&SubscriberEvent::Rejected { reason });
+    }
+
+    fn seek(&mut self, offset: Offset) -> Result<(), KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, 0, offset)?;
+        self.consumer.assign(&assignment)?;
+        self.assembler.reset();
+        Ok(())
+    }
+
+    /// The chain start named by the newest commit record, reading backwards
+    /// from the end in growing windows; `None` when the topic has none.
+    fn newest_chain_start(&mut self) -> Result<Option<i64>, KafkaError> {
+        let (low, high) = self.consumer.fetch_watermarks(&self.topic, 0, Duration::from_secs(10))?;
+        let mut window = FIRST_WINDOW;
+        loop {
+            let from = (high - window).max(low);
+            if let Some(start) = self.scan_for_commit(from, high)? {
+                return Ok(Some(start));
+            }
+            if from == low {
+                return Ok(None);
+            }
+            window = window.saturating_mul(8);
+        }
+    }
+
+    /// The chain start of the last commit record in `[from, until)`.
+    fn scan_for_commit(&mut self, from: i64, until: i64) -> Result<Option<i64>, KafkaError> {
+        self.seek(Offset::Offset(from))?;
+        let mut found = None;
+        let deadline = Instant::now() + SCAN_TIMEOUT;
+        while Instant::now() < deadline && !self.stopped() {
+            match self.consumer.poll(POLL) {
+                Some(Ok(message)) => {
+                    if let Ok(freshet_core::snapshot::SnapshotMessage::Commit(commit)) =
+                        freshet_core::snapshot::decode_message(message.payload().unwrap_or_default())
+                    {
+                        found = Some(commit.chain_start_offset);
+                    }
+                    if message.offset() + 1 >= until {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    return Err(error);
+                }
+                Some(Err(error)) => warn!(%error, "scanning the snapshot topic"),
+                None => {}
+            }
+        }
+        Ok(found)
+    }
+}

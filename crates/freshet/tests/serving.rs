@@ -1,0 +1,102 @@
+//! `freshet run` publishes, `freshet subscribe` and `freshet serve` follow:
+//! against the real broker, the served version is the last checkpoint and
+//! the HTTP endpoint answers recommendations, scores and errors.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use freshet_core::synth::SynthConfig;
+use freshet_e2e::process::{Running, inspect, write_config};
+use freshet_e2e::{TestTopics, bootstrap, produce_synth};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_freshet");
+
+/// A plain HTTP/1.1 GET: status code and body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+#[test]
+fn run_publishes_and_subscribe_and_serve_follow_it() {
+    let bootstrap = bootstrap();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let topics = runtime.block_on(TestTopics::create(&bootstrap, 2)).expect("topics");
+    let synth = SynthConfig { users: 500, items: 300, ..SynthConfig::default() };
+    let produced = runtime.block_on(produce_synth(&bootstrap, &topics, synth, 20_000)).expect("produce");
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = write_config(work.path(), &bootstrap, &topics, "[publisher]\nchunk_bytes = 16384\n");
+    let checkpoint = work.path().join("checkpoint");
+
+    let running = Running::start(BIN, &["run", "--config"], &config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while inspect(BIN, &checkpoint).and_then(|r| r["events_applied"].as_u64()) != Some(produced.valid() as u64) {
+        assert!(Instant::now() < deadline, "the trainer did not apply every event");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(running.terminate().success(), "clean exit on SIGTERM");
+    let report = inspect(BIN, &checkpoint).expect("inspect");
+    let version = report["version"].as_u64().expect("version");
+    assert_eq!(report["published_version"].as_u64(), Some(version), "the final checkpoint was published: {report}");
+
+    let subscribed =
+        Command::new(BIN).args(["subscribe", "--json", "--config"]).arg(&config).output().expect("subscribe");
+    assert!(subscribed.status.success(), "{}", String::from_utf8_lossy(&subscribed.stderr));
+    let events: Vec<Value> = String::from_utf8_lossy(&subscribed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let applied: Vec<&Value> = events.iter().filter(|e| e["event"] == "applied").collect();
+    assert_eq!(applied.first().map(|e| e["kind"].clone()), Some("full".into()), "{events:?}");
+    assert_eq!(applied.last().and_then(|e| e["version"].as_u64()), Some(version), "{events:?}");
+    assert!(applied.iter().all(|e| e["checksum_ok"] == true));
+
+    let address = format!("127.0.0.1:{}", free_port());
+    let serving = Running::start(BIN, &["serve", "--listen", &address, "--config"], &config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(&address).is_err() || get(&address, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "serve never became ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = get(&address, "/recommend?user=u1&k=5");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((answer["user"].as_str(), answer["version"].as_u64()), (Some("u1"), Some(version)), "{answer}");
+    let items = answer["items"].as_array().expect("items");
+    assert_eq!(items.len(), 5, "{answer}");
+    let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().expect("score")).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {scores:?}");
+    let first_item = items[0]["item"].as_str().expect("an item id");
+    assert!(first_item.starts_with('i'), "real item ids: {first_item}");
+    let (status, body) = get(&address, &format!("/recommend?user=u1&k=5&exclude={first_item}"));
+    assert_eq!(status, 200);
+    assert!(!body.contains(&format!("\"{first_item}\"")), "excluded: {body}");
+
+    let (status, body) = get(&address, "/recommend?user=never-seen&k=3");
+    assert_eq!(status, 200, "unknown users get a bias-based answer: {body}");
+    let (status, body) = get(&address, &format!("/score?user=u1&item={first_item}"));
+    let score: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((status, score["version"].as_u64()), (200, Some(version)), "{body}");
+    let (status, body) = get(&address, "/recommend?k=3");
+    assert_eq!(status, 400);
+    assert!(body.contains("user"), "{body}");
+    assert_eq!(get(&address, "/recommend?user=u1&k=lots").0, 400);
+    assert_eq!(get(&address, "/score?user=u1&item=i1&head=volume").0, 400);
+    let (status, metrics) = get(&address, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains(&format!("freshet_subscriber_version {version}")), "{metrics}");
+    assert!(metrics.contains("freshet_serve_requests_total{endpoint=\"recommend\",status=\"400\"}"), "{metrics}");
+    assert!(serving.terminate().success(), "serve exits cleanly on SIGTERM");
+}

@@ -1,0 +1,172 @@
+//! Helpers for snapshot scenarios: a model trained on the synthetic stream,
+//! a snapshot topic, raw transactional writes (to forge aborted, torn or
+//! damaged snapshots), a subscriber with its event log, and bit-exact
+//! comparison of served and trained parameters.
+
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use freshet_consumer::{client_config, ensure_topics};
+use freshet_core::snapshot::Watermark;
+use freshet_core::synth::{SynthConfig, SynthStream};
+use freshet_core::{Feedback, Forget, ModelSpec, TableKind};
+use freshet_publisher::{Outgoing, PublisherConfig};
+use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberEvent};
+use freshet_trainer::{ModelParams, Trainer, TrainerConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+/// A small model trained on the synthetic stream, handing out snapshots.
+pub struct ModelUnderTest {
+    /// The trainer.
+    pub trainer: Trainer,
+    stream: SynthStream,
+    ts: i64,
+}
+
+impl ModelUnderTest {
+    /// A fresh dim-8 model; `seed` picks the stream.
+    pub fn new(seed: u64) -> Self {
+        let spec = ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true };
+        let trainer = Trainer::new(spec, TrainerConfig::default()).expect("a valid trainer");
+        let stream = SynthStream::new(SynthConfig { seed, users: 300, items: 200, ..SynthConfig::default() });
+        ModelUnderTest { trainer, stream, ts: 1_764_400_000_000 }
+    }
+
+    /// Trains on `events` more synthetic events.
+    pub fn train(&mut self, events: usize) {
+        let batch: Vec<Feedback> = (0..events)
+            .map(|_| {
+                self.ts += 1;
+                self.stream.next_event_at(self.ts)
+            })
+            .collect();
+        for chunk in batch.chunks(256) {
+            self.trainer.train_batch(chunk);
+        }
+    }
+
+    /// Forgets `user` (as a forget event would).
+    pub fn forget(&mut self, user: &str) {
+        self.ts += 1;
+        self.trainer.train_batch(&[Feedback::Forget(Forget { user: user.to_owned(), ts: self.ts })]);
+    }
+
+    /// The whole model as version `version` (clears the change record).
+    pub fn full(&mut self, version: u64) -> Outgoing {
+        self.trainer.drain_dirty();
+        Outgoing::full(version, self.trainer.export_params(), self.watermark(), &self.trainer.metrics())
+    }
+
+    /// The changes since the previous hand-off as version `version`.
+    pub fn delta(&mut self, version: u64) -> Outgoing {
+        let delta = self.trainer.drain_dirty().params();
+        Outgoing::delta(version - 1, version, delta, self.watermark(), &self.trainer.metrics())
+    }
+
+    fn watermark(&self) -> Watermark {
+        Watermark { offsets: Vec::new(), newest_event_ms: self.trainer.clock_ms() }
+    }
+}
+
+/// Publisher settings for tests (16 KiB chunks, so models span many
+/// messages) and the snapshot topic they name, created.
+pub fn snapshot_topic(bootstrap: &str, model: &str) -> anyhow::Result<PublisherConfig> {
+    let config = PublisherConfig { chunk_bytes: 16 * 1024, ..PublisherConfig::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(ensure_topics(bootstrap, &Default::default(), &[config.topic_spec(model)]))?;
+    Ok(config)
+}
+
+/// A transactional producer with `transactional_id`, initialised.
+pub fn raw_transactional(bootstrap: &str, transactional_id: &str) -> anyhow::Result<FutureProducer> {
+    let producer: FutureProducer = client_config(bootstrap, &Default::default())
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "60000")
+        .create()?;
+    producer.init_transactions(Duration::from_secs(30))?;
+    Ok(producer)
+}
+
+/// Produces `values` to partition 0 of `topic` in order; returns their offsets.
+pub fn send_values(producer: &FutureProducer, topic: &str, values: &[Vec<u8>]) -> anyhow::Result<Vec<i64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut deliveries = Vec::new();
+        for value in values {
+            let record = FutureRecord::<[u8], [u8]>::to(topic).payload(value).partition(0);
+            deliveries.push(producer.send_result(record).map_err(|(error, _)| error)?);
+        }
+        let mut offsets = Vec::new();
+        for delivery in deliveries {
+            let delivered = delivery.await?.map_err(|(error, _)| error)?;
+            offsets.push(delivered.offset);
+        }
+        Ok(offsets)
+    })
+}
+
+/// A subscriber on `topic` and the log of its events.
+pub fn subscribe(bootstrap: &str, topic: &str) -> anyhow::Result<(Subscriber, Receiver<SubscriberEvent>)> {
+    let (events, log) = channel();
+    let config =
+        SubscriberConfig { bootstrap: bootstrap.to_owned(), kafka: Default::default(), topic: topic.to_owned() };
+    let subscriber = Subscriber::start(&config, move |event: &SubscriberEvent| {
+        let _ = events.send(event.clone());
+    })?;
+    Ok((subscriber, log))
+}
+
+/// Events up to and including the swap to `version`.
+pub fn wait_for_version(
+    log: &Receiver<SubscriberEvent>,
+    version: u64,
+    timeout: Duration,
+) -> anyhow::Result<Vec<SubscriberEvent>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(event) = log.recv_timeout(left) else { break };
+        let done = matches!(&event, SubscriberEvent::Applied(report) if report.version == version);
+        seen.push(event);
+        if done {
+            return Ok(seen);
+        }
+    }
+    bail!("version {version} was not applied within {timeout:?}; events: {seen:?}")
+}
+
+/// Events arriving within `quiet` (the subscriber should stay idle).
+pub fn events_within(log: &Receiver<SubscriberEvent>, quiet: Duration) -> Vec<SubscriberEvent> {
+    let deadline = Instant::now() + quiet;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match log.recv_timeout(left) {
+            Ok(event) => seen.push(event),
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+/// Checks that the served parameters equal the trainer's, bit for bit.
+pub fn same_params(served: &ServingModel, trained: &ModelParams) -> anyhow::Result<()> {
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    if bits(&served.globals()) != bits(&trained.globals) {
+        bail!("global biases differ: served {:?}, trained {:?}", served.globals(), trained.globals);
+    }
+    for table in TableKind::ALL {
+        let trained_rows = trained.rows.iter().filter(|row| row.table == table).count();
+        let served_rows = served.rows(table).count();
+        if served_rows != trained_rows {
+            bail!("{table:?}: {served_rows} rows served, {trained_rows} trained");
+        }
+    }
+    for row in &trained.rows {
+        let served_row = served.row(row.table, row.key).with_context(|| format!("row {row:?} is not served"))?;
+        if bits(served_row) != bits(&row.params) {
+            bail!("row {:?}/{:#x} differs: served {served_row:?}, trained {:?}", row.table, row.key, row.params);
+        }
+    }
+    Ok(())
+}
