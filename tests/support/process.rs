@@ -31,6 +31,8 @@ min_count = 1
 dir = "{checkpoint}"
 interval_ms = 150
 interval_events = 3000
+[metrics]
+listen = "127.0.0.1:0"
 {extra}
 "#,
         name = unique("model"),
@@ -75,6 +77,11 @@ impl Running {
 
     /// Waits for the `n`-th stderr line containing `needle`.
     pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        self.wait_for_line(needle, n, timeout).is_some()
+    }
+
+    /// The `n`-th stderr line containing `needle`, waiting for it.
+    pub fn wait_for_line(&self, needle: &str, n: usize, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut seen = 0;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -82,14 +89,14 @@ impl Running {
                 Ok(line) if line.contains(needle) => {
                     seen += 1;
                     if seen == n {
-                        return true;
+                        return Some(line);
                     }
                 }
                 Ok(_) => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
-        false
+        None
     }
 
     /// Kills the process with SIGKILL.

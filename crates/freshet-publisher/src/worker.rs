@@ -78,8 +78,14 @@ pub struct PublisherHandle {
 }
 
 impl PublisherHandle {
-    /// Starts the publisher thread around a connected producer.
-    pub fn spawn(producer: SnapshotProducer, gate: QualityGate, policy: FullPolicy) -> std::io::Result<Self> {
+    /// Starts the publisher thread around a connected producer;
+    /// `on_published` runs on that thread after each committed snapshot.
+    pub fn spawn(
+        producer: SnapshotProducer,
+        gate: QualityGate,
+        policy: FullPolicy,
+        on_published: impl Fn(&Published) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: None,
@@ -94,7 +100,13 @@ impl PublisherHandle {
             wake: Condvar::new(),
             policy,
         });
-        let worker = Worker { shared: Arc::clone(&shared), producer, gate, baseline: None };
+        let worker = Worker {
+            shared: Arc::clone(&shared),
+            producer,
+            gate,
+            baseline: None,
+            on_published: Box::new(on_published),
+        };
         let thread = std::thread::Builder::new().name("freshet-publisher".to_owned()).spawn(move || worker.run())?;
         Ok(PublisherHandle { shared, thread: Some(thread) })
     }
@@ -185,6 +197,7 @@ struct Worker {
     gate: QualityGate,
     /// Metrics of the newest published version.
     baseline: Option<SnapshotMetrics>,
+    on_published: Box<dyn Fn(&Published) + Send>,
 }
 
 impl Worker {
@@ -210,7 +223,10 @@ impl Worker {
                 continue;
             }
             match self.producer.publish(&outgoing) {
-                Ok(published) => self.record(published, outgoing.metrics),
+                Ok(published) => {
+                    (self.on_published)(&published);
+                    self.record(published, outgoing.metrics);
+                }
                 Err(error) if !error.is_fatal() => {
                     warn!(%error, version = outgoing.version, "publish failed; retrying");
                     self.put_back(outgoing, |stats| stats.aborts += 1);

@@ -29,6 +29,35 @@ pub struct FreshetConfig {
     pub checkpoint: CheckpointSettings,
     /// `[publisher]`: snapshots for serving processes.
     pub publisher: PublisherConfig,
+    /// `[metrics]`: the Prometheus and health endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz` (`host:port`; port 0
+    /// picks a free one, logged at start); empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { listen: "127.0.0.1:9464".to_owned() }
+    }
+}
+
+impl MetricsSettings {
+    /// The address to listen on, if any.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            ConfigError::new("metrics.listen", format!("must be host:port or empty, got {:?}", self.listen))
+        })
+    }
 }
 
 /// A model name: letters, digits, `.`, `_` and `-`.
@@ -94,6 +123,7 @@ impl FreshetConfig {
         self.model.check()?;
         self.trainer.check()?;
         self.publisher.check()?;
+        self.metrics.address()?;
         if (self.validation.rating_min, self.validation.rating_max) != (self.model.rating_min, self.model.rating_max) {
             return Err(ConfigError::new(
                 "validation.rating_min",
@@ -152,5 +182,6 @@ mod tests {
         assert_eq!(key_of("[consumer]\ntopics = []\n"), "consumer.topics");
         assert_eq!(key_of("[model]\nrating_min = 1.0\n"), "validation.rating_min");
         assert_eq!(key_of("[publisher]\nchunk_bytes = 1\n"), "publisher.chunk_bytes");
+        assert_eq!(key_of("[metrics]\nlisten = \"nowhere\"\n"), "metrics.listen");
     }
 }

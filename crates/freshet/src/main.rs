@@ -12,6 +12,7 @@ mod produce;
 mod progress;
 mod run;
 mod serve;
+mod shutdown;
 mod snapshot_source;
 mod subscribe;
 

@@ -8,6 +8,7 @@ use freshet_core::Head;
 use freshet_subscriber::Subscriber;
 use freshet_subscriber::http::{ServeMetrics, router, serve};
 
+use crate::shutdown::ShutdownSignal;
 use crate::snapshot_source::SnapshotSourceArgs;
 
 /// Flags of `freshet serve`.
@@ -33,6 +34,7 @@ enum HeadArg {
 /// Runs `freshet serve` until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.source.resolve()?;
+    let mut shutdown = ShutdownSignal::install()?;
     let metrics = ServeMetrics::new().context("registering metrics")?;
     let observer = metrics.clone();
     let subscriber = Subscriber::start(&config, move |event| observer.observe(event))?;
@@ -41,8 +43,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         HeadArg::Click => Head::Click,
     };
     let app = router(subscriber.view(), metrics, head);
-    serve(args.listen, app, async {
-        let signal = crate::run::shutdown_signal().await;
+    serve(args.listen, app, async move {
+        let signal = shutdown.recv().await;
         tracing::info!(signal, "shutting down");
     })
     .await

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use freshet_subscriber::{Subscriber, SubscriberEvent};
 
+use crate::shutdown::ShutdownSignal;
 use crate::snapshot_source::SnapshotSourceArgs;
 
 /// Flags of `freshet subscribe`.
@@ -23,6 +24,7 @@ pub struct SubscribeArgs {
 /// Runs `freshet subscribe`.
 pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let config = args.source.resolve()?;
+    let mut shutdown = ShutdownSignal::install()?;
     let (events, received) = mpsc::channel();
     let subscriber = Subscriber::start(&config, move |event: &SubscriberEvent| {
         let _ = events.send(event.clone());
@@ -42,7 +44,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     });
     tokio::select! {
         printed = printer => printed??,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = shutdown.recv() => {}
     }
     subscriber.stop(Duration::from_secs(5));
     Ok(())

@@ -25,6 +25,12 @@ fn get(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The `address=host:port` field of a log line.
+fn logged_address(line: &str) -> Option<String> {
+    let start = line.find("address=")? + "address=".len();
+    Some(line[start..].split_whitespace().next()?.to_owned())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
@@ -41,10 +47,30 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
     let checkpoint = work.path().join("checkpoint");
 
     let running = Running::start(BIN, &["run", "--config"], &config);
+    let listening = running.wait_for_line("metrics and health endpoint listening", 1, Duration::from_secs(60));
+    let metrics_address = listening.and_then(|line| logged_address(&line)).expect("the metrics address is logged");
     let deadline = Instant::now() + Duration::from_secs(120);
     while inspect(BIN, &checkpoint).and_then(|r| r["events_applied"].as_u64()) != Some(produced.valid() as u64) {
         assert!(Instant::now() < deadline, "the trainer did not apply every event");
         std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(get(&metrics_address, "/healthz").0, 200);
+    assert_eq!(get(&metrics_address, "/readyz").0, 200);
+    let (status, metrics) = get(&metrics_address, "/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "freshet_events_trained_total{kind=\"rating\"}",
+        "freshet_batch_seconds_bucket",
+        "freshet_checkpoint_seconds_count",
+        "freshet_checkpoint_version",
+        "freshet_snapshots_published_total{kind=\"full\"}",
+        "freshet_snapshot_publish_seconds_bucket",
+        "freshet_progressive_metric{head=\"rating\",metric=\"rmse\",span=\"window\"}",
+        "freshet_rows{table=\"user\"}",
+        "freshet_row_changes_total{change=\"admitted\",table=\"item\"}",
+        "freshet_checkpointed_offset{",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
     assert!(running.terminate().success(), "clean exit on SIGTERM");
     let report = inspect(BIN, &checkpoint).expect("inspect");

@@ -2,9 +2,12 @@
 //! snapshot publisher (its own thread), resuming from the offsets in the
 //! checkpoint, never from the group's.
 
+mod metrics;
+mod observe;
 mod trainer_loop;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use freshet_checkpoint::CheckpointStore;
@@ -17,6 +20,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{FreshetConfig, ModelName};
+use crate::shutdown::ShutdownSignal;
 use trainer_loop::TrainerLoop;
 
 /// Partitions of an input topic that `freshet run` creates because it is missing.
@@ -70,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", json!({"ok": true, "config": config}));
         return Ok(());
     }
+    let mut shutdown = ShutdownSignal::install()?;
     let mut consumer = config.consumer.clone();
     // Static membership: a restarted trainer takes its partitions back at
     // once instead of waiting for its crashed predecessor's session to expire.
@@ -99,25 +104,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             (Trainer::new(config.model.clone(), config.trainer.clone())?, NextOffsets::new())
         }
     };
-    let publisher = start_publisher(&config)?;
+    let metrics = metrics::RunMetrics::new().context("registering metrics")?;
+    let health = std::sync::Arc::new(observe::Health::default());
+    if let Some(listen) = config.metrics.address()? {
+        observe::start(listen, metrics.clone(), std::sync::Arc::clone(&health))
+            .await
+            .with_context(|| format!("metrics.listen {listen}"))?;
+        observe::spawn_lag_task(&config, metrics.clone())?;
+    }
+    let publisher = start_publisher(&config, &metrics)?;
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
     let (source, events) = Source::start(consumer, Decoder::new(config.validation.clone()), start.clone())
         .context("starting the consumer")?;
 
     let trainer_loop =
-        TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), publisher, start);
+        TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), publisher, metrics, start);
     let runtime = tokio::runtime::Handle::current();
     let (finished, trainer_done) = oneshot::channel();
+    let trainer_health = std::sync::Arc::clone(&health);
     let thread = std::thread::Builder::new().name("freshet-trainer".to_owned()).spawn(move || {
+        trainer_health.alive.store(true, Ordering::Relaxed);
         let result = trainer_loop.run(&runtime, events);
+        trainer_health.alive.store(false, Ordering::Relaxed);
         let _ = finished.send(());
         result
     })?;
+    health.ready.store(true, Ordering::Relaxed);
 
     tokio::select! {
-        signal = shutdown_signal() => info!(signal, "shutting down: draining, then a final checkpoint"),
+        signal = shutdown.recv() => info!(signal, "shutting down: draining, then a final checkpoint"),
         _ = trainer_done => warn!("the trainer stopped"),
     }
+    health.ready.store(false, Ordering::Relaxed);
     let stopped = tokio::task::spawn_blocking(move || source.stop()).await?;
     let trained = tokio::task::spawn_blocking(move || thread.join()).await?;
     let trained = trained.map_err(|_| anyhow::anyhow!("the trainer thread panicked"))?;
@@ -128,7 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Connects the snapshot producer (fencing any earlier instance of the
 /// model) and starts the publisher thread, unless publishing is off.
-fn start_publisher(config: &FreshetConfig) -> anyhow::Result<Option<PublisherHandle>> {
+fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> anyhow::Result<Option<PublisherHandle>> {
     let settings = &config.publisher;
     if !settings.enabled {
         return Ok(None);
@@ -146,20 +164,7 @@ fn start_publisher(config: &FreshetConfig) -> anyhow::Result<Option<PublisherHan
         every_deltas: settings.full_every_deltas,
         interval: std::time::Duration::from_millis(settings.full_interval_ms),
     };
-    Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy)?))
-}
-
-/// Resolves on SIGTERM or SIGINT, naming it.
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    }
+    let metrics = metrics.clone();
+    let on_published = move |published: &freshet_publisher::Published| metrics.published(published);
+    Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy, on_published)?))
 }

@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, info_span, warn};
 
+use super::metrics::RunMetrics;
 use crate::config::CheckpointSettings;
 
 /// What to wait for when nothing is pending.
@@ -31,6 +32,7 @@ pub struct TrainerLoop {
     settings: CheckpointSettings,
     /// Where checkpointed versions go as snapshots, if publishing.
     publisher: Option<PublisherHandle>,
+    metrics: RunMetrics,
     /// Next offset per partition of everything applied so far.
     applied: NextOffsets,
     /// Events applied since the last checkpoint.
@@ -48,6 +50,7 @@ impl TrainerLoop {
         acknowledger: Acknowledger,
         settings: CheckpointSettings,
         publisher: Option<PublisherHandle>,
+        metrics: RunMetrics,
         applied: NextOffsets,
     ) -> Self {
         let spec = trainer.spec().clone();
@@ -58,6 +61,7 @@ impl TrainerLoop {
             acknowledger,
             settings,
             publisher,
+            metrics,
             applied,
             events_pending: 0,
             offsets_pending: false,
@@ -106,7 +110,9 @@ impl TrainerLoop {
 
     fn apply(&mut self, batch: &MicroBatch) {
         let _span = info_span!("train_batch", events = batch.events.len()).entered();
+        let started = Instant::now();
         let report = self.trainer.train_batch(&batch.events);
+        self.metrics.batch(batch, started.elapsed().as_secs_f64());
         debug!(
             events = report.events,
             rejected = batch.rejected_count(),
@@ -142,6 +148,7 @@ impl TrainerLoop {
         let offsets: SourceOffsets =
             self.applied.iter().map(|(tp, next)| ((tp.topic.clone(), tp.partition), *next)).collect();
         let stats = self.store.commit(&self.spec, &delta, &offsets)?;
+        self.metrics.checkpoint(&stats, &self.applied, &self.trainer);
         self.hand_to_publisher(stats.version, delta);
         debug!(
             version = stats.version,
@@ -174,6 +181,9 @@ impl TrainerLoop {
     /// current checkpoint version (nothing may be pending).
     fn publish_full(&self) {
         let Some(publisher) = &self.publisher else { return };
+        if self.store.version() == 0 {
+            return; // nothing checkpointed yet: the first checkpoint goes out in full
+        }
         let _span = info_span!("export_full", version = self.store.version()).entered();
         let outgoing = Outgoing::full(
             self.store.version(),
@@ -201,9 +211,10 @@ impl TrainerLoop {
         if let Some(failure) = publisher.failure() {
             anyhow::bail!("snapshot publisher stopped: {failure}");
         }
-        let published = publisher.stats().published_version;
-        if published > self.store.published_version() {
-            self.store.record_published(published)?;
+        let stats = publisher.stats();
+        self.metrics.publisher_totals(stats.holds, stats.aborts);
+        if stats.published_version > self.store.published_version() {
+            self.store.record_published(stats.published_version)?;
         }
         Ok(())
     }
