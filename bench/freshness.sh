@@ -31,7 +31,7 @@ dir = "$work/checkpoint"
 interval_ms = 250
 fsync = true
 [publisher]
-full_every_deltas = 240
+full_every_deltas = 40
 full_interval_ms = 60000
 TOML
 
