@@ -11,6 +11,8 @@
 # Environment:
 #   FRESHET_KAFKA_PORT        client port              (default 9092)
 #   FRESHET_KAFKA_CONTROLLER_PORT  controller port     (default client port + 1)
+#   FRESHET_KAFKA_SASL_PORT   SASL_PLAINTEXT port      (default client port + 2); mechanism
+#                             PLAIN, development-only user "freshet", password "freshet-secret"
 #   FRESHET_CACHE_DIR         jar cache + broker data  (default $HOME/.cache/freshet)
 #   FRESHET_KAFKA_HEAP        JVM heap                 (default 768m, at most 1g)
 #   FRESHET_KAFKA_START_TIMEOUT  seconds to wait       (default 90)
@@ -19,6 +21,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 port=${FRESHET_KAFKA_PORT:-9092}
 controller_port=${FRESHET_KAFKA_CONTROLLER_PORT:-$((port + 1))}
+sasl_port=${FRESHET_KAFKA_SASL_PORT:-$((port + 2))}
 cache=${FRESHET_CACHE_DIR:-$HOME/.cache/freshet}
 heap=${FRESHET_KAFKA_HEAP:-768m}
 start_timeout=${FRESHET_KAFKA_START_TIMEOUT:-90}
@@ -48,11 +51,14 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="freshet" password="freshet-secret" user_freshet="freshet-secret";
 log.dirs=$run_dir/data
 auto.create.topics.enable=false
 num.partitions=1

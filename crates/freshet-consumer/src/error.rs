@@ -21,6 +21,14 @@ pub enum ConsumerError {
         /// The delivery error.
         message: String,
     },
+    /// The cluster cannot be reached or refuses the credentials.
+    #[error("cannot connect to Kafka at {bootstrap}: {message}")]
+    Connect {
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Creating or checking topics failed.
     #[error("topic {topic}: {message}")]
     Topic {

@@ -20,4 +20,4 @@ pub use error::ConsumerError;
 pub use partition::{NextOffsets, OffsetRange, TopicPartition};
 pub use send::send_waiting_for_room;
 pub use source::{Acknowledger, Revocation, Source, SourceEvent};
-pub use topics::{TopicSpec, ensure_topics};
+pub use topics::{TopicSpec, check_connection, ensure_topics};

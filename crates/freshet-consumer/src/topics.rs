@@ -1,14 +1,18 @@
 //! Topic creation through the admin API (the broker's auto-creation is off).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::client_config;
 use crate::error::ConsumerError;
+
+/// How long [`check_connection`] waits for the cluster.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A topic freshet needs, with its partition count and topic-level configs.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,12 +34,45 @@ impl TopicSpec {
     }
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
+/// Checks that the cluster answers with these settings, failing fast and
+/// clearly on refused credentials (SASL/TLS) instead of timing out later.
+pub fn check_connection(bootstrap: &str, kafka: &BTreeMap<String, String>) -> Result<(), ConsumerError> {
+    let connect_error = |message: String| ConsumerError::Connect { bootstrap: bootstrap.to_owned(), message };
+    let probe: BaseConsumer = client_config(bootstrap, kafka).create()?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while Instant::now() < deadline {
+        // Authentication and TLS failures arrive as error events.
+        if let Some(Err(error)) = probe.poll(Duration::from_millis(100)) {
+            let fatal = matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::Authentication
+                        | RDKafkaErrorCode::SaslAuthenticationFailed
+                        | RDKafkaErrorCode::SSL
+                )
+            );
+            if fatal {
+                return Err(connect_error(error.to_string()));
+            }
+        }
+        if probe.fetch_metadata(None, Duration::from_millis(500)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(connect_error(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they
+/// are. Checks the connection first ([`check_connection`]).
 pub async fn ensure_topics(
     bootstrap: &str,
     kafka: &BTreeMap<String, String>,
     specs: &[TopicSpec],
 ) -> Result<(), ConsumerError> {
+    let (owned_bootstrap, owned_kafka) = (bootstrap.to_owned(), kafka.clone());
+    tokio::task::spawn_blocking(move || check_connection(&owned_bootstrap, &owned_kafka))
+        .await
+        .map_err(|error| ConsumerError::Connect { bootstrap: bootstrap.to_owned(), message: error.to_string() })??;
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, kafka).create()?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()

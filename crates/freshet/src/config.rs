@@ -102,11 +102,41 @@ impl Default for CheckpointSettings {
     }
 }
 
+/// Kafka settings whose values are secrets: shown as [`REDACTED`].
+const SECRET_MARKERS: [&str; 4] = ["password", "secret", "ssl.key.pem", "sasl.oauthbearer.config"];
+/// What a secret is shown as.
+pub const REDACTED: &str = "<redacted>";
+
 impl FreshetConfig {
     /// Reads a TOML file; syntax errors and unknown keys name the line and key.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in configuration file {}", path.display()))
+    }
+
+    /// The file (or the defaults) with the `FRESHET_<TABLE>__<KEY>`
+    /// environment overrides applied; flags come on top, then [`Self::check`].
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let config = match path {
+            Some(path) => FreshetConfig::from_file(path)?,
+            None => FreshetConfig::default(),
+        };
+        crate::env_overrides::apply(&config, std::env::vars())
+    }
+
+    /// A copy safe to print or log: secret Kafka settings are replaced.
+    pub fn redacted(&self) -> FreshetConfig {
+        let hide = |settings: &mut std::collections::BTreeMap<String, String>| {
+            for (key, value) in settings.iter_mut() {
+                if SECRET_MARKERS.iter().any(|marker| key.contains(marker)) {
+                    *value = REDACTED.to_owned();
+                }
+            }
+        };
+        let mut copy = self.clone();
+        hide(&mut copy.consumer.kafka);
+        hide(&mut copy.publisher.kafka);
+        copy
     }
 
     /// Checks every section, naming the offending key.
@@ -163,6 +193,18 @@ mod tests {
             FreshetConfig::from_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/freshet.toml")))
                 .expect("deploy/freshet.toml parses");
         assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = parse(
+            "[consumer.kafka]\n\"sasl.password\" = \"p\"\n\"sasl.username\" = \"u\"\n[publisher.kafka]\n\"ssl.key.password\" = \"k\"\n",
+        )
+        .expect("parses");
+        let shown = config.redacted();
+        assert_eq!(shown.consumer.kafka["sasl.password"], REDACTED);
+        assert_eq!(shown.consumer.kafka["sasl.username"], "u");
+        assert_eq!(shown.publisher.kafka["ssl.key.password"], REDACTED);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod backup;
 mod cli_args;
 mod config;
 mod consume;
+mod env_overrides;
 mod eval;
 mod inspect;
 mod logging;

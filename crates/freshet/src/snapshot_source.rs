@@ -31,10 +31,7 @@ pub struct SnapshotSourceArgs {
 impl SnapshotSourceArgs {
     /// The subscriber's settings.
     pub fn resolve(&self) -> anyhow::Result<SubscriberConfig> {
-        let mut config = match &self.config {
-            Some(path) => FreshetConfig::from_file(path)?,
-            None => FreshetConfig::default(),
-        };
+        let mut config = FreshetConfig::load(self.config.as_deref())?;
         if let Some(bootstrap) = &self.bootstrap {
             config.consumer.bootstrap = bootstrap.clone();
         }

@@ -49,10 +49,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The configuration: the file (or defaults) with the overrides applied, checked.
     pub fn resolve(&self) -> anyhow::Result<FreshetConfig> {
-        let mut config = match &self.config {
-            Some(path) => FreshetConfig::from_file(path)?,
-            None => FreshetConfig::default(),
-        };
+        let mut config = FreshetConfig::load(self.config.as_deref())?;
         if let Some(bootstrap) = &self.bootstrap {
             config.consumer.bootstrap = bootstrap.clone();
         }
@@ -71,7 +68,7 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     if args.check {
-        println!("{}", json!({"ok": true, "config": config}));
+        println!("{}", json!({"ok": true, "config": config.redacted()}));
         return Ok(());
     }
     let mut shutdown = ShutdownSignal::install()?;
