@@ -34,6 +34,9 @@ pub struct ConsumerConfig {
     pub bootstrap: String,
     /// Consumer group id.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a restarted member gets
+    /// its partitions back at once. `freshet run` uses `freshet-<name>` when unset.
+    pub group_instance_id: Option<String>,
     /// Input topics.
     pub topics: Vec<String>,
     /// Dead-letter topic for rejected messages.
@@ -62,6 +65,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             bootstrap: "127.0.0.1:9092".to_owned(),
             group_id: "freshet".to_owned(),
+            group_instance_id: None,
             topics: vec![DEFAULT_CLICKS_TOPIC.to_owned(), DEFAULT_RATINGS_TOPIC.to_owned()],
             dlq_topic: DEFAULT_DLQ_TOPIC.to_owned(),
             start_from: StartFrom::Earliest,
@@ -76,9 +80,10 @@ impl Default for ConsumerConfig {
 }
 
 /// Settings freshet sets itself; a pass-through value for them is an error.
-const OWNED_KAFKA_KEYS: [&str; 6] = [
+const OWNED_KAFKA_KEYS: [&str; 7] = [
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",

@@ -129,6 +129,9 @@ impl Source {
             StartFrom::Committed | StartFrom::Earliest => "earliest",
         };
         let mut client = config.client_config();
+        if let Some(instance) = &config.group_instance_id {
+            client.set("group.instance.id", instance);
+        }
         // Larger fetches keep the fetch pipeline ahead of decoding (measured:
         // ~265k msgs/s at librdkafka's 1 MiB default, ~400k at 4 MiB).
         if client.get("max.partition.fetch.bytes").is_none() {

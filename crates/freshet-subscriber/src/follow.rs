@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use freshet_consumer::client_config;
 use freshet_core::snapshot::{SnapshotKind, Watermark};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -145,13 +146,13 @@ impl Subscriber {
         config: &SubscriberConfig,
         on_event: impl FnMut(&SubscriberEvent) + Send + 'static,
     ) -> Result<Self, SubscribeError> {
-        let consumer: BaseConsumer = client_config(&config.bootstrap, &config.kafka)
+        let consumer: BaseConsumer<QuietEof> = client_config(&config.bootstrap, &config.kafka)
             .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
-            .create()?;
+            .create_with_context(QuietEof)?;
         let live = Arc::new(LiveModel::default());
         let stats = Arc::new(Mutex::new(SubscriberStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -208,8 +209,24 @@ impl Drop for Subscriber {
     }
 }
 
+/// Client context that reports reaching the end of the topic (an event
+/// the follower asks for, to know it caught up) at debug level, not as an error.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            debug!(reason, "end of the snapshot topic");
+        } else {
+            tracing::error!(%error, reason, "snapshot consumer");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 struct Follower {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietEof>,
     topic: String,
     swapper: Swapper,
     assembler: Assembler,

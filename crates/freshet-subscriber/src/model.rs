@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, SnapshotRow, SnapshotTombstone};
+use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow, SnapshotTombstone};
 use freshet_core::{HEAD_BIASES, Head, ModelSpec, TableKind, hash_id};
 use serde::Serialize;
 
@@ -30,6 +30,8 @@ pub struct VersionInfo {
     pub chain_start_offset: i64,
     /// Rows per table.
     pub rows: std::collections::BTreeMap<String, usize>,
+    /// Progressive metrics when the version was published.
+    pub metrics: SnapshotMetrics,
 }
 
 /// One item of a top-k answer.
@@ -297,6 +299,7 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
             .collect(),
         chain_start_offset,
         rows: Default::default(),
+        metrics: header.metrics,
     }
 }
 
@@ -337,7 +340,7 @@ impl Ord for OrderedScore {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{SnapshotMetrics, Watermark};
+    use freshet_core::snapshot::Watermark;
 
     use super::*;
 

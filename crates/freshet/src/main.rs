@@ -5,6 +5,7 @@ mod backup;
 mod cli_args;
 mod config;
 mod consume;
+mod demo;
 mod env_overrides;
 mod eval;
 mod inspect;
@@ -39,6 +40,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole loop in one process on an in-process Kafka: produce, train, checkpoint, publish, serve.
+    Demo(demo::DemoArgs),
     /// Produce feedback events to Kafka.
     #[command(subcommand)]
     Produce(produce::ProduceCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Demo(args) => demo::run(args).await,
             Command::Produce(command) => produce::run(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Eval(args) => eval::run(args),

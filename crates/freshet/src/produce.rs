@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use freshet_consumer::{
     DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC, TopicSpec, client_config, ensure_topics, send_waiting_for_room,
 };
-use freshet_core::synth::{Expected, Stream, SynthConfig, SynthStream};
+use freshet_core::synth::{Expected, Stream, SynthConfig, SynthMessage, SynthStream};
 use freshet_core::{CONTENT_TYPE_HEADER, ValidationConfig, now_ms};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -149,17 +149,7 @@ fn send_stream(args: &SynthArgs, kafka: &BTreeMap<String, String>) -> anyhow::Re
             pace(started, index, rate);
         }
         let message = stream.next_message_at(now_ms());
-        let topic = match message.stream {
-            Stream::Clicks => &args.clicks_topic,
-            Stream::Ratings => &args.ratings_topic,
-        };
-        let mut record = BaseRecord::to(topic).key(message.key.as_bytes()).payload(message.payload.as_slice());
-        if let Some(content_type) = &message.content_type {
-            record = record.headers(
-                OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(content_type.as_str()) }),
-            );
-        }
-        send_waiting_for_room(&producer, record).context("sending")?;
+        send_synth(&producer, &message, &args.clicks_topic, &args.ratings_topic)?;
         match message.expected {
             Expected::Valid(kind) => *counts.valid.entry(kind.as_str()).or_default() += 1,
             Expected::Invalid(reason) => *counts.invalid.entry(reason.as_str()).or_default() += 1,
@@ -194,8 +184,29 @@ fn send_stream(args: &SynthArgs, kafka: &BTreeMap<String, String>) -> anyhow::Re
     Ok(())
 }
 
+/// Sends one synthetic message to the clicks or the ratings topic, with its
+/// content-type header, waiting while the local queue is full.
+pub fn send_synth<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    message: &SynthMessage,
+    clicks_topic: &str,
+    ratings_topic: &str,
+) -> anyhow::Result<()> {
+    let topic = match message.stream {
+        Stream::Clicks => clicks_topic,
+        Stream::Ratings => ratings_topic,
+    };
+    let mut record = BaseRecord::to(topic).key(message.key.as_bytes()).payload(message.payload.as_slice());
+    if let Some(content_type) = &message.content_type {
+        record = record.headers(
+            OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(content_type.as_str()) }),
+        );
+    }
+    send_waiting_for_room(producer, record).context("sending")
+}
+
 /// Sleeps until message `index` is due at `rate` messages per second.
-fn pace(started: Instant, index: u64, rate: u64) {
+pub fn pace(started: Instant, index: u64, rate: u64) {
     let due = Duration::from_secs_f64(index as f64 / rate as f64);
     if let Some(wait) = due.checked_sub(started.elapsed()) {
         std::thread::sleep(wait);

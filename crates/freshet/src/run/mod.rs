@@ -72,10 +72,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut shutdown = ShutdownSignal::install()?;
+    pipeline(&config, true, async move { shutdown.recv().await }).await
+}
+
+/// The training pipeline until `shutdown` resolves (naming why) or the
+/// trainer stops: topics (created through the admin API when
+/// `create_topics`), restore, metrics, publisher, source and trainer thread;
+/// then a drain and a final checkpoint.
+pub async fn pipeline(
+    config: &FreshetConfig,
+    create_topics: bool,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     let mut consumer = config.consumer.clone();
     // Static membership: a restarted trainer takes its partitions back at
     // once instead of waiting for its crashed predecessor's session to expire.
-    consumer.kafka.entry("group.instance.id".to_owned()).or_insert_with(|| format!("freshet-{}", config.name));
+    consumer.group_instance_id.get_or_insert_with(|| format!("freshet-{}", config.name));
     let consumer = &consumer;
     let mut topics: Vec<TopicSpec> =
         consumer.topics.iter().map(|t| TopicSpec::new(t, DEFAULT_INPUT_PARTITIONS)).collect();
@@ -83,7 +95,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if config.publisher.enabled {
         topics.push(config.publisher.topic_spec(&config.name.0));
     }
-    ensure_topics(&consumer.bootstrap, &consumer.kafka, &topics).await.context("creating topics")?;
+    if create_topics {
+        ensure_topics(&consumer.bootstrap, &consumer.kafka, &topics).await.context("creating topics")?;
+    }
 
     let store = CheckpointStore::open(&config.checkpoint.dir, config.checkpoint.fsync)?;
     let (trainer, start) = match store.load(&config.model)? {
@@ -107,9 +121,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         observe::start(listen, metrics.clone(), std::sync::Arc::clone(&health))
             .await
             .with_context(|| format!("metrics.listen {listen}"))?;
-        observe::spawn_lag_task(&config, metrics.clone())?;
+        observe::spawn_lag_task(config, metrics.clone())?;
     }
-    let publisher = start_publisher(&config, &metrics)?;
+    let publisher = start_publisher(config, &metrics)?;
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
     let (source, events) = Source::start(consumer, Decoder::new(config.validation.clone()), start.clone())
         .context("starting the consumer")?;
@@ -129,7 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     tokio::select! {
-        signal = shutdown.recv() => info!(signal, "shutting down: draining, then a final checkpoint"),
+        signal = shutdown => info!(signal, "shutting down: draining, then a final checkpoint"),
         _ = trainer_done => warn!("the trainer stopped"),
     }
     health.ready.store(false, Ordering::Relaxed);
