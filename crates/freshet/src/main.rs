@@ -34,6 +34,10 @@ struct Cli {
     /// Log output format (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "pretty")]
     log_format: logging::LogFormat,
+    /// Only check the command line (and for run, serve and subscribe the
+    /// configuration: file, environment and flags), print `{"ok":true}` and exit.
+    #[arg(long, global = true)]
+    validate: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +65,18 @@ enum Command {
     Subscribe(subscribe::SubscribeArgs),
 }
 
+/// What `--validate` checks beyond clap's parsing.
+fn validate(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => drop(args.resolve()?),
+        Command::Serve(args) => args.check()?,
+        Command::Subscribe(args) => args.check()?,
+        _ => {}
+    }
+    println!("{}", serde_json::json!({"ok": true}));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -72,6 +88,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if cli.validate {
+            return validate(&cli.command);
+        }
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Produce(command) => produce::run(command).await,

@@ -29,7 +29,7 @@ pub enum ProduceCommand {
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "FRESHET_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Number of messages to send (valid and malformed).
     #[arg(long, value_parser = parse_positive)]

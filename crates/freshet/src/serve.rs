@@ -31,6 +31,13 @@ enum HeadArg {
     Click,
 }
 
+impl ServeArgs {
+    /// Checks the configuration the flags name.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.source.resolve().map(drop)
+    }
+}
+
 /// Runs `freshet serve` until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.source.resolve()?;

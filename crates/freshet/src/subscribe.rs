@@ -21,6 +21,13 @@ pub struct SubscribeArgs {
     follow: bool,
 }
 
+impl SubscribeArgs {
+    /// Checks the configuration the flags name.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.source.resolve().map(drop)
+    }
+}
+
 /// Runs `freshet subscribe`.
 pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let config = args.source.resolve()?;

@@ -1,0 +1,163 @@
+//! The docker-compose stack, checked without Docker: the compose file parses,
+//! its freshet command lines equal deploy/local-stack.sh's and the binary
+//! accepts each of them with the service's environment; and the local stack
+//! (the same processes) turns produced events into changed recommendations.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use freshet_e2e::{bootstrap, unique};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_freshet");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn local_stack(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo().join("deploy/local-stack.sh"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run local-stack.sh")
+}
+
+/// `service: command` lines from `local-stack.sh commands`.
+fn local_stack_commands() -> BTreeMap<String, String> {
+    let output = local_stack(&["commands"], &[]);
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(": ").map(|(s, c)| (s.to_owned(), c.to_owned())))
+        .collect()
+}
+
+#[test]
+fn the_compose_file_agrees_with_the_local_stack_and_the_binary() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).expect("docker-compose.yml");
+    let mut compose: serde_yaml::Value = serde_yaml::from_str(&text).expect("docker-compose.yml parses");
+    compose.apply_merge().expect("merge keys resolve");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    for needed in ["kafka", "kafka-init", "trainer", "producer", "serve", "prometheus", "grafana"] {
+        assert!(names.contains(&needed), "service {needed} missing: {names:?}");
+    }
+    for monitoring in ["prometheus", "grafana"] {
+        assert_eq!(compose["services"][monitoring]["profiles"][0].as_str(), Some("monitoring"));
+    }
+    assert!(compose["services"]["kafka"]["image"].as_str().is_some_and(|i| i.starts_with("apache/kafka")));
+
+    let expected = local_stack_commands();
+    let host_config = repo().join("deploy/freshet.toml");
+    for (service, local) in &expected {
+        let spec = &compose["services"][service.as_str()];
+        assert_eq!(spec["image"].as_str(), Some("freshet:latest"), "{service}");
+        let words: Vec<String> = spec["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{service}: command is a list"))
+            .iter()
+            .map(|w| w.as_str().expect("a word").to_owned())
+            .collect();
+        let normalised =
+            words.join(" ").replace("/etc/freshet/freshet.toml", "CONFIG").replace("0.0.0.0:8080", "LISTEN");
+        assert_eq!(&normalised, local, "{service}: compose and local-stack.sh differ");
+
+        // The binary accepts the command line with the service's environment.
+        let environment = spec["environment"].as_mapping().expect("environment");
+        let mut validate = Command::new(BIN);
+        validate
+            .arg("--validate")
+            .args(words.iter().map(|w| w.replace("/etc/freshet/freshet.toml", &host_config.to_string_lossy())));
+        for (key, value) in environment {
+            let (key, value) = (key.as_str().expect("key"), value.as_str().expect("string value"));
+            validate.env(key, value.replace("/etc/freshet/freshet.toml", &host_config.to_string_lossy()));
+        }
+        let output = validate.output().expect("freshet --validate");
+        assert!(output.status.success(), "{service}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let bad = Command::new(BIN).args(["--validate", "serve", "--listen", "nowhere"]).output().expect("run");
+    assert!(!bad.status.success(), "a bad command line is refused");
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(address) else { return (0, String::new()) };
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+#[test]
+fn the_local_stack_turns_new_events_into_new_recommendations() {
+    let bootstrap = bootstrap();
+    let work = tempfile::tempdir().expect("tempdir");
+    let (serve_port, metrics_port) = (free_port(), free_port());
+    let model = unique("stack");
+    let env = [
+        ("FRESHET_BIN", BIN.to_owned()),
+        ("FRESHET_STACK_DIR", work.path().display().to_string()),
+        ("FRESHET_STACK_SERVE_PORT", serve_port.to_string()),
+        ("FRESHET_STACK_METRICS_PORT", metrics_port.to_string()),
+        ("FRESHET_MODEL", model.clone()),
+        ("FRESHET_CONSUMER__GROUP_ID", model.clone()),
+    ];
+    let started = local_stack(&["start"], &env);
+    let stop = || local_stack(&["stop"], &env);
+    if !started.status.success() {
+        stop();
+        panic!("local-stack start failed: {}", String::from_utf8_lossy(&started.stderr));
+    }
+    let address = format!("127.0.0.1:{serve_port}");
+    let user = unique("alice");
+    let ask = || -> Value {
+        let (status, body) = get(&address, &format!("/recommend?user={user}&k=5"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    let before = ask();
+
+    // The user rates a few items; the stack trains, publishes and serves them.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("producer");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        for (n, item) in ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"].iter().cycle().take(64).enumerate() {
+            let rating = if n % 2 == 0 { 5.0 } else { 0.5 };
+            let event = serde_json::json!({"type": "rating", "user": user, "item": item, "rating": rating,
+                "ts": freshet_core::now_ms()});
+            let payload = event.to_string();
+            let record = FutureRecord::to("freshet.ratings").key(&user).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("delivered");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        let now = ask();
+        if now["items"] != before["items"] && now["version"].as_u64() > before["version"].as_u64() {
+            break now;
+        }
+        if Instant::now() > deadline {
+            stop();
+            panic!("recommendations for {user} never changed: before {before}, now {now}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(get(&format!("127.0.0.1:{metrics_port}"), "/readyz").0, 200);
+    let stopped = stop();
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let status = String::from_utf8_lossy(&local_stack(&["status"], &env).stdout).into_owned();
+    assert_eq!(status.matches(": stopped").count(), 3, "every process stopped: {status}\n{after}");
+}
