@@ -12,7 +12,9 @@ use freshet_e2e::snapshots::{
     wait_for_version,
 };
 use freshet_e2e::{bootstrap, unique};
-use freshet_publisher::{HeaderContext, PublishError, SnapshotProducer, encode};
+use freshet_publisher::{
+    FullPolicy, HeaderContext, Outgoing, PublishError, PublisherHandle, QualityGate, SnapshotProducer, encode,
+};
 use freshet_subscriber::SubscriberEvent;
 use rdkafka::producer::Producer;
 
@@ -243,6 +245,47 @@ fn a_damaged_chunk_is_rejected_and_the_model_kept() -> anyhow::Result<()> {
     producer.publish(&trained.full(3))?;
     wait_for_version(&log, 3, APPLY_TIMEOUT)?;
     same_params(&subscriber.model().expect("served"), &trained.trainer.export_params())?;
+    subscriber.stop(Duration::from_secs(5));
+    Ok(())
+}
+
+#[test]
+fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() -> anyhow::Result<()> {
+    let bootstrap = bootstrap();
+    let model = unique("gated");
+    let config = snapshot_topic(&bootstrap, &model)?;
+    let mut trained = ModelUnderTest::new(7);
+    let producer = SnapshotProducer::connect(&bootstrap, &Default::default(), &config, &model, trained.trainer.spec())?;
+    let (subscriber, log) = subscribe(&bootstrap, producer.topic())?;
+    let gate = QualityGate { max_rmse_increase: Some(0.05), max_logloss_increase: None };
+    let policy = FullPolicy { every_deltas: 1_000, interval: Duration::from_secs(3_600) };
+    let publisher = PublisherHandle::spawn(producer, gate, policy, |_| {})?;
+    let with_rmse = |mut outgoing: Outgoing, rmse: f64| {
+        outgoing.metrics.rating_rmse = Some(rmse);
+        outgoing
+    };
+
+    trained.train(2_000);
+    publisher.submit(with_rmse(trained.full(1), 0.90));
+    wait_for_version(&log, 1, APPLY_TIMEOUT)?;
+    trained.train(500);
+    publisher.submit(with_rmse(trained.delta(2), 1.20)); // worse by 0.30: held
+    let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+    while publisher.stats().holds == 0 {
+        assert!(std::time::Instant::now() < deadline, "the degraded version was not held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = publisher.stats();
+    assert!(held.holding && held.published_version == 1, "{held:?}");
+    assert!(applied_versions(&events_within(&log, Duration::from_secs(2))).is_empty(), "nothing new was served");
+
+    trained.train(500);
+    publisher.submit(with_rmse(trained.delta(3), 0.92)); // recovered: versions 2 and 3 go out as one delta
+    let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
+    assert_eq!(applied_versions(&events), vec![3], "{events:?}");
+    same_params(&subscriber.model().expect("served"), &trained.trainer.export_params())?;
+    let stats = publisher.close(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    assert_eq!((stats.published_version, stats.holds, stats.holding, stats.deltas), (3, held.holds, false, 1));
     subscriber.stop(Duration::from_secs(5));
     Ok(())
 }
