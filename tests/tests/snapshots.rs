@@ -289,3 +289,36 @@ fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() ->
     subscriber.stop(Duration::from_secs(5));
     Ok(())
 }
+
+#[test]
+fn a_restarted_publisher_sends_its_version_again_harmlessly_and_its_chain_continues() -> anyhow::Result<()> {
+    let bootstrap = bootstrap();
+    let model = unique("restart");
+    let config = snapshot_topic(&bootstrap, &model)?;
+    let mut trained = ModelUnderTest::new(8);
+    let spec = trained.trainer.spec().clone();
+    let (subscriber, log) = subscribe(&bootstrap, &config.topic_for(&model))?;
+    let mut before = SnapshotProducer::connect(&bootstrap, &Default::default(), &config, &model, &spec)?;
+    trained.train(2_000);
+    before.publish(&trained.full(1))?;
+    trained.train(500);
+    before.publish(&trained.delta(2))?;
+    wait_for_version(&log, 2, APPLY_TIMEOUT)?;
+    drop(before);
+
+    // The restarted trainer restores checkpoint 2 and publishes it in full again.
+    let mut after = SnapshotProducer::connect(&bootstrap, &Default::default(), &config, &model, &spec)?;
+    after.publish(&trained.full(2))?;
+    trained.train(500);
+    after.publish(&trained.delta(3))?;
+    let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
+    assert!(
+        events.iter().any(|e| matches!(e, SubscriberEvent::Skipped { version: 2, .. })),
+        "version 2 again is skipped: {events:?}"
+    );
+    assert_eq!(applied_versions(&events), vec![3], "{events:?}");
+    assert!(rejections(&events).is_empty(), "{events:?}");
+    same_params(&subscriber.model().expect("served"), &trained.trainer.export_params())?;
+    subscriber.stop(Duration::from_secs(5));
+    Ok(())
+}
