@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use freshet_consumer::{client_config, ensure_topics};
 use freshet_core::snapshot::Watermark;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Feedback, Forget, ModelSpec, TableKind};
-use freshet_publisher::{Outgoing, PublisherConfig};
+use freshet_core::{Feedback, Forget, ModelSpec, TableKind, now_ms};
+use freshet_publisher::{EncodedSnapshot, HeaderContext, Outgoing, PublisherConfig, SnapshotProducer, encode};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberEvent};
 use freshet_trainer::{ModelParams, Trainer, TrainerConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -169,4 +169,85 @@ pub fn same_params(served: &ServingModel, trained: &ModelParams) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// One model's snapshot topic on the broker, a model to publish, and ways to
+/// write genuine or forged snapshots to it.
+pub struct Scenario {
+    /// The broker.
+    pub bootstrap: String,
+    /// The model's (unique) name.
+    pub model: String,
+    /// Publisher settings naming its topic.
+    pub config: PublisherConfig,
+    /// The model published.
+    pub trained: ModelUnderTest,
+}
+
+impl Scenario {
+    /// A fresh snapshot topic for a model named after `name`; `seed` picks its stream.
+    pub fn new(name: &str, seed: u64) -> anyhow::Result<Self> {
+        let bootstrap = crate::bootstrap();
+        let model = crate::unique(name);
+        let config = snapshot_topic(&bootstrap, &model)?;
+        Ok(Scenario { bootstrap, model, config, trained: ModelUnderTest::new(seed) })
+    }
+
+    /// The snapshot topic.
+    pub fn topic(&self) -> String {
+        self.config.topic_for(&self.model)
+    }
+
+    /// A publisher instance of the model (fencing any earlier one).
+    pub fn producer(&self) -> anyhow::Result<SnapshotProducer> {
+        let spec = self.trained.trainer.spec();
+        Ok(SnapshotProducer::connect(&self.bootstrap, &Default::default(), &self.config, &self.model, spec)?)
+    }
+
+    /// A subscriber on the topic and its event log.
+    pub fn subscribe(&self) -> anyhow::Result<(Subscriber, Receiver<SubscriberEvent>)> {
+        subscribe(&self.bootstrap, &self.topic())
+    }
+
+    /// The message values of a complete snapshot of `outgoing` chained at
+    /// `chain_start`, after `tamper` had its way with the encoded messages
+    /// (the commit keeps the untampered checksum).
+    pub fn forge(
+        &self,
+        outgoing: &Outgoing,
+        chain_start: i64,
+        tamper: impl FnOnce(&mut EncodedSnapshot),
+    ) -> Vec<Vec<u8>> {
+        let spec = self.trained.trainer.spec();
+        let context =
+            HeaderContext { model: &self.model, spec, created_ms: now_ms(), chain_start_offset: Some(chain_start) };
+        let mut encoded = encode(outgoing, context, self.config.chunk_bytes);
+        tamper(&mut encoded);
+        let mut values = vec![encoded.header_value.clone()];
+        values.extend(encoded.chunks.iter().cloned());
+        values.push(encoded.commit_value(chain_start));
+        values
+    }
+
+    /// Writes `values` in one transaction under another transactional id,
+    /// then commits it or aborts it.
+    pub fn write_in_transaction(&self, values: &[Vec<u8>], commit: bool) -> anyhow::Result<()> {
+        let producer = raw_transactional(&self.bootstrap, &crate::unique("forger"))?;
+        producer.begin_transaction()?;
+        send_values(&producer, &self.topic(), values)?;
+        if commit {
+            producer.commit_transaction(Duration::from_secs(30))?;
+        } else {
+            producer.abort_transaction(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `subscriber` serves exactly the trained parameters, then stops it.
+    pub fn assert_served_and_stop(&self, subscriber: Subscriber) -> anyhow::Result<()> {
+        let served = subscriber.model().context("no model served")?;
+        same_params(&served, &self.trained.trainer.export_params())?;
+        subscriber.stop(Duration::from_secs(5));
+        Ok(())
+    }
 }

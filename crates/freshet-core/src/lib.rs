@@ -12,6 +12,7 @@ pub mod model;
 pub mod reject;
 pub mod snapshot;
 pub mod synth;
+pub mod threads;
 pub mod validate;
 
 pub use clock::now_ms;

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use freshet_core::snapshot::SnapshotMetrics;
+use freshet_core::threads::join_within;
 use tracing::{info, warn};
 
 use crate::gate::QualityGate;
@@ -164,16 +165,10 @@ impl PublisherHandle {
     pub fn close(mut self, timeout: Duration) -> Result<PublisherStats, String> {
         self.shared.lock().closing = true;
         self.shared.wake.notify_all();
-        let deadline = Instant::now() + timeout;
-        if let Some(thread) = self.thread.take() {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                warn!(?timeout, "the publisher did not stop in time; leaving it");
-            }
+        if let Some(thread) = self.thread.take()
+            && !join_within(thread, timeout)
+        {
+            warn!(?timeout, "the publisher did not stop in time; leaving it");
         }
         let state = self.shared.lock();
         match &state.failure {

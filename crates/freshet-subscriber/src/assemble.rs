@@ -167,28 +167,11 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{
-        SnapshotChunk, SnapshotCommit, SnapshotKind, SnapshotMetrics, Watermark, encode_message,
-    };
+    use freshet_core::snapshot::{SnapshotChunk, SnapshotCommit, SnapshotKind, encode_message};
     use freshet_core::{ModelSpec, TableKind};
 
     use super::*;
-
-    fn header(version: u64, rows: u64) -> SnapshotHeader {
-        SnapshotHeader {
-            model: "m".to_owned(),
-            version,
-            kind: SnapshotKind::Full,
-            created_ms: 0,
-            watermark: Watermark::default(),
-            spec: ModelSpec::default(),
-            globals: [0.0; 2],
-            rows,
-            tombstones: 0,
-            chain_start_offset: None,
-            metrics: SnapshotMetrics::default(),
-        }
-    }
+    use crate::fixtures::header;
 
     fn chunk(version: u64, index: u32, key: u64) -> Vec<u8> {
         let row = SnapshotRow { table: TableKind::User, key, id: None, values: vec![1.0; 34] };
@@ -197,7 +180,13 @@ mod tests {
 
     /// A whole snapshot's message values (header, two chunks, commit).
     fn snapshot(version: u64) -> Vec<Vec<u8>> {
-        let mut values = vec![encode_message(&SnapshotMessage::Header(header(version, 2)))];
+        let mut values = vec![encode_message(&SnapshotMessage::Header(header(
+            version,
+            SnapshotKind::Full,
+            ModelSpec::default(),
+            2,
+            0,
+        )))];
         values.push(chunk(version, 0, 1));
         values.push(chunk(version, 1, 2));
         let mut checksum = SnapshotChecksum::new();

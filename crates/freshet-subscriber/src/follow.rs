@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use freshet_consumer::client_config;
 use freshet_core::snapshot::{SnapshotKind, Watermark};
+use freshet_core::threads::join_within;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -189,16 +190,10 @@ impl Subscriber {
     /// Stops the thread, waiting at most `timeout`.
     pub fn stop(mut self, timeout: Duration) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let deadline = Instant::now() + timeout;
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                warn!(?timeout, "the subscriber thread did not stop in time; leaving it");
-            }
+        if let Some(thread) = self.thread.take()
+            && !join_within(thread, timeout)
+        {
+            warn!(?timeout, "the subscriber thread did not stop in time; leaving it");
         }
     }
 }

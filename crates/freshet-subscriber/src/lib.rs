@@ -12,6 +12,8 @@
 //! model only through the snapshot wire format of `freshet-core`.
 
 mod assemble;
+#[cfg(test)]
+mod fixtures;
 mod follow;
 pub mod http;
 mod model;

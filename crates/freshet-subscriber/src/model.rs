@@ -340,9 +340,8 @@ impl Ord for OrderedScore {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::Watermark;
-
     use super::*;
+    use crate::fixtures::assembled;
 
     fn spec() -> ModelSpec {
         ModelSpec { dim: 2, rating_min: 1.0, rating_max: 5.0, context_features: false }
@@ -354,28 +353,8 @@ mod tests {
     }
 
     fn snapshot(version: u64, kind: SnapshotKind, rows: Vec<SnapshotRow>, removed: Vec<&str>) -> AssembledSnapshot {
-        let tombstones: Vec<SnapshotTombstone> =
-            removed.iter().map(|id| SnapshotTombstone { table: TableKind::Item, key: hash_id(id) }).collect();
-        AssembledSnapshot {
-            header: SnapshotHeader {
-                model: "m".to_owned(),
-                version,
-                kind,
-                created_ms: 0,
-                watermark: Watermark::default(),
-                spec: spec(),
-                globals: [3.0, 0.0],
-                rows: rows.len() as u64,
-                tombstones: tombstones.len() as u64,
-                chain_start_offset: None,
-                metrics: SnapshotMetrics::default(),
-            },
-            header_offset: 0,
-            chain_start_offset: 0,
-            rows,
-            tombstones,
-            bytes: 0,
-        }
+        let tombstones = removed.iter().map(|id| SnapshotTombstone { table: TableKind::Item, key: hash_id(id) });
+        assembled(version, kind, spec(), rows, tombstones.collect())
     }
 
     fn model() -> ServingModel {

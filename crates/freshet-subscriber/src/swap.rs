@@ -106,34 +106,16 @@ fn reclaim(mut model: Arc<ServingModel>) -> Option<ServingModel> {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow, Watermark};
+    use freshet_core::snapshot::{SnapshotKind, SnapshotRow};
     use freshet_core::{ModelSpec, TableKind};
 
     use super::*;
+    use crate::fixtures::assembled;
 
     fn snapshot(version: u64, kind: SnapshotKind, key: u64) -> AssembledSnapshot {
         let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
         let rows = vec![SnapshotRow { table: TableKind::User, key, id: None, values: vec![version as f32; 10] }];
-        AssembledSnapshot {
-            header: SnapshotHeader {
-                model: "m".to_owned(),
-                version,
-                kind,
-                created_ms: 0,
-                watermark: Watermark::default(),
-                spec,
-                globals: [0.0; 2],
-                rows: 1,
-                tombstones: 0,
-                chain_start_offset: None,
-                metrics: SnapshotMetrics::default(),
-            },
-            header_offset: 0,
-            chain_start_offset: 0,
-            rows,
-            tombstones: vec![],
-            bytes: 0,
-        }
+        assembled(version, kind, spec, rows, vec![])
     }
 
     #[test]

@@ -1,6 +1,38 @@
 //! Flag parsers shared by subcommands; their errors name the flag through clap.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::{FreshetConfig, ModelName};
+
+/// The configuration file and the flags that override it, shared by the
+/// commands that read it. Flags win over the environment, which wins over the file.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML); see deploy/freshet.toml.
+    #[arg(long, env = "FRESHET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides consumer.bootstrap).
+    #[arg(long, env = "FRESHET_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Model name (overrides name).
+    #[arg(long, env = "FRESHET_MODEL")]
+    model: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The file (or the defaults), the environment overrides, then these flags; not yet checked.
+    pub fn load(&self) -> anyhow::Result<FreshetConfig> {
+        let mut config = FreshetConfig::load(self.config.as_deref())?;
+        if let Some(bootstrap) = &self.bootstrap {
+            config.consumer.bootstrap = bootstrap.clone();
+        }
+        if let Some(model) = &self.model {
+            config.name = ModelName(model.clone());
+        }
+        Ok(config)
+    }
+}
 
 /// Kafka client settings given as repeated `--kafka key=value` flags.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -19,7 +19,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::config::{FreshetConfig, ModelName};
+use crate::cli_args::ConfigArgs;
+use crate::config::FreshetConfig;
 use crate::shutdown::ShutdownSignal;
 use trainer_loop::TrainerLoop;
 
@@ -29,15 +30,8 @@ const DEFAULT_INPUT_PARTITIONS: i32 = 4;
 /// Flags of `freshet run`; flags win over the environment, which wins over the file.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Configuration file (TOML); see deploy/freshet.toml.
-    #[arg(long, env = "FRESHET_CONFIG")]
-    config: Option<PathBuf>,
-    /// Kafka bootstrap servers (overrides consumer.bootstrap).
-    #[arg(long, env = "FRESHET_BOOTSTRAP")]
-    bootstrap: Option<String>,
-    /// Model name (overrides name).
-    #[arg(long, env = "FRESHET_MODEL")]
-    model: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Checkpoint directory (overrides checkpoint.dir).
     #[arg(long, env = "FRESHET_CHECKPOINT_DIR")]
     checkpoint_dir: Option<PathBuf>,
@@ -49,13 +43,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The configuration: the file (or defaults) with the overrides applied, checked.
     pub fn resolve(&self) -> anyhow::Result<FreshetConfig> {
-        let mut config = FreshetConfig::load(self.config.as_deref())?;
-        if let Some(bootstrap) = &self.bootstrap {
-            config.consumer.bootstrap = bootstrap.clone();
-        }
-        if let Some(model) = &self.model {
-            config.name = ModelName(model.clone());
-        }
+        let mut config = self.config.load()?;
         if let Some(dir) = &self.checkpoint_dir {
             config.checkpoint.dir = dir.clone();
         }

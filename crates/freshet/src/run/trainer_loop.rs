@@ -213,8 +213,13 @@ impl TrainerLoop {
         }
         let stats = publisher.stats();
         self.metrics.publisher_totals(stats.holds, stats.aborts);
-        if stats.published_version > self.store.published_version() {
-            self.store.record_published(stats.published_version)?;
+        self.record_published(stats.published_version)
+    }
+
+    /// Records `published` in the checkpoint if it is newer than what is recorded.
+    fn record_published(&mut self, published: u64) -> anyhow::Result<()> {
+        if published > self.store.published_version() {
+            self.store.record_published(published)?;
         }
         Ok(())
     }
@@ -225,9 +230,7 @@ impl TrainerLoop {
         let Some(publisher) = self.publisher.take() else { return Ok(()) };
         match publisher.close(PUBLISH_CLOSE_TIMEOUT) {
             Ok(stats) => {
-                if stats.published_version > self.store.published_version() {
-                    self.store.record_published(stats.published_version)?;
-                }
+                self.record_published(stats.published_version)?;
                 info!(
                     published = stats.published_version,
                     fulls = stats.fulls,
