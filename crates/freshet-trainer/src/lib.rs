@@ -23,6 +23,8 @@
 //!   its step trains on it.
 
 mod admission;
+mod arena;
+mod bitset;
 mod config;
 mod heads;
 mod init;
@@ -32,6 +34,7 @@ mod lr_schedule;
 mod metrics;
 mod optimizer;
 pub mod report;
+mod row_index;
 mod spec;
 mod state;
 mod table;

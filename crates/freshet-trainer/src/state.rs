@@ -26,7 +26,8 @@ pub struct RowState {
     pub id: Option<String>,
     /// `[rating bias, click bias, factor_1 … factor_dim]`.
     pub params: Vec<f32>,
-    /// Adam's first moment, same layout (empty for SGD and AdaGrad).
+    /// Adam's first moment, same layout; empty for SGD, AdaGrad and Adam
+    /// with `beta1` = 0, whose first moment would only repeat the latest gradient.
     pub m: Vec<f32>,
     /// Adam's second moment or AdaGrad's squared-gradient sum (empty for SGD).
     pub v: Vec<f32>,

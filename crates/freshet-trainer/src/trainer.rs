@@ -10,6 +10,7 @@
 //! always give bit-identical parameters). Expiry and the row budget run at
 //! the end of the batch.
 
+use freshet_core::id_hash::FEATURE_SEPARATOR;
 use freshet_core::{ConfigError, Features, Feedback, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
@@ -106,11 +107,25 @@ struct GlobalSums {
 struct Scratch {
     /// `p_user + Σ q_feature` of the event being scored.
     user_vec: Vec<f32>,
-    /// `(hash_id(user), hash_id(item))` of each rating or click of the step.
-    keys: Vec<(u64, u64)>,
+    /// The keys and rows of each rating or click of the step.
+    keys: Vec<EventKeys>,
     features: Vec<u32>,
     prior_features: Vec<u32>,
+    /// The `name=value` text of the feature being hashed.
+    feature_text: String,
     step: StepScratch,
+}
+
+/// The keys of a rating or click and the rows they had when its step began
+/// (looked up once: rows are only added during a step, never moved).
+#[derive(Debug, Clone, Copy)]
+struct EventKeys {
+    user_key: u64,
+    item_key: u64,
+    /// The user's row, `None` if it had none (it may be admitted in `learn`).
+    user: Option<u32>,
+    /// The item's row, likewise.
+    item: Option<u32>,
 }
 
 /// A rating or click, reduced to what the model uses.
@@ -384,21 +399,34 @@ impl Trainer {
         let fresh_from = self.tables.each_ref().map(Table::len);
         let mut keys = std::mem::take(&mut self.scratch.keys);
         keys.clear();
-        keys.extend(events.iter().filter_map(Observation::of).map(|obs| (hash_id(obs.user), hash_id(obs.item))));
-        self.warm(&keys);
-        for (observation, &(user, item)) in events.iter().filter_map(Observation::of).zip(&keys) {
-            self.learn(&observation, user, item, &fresh_from);
+        keys.extend(events.iter().filter_map(Observation::of).map(|obs| EventKeys {
+            user_key: hash_id(obs.user),
+            item_key: hash_id(obs.item),
+            user: None,
+            item: None,
+        }));
+        self.warm(&mut keys);
+        for (observation, event_keys) in events.iter().filter_map(Observation::of).zip(&keys) {
+            self.learn(&observation, event_keys, &fresh_from);
         }
         self.scratch.keys = keys;
         self.apply_step();
     }
 
-    /// Reads every index entry and row the step is about to use, in a tight
-    /// loop of independent loads, so their cache misses overlap instead of
-    /// queueing one by one inside the scoring loop. Changes nothing.
-    fn warm(&self, keys: &[(u64, u64)]) {
+    /// Reads every row the step is about to use, in a tight loop of
+    /// independent loads (as the index lookups before it were), so their
+    /// cache misses overlap instead of queueing one by one inside the
+    /// scoring loop. Changes nothing.
+    fn warm(&self, keys: &mut [EventKeys]) {
         let [users, items, _] = &self.tables;
-        let sum: f32 = keys.iter().map(|&(user, item)| users.touch(user) + items.touch(item)).sum();
+        for k in keys.iter_mut() {
+            k.user = users.get(k.user_key);
+        }
+        for k in keys.iter_mut() {
+            k.item = items.get(k.item_key);
+        }
+        let touch = |table: &Table, row: Option<u32>| row.map_or(0.0, |row| table.touch(row));
+        let sum: f32 = keys.iter().map(|k| touch(users, k.user) + touch(items, k.item)).sum();
         std::hint::black_box(sum);
     }
 
@@ -406,19 +434,20 @@ impl Trainer {
     /// adds its gradient to the step's sums. Rows admitted during this step
     /// (index ≥ `fresh_from`) are left out of the progressive score but are
     /// trained from their initial values.
-    fn learn(&mut self, obs: &Observation<'_>, user_key: u64, item_key: u64, fresh_from: &[usize; 3]) {
+    fn learn(&mut self, obs: &Observation<'_>, keys: &EventKeys, fresh_from: &[usize; 3]) {
         match obs.head {
             Head::Rating => self.counters.ratings += 1,
             Head::Click => self.counters.clicks += 1,
         }
         self.counters.events_applied += 1;
-        let user = self.resolve(TableKind::User, user_key, obs.user);
-        let item = self.resolve(TableKind::Item, item_key, obs.item);
+        let user = keys.user.or_else(|| self.resolve(TableKind::User, keys.user_key, obs.user));
+        let item = keys.item.or_else(|| self.resolve(TableKind::Item, keys.item_key, obs.item));
         let mut features = std::mem::take(&mut self.scratch.features);
         features.clear();
         if self.spec.context_features {
             for (name, value) in obs.features {
-                if let Some(row) = self.resolve(TableKind::Feature, hash_feature(name, value), "") {
+                let key = feature_key(&mut self.scratch.feature_text, name, value);
+                if let Some(row) = self.resolve(TableKind::Feature, key, "") {
                     features.push(row);
                 }
             }
@@ -565,6 +594,16 @@ impl Trainer {
     }
 }
 
+/// [`hash_feature`]`(name, value)`, joining the two in the reused `text`
+/// instead of a new string per event.
+fn feature_key(text: &mut String, name: &str, value: &str) -> u64 {
+    text.clear();
+    text.push_str(name);
+    text.push(FEATURE_SEPARATOR);
+    text.push_str(value);
+    hash_id(text)
+}
+
 /// `global[h] + b_user[h] + Σ w_f[h] + b_item[h] + ⟨p_user + Σ q_f, v_item⟩`
 /// for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
 fn raw_score(
@@ -618,6 +657,14 @@ mod tests {
         f64::from(head.loss(score, target))
     }
 
+    #[test]
+    fn feature_keys_are_the_published_feature_hash() {
+        let mut text = String::from("left over");
+        for (name, value) in [("device", "ios"), ("page", ""), ("lang", "pt=BR")] {
+            assert_eq!(feature_key(&mut text, name, value), hash_feature(name, value));
+        }
+    }
+
     /// Every parameter the event touches: analytic gradient (what `learn`
     /// sums) against a central finite difference of the loss.
     #[test]
@@ -657,7 +704,8 @@ mod tests {
             }
             t.globals.bias[obs.head.index()] = 0.3;
             let fresh_from = t.tables.each_ref().map(Table::len);
-            t.learn(&obs, hash_id(obs.user), hash_id(obs.item), &fresh_from);
+            let keys = EventKeys { user_key: hash_id(obs.user), item_key: hash_id(obs.item), user: None, item: None };
+            t.learn(&obs, &keys, &fresh_from);
 
             let h = 1e-2f32;
             let rows = (Some(user), Some(item), feature_rows.as_slice());
