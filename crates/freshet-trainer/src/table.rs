@@ -12,7 +12,7 @@ use crate::bitset::BitSet;
 use crate::keymap::KeyMap;
 use crate::optimizer::RowMut;
 use crate::row_index::RowIndex;
-use crate::state::{RowParams, RowState, Tombstone};
+use crate::state::{RowParams, RowRef, RowState, Tombstone};
 
 /// Which table a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -139,15 +139,15 @@ impl Table {
 
     /// Adds a row from saved state; moments that do not fit the configured
     /// algorithms start at zero. The row is not marked changed.
-    pub(crate) fn insert_state(&mut self, state: &RowState) -> u32 {
-        let row = self.push_row(state.key, state.id.as_deref().unwrap_or_default());
+    pub(crate) fn insert_state(&mut self, state: &RowRef<'_>) -> u32 {
+        let row = self.push_row(state.key, state.id.unwrap_or_default());
         let RowMut { params, m, v, .. } = self.row_mut(row);
-        params.copy_from_slice(&state.params);
+        params.copy_from_slice(state.params);
         if m.len() == state.m.len() {
-            m.copy_from_slice(&state.m);
+            m.copy_from_slice(state.m);
         }
         if v.len() == state.v.len() {
-            v.copy_from_slice(&state.v);
+            v.copy_from_slice(state.v);
         }
         let meta = &mut self.meta[row as usize];
         meta.steps = state.steps;

@@ -23,8 +23,11 @@ use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
 use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
 use crate::report::{BatchReport, Counters};
+use crate::restore::Restorer;
 use crate::spec::ModelSpec;
-use crate::state::{Delta, DenseState, GlobalParams, ModelParams, RowState, StateError, Tombstone, TrainerState};
+use crate::state::{
+    Delta, DenseState, GlobalParams, ModelParams, PendingRow, RowRef, RowState, StateError, Tombstone, TrainerState,
+};
 use crate::table::{NO_SLOT, Removal, Table, TableKind};
 
 /// Leading biases of each row: one per head.
@@ -195,40 +198,59 @@ impl Trainer {
     /// Restores a trainer from a state exported earlier (under an equal spec).
     /// The configuration may differ from the one the state was trained with;
     /// if its algorithm does, the optimizer moments and step counts restart
-    /// from zero. Metrics keep the window length they were saved with.
+    /// from zero. Metrics keep the window length they were saved with. To
+    /// restore without holding the whole state in memory, see [`Restorer`].
     pub fn restore(spec: ModelSpec, config: TrainerConfig, state: TrainerState) -> Result<Self, StateError> {
-        state.validate(&spec)?;
-        let mut trainer = Trainer::new(spec, config)?;
-        let keep_moments = state.dense.algorithm == trainer.config.algorithm
-            && state.dense.bias_algorithm == trainer.config.bias_algorithm;
-        for kind in TableKind::ALL {
-            let count = state.rows.iter().filter(|row| row.table == kind).count();
-            trainer.tables[kind.index()].reserve(count);
-        }
+        state.check_spec(&spec)?;
+        let mut restorer = Restorer::new(spec, config, state.dense)?;
         // Rows are consumed one by one, so their memory is released as the arenas fill.
         for row in state.rows {
-            let table = &mut trainer.tables[row.table.index()];
-            if keep_moments {
-                table.insert_state(&row);
-            } else {
-                table.insert_state(&RowState { m: Vec::new(), v: Vec::new(), steps: 0, ..row });
-            }
+            restorer.push_row(&row.view())?;
         }
         for pending in &state.pending {
-            trainer.admission[pending.table.index()].insert_state(pending);
+            restorer.push_pending(pending);
         }
-        let dense = state.dense;
-        trainer.globals = if keep_moments {
+        Ok(restorer.finish())
+    }
+
+    /// Takes over a saved dense state and makes room for the rows its
+    /// counters say the tables held; returns whether saved optimizer moments
+    /// still apply (the update rules are the same).
+    pub(crate) fn adopt_dense(&mut self, dense: DenseState) -> bool {
+        let keep_moments =
+            dense.algorithm == self.config.algorithm && dense.bias_algorithm == self.config.bias_algorithm;
+        self.globals = if keep_moments {
             dense.globals
         } else {
             GlobalParams { m: [0.0; 2], v: [0.0; 2], steps: [0; 2], ..dense.globals }
         };
-        trainer.clock_ms = dense.clock_ms;
-        trainer.last_sweep_ms = dense.last_sweep_ms;
-        trainer.counters = dense.counters;
-        trainer.metrics = dense.metrics;
-        trainer.schedule = dense.schedule;
-        Ok(trainer)
+        for kind in TableKind::ALL {
+            let t = dense.counters.table(kind);
+            let rows = t.admitted.saturating_sub(t.expired + t.evicted + t.forgotten).min(u64::from(u32::MAX));
+            self.tables[kind.index()].reserve(rows as usize);
+        }
+        self.clock_ms = dense.clock_ms;
+        self.last_sweep_ms = dense.last_sweep_ms;
+        self.counters = dense.counters;
+        self.metrics = dense.metrics;
+        self.schedule = dense.schedule;
+        keep_moments
+    }
+
+    /// Adds a saved row (checked by the caller); without `keep_moments` its
+    /// moments and step count restart from zero.
+    pub(crate) fn insert_saved_row(&mut self, row: &RowRef<'_>, keep_moments: bool) {
+        let table = &mut self.tables[row.table.index()];
+        if keep_moments {
+            table.insert_state(row);
+        } else {
+            table.insert_state(&RowRef { m: &[], v: &[], steps: 0, ..*row });
+        }
+    }
+
+    /// Adds a saved pending admission count.
+    pub(crate) fn insert_pending(&mut self, pending: &PendingRow) {
+        self.admission[pending.table.index()].insert_state(pending);
     }
 
     /// Trains on one micro-batch, in order; forget events take effect where
