@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use freshet_trainer::{
     Delta, DenseState, ModelSpec, PendingRow, Restorer, RowRef, RowState, Trainer, TrainerConfig, TrainerState,
 };
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
@@ -362,11 +364,17 @@ impl CheckpointStore {
 }
 
 impl Drop for CheckpointStore {
-    /// Persists the memtables, so the next open reads files instead of
-    /// replaying the write-ahead log (which costs time and memory for a
-    /// large model). A crash skips this; the next open then replays the log.
+    /// Persists the memtables of every column family, so the next open reads
+    /// files instead of replaying the write-ahead log (which costs time and
+    /// memory for a large model). A crash skips this; the next open then
+    /// replays the log.
     fn drop(&mut self) {
-        if let Err(error) = self.db.flush() {
+        let families: Result<Vec<_>, _> = COLUMN_FAMILIES.iter().map(|name| cf(&self.db, name)).collect();
+        let flushed = match families {
+            Ok(families) => self.db.flush_cfs_opt(&families, &FlushOptions::default()).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = flushed {
             tracing::warn!(%error, "flushing the checkpoint store on close failed; the next open replays the WAL");
         }
     }
