@@ -255,17 +255,20 @@ impl CheckpointStore {
             .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))
     }
 
-    /// Calls `each` with every row, in (table, key) order, decoded in place.
+    /// Calls `each` with every row, in (table, key) order, decoded from the
+    /// iterator's own buffers (a raw iterator: no copy of each key and value).
     fn scan_rows(
         &self,
         mut each: impl FnMut(RowRef<'_>) -> Result<(), CheckpointError>,
     ) -> Result<(), CheckpointError> {
         let mut floats = Vec::new();
-        for item in self.db.iterator_cf_opt(cf(&self.db, CF_ROWS)?, scan_options(), IteratorMode::Start) {
-            let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
-            each(decode_row(&value, parse_row_key(&key)?, &mut floats)?)?;
+        let mut rows = self.db.raw_iterator_cf_opt(cf(&self.db, CF_ROWS)?, scan_options());
+        rows.seek_to_first();
+        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+            each(decode_row(value, parse_row_key(key)?, &mut floats)?)?;
+            rows.next();
         }
-        Ok(())
+        rows.status().map_err(CheckpointError::rocks("read"))
     }
 
     /// Calls `each` with every pending admission count, in (table, key) order.
