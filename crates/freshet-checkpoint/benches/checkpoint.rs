@@ -85,22 +85,25 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn restore(dir: &Path, dim: usize) -> (usize, f64, f64) {
+/// Restores the store in `dir`: rows, seconds, and floats per row in the
+/// arenas (parameters and the optimizer moments kept).
+fn restore(dir: &Path, dim: usize) -> (usize, f64, usize) {
     let spec = spec(dim);
     let started = Instant::now();
     let store = CheckpointStore::open(dir, true).expect("open");
-    let restored = store.load(&spec).expect("load").expect("a checkpoint");
-    let loaded = started.elapsed().as_secs_f64();
-    let trainer = Trainer::restore(spec, TrainerConfig::default(), restored.state).expect("restore");
+    let trainer = store.restore(&spec, TrainerConfig::default()).expect("restore").expect("a checkpoint").trainer;
+    let seconds = started.elapsed().as_secs_f64();
     let rows = TableKind::ALL.iter().map(|&t| trainer.rows(t)).sum();
-    (rows, loaded, started.elapsed().as_secs_f64())
+    let (_, keys) = trainer.table_params(TableKind::User);
+    let row = trainer.row(TableKind::User, keys[0]).expect("a user row");
+    (rows, seconds, row.params.len() + row.m.len() + row.v.len())
 }
 
 fn main() {
     let args = parse_args();
     if let Some(dir) = args.restore_only {
-        let (rows, _, total) = restore(Path::new(&dir), args.dim);
-        println!("{rows} {total} {}", vm_hwm_kib());
+        let (rows, seconds, floats) = restore(Path::new(&dir), args.dim);
+        println!("{rows} {seconds} {floats} {}", vm_hwm_kib());
         return;
     }
     let spec = spec(args.dim);
@@ -140,11 +143,11 @@ fn main() {
         .expect("restore process");
     let text = String::from_utf8_lossy(&output.stdout);
     let fields: Vec<f64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    let [restored_rows, seconds, hwm_kib] = fields[..] else {
+    let [restored_rows, seconds, floats_per_row, hwm_kib] = fields[..] else {
         panic!("restore process failed: {}", String::from_utf8_lossy(&output.stderr));
     };
-    // Raw bytes: parameters + Adam's two moments per row, f32.
-    let raw = restored_rows * (args.dim as f64 + 1.0) * 3.0 * 4.0;
+    // Raw bytes: each row's parameters and the optimizer moments it keeps, f32.
+    let raw = restored_rows * floats_per_row * 4.0;
     println!("restore             {restored_rows:>9} rows  {seconds:>8.2} s");
     println!(
         "restore peak RSS    {:>8.0} MiB against {:.0} MiB raw parameters + optimizer state ({:.2}x)",

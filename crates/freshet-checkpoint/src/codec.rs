@@ -2,15 +2,34 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `rows` | table (1 byte: user 0, item 1, feature 2) + key (u64 big-endian) | bincode `RowState` |
+//! | `rows` | table (1 byte: user 0, item 1, feature 2) + key (u64 big-endian) | flat row, below |
 //! | `pending` | same as `rows` | bincode `PendingRow` |
 //! | `offsets` | topic (UTF-8) + 0x00 + partition (i32 big-endian) | next offset (i64 big-endian) |
 //! | `meta` | a name below | bincode of the named value |
 //!
 //! Big-endian keys make RocksDB's byte order equal the trainer's
 //! (table, key) order, so a scan restores rows already sorted.
+//!
+//! A flat row is a fixed header, the id and the raw floats, all little-endian,
+//! so a restore copies floats straight into the trainer's arenas without a
+//! per-row allocation:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | width: floats per vector (u32) |
+//! | 4 | floats in `m` (0 or width, u32) |
+//! | 4 | floats in `v` (0 or width, u32) |
+//! | 4 | optimizer steps (u32) |
+//! | 8 | update counter (u64) |
+//! | 8 | time of the last update, ms (i64) |
+//! | 4 | id length in bytes, `u32::MAX` for no id |
+//! | id length | id, UTF-8 |
+//! | 4 × (width + m + v) | `params`, `m`, `v` as f32 |
+//!
+//! The layout is versioned as a whole by the `format` meta key: a store
+//! written by another layout is refused when it is opened.
 
-use freshet_trainer::TableKind;
+use freshet_trainer::{RowRef, TableKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,8 +57,13 @@ pub(crate) const META_PUBLISHED: &[u8] = b"published_version";
 /// Meta key: the trainer's dense state.
 pub(crate) const META_DENSE: &[u8] = b"dense";
 
-/// The layout version written by this code.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The layout version written by this code (2: flat rows; 1 had bincode rows).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// Bytes of a flat row's fixed header.
+const ROW_HEADER: usize = 36;
+/// The id length of a row without an id.
+const NO_ID: u32 = u32::MAX;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()
@@ -55,6 +79,93 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
         Ok((_, read)) => Err(CheckpointError::Corrupt(format!("{what}: {} trailing bytes", bytes.len() - read))),
         Err(error) => Err(CheckpointError::Corrupt(format!("{what}: {error}"))),
     }
+}
+
+/// Appends the flat encoding of `row` to `out`.
+pub(crate) fn encode_row(row: &RowRef<'_>, out: &mut Vec<u8>) {
+    let id = row.id.unwrap_or_default();
+    let floats = row.params.len() + row.m.len() + row.v.len();
+    out.reserve(ROW_HEADER + id.len() + 4 * floats);
+    for count in [row.params.len(), row.m.len(), row.v.len()] {
+        out.extend_from_slice(&u32::try_from(count).expect("rows are at most MAX_DIM + 2 wide").to_le_bytes());
+    }
+    out.extend_from_slice(&row.steps.to_le_bytes());
+    out.extend_from_slice(&row.updates.to_le_bytes());
+    out.extend_from_slice(&row.last_update_ms.to_le_bytes());
+    let id_len = match row.id {
+        Some(id) => u32::try_from(id.len()).expect("ids are far shorter than 4 GiB"),
+        None => NO_ID,
+    };
+    out.extend_from_slice(&id_len.to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    for vector in [row.params, row.m, row.v] {
+        out.extend(vector.iter().flat_map(|x| x.to_le_bytes()));
+    }
+}
+
+/// A flat row's fixed header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowHeader {
+    lengths: [usize; 3],
+    steps: u32,
+    /// The row's update counter.
+    pub(crate) updates: u64,
+    last_update_ms: i64,
+    id_len: Option<usize>,
+}
+
+/// Reads the fixed header of a flat row, checking that the value is as long as it says.
+pub(crate) fn decode_row_header(bytes: &[u8], at: (TableKind, u64)) -> Result<RowHeader, CheckpointError> {
+    let corrupt = |problem: &str| CheckpointError::Corrupt(format!("row {at:?}: {problem}"));
+    let header: &[u8; ROW_HEADER] =
+        bytes.get(..ROW_HEADER).and_then(|h| h.try_into().ok()).ok_or_else(|| corrupt("shorter than its header"))?;
+    let u32_at = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let u64_at = |i: usize| u64::from_le_bytes(std::array::from_fn(|k| header[i + k]));
+    let lengths = [u32_at(0), u32_at(4), u32_at(8)].map(|n| n as usize);
+    let id_len = match u32_at(32) {
+        NO_ID => None,
+        n => Some(n as usize),
+    };
+    let expected =
+        lengths.iter().sum::<usize>().checked_mul(4).and_then(|f| f.checked_add(ROW_HEADER + id_len.unwrap_or(0)));
+    if expected != Some(bytes.len()) {
+        return Err(corrupt(&format!("{} bytes do not match the lengths in its header", bytes.len())));
+    }
+    Ok(RowHeader { lengths, steps: u32_at(12), updates: u64_at(16), last_update_ms: u64_at(24) as i64, id_len })
+}
+
+/// Decodes the flat row stored under `at`, its floats into `floats` (reused
+/// from row to row, so decoding allocates nothing once it is large enough).
+pub(crate) fn decode_row<'a>(
+    bytes: &'a [u8],
+    at: (TableKind, u64),
+    floats: &'a mut Vec<f32>,
+) -> Result<RowRef<'a>, CheckpointError> {
+    let header = decode_row_header(bytes, at)?;
+    let id_end = ROW_HEADER + header.id_len.unwrap_or(0);
+    let id = match header.id_len {
+        Some(_) => Some(
+            std::str::from_utf8(&bytes[ROW_HEADER..id_end])
+                .map_err(|_| CheckpointError::Corrupt(format!("row {at:?}: id is not UTF-8")))?,
+        ),
+        None => None,
+    };
+    floats.clear();
+    floats.extend(bytes[id_end..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    let [params, m, _] = header.lengths;
+    let (params, rest) = floats.split_at(params);
+    let (m, v) = rest.split_at(m);
+    Ok(RowRef {
+        table: at.0,
+        key: at.1,
+        id,
+        params,
+        m,
+        v,
+        steps: header.steps,
+        updates: header.updates,
+        last_update_ms: header.last_update_ms,
+    })
 }
 
 /// The 9-byte key of a row or pending count.
@@ -115,6 +226,35 @@ mod tests {
         }
         assert!(parse_row_key(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(parse_row_key(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn flat_rows_round_trip_and_refuse_bad_lengths() {
+        let at = (TableKind::Item, 42);
+        let params = [0.5f32, -1.0, 3.25, f32::MIN_POSITIVE];
+        let v = [1e-8f32; 4];
+        let row = RowRef {
+            table: at.0,
+            key: at.1,
+            id: Some("i42"),
+            params: &params,
+            m: &[],
+            v: &v,
+            steps: 7,
+            updates: u64::MAX,
+            last_update_ms: -3,
+        };
+        let mut bytes = Vec::new();
+        encode_row(&row, &mut bytes);
+        let mut floats = Vec::new();
+        assert_eq!(decode_row(&bytes, at, &mut floats).expect("decodes"), row);
+        let no_id = RowRef { id: None, table: TableKind::User, ..row };
+        let mut bytes = Vec::new();
+        encode_row(&no_id, &mut bytes);
+        assert_eq!(decode_row(&bytes, (TableKind::User, 42), &mut floats).expect("decodes"), no_id);
+        for bad in [&bytes[..bytes.len() - 1], &bytes[..10], &[0xff; 7][..]] {
+            assert!(matches!(decode_row(bad, at, &mut floats), Err(CheckpointError::Corrupt(_))));
+        }
     }
 
     #[test]

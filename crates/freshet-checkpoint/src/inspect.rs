@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use freshet_trainer::{Counters, DenseState, MetricsSnapshot, ModelSpec, PendingRow, RowState, TableKind};
+use freshet_trainer::{Counters, DenseState, MetricsSnapshot, ModelSpec, PendingRow, TableKind};
 use rocksdb::{DB, IteratorMode};
 use serde::Serialize;
 
-use crate::codec::{CF_PENDING, CF_ROWS, META_DENSE, META_PUBLISHED, META_SPEC, META_VERSION, decode, parse_row_key};
+use crate::codec::{
+    CF_PENDING, CF_ROWS, META_DENSE, META_PUBLISHED, META_SPEC, META_VERSION, decode, decode_row_header, parse_row_key,
+};
 use crate::error::CheckpointError;
-use crate::store::{SourceOffsets, cf, db_options, descriptors, meta_u64, meta_value, read_offsets};
+use crate::store::{SourceOffsets, cf, db_options, descriptors, meta_u64, meta_value, read_offsets, scan_options};
 
 /// A summary of a checkpoint directory.
 #[derive(Debug, Clone, Serialize)]
@@ -60,12 +62,12 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
     let dense: Option<DenseState> = meta_value(&db, META_DENSE)?;
     let mut rows_by_table = BTreeMap::new();
     let mut updates_by_table = BTreeMap::new();
-    for item in db.iterator_cf(cf(&db, CF_ROWS)?, IteratorMode::Start) {
+    for item in db.iterator_cf_opt(cf(&db, CF_ROWS)?, scan_options(), IteratorMode::Start) {
         let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
-        let (table, _) = parse_row_key(&key)?;
-        let row: RowState = decode(&value, "row")?;
-        *rows_by_table.entry(table).or_insert(0) += 1;
-        *updates_by_table.entry(table).or_insert(0) += row.updates;
+        let at = parse_row_key(&key)?;
+        let row = decode_row_header(&value, at)?;
+        *rows_by_table.entry(at.0).or_insert(0) += 1;
+        *updates_by_table.entry(at.0).or_insert(0) += row.updates;
     }
     let mut pending_by_table = BTreeMap::new();
     for item in db.iterator_cf(cf(&db, CF_PENDING)?, IteratorMode::Start) {

@@ -14,4 +14,4 @@ mod store;
 
 pub use error::CheckpointError;
 pub use inspect::{Inspection, inspect};
-pub use store::{CheckpointStore, CommitStats, Restored, SourceOffsets};
+pub use store::{CheckpointStore, CommitStats, Restored, Resumed, SourceOffsets};

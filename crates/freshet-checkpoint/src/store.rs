@@ -9,14 +9,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use freshet_trainer::{Delta, DenseState, ModelSpec, PendingRow, RowState, TrainerState};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use freshet_trainer::{
+    Delta, DenseState, ModelSpec, PendingRow, Restorer, RowRef, RowState, Trainer, TrainerConfig, TrainerState,
+};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::codec::{
     CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION, META_DENSE, META_FORMAT, META_PUBLISHED,
-    META_SPEC, META_VERSION, decode, encode, offset_key, parse_offset, parse_row_key, parse_u64, row_key,
+    META_SPEC, META_VERSION, decode, decode_row, encode, encode_row, offset_key, parse_offset, parse_row_key,
+    parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 
@@ -32,6 +37,19 @@ pub struct Restored {
     pub published_version: u64,
     /// The trainer state to restore.
     pub state: TrainerState,
+    /// Where consumption resumes.
+    pub offsets: SourceOffsets,
+}
+
+/// A trainer restored from a checkpoint, with where consumption resumes.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The checkpoint version.
+    pub version: u64,
+    /// The newest snapshot version published from this store.
+    pub published_version: u64,
+    /// The restored trainer.
+    pub trainer: Trainer,
     /// Where consumption resumes.
     pub offsets: SourceOffsets,
 }
@@ -103,6 +121,15 @@ pub(crate) fn meta_value<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) ->
     }
 }
 
+/// Read options of a full scan: one sequential pass, so read ahead, and
+/// leave the block cache to the point reads that follow.
+pub(crate) fn scan_options() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_readahead_size(8 << 20);
+    read.fill_cache(false);
+    read
+}
+
 /// Reads every source offset.
 pub(crate) fn read_offsets(db: &DB) -> Result<SourceOffsets, CheckpointError> {
     db.iterator_cf(cf(db, CF_OFFSETS)?, IteratorMode::Start)
@@ -134,7 +161,8 @@ impl CheckpointStore {
             && format != FORMAT_VERSION
         {
             return Err(CheckpointError::Corrupt(format!(
-                "store layout version {format}, this build reads {FORMAT_VERSION}"
+                "store layout version {format}, this build reads only version {FORMAT_VERSION}: \
+                 open it with the freshet release that wrote it, or start a new checkpoint directory"
             )));
         }
         let version = meta_u64(&db, META_VERSION)?;
@@ -166,55 +194,101 @@ impl CheckpointStore {
         }
     }
 
-    /// Loads the newest checkpoint for a trainer configured with `spec`;
-    /// `None` when the store is empty. A different spec is refused.
+    /// Loads the newest checkpoint for a trainer configured with `spec` as
+    /// a whole [`TrainerState`]; `None` when the store is empty. A different
+    /// spec is refused. To resume training, [`CheckpointStore::restore`]
+    /// needs far less memory and time.
     pub fn load(&self, spec: &ModelSpec) -> Result<Option<Restored>, CheckpointError> {
         if self.version == 0 {
             return Ok(None);
         }
         self.check_spec(spec)?;
-        let started = Instant::now();
-        let dense: DenseState = meta_value(&self.db, META_DENSE)?
-            .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))?;
-        let rows = self.scan::<RowState>(CF_ROWS, "row")?;
-        let pending = self.scan::<PendingRow>(CF_PENDING, "pending count")?;
-        let offsets = read_offsets(&self.db)?;
+        let dense = self.dense()?;
+        let mut rows = Vec::new();
+        self.scan_rows(|row| {
+            rows.push(RowState::from(row));
+            Ok(())
+        })?;
+        let mut pending = Vec::new();
+        self.scan_pending(|row| {
+            pending.push(row);
+            Ok(())
+        })?;
         let state = TrainerState { spec: spec.clone(), rows, pending, dense };
         state.validate(spec)?;
-        info!(
-            version = self.version,
-            rows = state.rows.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "checkpoint loaded"
-        );
+        let offsets = read_offsets(&self.db)?;
         Ok(Some(Restored { version: self.version, published_version: self.published, state, offsets }))
     }
 
-    /// Decodes every value of a row-keyed column family, checking that each
-    /// value's (table, key) matches its RocksDB key.
-    fn scan<T: serde::de::DeserializeOwned + Keyed>(
+    /// Restores a trainer configured with `spec` and `config` from the
+    /// newest checkpoint; `None` when the store is empty. A different spec
+    /// is refused. Rows go from RocksDB straight into the trainer's tables
+    /// ([`Restorer`]), so the model is never held twice.
+    pub fn restore(&self, spec: &ModelSpec, config: TrainerConfig) -> Result<Option<Resumed>, CheckpointError> {
+        if self.version == 0 {
+            return Ok(None);
+        }
+        self.check_spec(spec)?;
+        let started = Instant::now();
+        let mut restorer = Restorer::new(spec.clone(), config, self.dense()?)?;
+        let mut rows = 0u64;
+        self.scan_rows(|row| {
+            rows += 1;
+            Ok(restorer.push_row(&row)?)
+        })?;
+        self.scan_pending(|row| {
+            restorer.push_pending(&row);
+            Ok(())
+        })?;
+        let offsets = read_offsets(&self.db)?;
+        info!(version = self.version, rows, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
+        Ok(Some(Resumed {
+            version: self.version,
+            published_version: self.published,
+            trainer: restorer.finish(),
+            offsets,
+        }))
+    }
+
+    fn dense(&self) -> Result<DenseState, CheckpointError> {
+        meta_value(&self.db, META_DENSE)?
+            .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))
+    }
+
+    /// Calls `each` with every row, in (table, key) order, decoded from the
+    /// iterator's own buffers (a raw iterator: no copy of each key and value).
+    fn scan_rows(
         &self,
-        family: &str,
-        what: &str,
-    ) -> Result<Vec<T>, CheckpointError> {
-        let mut out = Vec::new();
-        let mut read = rocksdb::ReadOptions::default();
-        // One sequential pass: read ahead, and keep the block cache for the trainer's later reads.
-        read.set_readahead_size(8 << 20);
-        read.fill_cache(false);
-        for item in self.db.iterator_cf_opt(cf(&self.db, family)?, read, IteratorMode::Start) {
+        mut each: impl FnMut(RowRef<'_>) -> Result<(), CheckpointError>,
+    ) -> Result<(), CheckpointError> {
+        let mut floats = Vec::new();
+        let mut rows = self.db.raw_iterator_cf_opt(cf(&self.db, CF_ROWS)?, scan_options());
+        rows.seek_to_first();
+        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+            each(decode_row(value, parse_row_key(key)?, &mut floats)?)?;
+            rows.next();
+        }
+        rows.status().map_err(CheckpointError::rocks("read"))
+    }
+
+    /// Calls `each` with every pending admission count, in (table, key) order.
+    fn scan_pending(
+        &self,
+        mut each: impl FnMut(PendingRow) -> Result<(), CheckpointError>,
+    ) -> Result<(), CheckpointError> {
+        for item in self.db.iterator_cf_opt(cf(&self.db, CF_PENDING)?, scan_options(), IteratorMode::Start) {
             let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
             let at = parse_row_key(&key)?;
-            let decoded: T = decode(&value, what)?;
-            if decoded.table_key() != at {
+            let pending: PendingRow = decode(&value, "pending count")?;
+            if (pending.table, pending.key) != at {
                 return Err(CheckpointError::Corrupt(format!(
-                    "{what} stored under {at:?} is {:?}",
-                    decoded.table_key()
+                    "pending count stored under {at:?} is {:?}",
+                    (pending.table, pending.key)
                 )));
             }
-            out.push(decoded);
+            each(pending)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes one checkpoint: the delta, the offsets it reflects and the next
@@ -233,8 +307,11 @@ impl CheckpointStore {
         for tombstone in &delta.tombstones {
             batch.delete_cf(rows, row_key(tombstone.table, tombstone.key));
         }
+        let mut value = Vec::new();
         for row in &delta.rows {
-            batch.put_cf(rows, row_key(row.table, row.key), encode(row));
+            value.clear();
+            encode_row(&row.view(), &mut value);
+            batch.put_cf(rows, row_key(row.table, row.key), &value);
         }
         for &(table, key) in &delta.pending_removed {
             batch.delete_cf(pending, row_key(table, key));
@@ -290,29 +367,18 @@ impl CheckpointStore {
 }
 
 impl Drop for CheckpointStore {
-    /// Persists the memtables, so the next open reads files instead of
-    /// replaying the write-ahead log (which costs time and memory for a
-    /// large model). A crash skips this; the next open then replays the log.
+    /// Persists the memtables of every column family, so the next open reads
+    /// files instead of replaying the write-ahead log (which costs time and
+    /// memory for a large model). A crash skips this; the next open then
+    /// replays the log.
     fn drop(&mut self) {
-        if let Err(error) = self.db.flush() {
+        let families: Result<Vec<_>, _> = COLUMN_FAMILIES.iter().map(|name| cf(&self.db, name)).collect();
+        let flushed = match families {
+            Ok(families) => self.db.flush_cfs_opt(&families, &FlushOptions::default()).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = flushed {
             tracing::warn!(%error, "flushing the checkpoint store on close failed; the next open replays the WAL");
         }
-    }
-}
-
-/// Values stored under a (table, key) row key.
-pub(crate) trait Keyed {
-    fn table_key(&self) -> (freshet_trainer::TableKind, u64);
-}
-
-impl Keyed for RowState {
-    fn table_key(&self) -> (freshet_trainer::TableKind, u64) {
-        (self.table, self.key)
-    }
-}
-
-impl Keyed for PendingRow {
-    fn table_key(&self) -> (freshet_trainer::TableKind, u64) {
-        (self.table, self.key)
     }
 }

@@ -67,6 +67,34 @@ fn commits_restore_the_exact_state_incrementally() {
         }
     }
     assert_eq!(twin.export_state(), trainer.export_state());
+
+    // Streaming straight into a trainer gives the same model, offsets and version.
+    let resumed = store.restore(&spec(), config()).expect("restore").expect("a checkpoint");
+    assert_eq!((resumed.version, resumed.offsets), (6, offsets(500)));
+    assert_eq!(resumed.trainer.export_state(), trainer.export_state());
+    assert!(matches!(
+        store.restore(&ModelSpec { dim: 16, ..spec() }, config()),
+        Err(CheckpointError::SpecMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_store_of_another_layout_version_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = CheckpointStore::open(dir.path(), true).expect("open");
+        let mut trainer = Trainer::new(spec(), config()).expect("trainer");
+        trainer.train_batch(&batches(7, 1, 100)[0]);
+        store.commit(&spec(), &trainer.drain_dirty(), &offsets(1)).expect("commit");
+    }
+    {
+        // What the first layout (bincode rows) wrote as its version.
+        let options = rocksdb::Options::default();
+        let db = rocksdb::DB::open_cf(&options, dir.path(), ["rows", "pending", "offsets", "meta"]).expect("raw open");
+        db.put_cf(db.cf_handle("meta").expect("meta cf"), b"format", [1u8]).expect("write");
+    }
+    let error = CheckpointStore::open(dir.path(), true).expect_err("refused");
+    assert!(error.to_string().contains("layout version 1"), "{error}");
 }
 
 #[test]
@@ -113,6 +141,8 @@ fn damaged_values_and_directories_give_clear_errors() {
     }
     let store = CheckpointStore::open(dir.path(), true).expect("open");
     let error = store.load(&spec()).expect_err("corrupt row");
+    assert!(matches!(error, CheckpointError::Corrupt(_)), "{error}");
+    let error = store.restore(&spec(), config()).expect_err("corrupt row");
     assert!(matches!(error, CheckpointError::Corrupt(_)), "{error}");
     drop(store);
 

@@ -49,14 +49,22 @@ pub struct TrainerConfig {
     /// Adam's first-moment decay. The default 0 (no momentum) steps each row
     /// along its newest summed gradient, normalised by its running RMS:
     /// momentum hurt on sparse, noisy feedback streams in our measurements.
+    /// At 0 rows keep no first-moment slot (a third less memory per row).
     pub beta1: f32,
-    /// Adam's second-moment decay.
+    /// Adam's second-moment decay. The default 0.99 normalises each row's
+    /// step by the RMS of its last hundred or so gradients, so a row whose
+    /// error shrinks takes smaller steps soon.
     pub beta2: f32,
-    /// Added to the root of the second moment (Adam, AdaGrad).
+    /// Added to the root of the second moment (Adam, AdaGrad). The default
+    /// 0.01 is a floor on the gradient scale a step is normalised by: a row
+    /// whose gradients are tiny (a young row facing near-zero factors) moves
+    /// in proportion to them instead of by a full learning rate.
     pub epsilon: f32,
     /// L2 penalty on factors, applied once per event that touches the row.
     pub l2: f32,
-    /// L2 penalty on row biases and feature weights (global biases are not penalised).
+    /// L2 penalty on row biases and feature weights (global biases are not
+    /// penalised): shrinks them a little towards 0, which pays off where the
+    /// biases drift and their running estimates are noisy.
     pub bias_l2: f32,
     /// Largest L2 norm of one row's summed gradient in a step; `None` disables clipping.
     pub clip_norm: Option<f32>,
@@ -89,10 +97,10 @@ impl Default for TrainerConfig {
             bias_learning_rate: 0.03,
             bias_prior_count: Some(5.0),
             beta1: 0.0,
-            beta2: 0.999,
-            epsilon: 1e-8,
+            beta2: 0.99,
+            epsilon: 1e-2,
             l2: 1e-4,
-            bias_l2: 0.0,
+            bias_l2: 0.05,
             clip_norm: Some(10.0),
             init_std: 0.01,
             seed: 0x0066_7265_7368_6574,

@@ -16,13 +16,16 @@
 //!   are skipped and counted. Ids get rows after `min_count` sightings; rows
 //!   expire after a TTL and are evicted past a row budget.
 //! - Hand-off ([`Trainer::drain_dirty`], [`Trainer::export_state`],
-//!   [`Trainer::restore`], [`Trainer::export_params`]): changed rows and
-//!   tombstones for incremental checkpoints and snapshots, the full state for
-//!   restore, parameters alone for snapshots.
+//!   [`Trainer::restore`], [`Restorer`], [`Trainer::export_params`]): changed
+//!   rows and tombstones for incremental checkpoints and snapshots, the full
+//!   state for restore (or a stream of borrowed rows, for a large model),
+//!   parameters alone for snapshots.
 //! - Progressive metrics ([`MetricsSnapshot`]): every event is scored before
 //!   its step trains on it.
 
 mod admission;
+mod arena;
+mod bitset;
 mod config;
 mod heads;
 mod init;
@@ -32,6 +35,8 @@ mod lr_schedule;
 mod metrics;
 mod optimizer;
 pub mod report;
+mod restore;
+mod row_index;
 mod state;
 mod table;
 mod trainer;
@@ -42,9 +47,10 @@ pub use heads::{Head, HeadLoss};
 pub use lr_schedule::PlateauSchedule;
 pub use metrics::{AUC_BINS, AUC_LOGIT_RANGE, ClickStats, MetricsSnapshot, ProgressiveMetrics, RatingStats};
 pub use report::{BatchReport, Counters, TableCounters};
+pub use restore::Restorer;
 pub use state::{
-    Delta, DenseState, GlobalParams, ModelParams, ParamsDelta, PendingRow, RowParams, RowState, StateError, Tombstone,
-    TrainerState,
+    Delta, DenseState, GlobalParams, ModelParams, ParamsDelta, PendingRow, RowParams, RowRef, RowState, StateError,
+    Tombstone, TrainerState,
 };
 pub use table::Removal;
 pub use trainer::Trainer;

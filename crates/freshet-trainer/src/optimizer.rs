@@ -30,10 +30,10 @@ pub(crate) enum Penalty {
 /// Reused buffers of one step, so stepping allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StepScratch {
+    /// The penalised (and clipped) gradient.
     grad: Vec<f32>,
-    params: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    /// The new values, laid out like the row: parameters, then the moments it keeps.
+    next: Vec<f32>,
 }
 
 /// The configured update rules: one for factors, one for biases.
@@ -131,13 +131,20 @@ impl Optimizer {
         }
     }
 
-    /// Moment slots per parameter both rules together need.
+    /// Moment slots per parameter both rules together need: as
+    /// [`Algorithm::moments`], except that Adam without momentum (`beta1` = 0)
+    /// keeps no first moment, which would only ever hold the latest gradient.
     pub(crate) fn moments(&self) -> usize {
-        self.algorithm.moments().max(self.bias_algorithm.moments())
+        let slots = |algorithm: Algorithm| match algorithm {
+            Algorithm::Adam if self.beta1 == 0.0 => 1,
+            other => other.moments(),
+        };
+        slots(self.algorithm).max(slots(self.bias_algorithm))
     }
 
     /// One step on `row` with `grad`, the loss gradient summed over the
-    /// events that touched it.
+    /// events that touched it. An empty `m` under Adam means no momentum: the
+    /// step follows the newest gradient, as Adam with `beta1` = 0 does.
     /// Returns false, leaving the row unchanged, if the gradient or any new
     /// value is not finite.
     pub(crate) fn step(
@@ -149,63 +156,58 @@ impl Optimizer {
         penalty: Penalty,
         scratch: &mut StepScratch,
     ) -> bool {
-        let width = row.params.len();
-        let biases = row.biases;
+        let RowMut { biases, params, m, v } = row;
+        let width = params.len();
         debug_assert_eq!(grad.len(), width);
+        debug_assert!([m.len(), v.len()].iter().all(|&len| len == 0 || len == width));
         let count = input.count as f32;
         let (bias_l2, l2) = match penalty {
             Penalty::L2 => (self.bias_l2 * count, self.l2 * count),
             Penalty::None => (0.0, 0.0),
         };
         let g = &mut scratch.grad;
-        g.resize(width, 0.0);
-        penalised(&mut g[..biases], &grad[..biases], &row.params[..biases], bias_l2);
-        penalised(&mut g[biases..], &grad[biases..], &row.params[biases..], l2);
+        g.clear();
+        g.extend(grad[..biases].iter().zip(&params[..biases]).map(|(g, p)| g + bias_l2 * p));
+        g.extend(grad[biases..].iter().zip(&params[biases..]).map(|(g, p)| g + l2 * p));
         // Not finite if any element is NaN or infinite, or if squares overflow.
         let norm2 = dot(g, g);
         if !norm2.is_finite() {
             return false;
         }
-        if let Some(limit) = self.clip_norm {
-            if norm2 > limit * limit {
-                let scale = limit / norm2.sqrt();
-                g.iter_mut().for_each(|x| *x *= scale);
-            }
+        if let Some(limit) = self.clip_norm
+            && norm2 > limit * limit
+        {
+            let scale = limit / norm2.sqrt();
+            g.iter_mut().for_each(|x| *x *= scale);
         }
         let correction = if self.algorithm == Algorithm::Adam || self.bias_algorithm == Algorithm::Adam {
             self.correction(input.step)
         } else {
             Correction { first: 1.0, second: 1.0 }
         };
-        scratch.params.resize(width, 0.0);
-        scratch.m.resize(row.m.len(), 0.0);
-        scratch.v.resize(row.v.len(), 0.0);
+        let next = &mut scratch.next;
+        next.clear();
+        next.resize(width + m.len() + v.len(), 0.0);
+        let (next_p, next_moments) = next.split_at_mut(width);
+        let (next_m, next_v) = next_moments.split_at_mut(m.len());
+        let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon };
         let spans = [
             (0..biases, self.bias_algorithm, self.bias_rate(input) * lr_scale),
             (biases..width, self.algorithm, self.learning_rate * lr_scale),
         ];
         for (span, algorithm, rate) in spans {
-            let moment = |slots: &[f32]| if slots.is_empty() { 0..0 } else { span.clone() };
-            apply(
-                algorithm,
-                Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon },
-                rate,
-                correction,
-                &scratch.grad[span.clone()],
-                &row.params[span.clone()],
-                &row.m[moment(row.m)],
-                &row.v[moment(row.v)],
-                &mut scratch.params[span.clone()],
-                &mut scratch.m[moment(row.m)],
-                &mut scratch.v[moment(row.v)],
-            );
+            let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
+            let new = SlotsMut { p: &mut next_p[span.clone()], m: part_mut(next_m, &span), v: part_mut(next_v, &span) };
+            apply(algorithm, hyper, rate, correction, &g[span], old, new);
         }
-        if !(all_finite(&scratch.params) && all_finite(&scratch.m) && all_finite(&scratch.v)) {
+        if !all_finite(next) {
             return false;
         }
-        row.params.copy_from_slice(&scratch.params);
-        row.m.copy_from_slice(&scratch.m);
-        row.v.copy_from_slice(&scratch.v);
+        let (next_p, next_moments) = next.split_at(width);
+        let (next_m, next_v) = next_moments.split_at(m.len());
+        params.copy_from_slice(next_p);
+        m.copy_from_slice(next_m);
+        v.copy_from_slice(next_v);
         true
     }
 
@@ -224,13 +226,6 @@ impl Optimizer {
 
     fn correction(&self, step: u32) -> Correction {
         Correction { first: self.first_correction.at(step), second: self.second_correction.at(step) }
-    }
-}
-
-/// `out = grad + l2 · params`.
-fn penalised(out: &mut [f32], grad: &[f32], params: &[f32], l2: f32) {
-    for (o, (g, p)) in out.iter_mut().zip(grad.iter().zip(params)) {
-        *o = g + l2 * p;
     }
 }
 
@@ -261,51 +256,81 @@ struct Hyper {
     epsilon: f32,
 }
 
+/// One span of a row's values: parameters and the moment slots kept (each
+/// the span's length, or empty when the row keeps no such slot).
+struct Slots<'a> {
+    p: &'a [f32],
+    m: &'a [f32],
+    v: &'a [f32],
+}
+
+/// Where the new values of a span go, laid out like [`Slots`].
+struct SlotsMut<'a> {
+    p: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+/// `slots[span]`, or nothing when the row keeps no such slot.
+fn part<'a>(slots: &'a [f32], span: &std::ops::Range<usize>) -> &'a [f32] {
+    if slots.is_empty() { slots } else { &slots[span.clone()] }
+}
+
+/// `slots[span]`, or nothing when the row keeps no such slot.
+fn part_mut<'a>(slots: &'a mut [f32], span: &std::ops::Range<usize>) -> &'a mut [f32] {
+    if slots.is_empty() { slots } else { &mut slots[span.clone()] }
+}
+
 /// New values of one span of parameters sharing an update rule and a rate.
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    algorithm: Algorithm,
-    hyper: Hyper,
-    rate: f32,
-    correction: Correction,
-    g: &[f32],
-    p: &[f32],
-    m: &[f32],
-    v: &[f32],
-    new_p: &mut [f32],
-    new_m: &mut [f32],
-    new_v: &mut [f32],
-) {
+/// Each loop runs over slices of one length, so it compiles without bounds
+/// checks and vectorises.
+fn apply(algorithm: Algorithm, hyper: Hyper, rate: f32, correction: Correction, g: &[f32], old: Slots, new: SlotsMut) {
+    let n = g.len();
+    let (p, new_p) = (&old.p[..n], &mut new.p[..n]);
     let eps = hyper.epsilon;
     match algorithm {
         Algorithm::Sgd => {
-            for ((np, pj), gj) in new_p.iter_mut().zip(p).zip(g) {
-                *np = pj - rate * gj;
+            for i in 0..n {
+                new_p[i] = p[i] - rate * g[i];
             }
         }
         Algorithm::Adagrad => {
-            for (((np, nv), (pj, vj)), gj) in new_p.iter_mut().zip(new_v.iter_mut()).zip(p.iter().zip(v)).zip(g) {
-                *nv = vj + gj * gj;
-                *np = pj - rate * gj / (nv.sqrt() + eps);
+            let (v, new_v) = (&old.v[..n], &mut new.v[..n]);
+            for i in 0..n {
+                let vi = v[i] + g[i] * g[i];
+                new_v[i] = vi;
+                new_p[i] = p[i] - rate * g[i] / (vi.sqrt() + eps);
             }
         }
         Algorithm::Adam => {
             let (b1, b2) = (hyper.beta1, hyper.beta2);
-            for ((np, (nm, nv)), ((pj, (mj, vj)), gj)) in
-                new_p.iter_mut().zip(new_m.iter_mut().zip(new_v.iter_mut())).zip(p.iter().zip(m.iter().zip(v)).zip(g))
-            {
-                *nm = b1 * mj + (1.0 - b1) * gj;
-                *nv = b2 * vj + (1.0 - b2) * gj * gj;
-                *np = pj - rate * (*nm * correction.first) / ((*nv * correction.second).sqrt() + eps);
+            let (first, second) = (correction.first, correction.second);
+            let (v, new_v) = (&old.v[..n], &mut new.v[..n]);
+            if old.m.is_empty() {
+                // No momentum: the first moment would be the gradient itself.
+                for i in 0..n {
+                    let vi = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    new_v[i] = vi;
+                    new_p[i] = p[i] - rate * (g[i] * first) / ((vi * second).sqrt() + eps);
+                }
+            } else {
+                let (m, new_m) = (&old.m[..n], &mut new.m[..n]);
+                for i in 0..n {
+                    let mi = b1 * m[i] + (1.0 - b1) * g[i];
+                    let vi = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    new_m[i] = mi;
+                    new_v[i] = vi;
+                    new_p[i] = p[i] - rate * (mi * first) / ((vi * second).sqrt() + eps);
+                }
             }
         }
     }
     // Slots this rule does not use keep their values.
-    if algorithm.moments() < 2 && !m.is_empty() {
-        new_m.copy_from_slice(m);
+    if algorithm.moments() < 2 {
+        new.m.copy_from_slice(old.m);
     }
-    if algorithm.moments() < 1 && !v.is_empty() {
-        new_v.copy_from_slice(v);
+    if algorithm.moments() < 1 {
+        new.v.copy_from_slice(old.v);
     }
 }
 

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::config::Algorithm;
 use crate::heads::Head;
+use crate::kernels::all_finite;
 use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::ProgressiveMetrics;
 use crate::report::Counters;
@@ -28,7 +29,8 @@ pub struct RowState {
     pub id: Option<String>,
     /// `[rating bias, click bias, factor_1 … factor_dim]`.
     pub params: Vec<f32>,
-    /// Adam's first moment, same layout (empty for SGD and AdaGrad).
+    /// Adam's first moment, same layout; empty for SGD, AdaGrad and Adam
+    /// with `beta1` = 0, whose first moment would only repeat the latest gradient.
     pub m: Vec<f32>,
     /// Adam's second moment or AdaGrad's squared-gradient sum (empty for SGD).
     pub v: Vec<f32>,
@@ -38,6 +40,63 @@ pub struct RowState {
     pub updates: u64,
     /// Trainer clock (event time, ms) at the row's last update.
     pub last_update_ms: i64,
+}
+
+/// One saved row, borrowed: what a checkpoint store hands to
+/// [`crate::Restorer::push_row`] as it reads, without building a [`RowState`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowRef<'a> {
+    /// The row's table.
+    pub table: TableKind,
+    /// The 64-bit key.
+    pub key: u64,
+    /// The original id string (item rows only).
+    pub id: Option<&'a str>,
+    /// `[rating bias, click bias, factor_1 … factor_dim]`.
+    pub params: &'a [f32],
+    /// Adam's first moment, or empty (see [`RowState::m`]).
+    pub m: &'a [f32],
+    /// The second moment or squared-gradient sum, or empty (see [`RowState::v`]).
+    pub v: &'a [f32],
+    /// Optimizer steps taken.
+    pub steps: u32,
+    /// Events whose gradient reached the row.
+    pub updates: u64,
+    /// Trainer clock at the row's last update.
+    pub last_update_ms: i64,
+}
+
+impl RowState {
+    /// The row, borrowed.
+    pub fn view(&self) -> RowRef<'_> {
+        RowRef {
+            table: self.table,
+            key: self.key,
+            id: self.id.as_deref(),
+            params: &self.params,
+            m: &self.m,
+            v: &self.v,
+            steps: self.steps,
+            updates: self.updates,
+            last_update_ms: self.last_update_ms,
+        }
+    }
+}
+
+impl From<RowRef<'_>> for RowState {
+    fn from(row: RowRef<'_>) -> Self {
+        RowState {
+            table: row.table,
+            key: row.key,
+            id: row.id.map(str::to_owned),
+            params: row.params.to_vec(),
+            m: row.m.to_vec(),
+            v: row.v.to_vec(),
+            steps: row.steps,
+            updates: row.updates,
+            last_update_ms: row.last_update_ms,
+        }
+    }
 }
 
 /// The parameters of one row, as snapshots carry them.
@@ -214,34 +273,63 @@ impl TrainerState {
 
     /// Checks the state against the spec it is restored under.
     pub fn validate(&self, spec: &ModelSpec) -> Result<(), StateError> {
-        if &self.spec != spec {
-            return Err(StateError::SpecMismatch {
-                state: Box::new(self.spec.clone()),
-                configured: Box::new(spec.clone()),
-            });
+        self.check_spec(spec)?;
+        self.dense.check()?;
+        let mut rows = RowChecker::new(spec);
+        self.rows.iter().try_for_each(|row| rows.check(&row.view()))
+    }
+
+    /// Refuses a state trained under another spec than `spec`.
+    pub(crate) fn check_spec(&self, spec: &ModelSpec) -> Result<(), StateError> {
+        if &self.spec == spec {
+            Ok(())
+        } else {
+            Err(StateError::SpecMismatch { state: Box::new(self.spec.clone()), configured: Box::new(spec.clone()) })
         }
-        let g = &self.dense.globals;
-        if [g.bias, g.m, g.v].iter().flatten().any(|x| !x.is_finite()) {
-            return Err(StateError::NonFiniteGlobal);
+    }
+}
+
+impl DenseState {
+    /// Checks that the global biases and their optimizer state are finite.
+    pub(crate) fn check(&self) -> Result<(), StateError> {
+        let g = &self.globals;
+        if [g.bias, g.m, g.v].iter().flatten().all(|x| x.is_finite()) {
+            Ok(())
+        } else {
+            Err(StateError::NonFiniteGlobal)
         }
-        let width = spec.row_width();
-        let mut previous: Option<(TableKind, u64)> = None;
-        for row in &self.rows {
-            let at = (row.table, row.key);
-            if previous.is_some_and(|p| p >= at) {
-                return Err(StateError::Unsorted { table: row.table, key: row.key });
-            }
-            previous = Some(at);
-            let moments_ok = [&row.m, &row.v].iter().all(|m| m.is_empty() || m.len() == width);
-            if row.params.len() != width || !moments_ok {
-                return Err(StateError::RowWidth { table: row.table, key: row.key, expected: width });
-            }
-            if [&row.params, &row.m, &row.v].iter().any(|v| v.iter().any(|x| !x.is_finite())) {
-                return Err(StateError::NonFinite { table: row.table, key: row.key });
-            }
-            if row.table.keeps_ids() != row.id.is_some() {
-                return Err(StateError::Id { table: row.table, key: row.key });
-            }
+    }
+}
+
+/// Checks saved rows one by one, as they arrive: sorted by (table, key)
+/// without repeats, the spec's width, finite values, an id exactly on item rows.
+#[derive(Debug, Clone)]
+pub(crate) struct RowChecker {
+    width: usize,
+    previous: Option<(TableKind, u64)>,
+}
+
+impl RowChecker {
+    pub(crate) fn new(spec: &ModelSpec) -> Self {
+        RowChecker { width: spec.row_width(), previous: None }
+    }
+
+    pub(crate) fn check(&mut self, row: &RowRef<'_>) -> Result<(), StateError> {
+        let (table, key) = (row.table, row.key);
+        if self.previous.is_some_and(|p| p >= (table, key)) {
+            return Err(StateError::Unsorted { table, key });
+        }
+        self.previous = Some((table, key));
+        let width = self.width;
+        let moments_ok = [row.m, row.v].iter().all(|m| m.is_empty() || m.len() == width);
+        if row.params.len() != width || !moments_ok {
+            return Err(StateError::RowWidth { table, key, expected: width });
+        }
+        if !(all_finite(row.params) && all_finite(row.m) && all_finite(row.v)) {
+            return Err(StateError::NonFinite { table, key });
+        }
+        if table.keeps_ids() != row.id.is_some() {
+            return Err(StateError::Id { table, key });
         }
         Ok(())
     }

@@ -8,9 +8,12 @@ use freshet_core::TableKind;
 use ndarray::{ArrayView2, ShapeBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::arena::Arena;
+use crate::bitset::BitSet;
 use crate::keymap::KeyMap;
 use crate::optimizer::RowMut;
-use crate::state::{RowParams, RowState, Tombstone};
+use crate::row_index::RowIndex;
+use crate::state::{RowParams, RowRef, RowState, Tombstone};
 
 /// Why a row left its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,8 +27,10 @@ pub enum Removal {
     Evicted,
 }
 
-/// What a table knows about a row besides its floats.
+/// What a table knows about a row besides its floats. Exactly 32 bytes and
+/// aligned to them, so it never straddles two cache lines.
 #[derive(Debug, Clone, Copy)]
+#[repr(align(32))]
 struct RowMeta {
     key: u64,
     updates: u64,
@@ -33,7 +38,6 @@ struct RowMeta {
     steps: u32,
     /// The row's gradient slot in the current step, or [`NO_SLOT`].
     slot: u32,
-    dirty: bool,
 }
 
 /// Marks a row without a gradient slot in the current step.
@@ -42,6 +46,7 @@ pub(crate) const NO_SLOT: u32 = u32::MAX;
 /// The arena of one table. Each row's floats are contiguous — parameters,
 /// then the first moment (if kept), then the second (if kept) — and so is
 /// its metadata, so touching a row costs two cache misses, not one per array.
+/// Whether a row changed since the last drain is one bit per row beside them.
 #[derive(Debug, Clone)]
 pub(crate) struct Table {
     kind: TableKind,
@@ -50,10 +55,11 @@ pub(crate) struct Table {
     moments: usize,
     /// Floats per row in the arena: `width × (1 + moments)`.
     stride: usize,
-    arena: Vec<f32>,
+    arena: Arena,
     meta: Vec<RowMeta>,
+    dirty: BitSet,
     ids: Vec<Box<str>>,
-    index: KeyMap<u32>,
+    index: RowIndex,
     dirty_keys: Vec<u64>,
     tombstones: KeyMap<Removal>,
 }
@@ -69,10 +75,11 @@ impl Table {
             biases,
             moments,
             stride: width * (1 + moments),
-            arena: Vec::new(),
+            arena: Arena::default(),
             meta: Vec::new(),
+            dirty: BitSet::default(),
             ids: Vec::new(),
-            index: KeyMap::default(),
+            index: RowIndex::default(),
             dirty_keys: Vec::new(),
             tombstones: KeyMap::default(),
         }
@@ -86,7 +93,7 @@ impl Table {
     /// The row of `key`, if it has one.
     #[inline]
     pub(crate) fn get(&self, key: u64) -> Option<u32> {
-        self.index.get(&key).copied()
+        self.index.get(key)
     }
 
     /// Adds a row for `key` (which must not have one), filled by `init`, and
@@ -102,15 +109,15 @@ impl Table {
 
     /// Adds a row from saved state; moments that do not fit the configured
     /// algorithms start at zero. The row is not marked changed.
-    pub(crate) fn insert_state(&mut self, state: &RowState) -> u32 {
-        let row = self.push_row(state.key, state.id.as_deref().unwrap_or_default());
+    pub(crate) fn insert_state(&mut self, state: &RowRef<'_>) -> u32 {
+        let row = self.push_row(state.key, state.id.unwrap_or_default());
         let RowMut { params, m, v, .. } = self.row_mut(row);
-        params.copy_from_slice(&state.params);
+        params.copy_from_slice(state.params);
         if m.len() == state.m.len() {
-            m.copy_from_slice(&state.m);
+            m.copy_from_slice(state.m);
         }
         if v.len() == state.v.len() {
-            v.copy_from_slice(&state.v);
+            v.copy_from_slice(state.v);
         }
         let meta = &mut self.meta[row as usize];
         meta.steps = state.steps;
@@ -124,6 +131,7 @@ impl Table {
     pub(crate) fn reserve(&mut self, rows: usize) {
         self.arena.reserve_exact(rows * self.stride);
         self.meta.reserve_exact(rows);
+        self.dirty.reserve(rows);
         self.index.reserve(rows);
         if self.kind.keeps_ids() {
             self.ids.reserve_exact(rows);
@@ -137,8 +145,9 @@ impl Table {
         if self.kind.keeps_ids() {
             self.ids.push(id.into());
         }
-        self.arena.resize(self.arena.len() + self.stride, 0.0);
-        self.meta.push(RowMeta { key, updates: 0, last_update: 0, steps: 0, slot: NO_SLOT, dirty: false });
+        self.arena.push_zeros(self.stride);
+        self.meta.push(RowMeta { key, updates: 0, last_update: 0, steps: 0, slot: NO_SLOT });
+        self.dirty.push(false);
         row
     }
 
@@ -149,17 +158,14 @@ impl Table {
         &self.arena[start..start + self.width]
     }
 
-    /// Loads one float from each cache line of `key`'s row and its metadata
-    /// (nothing if it has no row), so a later access finds them cached.
+    /// Loads one float from each cache line of a row (its last float
+    /// included) and its metadata, so a later access finds them cached.
     #[inline]
-    pub(crate) fn touch(&self, key: u64) -> f32 {
+    pub(crate) fn touch(&self, row: u32) -> f32 {
         const FLOATS_PER_LINE: usize = 16;
-        let Some(row) = self.get(key) else {
-            return 0.0;
-        };
-        let start = row as usize * self.stride;
-        let lines: f32 = self.arena[start..start + self.stride].iter().step_by(FLOATS_PER_LINE).sum();
-        lines + self.meta[row as usize].steps as f32
+        let floats = &self.arena[row as usize * self.stride..][..self.stride];
+        let lines: f32 = floats.iter().step_by(FLOATS_PER_LINE).sum();
+        lines + floats[self.stride - 1] + self.meta[row as usize].steps as f32
     }
 
     /// A row's parameters and moments, for one optimizer step.
@@ -202,10 +208,8 @@ impl Table {
 
     #[inline]
     fn mark_dirty(&mut self, row: u32) {
-        let meta = &mut self.meta[row as usize];
-        if !meta.dirty {
-            meta.dirty = true;
-            self.dirty_keys.push(meta.key);
+        if !self.dirty.replace(row as usize, true) {
+            self.dirty_keys.push(self.meta[row as usize].key);
         }
     }
 
@@ -225,17 +229,20 @@ impl Table {
         let r = row as usize;
         let last = self.len() - 1;
         let key = self.meta[r].key;
-        self.index.remove(&key);
+        self.index.remove(key);
         self.tombstones.insert(key, cause);
         if r != last {
             self.index.insert(self.meta[last].key, row);
             self.meta[r] = self.meta[last];
+            let moved = self.dirty.get(last);
+            self.dirty.replace(r, moved);
             if self.kind.keeps_ids() {
                 self.ids.swap(r, last);
             }
             self.arena.copy_within(last * self.stride..(last + 1) * self.stride, r * self.stride);
         }
         self.meta.truncate(last);
+        self.dirty.truncate(last);
         self.ids.truncate(if self.kind.keeps_ids() { last } else { 0 });
         self.arena.truncate(last * self.stride);
     }
@@ -303,7 +310,7 @@ impl Table {
         keys.dedup();
         for key in keys {
             if let Some(row) = self.get(key) {
-                self.meta[row as usize].dirty = false;
+                self.dirty.replace(row as usize, false);
                 rows.push(self.row_state(row));
             }
         }

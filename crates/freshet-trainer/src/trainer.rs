@@ -10,6 +10,7 @@
 //! always give bit-identical parameters). Expiry and the row budget run at
 //! the end of the batch.
 
+use freshet_core::id_hash::FEATURE_SEPARATOR;
 use freshet_core::{ConfigError, Features, Feedback, ModelSpec, TableKind, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
@@ -22,7 +23,10 @@ use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
 use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
 use crate::report::{BatchReport, Counters};
-use crate::state::{Delta, DenseState, GlobalParams, ModelParams, RowState, StateError, Tombstone, TrainerState};
+use crate::restore::Restorer;
+use crate::state::{
+    Delta, DenseState, GlobalParams, ModelParams, PendingRow, RowRef, RowState, StateError, Tombstone, TrainerState,
+};
 use crate::table::{NO_SLOT, Removal, Table};
 
 /// Leading biases of each row: one per head.
@@ -105,11 +109,25 @@ struct GlobalSums {
 struct Scratch {
     /// `p_user + Σ q_feature` of the event being scored.
     user_vec: Vec<f32>,
-    /// `(hash_id(user), hash_id(item))` of each rating or click of the step.
-    keys: Vec<(u64, u64)>,
+    /// The keys and rows of each rating or click of the step.
+    keys: Vec<EventKeys>,
     features: Vec<u32>,
     prior_features: Vec<u32>,
+    /// The `name=value` text of the feature being hashed.
+    feature_text: String,
     step: StepScratch,
+}
+
+/// The keys of a rating or click and the rows they had when its step began
+/// (looked up once: rows are only added during a step, never moved).
+#[derive(Debug, Clone, Copy)]
+struct EventKeys {
+    user_key: u64,
+    item_key: u64,
+    /// The user's row, `None` if it had none (it may be admitted in `learn`).
+    user: Option<u32>,
+    /// The item's row, likewise.
+    item: Option<u32>,
 }
 
 /// A rating or click, reduced to what the model uses.
@@ -179,40 +197,59 @@ impl Trainer {
     /// Restores a trainer from a state exported earlier (under an equal spec).
     /// The configuration may differ from the one the state was trained with;
     /// if its algorithm does, the optimizer moments and step counts restart
-    /// from zero. Metrics keep the window length they were saved with.
+    /// from zero. Metrics keep the window length they were saved with. To
+    /// restore without holding the whole state in memory, see [`Restorer`].
     pub fn restore(spec: ModelSpec, config: TrainerConfig, state: TrainerState) -> Result<Self, StateError> {
-        state.validate(&spec)?;
-        let mut trainer = Trainer::new(spec, config)?;
-        let keep_moments = state.dense.algorithm == trainer.config.algorithm
-            && state.dense.bias_algorithm == trainer.config.bias_algorithm;
-        for kind in TableKind::ALL {
-            let count = state.rows.iter().filter(|row| row.table == kind).count();
-            trainer.tables[kind.index()].reserve(count);
-        }
+        state.check_spec(&spec)?;
+        let mut restorer = Restorer::new(spec, config, state.dense)?;
         // Rows are consumed one by one, so their memory is released as the arenas fill.
         for row in state.rows {
-            let table = &mut trainer.tables[row.table.index()];
-            if keep_moments {
-                table.insert_state(&row);
-            } else {
-                table.insert_state(&RowState { m: Vec::new(), v: Vec::new(), steps: 0, ..row });
-            }
+            restorer.push_row(&row.view())?;
         }
         for pending in &state.pending {
-            trainer.admission[pending.table.index()].insert_state(pending);
+            restorer.push_pending(pending);
         }
-        let dense = state.dense;
-        trainer.globals = if keep_moments {
+        Ok(restorer.finish())
+    }
+
+    /// Takes over a saved dense state and makes room for the rows its
+    /// counters say the tables held; returns whether saved optimizer moments
+    /// still apply (the update rules are the same).
+    pub(crate) fn adopt_dense(&mut self, dense: DenseState) -> bool {
+        let keep_moments =
+            dense.algorithm == self.config.algorithm && dense.bias_algorithm == self.config.bias_algorithm;
+        self.globals = if keep_moments {
             dense.globals
         } else {
             GlobalParams { m: [0.0; 2], v: [0.0; 2], steps: [0; 2], ..dense.globals }
         };
-        trainer.clock_ms = dense.clock_ms;
-        trainer.last_sweep_ms = dense.last_sweep_ms;
-        trainer.counters = dense.counters;
-        trainer.metrics = dense.metrics;
-        trainer.schedule = dense.schedule;
-        Ok(trainer)
+        for kind in TableKind::ALL {
+            let t = dense.counters.table(kind);
+            let rows = t.admitted.saturating_sub(t.expired + t.evicted + t.forgotten).min(u64::from(u32::MAX));
+            self.tables[kind.index()].reserve(rows as usize);
+        }
+        self.clock_ms = dense.clock_ms;
+        self.last_sweep_ms = dense.last_sweep_ms;
+        self.counters = dense.counters;
+        self.metrics = dense.metrics;
+        self.schedule = dense.schedule;
+        keep_moments
+    }
+
+    /// Adds a saved row (checked by the caller); without `keep_moments` its
+    /// moments and step count restart from zero.
+    pub(crate) fn insert_saved_row(&mut self, row: &RowRef<'_>, keep_moments: bool) {
+        let table = &mut self.tables[row.table.index()];
+        if keep_moments {
+            table.insert_state(row);
+        } else {
+            table.insert_state(&RowRef { m: &[], v: &[], steps: 0, ..*row });
+        }
+    }
+
+    /// Adds a saved pending admission count.
+    pub(crate) fn insert_pending(&mut self, pending: &PendingRow) {
+        self.admission[pending.table.index()].insert_state(pending);
     }
 
     /// Trains on one micro-batch, in order; forget events take effect where
@@ -383,21 +420,34 @@ impl Trainer {
         let fresh_from = self.tables.each_ref().map(Table::len);
         let mut keys = std::mem::take(&mut self.scratch.keys);
         keys.clear();
-        keys.extend(events.iter().filter_map(Observation::of).map(|obs| (hash_id(obs.user), hash_id(obs.item))));
-        self.warm(&keys);
-        for (observation, &(user, item)) in events.iter().filter_map(Observation::of).zip(&keys) {
-            self.learn(&observation, user, item, &fresh_from);
+        keys.extend(events.iter().filter_map(Observation::of).map(|obs| EventKeys {
+            user_key: hash_id(obs.user),
+            item_key: hash_id(obs.item),
+            user: None,
+            item: None,
+        }));
+        self.warm(&mut keys);
+        for (observation, event_keys) in events.iter().filter_map(Observation::of).zip(&keys) {
+            self.learn(&observation, event_keys, &fresh_from);
         }
         self.scratch.keys = keys;
         self.apply_step();
     }
 
-    /// Reads every index entry and row the step is about to use, in a tight
-    /// loop of independent loads, so their cache misses overlap instead of
-    /// queueing one by one inside the scoring loop. Changes nothing.
-    fn warm(&self, keys: &[(u64, u64)]) {
+    /// Reads every row the step is about to use, in a tight loop of
+    /// independent loads (as the index lookups before it were), so their
+    /// cache misses overlap instead of queueing one by one inside the
+    /// scoring loop. Changes nothing.
+    fn warm(&self, keys: &mut [EventKeys]) {
         let [users, items, _] = &self.tables;
-        let sum: f32 = keys.iter().map(|&(user, item)| users.touch(user) + items.touch(item)).sum();
+        for k in keys.iter_mut() {
+            k.user = users.get(k.user_key);
+        }
+        for k in keys.iter_mut() {
+            k.item = items.get(k.item_key);
+        }
+        let touch = |table: &Table, row: Option<u32>| row.map_or(0.0, |row| table.touch(row));
+        let sum: f32 = keys.iter().map(|k| touch(users, k.user) + touch(items, k.item)).sum();
         std::hint::black_box(sum);
     }
 
@@ -405,19 +455,20 @@ impl Trainer {
     /// adds its gradient to the step's sums. Rows admitted during this step
     /// (index ≥ `fresh_from`) are left out of the progressive score but are
     /// trained from their initial values.
-    fn learn(&mut self, obs: &Observation<'_>, user_key: u64, item_key: u64, fresh_from: &[usize; 3]) {
+    fn learn(&mut self, obs: &Observation<'_>, keys: &EventKeys, fresh_from: &[usize; 3]) {
         match obs.head {
             Head::Rating => self.counters.ratings += 1,
             Head::Click => self.counters.clicks += 1,
         }
         self.counters.events_applied += 1;
-        let user = self.resolve(TableKind::User, user_key, obs.user);
-        let item = self.resolve(TableKind::Item, item_key, obs.item);
+        let user = keys.user.or_else(|| self.resolve(TableKind::User, keys.user_key, obs.user));
+        let item = keys.item.or_else(|| self.resolve(TableKind::Item, keys.item_key, obs.item));
         let mut features = std::mem::take(&mut self.scratch.features);
         features.clear();
         if self.spec.context_features {
             for (name, value) in obs.features {
-                if let Some(row) = self.resolve(TableKind::Feature, hash_feature(name, value), "") {
+                let key = feature_key(&mut self.scratch.feature_text, name, value);
+                if let Some(row) = self.resolve(TableKind::Feature, key, "") {
                     features.push(row);
                 }
             }
@@ -564,6 +615,16 @@ impl Trainer {
     }
 }
 
+/// [`hash_feature`]`(name, value)`, joining the two in the reused `text`
+/// instead of a new string per event.
+fn feature_key(text: &mut String, name: &str, value: &str) -> u64 {
+    text.clear();
+    text.push_str(name);
+    text.push(FEATURE_SEPARATOR);
+    text.push_str(value);
+    hash_id(text)
+}
+
 /// `global[h] + b_user[h] + Σ w_f[h] + b_item[h] + ⟨p_user + Σ q_f, v_item⟩`
 /// for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
 fn raw_score(
@@ -617,6 +678,14 @@ mod tests {
         f64::from(head.loss(score, target))
     }
 
+    #[test]
+    fn feature_keys_are_the_published_feature_hash() {
+        let mut text = String::from("left over");
+        for (name, value) in [("device", "ios"), ("page", ""), ("lang", "pt=BR")] {
+            assert_eq!(feature_key(&mut text, name, value), hash_feature(name, value));
+        }
+    }
+
     /// Every parameter the event touches: analytic gradient (what `learn`
     /// sums) against a central finite difference of the loss.
     #[test]
@@ -656,7 +725,8 @@ mod tests {
             }
             t.globals.bias[obs.head.index()] = 0.3;
             let fresh_from = t.tables.each_ref().map(Table::len);
-            t.learn(&obs, hash_id(obs.user), hash_id(obs.item), &fresh_from);
+            let keys = EventKeys { user_key: hash_id(obs.user), item_key: hash_id(obs.item), user: None, item: None };
+            t.learn(&obs, &keys, &fresh_from);
 
             let h = 1e-2f32;
             let rows = (Some(user), Some(item), feature_rows.as_slice());

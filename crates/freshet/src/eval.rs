@@ -154,16 +154,29 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
 }
 
 /// The events sorted by timestamp, ties in their original order. Sorts
-/// (timestamp, index) pairs and moves each event once, instead of moving the
-/// events around during the sort.
-fn in_time_order(events: Vec<Feedback>) -> Vec<Feedback> {
+/// (timestamp, index) pairs, then puts each event in place by following the
+/// permutation's cycles with swaps: no event is moved during the sort and no
+/// second vector of events is allocated.
+fn in_time_order(mut events: Vec<Feedback>) -> Vec<Feedback> {
     if events.is_sorted_by_key(Feedback::ts) {
         return events;
     }
-    let mut order: Vec<(i64, usize)> = events.iter().map(Feedback::ts).zip(0..).collect();
-    order.sort_unstable();
-    let mut slots: Vec<Option<Feedback>> = events.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|(_, i)| slots[i].take()).collect()
+    let mut keyed: Vec<(i64, usize)> = events.iter().map(Feedback::ts).zip(0..).collect();
+    keyed.sort_unstable();
+    // `from[i]`: the position whose event belongs at `i`; `usize::MAX` once `i` is done.
+    let mut from: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
+    for start in 0..from.len() {
+        let mut at = start;
+        while from[at] != usize::MAX {
+            let source = std::mem::replace(&mut from[at], usize::MAX);
+            if source == start {
+                break;
+            }
+            events.swap(at, source);
+            at = source;
+        }
+    }
+    events
 }
 
 fn report_malformed(loaded: &Loaded) {
@@ -250,5 +263,38 @@ impl Summary<'_> {
             self.train_s,
             self.load_s,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet_core::{Features, Rating};
+
+    use super::*;
+
+    #[test]
+    fn events_are_put_in_time_order_stably() {
+        let at = |ts: i64, user: usize| {
+            Feedback::Rating(Rating {
+                user: format!("u{user}"),
+                item: "i".to_owned(),
+                rating: 3.0,
+                ts,
+                features: Features::new(),
+            })
+        };
+        let times = [5i64, 3, 5, 1, 3, 9, 2, 5, 1];
+        let events: Vec<Feedback> = times.iter().enumerate().map(|(i, &ts)| at(ts, i)).collect();
+        let mut expected: Vec<(i64, usize)> = times.iter().copied().zip(0..).collect();
+        expected.sort();
+        let sorted = in_time_order(events);
+        let got: Vec<(i64, usize)> = sorted
+            .iter()
+            .map(|e| match e {
+                Feedback::Rating(r) => (r.ts, r.user[1..].parse().expect("index")),
+                _ => unreachable!("only ratings"),
+            })
+            .collect();
+        assert_eq!(got, expected);
     }
 }

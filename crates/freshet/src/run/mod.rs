@@ -88,15 +88,15 @@ pub async fn pipeline(
     }
 
     let store = CheckpointStore::open(&config.checkpoint.dir, config.checkpoint.fsync)?;
-    let (trainer, start) = match store.load(&config.model)? {
-        Some(restored) => {
-            let offsets: NextOffsets = restored
+    let (trainer, start) = match store.restore(&config.model, config.trainer.clone())? {
+        Some(resumed) => {
+            let offsets: NextOffsets = resumed
                 .offsets
                 .iter()
                 .map(|((topic, partition), next)| (TopicPartition::new(topic, *partition), *next))
                 .collect();
-            info!(version = restored.version, rows = restored.state.rows.len(), "resuming from checkpoint");
-            (Trainer::restore(config.model.clone(), config.trainer.clone(), restored.state)?, offsets)
+            info!(version = resumed.version, "resuming from checkpoint");
+            (resumed.trainer, offsets)
         }
         None => {
             info!("no checkpoint yet: starting a new model");
