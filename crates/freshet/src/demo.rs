@@ -159,11 +159,13 @@ struct Screen {
     rate: u64,
     terminal: bool,
     last_sent: u64,
+    /// Events scored by the newest served version, and when it was shown.
+    last_trained: Option<(u64, Instant)>,
 }
 
 impl Screen {
     fn new(rate: u64) -> Self {
-        Screen { rate, terminal: std::io::stdout().is_terminal(), last_sent: 0 }
+        Screen { rate, terminal: std::io::stdout().is_terminal(), last_sent: 0, last_trained: None }
     }
 
     fn show(&mut self, elapsed: Duration, sent: u64, model: Option<&ServingModel>) {
@@ -174,9 +176,14 @@ impl Screen {
             Some(model) => {
                 let info = model.info();
                 let metrics = &info.metrics;
+                let trained = metrics.rating_events + metrics.click_events;
+                let trained_per_second = match self.last_trained.replace((trained, Instant::now())) {
+                    Some((before, at)) => (trained.saturating_sub(before)) as f64 / at.elapsed().as_secs_f64(),
+                    None => 0.0,
+                };
                 let figure = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.4}"));
                 format!(
-                    "snapshot v{} ({} users, {} items) | progressive RMSE {} AUC {} | freshness {} ms",
+                    "trained {trained} ({trained_per_second:.0}/s) | snapshot v{} ({} users, {} items) | progressive RMSE {} AUC {} | freshness {} ms",
                     info.version,
                     info.rows.get("user").copied().unwrap_or(0),
                     info.rows.get("item").copied().unwrap_or(0),

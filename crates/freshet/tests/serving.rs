@@ -5,11 +5,14 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use freshet_core::TableKind;
 use freshet_core::synth::SynthConfig;
 use freshet_e2e::process::{Running, inspect, write_config};
 use freshet_e2e::{TestTopics, bootstrap, produce_synth};
+use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_freshet");
@@ -125,4 +128,78 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
     assert!(metrics.contains(&format!("freshet_subscriber_version {version}")), "{metrics}");
     assert!(metrics.contains("freshet_serve_requests_total{endpoint=\"recommend\",status=\"400\"}"), "{metrics}");
     assert!(serving.terminate().success(), "serve exits cleanly on SIGTERM");
+}
+
+/// Whether two served models hold bit-identical parameters.
+fn identical(a: &ServingModel, b: &ServingModel) -> bool {
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    bits(&a.globals()) == bits(&b.globals())
+        && TableKind::ALL.iter().all(|&table| {
+            a.rows(table).count() == b.rows(table).count()
+                && a.rows(table)
+                    .all(|(key, _, values)| b.row(table, key).is_some_and(|other| bits(other) == bits(values)))
+        })
+}
+
+/// Follows `config`'s snapshot topic until `version` is served from a chain
+/// that starts after `after_offset`; returns that model.
+fn served_version(config: &SubscriberConfig, version: u64, after_offset: i64) -> Arc<ServingModel> {
+    let subscriber = Subscriber::start(config, |_| {}).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(model) = subscriber.model()
+            && model.version() == version
+            && model.info().chain_start_offset > after_offset
+        {
+            subscriber.stop(Duration::from_secs(5));
+            return model;
+        }
+        assert!(Instant::now() < deadline, "version {version} after offset {after_offset} was not served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_clean_restart_serves_bit_identical_parameters() {
+    let bootstrap = bootstrap();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let topics = runtime.block_on(TestTopics::create(&bootstrap, 2)).expect("topics");
+    let produced =
+        runtime.block_on(produce_synth(&bootstrap, &topics, SynthConfig::default(), 10_000)).expect("produce");
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = write_config(work.path(), &bootstrap, &topics, "");
+    let checkpoint = work.path().join("checkpoint");
+    let model_name =
+        toml::from_str::<toml::Table>(&std::fs::read_to_string(&config).expect("config")).expect("toml")["name"]
+            .as_str()
+            .expect("a name")
+            .to_owned();
+    let snapshots = SubscriberConfig {
+        bootstrap: bootstrap.clone(),
+        kafka: Default::default(),
+        topic: format!("freshet.snapshots.{model_name}"),
+    };
+
+    let running = Running::start(BIN, &["run", "--config"], &config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while inspect(BIN, &checkpoint).and_then(|r| r["events_applied"].as_u64()) != Some(produced.valid() as u64) {
+        assert!(Instant::now() < deadline, "the trainer did not apply every event");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(running.terminate().success());
+    let version = inspect(BIN, &checkpoint).and_then(|r| r["version"].as_u64()).expect("version");
+    let before = served_version(&snapshots, version, -1);
+
+    // The restarted trainer restores the checkpoint and publishes it in full: a new chain.
+    let restarted = Running::start(BIN, &["run", "--config"], &config);
+    let listening = restarted.wait_for_line("metrics and health endpoint listening", 1, Duration::from_secs(60));
+    let metrics = listening.and_then(|line| logged_address(&line)).expect("the metrics address is logged");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !get(&metrics, "/metrics").1.contains("freshet_snapshots_published_total{kind=\"full\"} 1") {
+        assert!(Instant::now() < deadline, "the restarted trainer did not publish its version in full");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = served_version(&snapshots, version, before.info().chain_start_offset);
+    assert!(restarted.terminate().success());
+    assert!(identical(&before, &after), "the restored model differs from the one before shutdown");
 }
