@@ -1,7 +1,8 @@
 //! Process-level helpers for the `freshet` binary's tests: a configuration
 //! for test topics, a running process with its log lines, `inspect`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -117,4 +118,25 @@ impl Running {
 pub fn inspect(bin: &str, checkpoint: &Path) -> Option<Value> {
     let output = Command::new(bin).args(["inspect", "--json", "--checkpoint"]).arg(checkpoint).output().ok()?;
     output.status.success().then(|| serde_json::from_slice(&output.stdout).ok()).flatten()
+}
+
+/// A plain HTTP/1.1 GET: status code (0 when nothing answers) and body.
+pub fn get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(address) else { return (0, String::new()) };
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// The `address=host:port` field of a log line.
+pub fn logged_address(line: &str) -> Option<String> {
+    let start = line.find("address=")? + "address=".len();
+    Some(line[start..].split_whitespace().next()?.to_owned())
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }

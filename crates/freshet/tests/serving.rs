@@ -2,41 +2,18 @@
 //! against the real broker, the served version is the last checkpoint and
 //! the HTTP endpoint answers recommendations, scores and errors.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freshet_core::TableKind;
 use freshet_core::synth::SynthConfig;
-use freshet_e2e::process::{Running, inspect, write_config};
+use freshet_e2e::process::{Running, free_port, get, inspect, logged_address, write_config};
 use freshet_e2e::{TestTopics, bootstrap, produce_synth};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_freshet");
-
-/// A plain HTTP/1.1 GET: status code and body.
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-/// The `address=host:port` field of a log line.
-fn logged_address(line: &str) -> Option<String> {
-    let start = line.find("address=")? + "address=".len();
-    Some(line[start..].split_whitespace().next()?.to_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
 
 #[test]
 fn run_publishes_and_subscribe_and_serve_follow_it() {

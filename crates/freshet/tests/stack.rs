@@ -4,12 +4,11 @@
 //! (the same processes) turns produced events into changed recommendations.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use freshet_e2e::process::{free_port, get};
 use freshet_e2e::{bootstrap, unique};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -85,20 +84,6 @@ fn the_compose_file_agrees_with_the_local_stack_and_the_binary() {
     }
     let bad = Command::new(BIN).args(["--validate", "serve", "--listen", "nowhere"]).output().expect("run");
     assert!(!bad.status.success(), "a bad command line is refused");
-}
-
-/// A plain HTTP/1.1 GET: status and body.
-fn get(address: &str, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(address) else { return (0, String::new()) };
-    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 #[test]
