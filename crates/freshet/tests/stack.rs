@@ -2,6 +2,7 @@
 //! its freshet command lines equal deploy/local-stack.sh's and the binary
 //! accepts each of them with the service's environment; and the local stack
 //! (the same processes) turns produced events into changed recommendations.
+//! The Kubernetes manifests' command lines and configuration pass the same check.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,33 @@ fn the_compose_file_agrees_with_the_local_stack_and_the_binary() {
     }
     let bad = Command::new(BIN).args(["--validate", "serve", "--listen", "nowhere"]).output().expect("run");
     assert!(!bad.status.success(), "a bad command line is refused");
+}
+
+#[test]
+fn the_kubernetes_manifests_run_commands_the_binary_accepts() {
+    let read = |name: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(repo().join("deploy/k8s").join(name)).expect("manifest");
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} parses: {e}"))
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = work.path().join("freshet.toml");
+    let embedded =
+        read("configmap.yaml")["data"]["freshet.toml"].as_str().expect("freshet.toml in the ConfigMap").to_owned();
+    std::fs::write(&config, embedded).expect("write");
+    for (manifest, kind) in [("trainer-statefulset.yaml", "StatefulSet"), ("serve-deployment.yaml", "Deployment")] {
+        let workload = read(manifest);
+        assert_eq!(workload["kind"].as_str(), Some(kind), "{manifest}");
+        let args: Vec<String> = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{manifest}: args"))
+            .iter()
+            .map(|w| w.as_str().expect("a word").replace("/etc/freshet/freshet.toml", &config.to_string_lossy()))
+            .collect();
+        let output = Command::new(BIN).arg("--validate").args(&args).output().expect("freshet --validate");
+        assert!(output.status.success(), "{manifest}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let claim = &read("trainer-statefulset.yaml")["spec"]["volumeClaimTemplates"][0];
+    assert!(claim["spec"]["resources"]["requests"]["storage"].as_str().is_some(), "the trainer has a volume claim");
 }
 
 #[test]
