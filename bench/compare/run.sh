@@ -32,7 +32,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
-(cd "$root" && cargo build --release --quiet -p freshet)
+(cd "$root" && cargo build --release --quiet --workspace --bins)
 freshet="${CARGO_TARGET_DIR:-$root/target}/release/freshet"
 
 work="$(mktemp -d)"
