@@ -8,7 +8,8 @@
 # synthetic planted-factor stream are written to a CSV first and every tool
 # replays that file. The peers are installed from PyPI into
 # bench/compare/.venv (versions in requirements.txt); freshet is built in
-# release mode (honouring CARGO_TARGET_DIR).
+# release mode in CARGO_TARGET_DIR (default ~/.cache/freshet/target, shared
+# with the other scripts, so RocksDB is not built twice).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,8 +33,9 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 (cd "$root" && cargo build --release --quiet --workspace --bins)
-freshet="${CARGO_TARGET_DIR:-$root/target}/release/freshet"
+freshet="$CARGO_TARGET_DIR/release/freshet"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
