@@ -46,6 +46,11 @@ pub struct TrainerConfig {
     /// `n` counting the events that reached it: young rows follow the running
     /// mean of their residuals, shrunk towards 0 by this many pseudo-events.
     pub bias_prior_count: Option<f32>,
+    /// When set to `k`, a row's factor rate is `learning_rate·(1 + k/(n + k))`,
+    /// `n` counting the events that reached it: twice the rate on a row's
+    /// first event, back to `learning_rate` as it matures. A young row's
+    /// preference is the least known, so its first steps move it further.
+    pub factor_boost_count: Option<f32>,
     /// Adam's first-moment decay. The default 0 (no momentum) steps each row
     /// along its newest summed gradient, normalised by its running RMS:
     /// momentum hurt on sparse, noisy feedback streams in our measurements.
@@ -96,6 +101,7 @@ impl Default for TrainerConfig {
             learning_rate: 0.015,
             bias_learning_rate: 0.03,
             bias_prior_count: Some(5.0),
+            factor_boost_count: Some(5.0),
             beta1: 0.0,
             beta2: 0.99,
             epsilon: 1e-2,
@@ -156,6 +162,9 @@ impl TrainerConfig {
         positive_finite("trainer.bias_learning_rate", self.bias_learning_rate)?;
         if let Some(prior) = self.bias_prior_count {
             positive_finite("trainer.bias_prior_count", prior)?;
+        }
+        if let Some(boost) = self.factor_boost_count {
+            positive_finite("trainer.factor_boost_count", boost)?;
         }
         unit_open("trainer.beta1", self.beta1, true)?;
         unit_open("trainer.beta2", self.beta2, false)?;
@@ -245,6 +254,7 @@ mod tests {
         let cases = [
             (TrainerConfig { learning_rate: 0.0, ..Default::default() }, "trainer.learning_rate"),
             (TrainerConfig { beta2: 1.0, ..Default::default() }, "trainer.beta2"),
+            (TrainerConfig { factor_boost_count: Some(0.0), ..Default::default() }, "trainer.factor_boost_count"),
             (TrainerConfig { clip_norm: Some(f32::NAN), ..Default::default() }, "trainer.clip_norm"),
             (TrainerConfig { min_count: 0, ..Default::default() }, "trainer.min_count"),
             (TrainerConfig { ttl_ms: Some(0), ..Default::default() }, "trainer.ttl_ms"),

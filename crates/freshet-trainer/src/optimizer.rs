@@ -44,6 +44,7 @@ pub(crate) struct Optimizer {
     learning_rate: f32,
     bias_learning_rate: f32,
     bias_prior_count: Option<f32>,
+    factor_boost_count: Option<f32>,
     beta1: f32,
     beta2: f32,
     first_correction: BiasCorrection,
@@ -104,6 +105,13 @@ pub(crate) struct StepInput {
     pub prior_updates: u64,
 }
 
+impl StepInput {
+    /// Events that reached the row, this step's included.
+    fn seen(self) -> f32 {
+        (self.prior_updates + u64::from(self.count)) as f32
+    }
+}
+
 /// Adam's bias corrections `1/(1−β₁ᵗ)` and `1/(1−β₂ᵗ)` for one step.
 #[derive(Debug, Clone, Copy)]
 struct Correction {
@@ -120,6 +128,7 @@ impl Optimizer {
             learning_rate: config.learning_rate,
             bias_learning_rate: config.bias_learning_rate,
             bias_prior_count: config.bias_prior_count,
+            factor_boost_count: config.factor_boost_count,
             beta1: config.beta1,
             beta2: config.beta2,
             first_correction: BiasCorrection::new(config.beta1),
@@ -193,7 +202,7 @@ impl Optimizer {
         let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon };
         let spans = [
             (0..biases, self.bias_algorithm, self.bias_rate(input) * lr_scale),
-            (biases..width, self.algorithm, self.learning_rate * lr_scale),
+            (biases..width, self.algorithm, self.factor_rate(input) * lr_scale),
         ];
         for (span, algorithm, rate) in spans {
             let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
@@ -216,11 +225,17 @@ impl Optimizer {
     /// follows the shrunk running mean of its residuals (exactly so under SGD).
     fn bias_rate(&self, input: StepInput) -> f32 {
         match self.bias_prior_count {
-            Some(prior) => {
-                let seen = (input.prior_updates + u64::from(input.count)) as f32;
-                self.bias_learning_rate.max(1.0 / (seen + prior))
-            }
+            Some(prior) => self.bias_learning_rate.max(1.0 / (input.seen() + prior)),
             None => self.bias_learning_rate,
+        }
+    }
+
+    /// `learning_rate·(1 + k/(n + k))` with `k` the boost count and `n` as in
+    /// [`Optimizer::bias_rate`]: young rows' factors take larger steps.
+    fn factor_rate(&self, input: StepInput) -> f32 {
+        match self.factor_boost_count {
+            Some(k) => self.learning_rate * (1.0 + k / (input.seen() + k)),
+            None => self.learning_rate,
         }
     }
 
@@ -343,6 +358,7 @@ mod tests {
             algorithm,
             bias_algorithm: algorithm,
             bias_prior_count: None,
+            factor_boost_count: None,
             learning_rate: 0.01,
             bias_learning_rate: 0.1,
             beta1: 0.9,
@@ -475,12 +491,40 @@ mod tests {
         assert_eq!((m[0], v[0]), (0.0, 0.0));
     }
 
+    /// The factor rate starts at twice `learning_rate` and decays towards it
+    /// with the events a row has seen; biases are not boosted.
+    #[test]
+    fn factor_boost_count_raises_young_rows_factor_rate() {
+        let sgd = Optimizer::new(&TrainerConfig {
+            algorithm: Algorithm::Sgd,
+            bias_algorithm: Algorithm::Sgd,
+            bias_prior_count: None,
+            factor_boost_count: Some(4.0),
+            learning_rate: 0.1,
+            bias_learning_rate: 0.1,
+            l2: 0.0,
+            clip_norm: None,
+            ..TrainerConfig::default()
+        });
+        let mut scratch = StepScratch::default();
+        // (events before the step, events in it) → factor rate 0.1·(1 + 4/(n + 4)).
+        for (prior_updates, count, rate) in [(0u64, 4u32, 0.15f32), (0, 1, 0.18), (12, 4, 0.12)] {
+            let mut params = [0.0f32, 0.0];
+            let row = RowMut { biases: 1, params: &mut params, m: &mut [], v: &mut [] };
+            let input = StepInput { count, step: 1, prior_updates };
+            assert!(sgd.step(row, &[1.0, 1.0], input, 1.0, Penalty::None, &mut scratch));
+            assert_eq!(params[0], -0.1);
+            assert!((params[1] + rate).abs() < 1e-6, "{params:?} vs rate {rate}");
+        }
+    }
+
     #[test]
     fn l2_penalty_scales_with_event_count() {
         let sgd = Optimizer::new(&TrainerConfig {
             algorithm: Algorithm::Sgd,
             bias_algorithm: Algorithm::Sgd,
             bias_prior_count: None,
+            factor_boost_count: None,
             learning_rate: 0.1,
             bias_learning_rate: 0.1,
             l2: 0.5,
