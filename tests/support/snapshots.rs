@@ -60,7 +60,7 @@ impl ModelUnderTest {
 
     /// The changes since the previous hand-off as version `version`.
     pub fn delta(&mut self, version: u64) -> Outgoing {
-        let delta = self.trainer.drain_dirty().params();
+        let delta = self.trainer.drain_dirty().into_params();
         Outgoing::delta(version - 1, version, delta, self.watermark(), &self.trainer.metrics())
     }
 

@@ -26,6 +26,20 @@ fn offsets(next: i64) -> SourceOffsets {
     SourceOffsets::from([(("clicks".to_owned(), 0), next), (("ratings".to_owned(), 1), next * 2)])
 }
 
+/// Writes one checkpoint of `events` synthetic events (stream `seed`) at
+/// `next` offsets into a store in `dir`, and closes it.
+fn write_one_checkpoint(dir: &std::path::Path, seed: u64, events: usize, next: i64) {
+    let mut store = CheckpointStore::open(dir, true).expect("open");
+    let mut trainer = Trainer::new(spec(), config()).expect("trainer");
+    trainer.train_batch(&batches(seed, 1, events)[0]);
+    store.commit(&spec(), &trainer.drain_dirty(), &offsets(next)).expect("commit");
+}
+
+/// The store's RocksDB opened directly, around `CheckpointStore`, to damage it.
+fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, ["rows", "pending", "offsets", "meta"]).expect("raw open")
+}
+
 #[test]
 fn commits_restore_the_exact_state_incrementally() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -81,16 +95,10 @@ fn commits_restore_the_exact_state_incrementally() {
 #[test]
 fn a_store_of_another_layout_version_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let mut store = CheckpointStore::open(dir.path(), true).expect("open");
-        let mut trainer = Trainer::new(spec(), config()).expect("trainer");
-        trainer.train_batch(&batches(7, 1, 100)[0]);
-        store.commit(&spec(), &trainer.drain_dirty(), &offsets(1)).expect("commit");
-    }
+    write_one_checkpoint(dir.path(), 7, 100, 1);
     {
         // What the first layout (bincode rows) wrote as its version.
-        let options = rocksdb::Options::default();
-        let db = rocksdb::DB::open_cf(&options, dir.path(), ["rows", "pending", "offsets", "meta"]).expect("raw open");
+        let db = raw_db(dir.path());
         db.put_cf(db.cf_handle("meta").expect("meta cf"), b"format", [1u8]).expect("write");
     }
     let error = CheckpointStore::open(dir.path(), true).expect_err("refused");
@@ -125,16 +133,10 @@ fn a_second_opener_is_refused_while_the_first_holds_the_directory() {
 #[test]
 fn damaged_values_and_directories_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let mut store = CheckpointStore::open(dir.path(), true).expect("open");
-        let mut trainer = Trainer::new(spec(), config()).expect("trainer");
-        trainer.train_batch(&batches(3, 1, 200)[0]);
-        store.commit(&spec(), &trainer.drain_dirty(), &offsets(5)).expect("commit");
-    }
+    write_one_checkpoint(dir.path(), 3, 200, 5);
     // A row whose bytes are garbage.
     {
-        let options = rocksdb::Options::default();
-        let db = rocksdb::DB::open_cf(&options, dir.path(), ["rows", "pending", "offsets", "meta"]).expect("raw open");
+        let db = raw_db(dir.path());
         let rows = db.cf_handle("rows").expect("rows cf");
         let (key, _) = db.iterator_cf(rows, rocksdb::IteratorMode::Start).next().expect("a row").expect("readable");
         db.put_cf(rows, key, [0xffu8; 7]).expect("overwrite");

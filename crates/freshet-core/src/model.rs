@@ -83,6 +83,15 @@ impl TableKind {
         }
     }
 
+    /// The table's name as configuration, JSON and metrics write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::User => "user",
+            TableKind::Item => "item",
+            TableKind::Feature => "feature",
+        }
+    }
+
     /// Whether rows keep their original id string (items do, for serving).
     pub fn keeps_ids(self) -> bool {
         self == TableKind::Item
@@ -147,6 +156,13 @@ mod tests {
         assert_eq!(bad_dim.check().map_err(|e| e.key), Err("model.dim".to_owned()));
         let bad_range = ModelSpec { rating_max: 0.0, ..ModelSpec::default() };
         assert_eq!(bad_range.check().map_err(|e| e.key), Err("model.rating_max".to_owned()));
+    }
+
+    #[test]
+    fn table_names_are_their_serde_names() {
+        for table in TableKind::ALL {
+            assert_eq!(serde_json::to_value(table).ok(), Some(serde_json::Value::from(table.name())));
+        }
     }
 
     #[test]

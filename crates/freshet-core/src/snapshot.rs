@@ -239,6 +239,22 @@ pub fn decode_message(bytes: &[u8]) -> Result<SnapshotMessage, SnapshotFormatErr
     }
 }
 
+/// The commit record in `bytes`, if they hold one. Other messages are
+/// recognised by their variant index and not decoded, so scanning a topic for
+/// commit records does not decode its chunks.
+pub fn decode_commit(bytes: &[u8]) -> Option<SnapshotCommit> {
+    /// Variant index of [`SnapshotMessage::Commit`].
+    const COMMIT_VARIANT: u32 = 2;
+    let variant = bytes.get(PREFIX_LEN..PREFIX_LEN + 4)?;
+    if u32::from_le_bytes(variant.try_into().ok()?) != COMMIT_VARIANT {
+        return None;
+    }
+    match decode_message(bytes) {
+        Ok(SnapshotMessage::Commit(commit)) => Some(commit),
+        _ => None,
+    }
+}
+
 /// Bytes a row adds to an encoded chunk.
 pub fn encoded_row_len(row: &SnapshotRow) -> usize {
     // table (u32) + key (u64) + option tag + [len (u64) + id] + len (u64) + floats
@@ -329,6 +345,14 @@ mod tests {
             + chunk.rows.iter().map(encoded_row_len).sum::<usize>()
             + chunk.tombstones.len() * ENCODED_TOMBSTONE_LEN;
         assert_eq!(encode_message(&SnapshotMessage::Chunk(chunk)).len(), predicted);
+    }
+
+    #[test]
+    fn commit_records_are_found_without_decoding_other_messages() {
+        let commit = SnapshotCommit { version: 4, chunks: 1, checksum: 9, chain_start_offset: 3 };
+        assert_eq!(decode_commit(&encode_message(&SnapshotMessage::Commit(commit))), Some(commit));
+        assert_eq!(decode_commit(&encode_message(&SnapshotMessage::Chunk(chunk()))), None);
+        assert_eq!(decode_commit(b"FSNP"), None);
     }
 
     #[test]

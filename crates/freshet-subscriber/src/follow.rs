@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use freshet_consumer::client_config;
-use freshet_core::snapshot::{SnapshotKind, Watermark};
+use freshet_core::snapshot::{SnapshotKind, Watermark, decode_commit};
 use freshet_core::threads::join_within;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -415,9 +415,7 @@ impl Follower {
         while Instant::now() < deadline && !self.stopped() {
             match self.consumer.poll(POLL) {
                 Some(Ok(message)) => {
-                    if let Ok(freshet_core::snapshot::SnapshotMessage::Commit(commit)) =
-                        freshet_core::snapshot::decode_message(message.payload().unwrap_or_default())
-                    {
+                    if let Some(commit) = decode_commit(message.payload().unwrap_or_default()) {
                         found = Some(commit.chain_start_offset);
                     }
                     if message.offset() + 1 >= until {

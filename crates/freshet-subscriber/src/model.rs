@@ -187,7 +187,7 @@ impl ServingModel {
     fn refresh_counts(&mut self) {
         self.info.rows = TableKind::ALL
             .iter()
-            .map(|table| (format!("{table:?}").to_lowercase(), self.tables[table.index()].keys.len()))
+            .map(|table| (table.name().to_owned(), self.tables[table.index()].keys.len()))
             .collect();
     }
 
@@ -235,7 +235,7 @@ impl ServingModel {
         let user_row = self.tables[TableKind::User.index()].row(hash_id(user), width);
         let item_row = self.tables[TableKind::Item.index()].row(hash_id(item), width);
         let raw = self.raw_score(head, user_row, item_row);
-        self.finish(head, raw)
+        head.predict(raw, &self.spec)
     }
 
     /// The `k` best items for `user` by the head's score, excluding `exclude`
@@ -264,7 +264,7 @@ impl ServingModel {
             .into_iter()
             .map(|(score, at)| Recommendation {
                 item: items.ids[at].clone().unwrap_or_default(),
-                score: self.finish(head, score.0),
+                score: head.predict(score.0, &self.spec),
             })
             .collect()
     }
@@ -277,10 +277,6 @@ impl ServingModel {
             score += user[HEAD_BIASES..].iter().zip(&item[HEAD_BIASES..]).map(|(a, b)| a * b).sum::<f32>();
         }
         score
-    }
-
-    fn finish(&self, head: Head, raw: f32) -> f32 {
-        head.predict(raw, &self.spec)
     }
 }
 

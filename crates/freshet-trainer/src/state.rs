@@ -124,9 +124,9 @@ impl RowParams {
     }
 }
 
-impl From<&RowState> for RowParams {
-    fn from(row: &RowState) -> Self {
-        RowParams { table: row.table, key: row.key, id: row.id.clone(), params: row.params.clone() }
+impl From<RowState> for RowParams {
+    fn from(row: RowState) -> Self {
+        RowParams { table: row.table, key: row.key, id: row.id, params: row.params }
     }
 }
 
@@ -212,12 +212,13 @@ impl Delta {
         self.rows.is_empty() && self.tombstones.is_empty() && self.pending.is_empty() && self.pending_removed.is_empty()
     }
 
-    /// The parameters-only view of the delta, for incremental snapshots.
-    pub fn params(&self) -> ParamsDelta {
+    /// The parameters alone, for incremental snapshots (optimizer state and
+    /// pending counts are dropped, the parameters moved, not copied).
+    pub fn into_params(self) -> ParamsDelta {
         ParamsDelta {
             globals: self.dense.globals.bias,
-            rows: self.rows.iter().map(RowParams::from).collect(),
-            tombstones: self.tombstones.clone(),
+            rows: self.rows.into_iter().map(RowParams::from).collect(),
+            tombstones: self.tombstones,
         }
     }
 }

@@ -132,8 +132,15 @@ impl RunMetrics {
         }
     }
 
-    /// After a checkpoint: its cost, the offsets it holds and the trainer's state.
-    pub fn checkpoint(&self, stats: &CommitStats, offsets: &NextOffsets, trainer: &Trainer) {
+    /// After a checkpoint: its cost, the offsets it holds and the trainer's
+    /// state with its `progressive` metrics.
+    pub fn checkpoint(
+        &self,
+        stats: &CommitStats,
+        offsets: &NextOffsets,
+        trainer: &Trainer,
+        progressive: &MetricsSnapshot,
+    ) {
         self.checkpoint_seconds.observe(stats.elapsed.as_secs_f64());
         self.checkpoint_bytes.set(stats.bytes as i64);
         self.checkpoint_version.set(stats.version as i64);
@@ -141,9 +148,9 @@ impl RunMetrics {
             self.applied_offset.with_label_values(&[tp.topic.as_str(), &tp.partition.to_string()]).set(*next);
         }
         self.checkpointed.lock().unwrap_or_else(|p| p.into_inner()).clone_from(offsets);
-        self.trainer(trainer.counters(), &trainer.metrics());
+        self.trainer(trainer.counters(), progressive);
         for table in TableKind::ALL {
-            self.rows.with_label_values(&[table_name(table)]).set(trainer.rows(table) as i64);
+            self.rows.with_label_values(&[table.name()]).set(trainer.rows(table) as i64);
         }
     }
 
@@ -160,7 +167,7 @@ impl RunMetrics {
                 ("evicted", changes.evicted),
                 ("forgotten", changes.forgotten),
             ] {
-                set_total(&self.row_changes.with_label_values(&[table_name(table), change]), total);
+                set_total(&self.row_changes.with_label_values(&[table.name(), change]), total);
             }
         }
         let figures = [
@@ -215,13 +222,5 @@ impl RunMetrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
         String::from_utf8_lossy(&text).into_owned()
-    }
-}
-
-fn table_name(table: TableKind) -> &'static str {
-    match table {
-        TableKind::User => "user",
-        TableKind::Item => "item",
-        TableKind::Feature => "feature",
     }
 }

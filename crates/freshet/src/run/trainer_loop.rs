@@ -10,7 +10,7 @@ use freshet_checkpoint::{CheckpointStore, SourceOffsets};
 use freshet_consumer::{Acknowledger, MicroBatch, NextOffsets, SourceEvent};
 use freshet_core::snapshot::{PartitionOffset, Watermark};
 use freshet_publisher::{Outgoing, PublisherHandle};
-use freshet_trainer::{Delta, ModelSpec, Trainer};
+use freshet_trainer::{Delta, MetricsSnapshot, ModelSpec, Trainer};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, info_span, warn};
@@ -148,8 +148,9 @@ impl TrainerLoop {
         let offsets: SourceOffsets =
             self.applied.iter().map(|(tp, next)| ((tp.topic.clone(), tp.partition), *next)).collect();
         let stats = self.store.commit(&self.spec, &delta, &offsets)?;
-        self.metrics.checkpoint(&stats, &self.applied, &self.trainer);
-        self.hand_to_publisher(stats.version, delta);
+        let progressive = self.trainer.metrics();
+        self.metrics.checkpoint(&stats, &self.applied, &self.trainer, &progressive);
+        self.hand_to_publisher(stats.version, delta, &progressive);
         debug!(
             version = stats.version,
             rows = stats.rows,
@@ -166,14 +167,15 @@ impl TrainerLoop {
         Ok(())
     }
 
-    /// Hands checkpoint `version` (the state after `delta`) to the publisher:
-    /// in full when one is due, else as a delta on the previous version.
-    fn hand_to_publisher(&self, version: u64, delta: Delta) {
+    /// Hands checkpoint `version` (the state after `delta`, with `progressive`
+    /// metrics) to the publisher: in full when one is due, else as a delta on
+    /// the previous version.
+    fn hand_to_publisher(&self, version: u64, delta: Delta, progressive: &MetricsSnapshot) {
         let Some(publisher) = &self.publisher else { return };
         if publisher.full_due() {
             return self.publish_full();
         }
-        let outgoing = Outgoing::delta(version - 1, version, delta.params(), self.watermark(), &self.trainer.metrics());
+        let outgoing = Outgoing::delta(version - 1, version, delta.into_params(), self.watermark(), progressive);
         publisher.submit(outgoing);
     }
 
