@@ -5,11 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 events=${1:-1000000}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
-
-bootstrap=$(bash deploy/kafka/kafka.sh start)
-cargo build --release -q --workspace --bins
-freshet="$CARGO_TARGET_DIR/release/freshet"
+source bench/common.sh
+freshet="$bin/freshet"
 base="bench-$(date +%s)"
 
 echo "producing $events JSON events to $base.* ..." >&2

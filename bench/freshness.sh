@@ -8,11 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rate=${1:-50000}
 seconds=${2:-30}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
-
-bootstrap=$(bash deploy/kafka/kafka.sh start)
-cargo build --release -q --workspace --bins
-bin="$CARGO_TARGET_DIR/release"
+source bench/common.sh
 base="freshness-$(date +%s)"
 work=$(mktemp -d)
 pids=()
@@ -38,7 +34,7 @@ TOML
 RUST_LOG=info "$bin/freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
 pids+=($!)
 until grep -q "partitions assigned" "$work/run.log"; do sleep 0.1; done
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$bin/freshet" serve --config "$work/freshet.toml" --listen "127.0.0.1:$port" 2>"$work/serve.log" &
 pids+=($!)
 

@@ -6,11 +6,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 events=${1:-2000000}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
-
-bootstrap=$(bash deploy/kafka/kafka.sh start)
-cargo build --release -q --workspace --bins
-freshet="$CARGO_TARGET_DIR/release/freshet"
+source bench/common.sh
+freshet="$bin/freshet"
 base="benchrun-$(date +%s)"
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -20,7 +17,7 @@ echo "producing $events JSON events to $base.* ..." >&2
     --clicks-topic "$base.clicks" --ratings-topic "$base.ratings" >"$work/produce.json"
 valid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["valid"])' "$work/produce.json")
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat >"$work/freshet.toml" <<TOML
 name = "$base"
 [consumer]

@@ -1,0 +1,12 @@
+# Sourced by the bench scripts (from the repository root): the shared build
+# cache, the local broker and a release build. Sets `bootstrap` and `bin`
+# (the directory of the release binaries).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
+bootstrap=$(bash deploy/kafka/kafka.sh start)
+cargo build --release -q --workspace --bins
+bin="$CARGO_TARGET_DIR/release"
+
+# A TCP port nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
