@@ -8,7 +8,9 @@ the table reports, per tool:
   range [0.5, 5] (as freshet clips its own);
 - events/s: events divided by the time the tool spent reading, parsing and
   learning the file inside its process (interpreter start-up and imports
-  excluded; the VW input conversion, done once beforehand, excluded too);
+  excluded; the VW input conversion, done once beforehand, excluded too),
+  the median of --repeat runs (default 3) of each tool, so one run slowed by
+  a neighbour on a shared machine does not decide a ratio;
 - peak RSS of the child process (os.wait4), which for River and VW includes
   the Python interpreter and the imported packages;
 - freshet's ratios: its events/s divided by the peer's, and its RMSE divided
@@ -74,6 +76,17 @@ def metrics(predictions, labels, low, high):
         se += (p - y) ** 2
         ae += abs(p - y)
     return math.sqrt(se / n), ae / n
+
+
+def median_run(argv, repeat, seconds_of):
+    """Runs a child `repeat` times; returns the parsed output of the run
+    with the median time (by `seconds_of`) and the largest peak RSS."""
+    runs = []
+    for _ in range(repeat):
+        out, rss = run_child(argv)
+        runs.append((json.loads(out), rss))
+    runs.sort(key=lambda run: seconds_of(run[0]))
+    return runs[len(runs) // 2][0], max(rss for _, rss in runs)
 
 
 def run_child(argv):
@@ -174,6 +187,7 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--dim")
     parser.add_argument("--batch")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool; the median time counts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,8 +223,7 @@ def main():
     for flag in ("dim", "batch"):
         if getattr(args, flag):
             cmd += [f"--{flag}", getattr(args, flag)]
-    out, rss = run_child(cmd)
-    fr = json.loads(out)
+    fr, rss = median_run(cmd, args.repeat, lambda r: r["load_s"] + r["train_s"])
     fr_total = fr["load_s"] + fr["train_s"]
     results.append((
         f"freshet (dim {fr['dim']}, batch {fr['batch']})",
@@ -231,13 +244,12 @@ def main():
           str(low), str(high), work, "rank"]),
     ]
     for name, argv in peers:
-        out, rss = run_child(argv)
-        r = json.loads(out)
+        r, rss = median_run(argv, args.repeat, lambda r: r["seconds"])
         results.append((name, {"rmse": r["rmse"], "mae": r["mae"], "eps": r["events"] / r["seconds"], "rss": rss}))
 
     fresh = results[1][1]
     print(f"\n{n_rows:,} ratings from {os.path.basename(args.data)}, replayed in timestamp order "
-          f"(predictions clipped to [{low}, {high}])\n")
+          f"(predictions clipped to [{low}, {high}]; events/s: median of {args.repeat} runs)\n")
     header = f"{'tool':<34} {'RMSE':>7} {'MAE':>7} {'events/s':>12} {'peak RSS':>10} {'freshet speed':>14} {'freshet RMSE':>13}"
     print(header)
     print("-" * len(header))

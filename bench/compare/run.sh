@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side prequential comparison of freshet with River and Vowpal Wabbit.
 #
-#   bench/compare/run.sh [RATINGS_FILE] [--events N] [--dim D] [--batch B]
+#   bench/compare/run.sh [RATINGS_FILE] [--events N] [--dim D] [--batch B] [--repeat R]
 #
 # RATINGS_FILE is a MovieLens ratings file (u.data, ratings.dat or
 # ratings.csv); without it, N events (default 1,000,000) of freshet's
@@ -9,7 +9,8 @@
 # replays that file. The peers are installed from PyPI into
 # bench/compare/.venv (versions in requirements.txt); freshet is built in
 # release mode in CARGO_TARGET_DIR (default ~/.cache/freshet/target, shared
-# with the other scripts, so RocksDB is not built twice).
+# with the other scripts, so RocksDB is not built twice). Each tool runs R
+# times (default 3); the table shows the median time.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,8 +22,8 @@ extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --events) events="$2"; shift 2 ;;
-        --dim|--batch) extra+=("$1" "$2"); shift 2 ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --dim|--batch|--repeat) extra+=("$1" "$2"); shift 2 ;;
+        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) data="$1"; shift ;;
     esac
 done

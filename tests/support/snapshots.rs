@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use freshet_consumer::{client_config, ensure_topics};
 use freshet_core::snapshot::Watermark;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Feedback, Forget, ModelSpec, TableKind, now_ms};
+use freshet_core::{Features, Feedback, Forget, Head, ModelSpec, TableKind, now_ms};
 use freshet_publisher::{EncodedSnapshot, HeaderContext, Outgoing, PublisherConfig, SnapshotProducer, encode};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberEvent};
 use freshet_trainer::{ModelParams, Trainer, TrainerConfig};
@@ -166,6 +166,21 @@ pub fn same_params(served: &ServingModel, trained: &ModelParams) -> anyhow::Resu
         let served_row = served.row(row.table, row.key).with_context(|| format!("row {row:?} is not served"))?;
         if bits(served_row) != bits(&row.params) {
             bail!("row {:?}/{:#x} differs: served {served_row:?}, trained {:?}", row.table, row.key, row.params);
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the served model scores as the trainer predicts (ratings and
+/// clicks, for the stream's first users and items): the scoring formula of
+/// serving is the trainer's. Sums may run in another order, hence a tolerance.
+pub fn same_scores(served: &ServingModel, trainer: &Trainer) -> anyhow::Result<()> {
+    for (user, item) in (0..30).flat_map(|u| (0..30).map(move |i| (format!("u{u}"), format!("i{i}")))) {
+        for head in Head::ALL {
+            let (got, want) = (served.score(head, &user, &item), trainer.predict(head, &user, &item, &Features::new()));
+            if (got - want).abs() > 1e-5 * want.abs().max(1.0) {
+                bail!("{head:?} score of {user}/{item}: served {got}, trainer {want}");
+            }
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use freshet_core::{TableKind, hash_id};
-use freshet_e2e::snapshots::{ModelUnderTest, Scenario, events_within, same_params, wait_for_version};
+use freshet_e2e::snapshots::{ModelUnderTest, Scenario, events_within, same_params, same_scores, wait_for_version};
 use freshet_publisher::{FullPolicy, Outgoing, PublishError, PublisherHandle, QualityGate};
 use freshet_subscriber::SubscriberEvent;
 
@@ -52,6 +52,7 @@ fn the_subscriber_serves_the_trained_parameters_bit_for_bit_along_the_chain() ->
         let model = subscriber.model().expect("served");
         assert_eq!(model.version(), version);
         same_params(&model, &scenario.trained.trainer.export_params())?;
+        same_scores(&model, &scenario.trained.trainer)?;
         if version == 4 {
             assert!(!has_u7(), "the forget tombstone reached the subscriber");
         }

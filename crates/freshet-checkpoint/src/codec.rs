@@ -57,8 +57,9 @@ pub(crate) const META_PUBLISHED: &[u8] = b"published_version";
 /// Meta key: the trainer's dense state.
 pub(crate) const META_DENSE: &[u8] = b"dense";
 
-/// The layout version written by this code (2: flat rows; 1 had bincode rows).
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The layout version written by this code (3: user rows carry the rating
+/// scale and session offsets; 2: flat rows; 1 had bincode rows).
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// Bytes of a flat row's fixed header.
 const ROW_HEADER: usize = 36;

@@ -20,6 +20,8 @@ pub use codec::{CONTENT_TYPE_HEADER, ContentType, Decoder, encode};
 pub use config::ConfigError;
 pub use event::{Click, EventKind, Features, Feedback, Forget, Rating};
 pub use id_hash::{hash_feature, hash_id};
-pub use model::{HEAD_BIASES, Head, MAX_DIM, MIN_DIM, ModelSpec, TableKind};
+pub use model::{
+    HEAD_BIASES, Head, MAX_DIM, MIN_DIM, ModelSpec, TableKind, USER_RATING_SCALE, USER_SESSION_OFFSET, bias_terms,
+};
 pub use reject::{RejectReason, Rejection};
 pub use validate::ValidationConfig;

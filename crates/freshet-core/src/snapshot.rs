@@ -18,7 +18,7 @@ use crate::model::{ModelSpec, TableKind};
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Default largest chunk message, safely under Kafka's default 1 MiB limit.
 pub const DEFAULT_CHUNK_BYTES: usize = 512 * 1024;
 /// Decoding never claims more than this many bytes, whatever a corrupt length says.
@@ -126,7 +126,8 @@ pub struct SnapshotHeader {
     pub metrics: SnapshotMetrics,
 }
 
-/// One row's parameters: `[rating bias, click bias, factors…]`.
+/// One row's parameters: `[rating bias, click bias, factors…]`; user rows
+/// have their rating scale offset and session offset before the factors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRow {
     /// The row's table.
@@ -135,7 +136,7 @@ pub struct SnapshotRow {
     pub key: u64,
     /// The original id string (items only).
     pub id: Option<String>,
-    /// `2 + dim` floats.
+    /// [`ModelSpec::row_width`] of its table: `2 + dim` floats, `4 + dim` for users.
     pub values: Vec<f32>,
 }
 
@@ -368,7 +369,7 @@ mod tests {
         let commit = SnapshotCommit { version: 1, chunks: 2, checksum: 3, chain_start_offset: -1 };
         let bytes = encode_message(&SnapshotMessage::Commit(commit));
         let mut expected = b"FSNP".to_vec();
-        expected.extend_from_slice(&1u16.to_le_bytes());
+        expected.extend_from_slice(&2u16.to_le_bytes());
         expected.extend_from_slice(&2u32.to_le_bytes()); // variant Commit
         expected.extend_from_slice(&1u64.to_le_bytes());
         expected.extend_from_slice(&2u32.to_le_bytes());

@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow, SnapshotTombstone};
-use freshet_core::{HEAD_BIASES, Head, ModelSpec, TableKind, hash_id};
+use freshet_core::{Head, ModelSpec, TableKind, bias_terms, hash_id};
 use serde::Serialize;
 
 use crate::assemble::AssembledSnapshot;
@@ -173,13 +173,12 @@ impl ServingModel {
     }
 
     fn apply_entries(&mut self, rows: &[SnapshotRow], tombstones: &[SnapshotTombstone]) -> Result<(), ApplyError> {
-        let width = self.spec.row_width();
-        validate(rows, width)?;
+        validate(rows, &self.spec)?;
         for tombstone in tombstones {
-            self.tables[tombstone.table.index()].remove(tombstone.key, width);
+            self.tables[tombstone.table.index()].remove(tombstone.key, self.spec.row_width(tombstone.table));
         }
         for row in rows {
-            self.tables[row.table.index()].set(row.clone(), width);
+            self.tables[row.table.index()].set(row.clone(), self.spec.row_width(row.table));
         }
         Ok(())
     }
@@ -211,15 +210,15 @@ impl ServingModel {
         self.globals
     }
 
-    /// A row's parameters `[rating bias, click bias, factors…]`.
+    /// A row's parameters: its table's scalars (see [`TableKind::scalars`]), then the factors.
     pub fn row(&self, table: TableKind, key: u64) -> Option<&[f32]> {
-        self.tables[table.index()].row(key, self.spec.row_width())
+        self.tables[table.index()].row(key, self.spec.row_width(table))
     }
 
     /// Every row of a table as (key, item id, parameters), in arena order.
     pub fn rows(&self, table: TableKind) -> impl Iterator<Item = (u64, Option<&str>, &[f32])> {
+        let width = self.spec.row_width(table);
         let table = &self.tables[table.index()];
-        let width = self.spec.row_width();
         table
             .keys
             .iter()
@@ -231,9 +230,8 @@ impl ServingModel {
     /// The head's prediction for `user` and `item`. Unknown ids score with
     /// zero parameters: an unknown user gets the item's bias-based score.
     pub fn score(&self, head: Head, user: &str, item: &str) -> f32 {
-        let width = self.spec.row_width();
-        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), width);
-        let item_row = self.tables[TableKind::Item.index()].row(hash_id(item), width);
+        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), self.spec.row_width(TableKind::User));
+        let item_row = self.tables[TableKind::Item.index()].row(hash_id(item), self.spec.row_width(TableKind::Item));
         let raw = self.raw_score(head, user_row, item_row);
         head.predict(raw, &self.spec)
     }
@@ -241,12 +239,11 @@ impl ServingModel {
     /// The `k` best items for `user` by the head's score, excluding `exclude`
     /// (item ids). An unknown user gets the items with the highest biases.
     pub fn top_k(&self, head: Head, user: &str, k: usize, exclude: &HashSet<String>) -> Vec<Recommendation> {
-        let width = self.spec.row_width();
-        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), width);
+        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), self.spec.row_width(TableKind::User));
         let excluded: HashSet<u64> = exclude.iter().map(|id| hash_id(id)).collect();
         let items = &self.tables[TableKind::Item.index()];
         let mut best: BinaryHeap<Reverse<(OrderedScore, usize)>> = BinaryHeap::with_capacity(k + 1);
-        for (at, item_row) in items.values.chunks_exact(width).enumerate() {
+        for (at, item_row) in items.values.chunks_exact(self.spec.row_width(TableKind::Item)).enumerate() {
             if k == 0 || items.ids[at].is_none() || excluded.contains(&items.keys[at]) {
                 continue;
             }
@@ -269,12 +266,12 @@ impl ServingModel {
             .collect()
     }
 
-    /// `global + b_user + b_item + ⟨p_user, v_item⟩` for one head.
+    /// `global + ⟨p_user, v_item⟩` plus the head's [`bias_terms`], as the trainer scores.
     fn raw_score(&self, head: Head, user: Option<&[f32]>, item: Option<&[f32]>) -> f32 {
-        let h = head.index();
-        let mut score = self.globals[h] + user.map_or(0.0, |u| u[h]) + item.map_or(0.0, |i| i[h]);
+        let mut score = self.globals[head.index()] + bias_terms(head, user, item);
         if let (Some(user), Some(item)) = (user, item) {
-            score += user[HEAD_BIASES..].iter().zip(&item[HEAD_BIASES..]).map(|(a, b)| a * b).sum::<f32>();
+            let (p, v) = (&user[TableKind::User.scalars()..], &item[TableKind::Item.scalars()..]);
+            score += p.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
         }
         score
     }
@@ -299,8 +296,9 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
     }
 }
 
-fn validate(rows: &[SnapshotRow], width: usize) -> Result<(), ApplyError> {
+fn validate(rows: &[SnapshotRow], spec: &ModelSpec) -> Result<(), ApplyError> {
     for row in rows {
+        let width = spec.row_width(row.table);
         if row.values.len() != width {
             return Err(ApplyError::RowWidth {
                 table: row.table,
@@ -343,7 +341,8 @@ mod tests {
         ModelSpec { dim: 2, rating_min: 1.0, rating_max: 5.0, context_features: false }
     }
 
-    fn row(table: TableKind, id: &str, values: [f32; 4]) -> SnapshotRow {
+    /// A row of `spec()`: users `[b_rating, b_click, c, s, p₀, p₁]`, others `[b_rating, b_click, v₀, v₁]`.
+    fn row(table: TableKind, id: &str, values: &[f32]) -> SnapshotRow {
         let id_kept = (table == TableKind::Item).then(|| id.to_owned());
         SnapshotRow { table, key: hash_id(id), id: id_kept, values: values.to_vec() }
     }
@@ -355,10 +354,11 @@ mod tests {
 
     fn model() -> ServingModel {
         let rows = vec![
-            row(TableKind::User, "alice", [0.5, 0.0, 1.0, 0.0]),
-            row(TableKind::Item, "a", [0.1, 0.0, 1.0, 0.0]),
-            row(TableKind::Item, "b", [0.9, 0.0, 0.0, 1.0]),
-            row(TableKind::Item, "c", [-0.5, 0.0, 2.0, 0.0]),
+            row(TableKind::User, "alice", &[0.5, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            row(TableKind::User, "bob", &[0.5, 0.0, 1.0, 0.2, 1.0, 0.0]),
+            row(TableKind::Item, "a", &[0.1, 0.0, 1.0, 0.0]),
+            row(TableKind::Item, "b", &[0.9, 0.0, 0.0, 1.0]),
+            row(TableKind::Item, "c", &[-0.5, 0.0, 2.0, 0.0]),
         ];
         ServingModel::from_full(&snapshot(1, SnapshotKind::Full, rows, vec![])).expect("valid")
     }
@@ -374,6 +374,21 @@ mod tests {
         assert!((model.score(Head::Rating, "nobody", "b") - 3.9).abs() < 1e-6);
         // Click head: biases 0, so σ(⟨(1,0),(1,0)⟩) = σ(1).
         assert!((model.score(Head::Click, "alice", "a") - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_users_scale_and_session_offsets_enter_the_rating_only() {
+        let model = model();
+        // 3 + 0.5 + 0.2 (session) + (1 + 1.0)·0.1 (scaled item bias) + 1 = 4.9
+        assert!((model.score(Head::Rating, "bob", "a") - 4.9).abs() < 1e-6);
+        // 3 + 0.5 + 0.2 + 2·0.9 + 0 = 5.5, clipped to 5
+        assert_eq!(model.score(Head::Rating, "bob", "b"), 5.0);
+        assert_eq!(model.score(Head::Click, "bob", "a"), model.score(Head::Click, "alice", "a"));
+        // Alice (scale 1) ranks c, a, b; Bob's doubled item biases put b
+        // (2·0.9) first and c (2·−0.5 + 2) last.
+        let ranked: Vec<String> =
+            model.top_k(Head::Rating, "bob", 3, &HashSet::new()).into_iter().map(|r| r.item).collect();
+        assert_eq!(ranked, ["b", "a", "c"]);
     }
 
     #[test]
@@ -395,7 +410,7 @@ mod tests {
         let delta = snapshot(
             2,
             SnapshotKind::Delta { base_version: 1 },
-            vec![row(TableKind::Item, "d", [2.0, 0.0, 0.0, 0.0])],
+            vec![row(TableKind::Item, "d", &[2.0, 0.0, 0.0, 0.0])],
             vec!["a", "b"],
         );
         model.apply_delta(&delta).expect("applies");
@@ -408,7 +423,7 @@ mod tests {
         let bad_row = snapshot(
             3,
             SnapshotKind::Delta { base_version: 2 },
-            vec![row(TableKind::User, "x", [f32::NAN; 4])],
+            vec![row(TableKind::User, "x", &[f32::NAN; 6])],
             vec![],
         );
         assert!(matches!(model.apply_delta(&bad_row), Err(ApplyError::NonFinite { .. })));

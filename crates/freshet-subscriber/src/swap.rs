@@ -114,7 +114,7 @@ mod tests {
 
     fn snapshot(version: u64, kind: SnapshotKind, key: u64) -> AssembledSnapshot {
         let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
-        let rows = vec![SnapshotRow { table: TableKind::User, key, id: None, values: vec![version as f32; 10] }];
+        let rows = vec![SnapshotRow { table: TableKind::User, key, id: None, values: vec![version as f32; 12] }];
         assembled(version, kind, spec, rows, vec![])
     }
 

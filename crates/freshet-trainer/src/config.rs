@@ -51,6 +51,16 @@ pub struct TrainerConfig {
     /// first event, back to `learning_rate` as it matures. A young row's
     /// preference is the least known, so its first steps move it further.
     pub factor_boost_count: Option<f32>,
+    /// Learning rate of each user's rating scale offset `c` (the rating head
+    /// weighs an item's bias by `1 + c`); 0 keeps every scale at 1. The
+    /// offset follows the bias update rule.
+    pub scale_learning_rate: f32,
+    /// Learning rate of each user's session offset, a rating bias of the
+    /// user's current sitting; 0 keeps it at 0. It follows the bias update rule.
+    pub session_learning_rate: f32,
+    /// A user's rating more than this long (event time, ms) after their
+    /// previous event begins a new session: the session offset restarts at 0.
+    pub session_gap_ms: i64,
     /// Adam's first-moment decay. The default 0 (no momentum) steps each row
     /// along its newest summed gradient, normalised by its running RMS:
     /// momentum hurt on sparse, noisy feedback streams in our measurements.
@@ -102,6 +112,9 @@ impl Default for TrainerConfig {
             bias_learning_rate: 0.03,
             bias_prior_count: Some(5.0),
             factor_boost_count: Some(5.0),
+            scale_learning_rate: 0.1,
+            session_learning_rate: 0.03,
+            session_gap_ms: 3_600_000,
             beta1: 0.0,
             beta2: 0.99,
             epsilon: 1e-2,
@@ -165,6 +178,11 @@ impl TrainerConfig {
         }
         if let Some(boost) = self.factor_boost_count {
             positive_finite("trainer.factor_boost_count", boost)?;
+        }
+        non_negative_finite("trainer.scale_learning_rate", self.scale_learning_rate)?;
+        non_negative_finite("trainer.session_learning_rate", self.session_learning_rate)?;
+        if self.session_gap_ms <= 0 {
+            return Err(ConfigError::new("trainer.session_gap_ms", "must be positive"));
         }
         unit_open("trainer.beta1", self.beta1, true)?;
         unit_open("trainer.beta2", self.beta2, false)?;
@@ -257,6 +275,8 @@ mod tests {
             (TrainerConfig { factor_boost_count: Some(0.0), ..Default::default() }, "trainer.factor_boost_count"),
             (TrainerConfig { clip_norm: Some(f32::NAN), ..Default::default() }, "trainer.clip_norm"),
             (TrainerConfig { min_count: 0, ..Default::default() }, "trainer.min_count"),
+            (TrainerConfig { scale_learning_rate: -0.1, ..Default::default() }, "trainer.scale_learning_rate"),
+            (TrainerConfig { session_gap_ms: 0, ..Default::default() }, "trainer.session_gap_ms"),
             (TrainerConfig { ttl_ms: Some(0), ..Default::default() }, "trainer.ttl_ms"),
             (
                 TrainerConfig {

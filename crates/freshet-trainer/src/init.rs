@@ -4,13 +4,13 @@
 
 use freshet_core::TableKind;
 
-/// Fills `row` with zero biases (its first `biases` values) and factors
-/// uniform in `[−√3·std, √3·std]` (standard deviation `std`).
-pub(crate) fn init_row(seed: u64, table: TableKind, key: u64, std: f32, biases: usize, row: &mut [f32]) {
+/// Fills `row` with zero scalars (its table's first [`TableKind::scalars`]
+/// values) and factors uniform in `[−√3·std, √3·std]` (standard deviation `std`).
+pub(crate) fn init_row(seed: u64, table: TableKind, key: u64, std: f32, row: &mut [f32]) {
     let mut state = seed ^ key.rotate_left(17) ^ (table.index() as u64).wrapping_mul(0xa076_1d64_78bd_642f);
     let half_width = 3.0f32.sqrt() * std;
-    let (bias, factors) = row.split_at_mut(biases);
-    bias.fill(0.0);
+    let (scalars, factors) = row.split_at_mut(table.scalars());
+    scalars.fill(0.0);
     for value in factors {
         // 24 random bits → uniform in [0, 1).
         let unit = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
@@ -34,18 +34,18 @@ mod tests {
     #[test]
     fn depends_on_seed_table_and_key_only() {
         let draw = |seed, table, key| {
-            let mut row = [1.0f32; 33];
-            init_row(seed, table, key, 0.1, 1, &mut row);
+            let mut row = [1.0f32; 36];
+            init_row(seed, table, key, 0.1, &mut row);
             row
         };
         assert_eq!(draw(1, TableKind::User, 7), draw(1, TableKind::User, 7));
         assert_ne!(draw(1, TableKind::User, 7), draw(1, TableKind::Item, 7));
         assert_ne!(draw(1, TableKind::User, 7), draw(2, TableKind::User, 7));
         let row = draw(1, TableKind::User, 7);
-        assert_eq!(row[0], 0.0);
+        assert_eq!(row[..4], [0.0; 4], "a user row's scalars start at 0");
         let bound = 3.0f32.sqrt() * 0.1;
-        assert!(row[1..].iter().all(|x| x.abs() <= bound));
-        let mean = row[1..].iter().sum::<f32>() / 32.0;
+        assert!(row[4..].iter().all(|x| x.abs() <= bound && *x != 1.0));
+        let mean = row[4..].iter().sum::<f32>() / 32.0;
         assert!(mean.abs() < 0.1);
     }
 }

@@ -2,15 +2,21 @@
 //! gradient summed over a micro-batch. A step is computed aside and written
 //! only if every new value is finite.
 
+use std::ops::Range;
+
+use freshet_core::{HEAD_BIASES, USER_RATING_SCALE, USER_SESSION_OFFSET};
+
 use crate::config::{Algorithm, TrainerConfig};
 use crate::kernels::{all_finite, dot};
 
 /// A row's parameters and moment slots, borrowed for one step. Moment slices
 /// the algorithms do not use are empty.
 pub(crate) struct RowMut<'a> {
-    /// How many leading parameters are biases; the rest are factors.
-    pub biases: usize,
-    /// `[biases..., factors...]`.
+    /// How many leading parameters are scalars: the head biases (at most
+    /// [`HEAD_BIASES`]), then in user rows the rating scale and session
+    /// offsets. The rest are factors.
+    pub scalars: usize,
+    /// `[scalars..., factors...]`.
     pub params: &'a mut [f32],
     /// First moment (Adam), else empty.
     pub m: &'a mut [f32],
@@ -21,7 +27,7 @@ pub(crate) struct RowMut<'a> {
 /// Whether the step adds the L2 penalty: rows do, the global biases do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Penalty {
-    /// `bias_l2` on the biases, `l2` on the factors, times the event count.
+    /// `bias_l2` on the scalars, `l2` on the factors, times the event count.
     L2,
     /// No penalty.
     None,
@@ -36,7 +42,8 @@ pub(crate) struct StepScratch {
     next: Vec<f32>,
 }
 
-/// The configured update rules: one for factors, one for biases.
+/// The configured update rules: one for factors, one for the scalars (biases
+/// and the users' scale and session offsets, each kind at its own rate).
 #[derive(Debug, Clone)]
 pub(crate) struct Optimizer {
     algorithm: Algorithm,
@@ -45,6 +52,8 @@ pub(crate) struct Optimizer {
     bias_learning_rate: f32,
     bias_prior_count: Option<f32>,
     factor_boost_count: Option<f32>,
+    scale_learning_rate: f32,
+    session_learning_rate: f32,
     beta1: f32,
     beta2: f32,
     first_correction: BiasCorrection,
@@ -129,6 +138,8 @@ impl Optimizer {
             bias_learning_rate: config.bias_learning_rate,
             bias_prior_count: config.bias_prior_count,
             factor_boost_count: config.factor_boost_count,
+            scale_learning_rate: config.scale_learning_rate,
+            session_learning_rate: config.session_learning_rate,
             beta1: config.beta1,
             beta2: config.beta2,
             first_correction: BiasCorrection::new(config.beta1),
@@ -165,7 +176,7 @@ impl Optimizer {
         penalty: Penalty,
         scratch: &mut StepScratch,
     ) -> bool {
-        let RowMut { biases, params, m, v } = row;
+        let RowMut { scalars, params, m, v } = row;
         let width = params.len();
         debug_assert_eq!(grad.len(), width);
         debug_assert!([m.len(), v.len()].iter().all(|&len| len == 0 || len == width));
@@ -176,8 +187,8 @@ impl Optimizer {
         };
         let g = &mut scratch.grad;
         g.clear();
-        g.extend(grad[..biases].iter().zip(&params[..biases]).map(|(g, p)| g + bias_l2 * p));
-        g.extend(grad[biases..].iter().zip(&params[biases..]).map(|(g, p)| g + l2 * p));
+        g.extend(grad[..scalars].iter().zip(&params[..scalars]).map(|(g, p)| g + bias_l2 * p));
+        g.extend(grad[scalars..].iter().zip(&params[scalars..]).map(|(g, p)| g + l2 * p));
         // Not finite if any element is NaN or infinite, or if squares overflow.
         let norm2 = dot(g, g);
         if !norm2.is_finite() {
@@ -200,9 +211,21 @@ impl Optimizer {
         let (next_p, next_moments) = next.split_at_mut(width);
         let (next_m, next_v) = next_moments.split_at_mut(m.len());
         let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon };
+        // The leading scalars that exist in this row, each kind at its own rate.
+        let scalar = |span: Range<usize>| span.start.min(scalars)..span.end.min(scalars);
         let spans = [
-            (0..biases, self.bias_algorithm, self.bias_rate(input) * lr_scale),
-            (biases..width, self.algorithm, self.factor_rate(input) * lr_scale),
+            (scalar(0..HEAD_BIASES), self.bias_algorithm, self.bias_rate(input) * lr_scale),
+            (
+                scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1),
+                self.bias_algorithm,
+                self.scale_learning_rate * lr_scale,
+            ),
+            (
+                scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1),
+                self.bias_algorithm,
+                self.session_learning_rate * lr_scale,
+            ),
+            (scalars..width, self.algorithm, self.factor_rate(input) * lr_scale),
         ];
         for (span, algorithm, rate) in spans {
             let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
@@ -287,12 +310,12 @@ struct SlotsMut<'a> {
 }
 
 /// `slots[span]`, or nothing when the row keeps no such slot.
-fn part<'a>(slots: &'a [f32], span: &std::ops::Range<usize>) -> &'a [f32] {
+fn part<'a>(slots: &'a [f32], span: &Range<usize>) -> &'a [f32] {
     if slots.is_empty() { slots } else { &slots[span.clone()] }
 }
 
 /// `slots[span]`, or nothing when the row keeps no such slot.
-fn part_mut<'a>(slots: &'a mut [f32], span: &std::ops::Range<usize>) -> &'a mut [f32] {
+fn part_mut<'a>(slots: &'a mut [f32], span: &Range<usize>) -> &'a mut [f32] {
     if slots.is_empty() { slots } else { &mut slots[span.clone()] }
 }
 
@@ -374,7 +397,7 @@ mod tests {
     fn run(opt: &Optimizer, params: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], step: u32) -> bool {
         let mut scratch = StepScratch::default();
         let input = StepInput { count: 1, step, prior_updates: u64::from(step - 1) };
-        opt.step(RowMut { biases: 1, params, m, v }, grad, input, 1.0, Penalty::None, &mut scratch)
+        opt.step(RowMut { scalars: 1, params, m, v }, grad, input, 1.0, Penalty::None, &mut scratch)
     }
 
     /// Two Adam steps against values computed by hand from the textbook rule
@@ -481,7 +504,7 @@ mod tests {
             // Squared-loss gradients at the current value, summed over the batch.
             let grad: f32 = batch.iter().map(|y| params[0] - y).sum();
             let input = StepInput { count: batch.len() as u32, step: step as u32 + 1, prior_updates: seen };
-            let row = RowMut { biases: 1, params: &mut params, m: &mut m, v: &mut v };
+            let row = RowMut { scalars: 1, params: &mut params, m: &mut m, v: &mut v };
             assert!(opt.step(row, &[grad, 0.0], input, 1.0, Penalty::None, &mut scratch));
             seen += batch.len() as u64;
             let mean = targets[..seen as usize].iter().sum::<f32>() / (seen as f32 + 2.0);
@@ -510,7 +533,7 @@ mod tests {
         // (events before the step, events in it) → factor rate 0.1·(1 + 4/(n + 4)).
         for (prior_updates, count, rate) in [(0u64, 4u32, 0.15f32), (0, 1, 0.18), (12, 4, 0.12)] {
             let mut params = [0.0f32, 0.0];
-            let row = RowMut { biases: 1, params: &mut params, m: &mut [], v: &mut [] };
+            let row = RowMut { scalars: 1, params: &mut params, m: &mut [], v: &mut [] };
             let input = StepInput { count, step: 1, prior_updates };
             assert!(sgd.step(row, &[1.0, 1.0], input, 1.0, Penalty::None, &mut scratch));
             assert_eq!(params[0], -0.1);
@@ -534,7 +557,7 @@ mod tests {
         });
         let mut params = [1.0f32, 1.0];
         let mut scratch = StepScratch::default();
-        let row = RowMut { biases: 1, params: &mut params, m: &mut [], v: &mut [] };
+        let row = RowMut { scalars: 1, params: &mut params, m: &mut [], v: &mut [] };
         let input = StepInput { count: 3, step: 1, prior_updates: 0 };
         assert!(sgd.step(row, &[0.0, 0.0], input, 1.0, Penalty::L2, &mut scratch));
         // factor gradient = 3 events · 0.5 · 1.0 = 1.5; the bias is not penalised.

@@ -303,16 +303,16 @@ impl DenseState {
 }
 
 /// Checks saved rows one by one, as they arrive: sorted by (table, key)
-/// without repeats, the spec's width, finite values, an id exactly on item rows.
+/// without repeats, their table's width, finite values, an id exactly on item rows.
 #[derive(Debug, Clone)]
 pub(crate) struct RowChecker {
-    width: usize,
+    dim: usize,
     previous: Option<(TableKind, u64)>,
 }
 
 impl RowChecker {
     pub(crate) fn new(spec: &ModelSpec) -> Self {
-        RowChecker { width: spec.row_width(), previous: None }
+        RowChecker { dim: spec.dim, previous: None }
     }
 
     pub(crate) fn check(&mut self, row: &RowRef<'_>) -> Result<(), StateError> {
@@ -321,7 +321,7 @@ impl RowChecker {
             return Err(StateError::Unsorted { table, key });
         }
         self.previous = Some((table, key));
-        let width = self.width;
+        let width = table.scalars() + self.dim;
         let moments_ok = [row.m, row.v].iter().all(|m| m.is_empty() || m.len() == width);
         if row.params.len() != width || !moments_ok {
             return Err(StateError::RowWidth { table, key, expected: width });

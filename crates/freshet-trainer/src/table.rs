@@ -1,10 +1,12 @@
-//! One dynamic embedding table: rows of `[biases…, factor_1 … factor_dim]`
+//! One dynamic embedding table: rows of `[scalars…, factor_1 … factor_dim]`
+//! (the scalars: a bias per head, and in user rows the rating scale and
+//! session offsets)
 //! with the optimizer's moments beside them in one contiguous f32 arena,
 //! per-row step and update counters and last-update time, a 64-bit key → row
 //! map, and the record of what changed since the last drain. Removing a row
 //! moves the last row into its place, so the arena stays dense.
 
-use freshet_core::TableKind;
+use freshet_core::{TableKind, USER_SESSION_OFFSET};
 use ndarray::{ArrayView2, ShapeBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +53,7 @@ pub(crate) const NO_SLOT: u32 = u32::MAX;
 pub(crate) struct Table {
     kind: TableKind,
     width: usize,
-    biases: usize,
+    scalars: usize,
     moments: usize,
     /// Floats per row in the arena: `width × (1 + moments)`.
     stride: usize,
@@ -65,14 +67,14 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// An empty table of rows `width` floats wide whose first `biases` are
-    /// biases, with `moments` moment slots per parameter (2: first and second
+    /// An empty table of `kind`'s rows for a `dim`-dimensional model, with `moments` moment slots per parameter (2: first and second
     /// moment; 1: second only; 0: none).
-    pub(crate) fn new(kind: TableKind, width: usize, biases: usize, moments: usize) -> Self {
+    pub(crate) fn new(kind: TableKind, dim: usize, moments: usize) -> Self {
+        let width = kind.scalars() + dim;
         Table {
             kind,
             width,
-            biases,
+            scalars: kind.scalars(),
             moments,
             stride: width * (1 + moments),
             arena: Arena::default(),
@@ -83,6 +85,12 @@ impl Table {
             dirty_keys: Vec::new(),
             tombstones: KeyMap::default(),
         }
+    }
+
+    /// Floats before the factors in each row.
+    #[inline]
+    pub(crate) fn scalars(&self) -> usize {
+        self.scalars
     }
 
     /// Number of rows.
@@ -151,7 +159,7 @@ impl Table {
         row
     }
 
-    /// `[biases..., factors...]` of a row.
+    /// `[scalars..., factors...]` of a row.
     #[inline]
     pub(crate) fn params(&self, row: u32) -> &[f32] {
         let start = row as usize * self.stride;
@@ -175,7 +183,7 @@ impl Table {
         let floats = &mut self.arena[start..start + self.stride];
         let (params, moments) = floats.split_at_mut(self.width);
         let (m, v) = if self.moments >= 2 { moments.split_at_mut(self.width) } else { (&mut [][..], moments) };
-        RowMut { biases: self.biases, params, m, v }
+        RowMut { scalars: self.scalars, params, m, v }
     }
 
     /// Optimizer steps taken by a row.
@@ -204,6 +212,21 @@ impl Table {
         meta.updates += u64::from(events);
         meta.last_update = now_ms;
         self.mark_dirty(row);
+    }
+
+    /// Starts a new session for a user row whose last update is more than
+    /// `gap_ms` before `ts`: its session offset restarts at 0.
+    #[inline]
+    pub(crate) fn start_session_if_idle(&mut self, row: u32, ts: i64, gap_ms: i64) {
+        debug_assert_eq!(self.kind, TableKind::User);
+        if ts.saturating_sub(self.meta[row as usize].last_update) > gap_ms {
+            let start = row as usize * self.stride;
+            let offset = &mut self.arena[start + USER_SESSION_OFFSET];
+            if *offset != 0.0 {
+                *offset = 0.0;
+                self.mark_dirty(row);
+            }
+        }
     }
 
     #[inline]
@@ -339,7 +362,7 @@ impl Table {
         rows[start..].sort_unstable_by_key(|row| row.key);
     }
 
-    /// Every row's `[biases..., factors...]`, one row per table row, in arena
+    /// Every row's `[scalars..., factors...]`, one row per table row, in arena
     /// order (which changes as rows are removed; see [`Table::keys`]). A
     /// strided view into the arena: no copy.
     pub(crate) fn params_view(&self) -> ArrayView2<'_, f32> {
@@ -364,7 +387,7 @@ mod tests {
     use super::*;
 
     fn table() -> Table {
-        Table::new(TableKind::Item, 3, 2, 2)
+        Table::new(TableKind::Item, 1, 2)
     }
 
     fn fill(value: f32) -> impl FnOnce(&mut [f32]) {

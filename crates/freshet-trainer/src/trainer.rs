@@ -11,7 +11,10 @@
 //! the end of the batch.
 
 use freshet_core::id_hash::hash_feature_with;
-use freshet_core::{ConfigError, Features, Feedback, ModelSpec, TableKind, hash_feature, hash_id};
+use freshet_core::{
+    ConfigError, Features, Feedback, ModelSpec, TableKind, USER_RATING_SCALE, USER_SESSION_OFFSET, bias_terms,
+    hash_feature, hash_id,
+};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
@@ -28,9 +31,6 @@ use crate::state::{
     Delta, DenseState, GlobalParams, ModelParams, PendingRow, RowRef, RowState, StateError, Tombstone, TrainerState,
 };
 use crate::table::{NO_SLOT, Removal, Table};
-
-/// Leading biases of each row: one per head.
-const BIASES: usize = Head::ALL.len();
 
 /// The online model and its optimizer. See the crate documentation.
 #[derive(Debug, Clone)]
@@ -66,10 +66,12 @@ impl GradSums {
         GradSums { width, rows: Vec::new(), grads: Vec::new(), counts: Vec::new() }
     }
 
-    /// Adds one event's gradient to `row` of `table`: `d` on the head's bias
-    /// and `d·x` on the factors (nothing on the factors without `x`).
+    /// Adds one event's gradient to `row` of `table`: `bias_d` on the head's
+    /// bias and `d·x` on the factors (nothing on the factors without `x`).
+    /// Returns the row's gradient sum, for the scalars only some rows have.
     #[inline]
-    fn add(&mut self, table: &mut Table, row: u32, head: Head, d: f32, x: Option<&[f32]>) {
+    fn add(&mut self, table: &mut Table, row: u32, head: Head, bias_d: f32, d: f32, x: Option<&[f32]>) -> &mut [f32] {
+        let scalars = table.scalars();
         let slot = table.slot_mut(row);
         if *slot == NO_SLOT {
             *slot = self.rows.len() as u32;
@@ -80,10 +82,11 @@ impl GradSums {
         let s = *slot as usize;
         self.counts[s] += 1;
         let g = &mut self.grads[s * self.width..(s + 1) * self.width];
-        g[head.index()] += d;
+        g[head.index()] += bias_d;
         if let Some(x) = x {
-            axpy(d, x, &mut g[BIASES..]);
+            axpy(d, x, &mut g[scalars..]);
         }
+        g
     }
 
     /// Forgets the sums, freeing the rows' slots in `table`.
@@ -137,6 +140,8 @@ struct Observation<'a> {
     user: &'a str,
     item: &'a str,
     features: &'a Features,
+    /// Event time (epoch ms).
+    ts: i64,
 }
 
 impl<'a> Observation<'a> {
@@ -148,6 +153,7 @@ impl<'a> Observation<'a> {
                 user: &r.user,
                 item: &r.item,
                 features: &r.features,
+                ts: r.ts,
             }),
             Feedback::Click(c) => Some(Observation {
                 head: Head::Click,
@@ -155,6 +161,7 @@ impl<'a> Observation<'a> {
                 user: &c.user,
                 item: &c.item,
                 features: &c.features,
+                ts: c.ts,
             }),
             Feedback::Forget(_) => None,
         }
@@ -166,7 +173,6 @@ impl Trainer {
     pub fn new(spec: ModelSpec, config: TrainerConfig) -> Result<Self, ConfigError> {
         spec.check()?;
         config.check()?;
-        let width = spec.row_width();
         let optimizer = Optimizer::new(&config);
         let moments = optimizer.moments();
         let globals = GlobalParams {
@@ -178,9 +184,9 @@ impl Trainer {
         };
         Ok(Trainer {
             optimizer,
-            tables: TableKind::ALL.map(|kind| Table::new(kind, width, BIASES, moments)),
+            tables: TableKind::ALL.map(|kind| Table::new(kind, spec.dim, moments)),
             admission: TableKind::ALL.map(|kind| Admission::new(kind, config.min_count, config.max_pending)),
-            sums: TableKind::ALL.map(|_| GradSums::new(width)),
+            sums: TableKind::ALL.map(|kind| GradSums::new(spec.row_width(kind))),
             globals,
             global_sums: GlobalSums::default(),
             metrics: ProgressiveMetrics::new(config.metric_window),
@@ -463,6 +469,9 @@ impl Trainer {
         self.counters.events_applied += 1;
         let user = keys.user.or_else(|| self.resolve(TableKind::User, keys.user_key, obs.user));
         let item = keys.item.or_else(|| self.resolve(TableKind::Item, keys.item_key, obs.item));
+        if let Some(u) = user {
+            self.tables[TableKind::User.index()].start_session_if_idle(u, obs.ts, self.config.session_gap_ms);
+        }
         let mut features = std::mem::take(&mut self.scratch.features);
         features.clear();
         if self.spec.context_features {
@@ -495,15 +504,24 @@ impl Trainer {
         global_sums.counts[head.index()] += 1;
         let [user_sums, item_sums, feature_sums] = sums;
         let [users, items, feature_table] = tables;
-        let item_factors = item.map(|i| &items.params(i)[BIASES..]);
+        let item_params = item.map(|i| items.params(i));
+        let item_factors = item_params.map(|v| &v[items.scalars()..]);
+        // The rating head weighs the item's bias by the user's scale 1 + c.
+        let mut item_bias_weight = 1.0;
         if let Some(u) = user {
-            user_sums.add(users, u, head, d, item_factors);
+            let scale = users.params(u)[USER_RATING_SCALE];
+            let g = user_sums.add(users, u, head, d, d, item_factors);
+            if head == Head::Rating {
+                item_bias_weight += scale;
+                g[USER_RATING_SCALE] += d * item_params.map_or(0.0, |v| v[head.index()]);
+                g[USER_SESSION_OFFSET] += d;
+            }
         }
         for &f in &features {
-            feature_sums.add(feature_table, f, head, d, item_factors);
+            feature_sums.add(feature_table, f, head, d, d, item_factors);
         }
         if let Some(i) = item {
-            item_sums.add(items, i, head, d, Some(&scratch.user_vec));
+            item_sums.add(items, i, head, d * item_bias_weight, d, Some(&scratch.user_vec));
         }
         self.scratch.features = features;
     }
@@ -522,7 +540,7 @@ impl Trainer {
         }
         counters.admitted += 1;
         let (seed, std) = (self.config.seed, self.config.init_std);
-        Some(self.tables[k].insert(key, id, self.clock_ms, |row| init_row(seed, kind, key, std, BIASES, row)))
+        Some(self.tables[k].insert(key, id, self.clock_ms, |row| init_row(seed, kind, key, std, row)))
     }
 
     /// One optimizer step per touched row and per head that saw events.
@@ -552,7 +570,7 @@ impl Trainer {
                 continue;
             }
             let row = RowMut {
-                biases: 1,
+                scalars: 1,
                 params: std::slice::from_mut(&mut globals.bias[h]),
                 m: if moments >= 2 { std::slice::from_mut(&mut globals.m[h]) } else { &mut [] },
                 v: if moments >= 1 { std::slice::from_mut(&mut globals.v[h]) } else { &mut [] },
@@ -615,8 +633,8 @@ impl Trainer {
     }
 }
 
-/// `global[h] + b_user[h] + Σ w_f[h] + b_item[h] + ⟨p_user + Σ q_f, v_item⟩`
-/// for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
+/// `global[h] + Σ w_f[h] + ⟨p_user + Σ q_f, v_item⟩` plus the head's
+/// [`bias_terms`] for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
 fn raw_score(
     tables: &[Table; 3],
     globals: &GlobalParams,
@@ -628,23 +646,20 @@ fn raw_score(
 ) -> f32 {
     let [users, items, feature_table] = tables;
     let h = head.index();
-    let mut score = globals.bias[h];
-    match user {
-        Some(u) => {
-            let p = users.params(u);
-            score += p[h];
-            user_vec.copy_from_slice(&p[BIASES..]);
-        }
+    let user_params = user.map(|u| users.params(u));
+    let item_params = item.map(|i| items.params(i));
+    let mut score = globals.bias[h] + bias_terms(head, user_params, item_params);
+    match user_params {
+        Some(p) => user_vec.copy_from_slice(&p[users.scalars()..]),
         None => user_vec.fill(0.0),
     }
     for &f in features {
         let q = feature_table.params(f);
         score += q[h];
-        axpy(1.0, &q[BIASES..], user_vec);
+        axpy(1.0, &q[feature_table.scalars()..], user_vec);
     }
-    if let Some(i) = item {
-        let v = items.params(i);
-        score += v[h] + dot(user_vec, &v[BIASES..]);
+    if let Some(v) = item_params {
+        score += dot(user_vec, &v[items.scalars()..]);
     }
     score
 }
@@ -703,7 +718,9 @@ mod tests {
                 .map(|(n, v)| t.resolve(TableKind::Feature, hash_feature(n, v), "").expect("admitted"))
                 .collect();
             for (k, row) in [(0usize, user), (1, item), (2, feature_rows[0]), (2, feature_rows[1])] {
-                t.tables[k].row_mut(row).params[..BIASES].fill(0.1 * (k as f32 + 1.0));
+                // Every scalar non-zero, the user's scale and session offsets included.
+                let scalars = t.tables[k].scalars();
+                t.tables[k].row_mut(row).params[..scalars].fill(0.1 * (k as f32 + 1.0));
             }
             t.globals.bias[obs.head.index()] = 0.3;
             let fresh_from = t.tables.each_ref().map(Table::len);
@@ -722,7 +739,7 @@ mod tests {
             for (kind, row) in touched {
                 let k = kind.index();
                 let slot = *t.tables[k].slot_mut(row) as usize;
-                let width = t.spec.row_width();
+                let width = t.spec.row_width(kind);
                 let analytic: Vec<f32> = t.sums[k].grads[slot * width..(slot + 1) * width].to_vec();
                 for (j, &analytic) in analytic.iter().enumerate() {
                     let original = t.tables[k].params(row)[j];
@@ -750,7 +767,7 @@ mod tests {
             t.globals.bias[g] = original;
             let numeric = (up - down) / f64::from(2.0 * h);
             assert!((numeric - f64::from(t.global_sums.grads[g])).abs() < 2e-3);
-            assert_eq!(checked, 4 * 10);
+            assert_eq!(checked, 12 + 3 * 10, "a user row has 4 scalars, the others 2, dim 8");
         }
     }
 }

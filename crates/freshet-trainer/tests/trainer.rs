@@ -2,7 +2,7 @@
 //! planted-factor stream of freshet-core.
 
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Features, Feedback, Forget, Rating, hash_id};
+use freshet_core::{Click, Features, Feedback, Forget, Rating, USER_RATING_SCALE, USER_SESSION_OFFSET, hash_id};
 use freshet_trainer::{
     Algorithm, Head, ModelSpec, Removal, TableKind, Tombstone, Trainer, TrainerConfig, TrainerState,
 };
@@ -23,6 +23,15 @@ fn mixed(n: usize) -> Vec<Feedback> {
 
 fn rating(user: &str, item: &str, value: f32, ts: i64) -> Feedback {
     Feedback::Rating(Rating { user: user.into(), item: item.into(), rating: value, ts, features: Features::new() })
+}
+
+fn click(user: &str, item: &str, ts: i64) -> Feedback {
+    Feedback::Click(Click { user: user.into(), item: item.into(), clicked: true, ts, features: Features::new() })
+}
+
+/// One of a user row's scalars.
+fn user_scalar(t: &Trainer, user: &str, at: usize) -> f32 {
+    t.row(TableKind::User, hash_id(user)).expect("the user has a row").params[at]
 }
 
 fn forget(user: &str, ts: i64) -> Feedback {
@@ -307,4 +316,60 @@ fn parameter_views_carry_item_ids() {
     assert_eq!(keys, &[hash_id("movie-42")]);
     let delta = t.drain_dirty().into_params();
     assert_eq!(delta.rows.len(), 2);
+}
+
+#[test]
+fn a_users_session_offset_learns_within_a_session_and_restarts_after_a_gap() {
+    let config = TrainerConfig::default();
+    let gap = config.session_gap_ms;
+    let mut t = Trainer::new(spec(), config).expect("valid");
+    // Everyone else rates 3; "u" rates 5 in one sitting, a minute apart.
+    for n in 0..20 {
+        t.train_batch(&[rating(&format!("other{n}"), "i", 3.0, n)]);
+    }
+    let sitting: Vec<Feedback> = (0..10).map(|k| rating("u", "i", 5.0, 1_000 + k * 60_000)).collect();
+    for event in &sitting {
+        t.train_batch(std::slice::from_ref(event));
+    }
+    let learned = user_scalar(&t, "u", USER_SESSION_OFFSET);
+    assert!(learned > 0.05, "the session offset follows the sitting's high ratings: {learned}");
+    let last = sitting.last().map(Feedback::ts).expect("events");
+    // A click within the gap keeps the session: the offset does not learn
+    // from clicks, only the L2 penalty shrinks it a little.
+    t.train_batch(&[click("u", "i", last + gap)]);
+    let kept = user_scalar(&t, "u", USER_SESSION_OFFSET);
+    assert!(kept <= learned && kept > 0.99 * learned, "{kept} vs {learned}");
+    // A click after a longer gap begins a new session.
+    t.train_batch(&[click("u", "i", last + 2 * gap + 1)]);
+    assert_eq!(user_scalar(&t, "u", USER_SESSION_OFFSET), 0.0);
+}
+
+#[test]
+fn a_users_rating_scale_follows_how_widely_they_spread_the_items() {
+    // Factors barely learn here, else they would take up the spread themselves.
+    let config = TrainerConfig { learning_rate: 1e-6, ..TrainerConfig::default() };
+    let mut t = Trainer::new(spec(), config).expect("valid");
+    // Items alternate good (+1) and bad (−1); five users rate them 3 ± 1,
+    // "wide" rates 3 ± 2 and "flat" rates everything 3.
+    let mut ts = 0;
+    for _ in 0..100 {
+        for item in 0..20 {
+            let effect = if item % 2 == 0 { 1.0 } else { -1.0 };
+            let item = format!("i{item}");
+            let raters = (0..5)
+                .map(|u| (format!("c{u}"), 3.0 + effect))
+                .chain([("wide".to_owned(), 3.0 + 2.0 * effect), ("flat".to_owned(), 3.0)]);
+            for (user, value) in raters {
+                ts += 1_000;
+                t.train_batch(&[rating(&user, &item, value, ts)]);
+            }
+        }
+    }
+    let (wide, flat) = (user_scalar(&t, "wide", USER_RATING_SCALE), user_scalar(&t, "flat", USER_RATING_SCALE));
+    assert!(wide > 0.3 && flat < -0.3, "scale offsets: wide {wide}, flat {flat}");
+    let spread = |user: &str| {
+        let good = t.predict(Head::Rating, user, "i0", &Features::new());
+        good - t.predict(Head::Rating, user, "i1", &Features::new())
+    };
+    assert!(spread("wide") > 3.0 && spread("flat").abs() < 0.5, "wide {}, flat {}", spread("wide"), spread("flat"));
 }
