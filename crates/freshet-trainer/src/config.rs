@@ -36,7 +36,9 @@ impl Algorithm {
 pub struct TrainerConfig {
     /// Update rule of factor vectors.
     pub algorithm: Algorithm,
-    /// Update rule of biases: per-row biases, feature weights and the global bias of each head.
+    /// Update rule of biases: per-row biases, feature weights and the global
+    /// bias of each head. Under SGD (either rule) a step's rate is at most
+    /// 1/events: a gradient summed over a burst never steps past its mean.
     pub bias_algorithm: Algorithm,
     /// Learning rate of factor vectors.
     pub learning_rate: f32,
@@ -56,7 +58,9 @@ pub struct TrainerConfig {
     /// offset follows the bias update rule.
     pub scale_learning_rate: f32,
     /// Learning rate of each user's session offset, a rating bias of the
-    /// user's current sitting; 0 keeps it at 0. It follows the bias update rule.
+    /// user's current sitting; 0 keeps it at 0. It follows the bias update
+    /// rule on the mean of a step's gradients: a micro-batch holding several
+    /// of the user's events is one look at the sitting's level.
     pub session_learning_rate: f32,
     /// A user's rating more than this long (event time, ms) after their
     /// previous event begins a new session: the session offset restarts at 0.

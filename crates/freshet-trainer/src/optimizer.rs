@@ -213,19 +213,13 @@ impl Optimizer {
         let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon };
         // The leading scalars that exist in this row, each kind at its own rate.
         let scalar = |span: Range<usize>| span.start.min(scalars)..span.end.min(scalars);
+        let rates = self.scalar_rates(input, lr_scale);
+        let factor_rate = self.factor_rate(input) * lr_scale;
         let spans = [
-            (scalar(0..HEAD_BIASES), self.bias_algorithm, self.bias_rate(input) * lr_scale),
-            (
-                scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1),
-                self.bias_algorithm,
-                self.scale_learning_rate * lr_scale,
-            ),
-            (
-                scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1),
-                self.bias_algorithm,
-                self.session_learning_rate * lr_scale,
-            ),
-            (scalars..width, self.algorithm, self.factor_rate(input) * lr_scale),
+            (scalar(0..HEAD_BIASES), self.bias_algorithm, rates.bias),
+            (scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1), self.bias_algorithm, rates.scale),
+            (scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1), self.bias_algorithm, rates.session),
+            (scalars..width, self.algorithm, sgd_capped(self.algorithm, factor_rate, count)),
         ];
         for (span, algorithm, rate) in spans {
             let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
@@ -241,6 +235,20 @@ impl Optimizer {
         m.copy_from_slice(next_m);
         v.copy_from_slice(next_v);
         true
+    }
+
+    /// The rates of the scalars. The session offset steps on the mean of
+    /// the step's gradients, not their sum: a batch holding several of a
+    /// user's events is one look at the level of the user's current sitting.
+    /// (The user's bias, which takes the same residuals, already moves by
+    /// their sum, and both moving by it overshoots on bursts.)
+    fn scalar_rates(&self, input: StepInput, lr_scale: f32) -> ScalarRates {
+        let count = input.count as f32;
+        ScalarRates {
+            bias: sgd_capped(self.bias_algorithm, self.bias_rate(input) * lr_scale, count),
+            scale: sgd_capped(self.bias_algorithm, self.scale_learning_rate * lr_scale, count),
+            session: self.session_learning_rate * lr_scale / count.max(1.0),
+        }
     }
 
     /// `max(bias_learning_rate, 1/(n + prior_count))` with `n` the events
@@ -264,6 +272,25 @@ impl Optimizer {
 
     fn correction(&self, step: u32) -> Correction {
         Correction { first: self.first_correction.at(step), second: self.second_correction.at(step) }
+    }
+}
+
+/// Learning rates of a row's scalars in one step.
+#[derive(Debug, Clone, Copy)]
+struct ScalarRates {
+    bias: f32,
+    scale: f32,
+    session: f32,
+}
+
+/// An SGD step on a gradient summed over `count` events never goes past the
+/// step on their mean: a rate above `1/count` would overshoot (a user's burst
+/// of ratings in one batch would throw a bias beyond the burst's mean
+/// residual). Normalised rules (Adam, AdaGrad) need no cap.
+fn sgd_capped(algorithm: Algorithm, rate: f32, count: f32) -> f32 {
+    match algorithm {
+        Algorithm::Sgd => rate.min(1.0 / count.max(1.0)),
+        Algorithm::Adam | Algorithm::Adagrad => rate,
     }
 }
 
@@ -538,6 +565,38 @@ mod tests {
             assert!(sgd.step(row, &[1.0, 1.0], input, 1.0, Penalty::None, &mut scratch));
             assert_eq!(params[0], -0.1);
             assert!((params[1] + rate).abs() < 1e-6, "{params:?} vs rate {rate}");
+        }
+    }
+
+    /// A user row's scalars step at their own rates; an SGD rate is capped
+    /// at 1/count (never past the mean gradient's step) and the session
+    /// offset steps on the mean gradient.
+    #[test]
+    fn user_scalars_take_their_own_rates_and_sgd_never_overshoots_the_mean() {
+        let sgd = Optimizer::new(&TrainerConfig {
+            algorithm: Algorithm::Sgd,
+            bias_algorithm: Algorithm::Sgd,
+            bias_prior_count: None,
+            factor_boost_count: None,
+            learning_rate: 0.1,
+            bias_learning_rate: 0.5,
+            scale_learning_rate: 0.1,
+            session_learning_rate: 0.2,
+            l2: 0.0,
+            bias_l2: 0.0,
+            clip_norm: None,
+            ..TrainerConfig::default()
+        });
+        let mut scratch = StepScratch::default();
+        // [rating bias, click bias, scale, session, factor], gradients summed over `count` events of gradient 1.
+        for (count, expected) in [(1u32, [-0.5f32, -0.5, -0.1, -0.2, -0.1]), (4, [-1.0, -1.0, -0.4, -0.2, -0.4])] {
+            let mut params = [0.0f32; 5];
+            let row = RowMut { scalars: 4, params: &mut params, m: &mut [], v: &mut [] };
+            let input = StepInput { count, step: 1, prior_updates: 0 };
+            assert!(sgd.step(row, &[count as f32; 5], input, 1.0, Penalty::None, &mut scratch));
+            for (got, want) in params.iter().zip(expected) {
+                assert!((got - want).abs() < 1e-6, "{count} events: {params:?} vs {expected:?}");
+            }
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Counters {
     pub forgets: u64,
     /// Row (or global) steps not written because a gradient or a new value was not finite.
     pub nonfinite_skipped: u64,
+    /// Events of known users that began a new session (more than
+    /// `session_gap_ms` after the user's previous event).
+    pub sessions_restarted: u64,
     /// The user table.
     pub users: TableCounters,
     /// The item table.

@@ -215,18 +215,21 @@ impl Table {
     }
 
     /// Starts a new session for a user row whose last update is more than
-    /// `gap_ms` before `ts`: its session offset restarts at 0.
+    /// `gap_ms` before `ts`: its session offset restarts at 0. Returns
+    /// whether a session began.
     #[inline]
-    pub(crate) fn start_session_if_idle(&mut self, row: u32, ts: i64, gap_ms: i64) {
+    pub(crate) fn start_session_if_idle(&mut self, row: u32, ts: i64, gap_ms: i64) -> bool {
         debug_assert_eq!(self.kind, TableKind::User);
-        if ts.saturating_sub(self.meta[row as usize].last_update) > gap_ms {
-            let start = row as usize * self.stride;
-            let offset = &mut self.arena[start + USER_SESSION_OFFSET];
-            if *offset != 0.0 {
-                *offset = 0.0;
-                self.mark_dirty(row);
-            }
+        if ts.saturating_sub(self.meta[row as usize].last_update) <= gap_ms {
+            return false;
         }
+        let start = row as usize * self.stride;
+        let offset = &mut self.arena[start + USER_SESSION_OFFSET];
+        if *offset != 0.0 {
+            *offset = 0.0;
+            self.mark_dirty(row);
+        }
+        true
     }
 
     #[inline]

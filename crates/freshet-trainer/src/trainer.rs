@@ -469,8 +469,10 @@ impl Trainer {
         self.counters.events_applied += 1;
         let user = keys.user.or_else(|| self.resolve(TableKind::User, keys.user_key, obs.user));
         let item = keys.item.or_else(|| self.resolve(TableKind::Item, keys.item_key, obs.item));
-        if let Some(u) = user {
-            self.tables[TableKind::User.index()].start_session_if_idle(u, obs.ts, self.config.session_gap_ms);
+        if let Some(u) = user
+            && self.tables[TableKind::User.index()].start_session_if_idle(u, obs.ts, self.config.session_gap_ms)
+        {
+            self.counters.sessions_restarted += 1;
         }
         let mut features = std::mem::take(&mut self.scratch.features);
         features.clear();

@@ -339,9 +339,11 @@ fn a_users_session_offset_learns_within_a_session_and_restarts_after_a_gap() {
     t.train_batch(&[click("u", "i", last + gap)]);
     let kept = user_scalar(&t, "u", USER_SESSION_OFFSET);
     assert!(kept <= learned && kept > 0.99 * learned, "{kept} vs {learned}");
+    assert_eq!(t.counters().sessions_restarted, 0);
     // A click after a longer gap begins a new session.
     t.train_batch(&[click("u", "i", last + 2 * gap + 1)]);
     assert_eq!(user_scalar(&t, "u", USER_SESSION_OFFSET), 0.0);
+    assert_eq!(t.counters().sessions_restarted, 1);
 }
 
 #[test]

@@ -231,6 +231,7 @@ impl Summary<'_> {
                 "features": self.trainer.rows(TableKind::Feature),
             },
             "nonfinite_skipped": c.nonfinite_skipped,
+            "sessions_restarted": c.sessions_restarted,
         })
     }
 

@@ -49,6 +49,7 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
         "freshet_rows{table=\"user\"}",
         "freshet_row_changes_total{change=\"admitted\",table=\"item\"}",
         "freshet_checkpointed_offset{",
+        "freshet_sessions_restarted_total",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }

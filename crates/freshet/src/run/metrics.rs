@@ -19,6 +19,7 @@ pub struct RunMetrics {
     events: IntCounterVec,
     rejected: IntCounterVec,
     nonfinite: IntCounter,
+    sessions: IntCounter,
     batch_seconds: Histogram,
     progressive: GaugeVec,
     checkpoint_seconds: Histogram,
@@ -92,6 +93,10 @@ impl RunMetrics {
             events: counter_vec("freshet_events_trained_total", "Valid events trained on, by kind", &["kind"])?,
             rejected: counter_vec("freshet_events_rejected_total", "Messages sent to the DLQ, by reason", &["reason"])?,
             nonfinite: counter("freshet_nonfinite_skipped_total", "Row steps skipped for non-finite values")?,
+            sessions: counter(
+                "freshet_sessions_restarted_total",
+                "Events of known users that began a new session (session offset restarted)",
+            )?,
             batch_seconds: histogram("freshet_batch_seconds", "Time to train one micro-batch", 0.000_05)?,
             progressive,
             checkpoint_seconds: histogram("freshet_checkpoint_seconds", "Time to write one checkpoint", 0.000_5)?,
@@ -159,6 +164,7 @@ impl RunMetrics {
             set_total(&self.events.with_label_values(&[kind]), total);
         }
         set_total(&self.nonfinite, counters.nonfinite_skipped);
+        set_total(&self.sessions, counters.sessions_restarted);
         for table in TableKind::ALL {
             let changes = counters.table(table);
             for (change, total) in [
