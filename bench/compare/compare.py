@@ -8,9 +8,12 @@ the table reports, per tool:
   range [0.5, 5] (as freshet clips its own);
 - events/s: events divided by the time the tool spent reading, parsing and
   learning the file inside its process (interpreter start-up and imports
-  excluded; the VW input conversion, done once beforehand, excluded too),
-  the median of --repeat runs (default 3) of each tool, so one run slowed by
-  a neighbour on a shared machine does not decide a ratio;
+  excluded; the VW input conversion, done once beforehand, excluded too;
+  VW is timed in runs that write no predictions, and scored on one more run
+  that writes them, since writing them costs it as much again),
+  the median of --repeat runs (default 3) of each tool after one untimed
+  warm-up run, so one run slowed by a neighbour on a shared machine does not
+  decide a ratio;
 - peak RSS of the child process (os.wait4), which for River and VW includes
   the Python interpreter and the imported packages;
 - freshet's ratios: its events/s divided by the peer's, and its RMSE divided
@@ -79,8 +82,10 @@ def metrics(predictions, labels, low, high):
 
 
 def median_run(argv, repeat, seconds_of):
-    """Runs a child `repeat` times; returns the parsed output of the run
-    with the median time (by `seconds_of`) and the largest peak RSS."""
+    """Runs a child once to warm up (caches, page tables, CPU; not counted),
+    then `repeat` times; returns the parsed output of the run with the
+    median time (by `seconds_of`) and the largest peak RSS."""
+    run_child(argv)
     runs = []
     for _ in range(repeat):
         out, rss = run_child(argv)
@@ -159,21 +164,27 @@ def child_river(path, low, high):
     print(json.dumps({"events": len(labels), "rmse": rmse, "mae": mae, "seconds": seconds}))
 
 
-def child_vw(vw_path, labels_path, args, low, high, workdir, name):
+def child_vw(vw_path, labels_path, args, low, high, workdir, name, mode):
+    """mode "time": VW learns the file, writing nothing (its speed); mode
+    "predict": it also writes its predictions (its quality; writing them
+    costs VW about as much time again as learning, so they are not timed)."""
     from vowpalwabbit import pyvw
 
     preds = os.path.join(workdir, f"{name}.preds")
+    output = f"-p {preds}" if mode == "predict" else ""
     start = time.perf_counter()
-    ws = pyvw.Workspace(f"--quiet -d {vw_path} -p {preds} {args}")
+    ws = pyvw.Workspace(f"--quiet -d {vw_path} {output} {args}")
     ws.run_parser()
     ws.finish()
     seconds = time.perf_counter() - start
-    with open(preds) as f:
-        predictions = [float(line.split()[0]) for line in f]
     with open(labels_path) as f:
         labels = [float(line) for line in f]
-    rmse, mae = metrics(predictions, labels, low, high)
-    print(json.dumps({"events": len(labels), "rmse": rmse, "mae": mae, "seconds": seconds}))
+    result = {"events": len(labels), "seconds": seconds}
+    if mode == "predict":
+        with open(preds) as f:
+            predictions = [float(line.split()[0]) for line in f]
+        result["rmse"], result["mae"] = metrics(predictions, labels, low, high)
+    print(json.dumps(result))
 
 
 # ---- parent ---------------------------------------------------------------
@@ -200,7 +211,7 @@ def main():
         return
     if args.child == "vw":
         a = args.child_args
-        child_vw(a[0], a[1], a[2], float(a[3]), float(a[4]), a[5], a[6])
+        child_vw(a[0], a[1], a[2], float(a[3]), float(a[4]), a[5], a[6], a[7])
         return
 
     # The data preparation runs in a child of its own: a child's peak RSS
@@ -231,20 +242,27 @@ def main():
          "train_eps": fr["events_per_s"], "rss": rss},
     ))
 
+    def vw(name, args):
+        argv = lambda mode: [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
+                             "--child", "vw", "--child-args", vw_input, labels, args, str(low), str(high), work,
+                             name, mode]
+        return argv("time"), argv("predict")
+
+    river = [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
+             "--child", "river", "--child-args", ordered, str(low), str(high)]
+    # (name, timed command, command whose predictions are scored; None: the timed one's)
     peers = [
-        (f"River BiasedMF ({RIVER_FACTORS} factors)",
-         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
-          "--child", "river", "--child-args", ordered, str(low), str(high)]),
-        ("VW linear",
-         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
-          "--child", "vw", "--child-args", vw_input, labels, "", str(low), str(high), work, "linear"]),
-        (f"VW --rank {VW_RANK}",
-         [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
-          "--child", "vw", "--child-args", vw_input, labels, f"-q ui --rank {VW_RANK}",
-          str(low), str(high), work, "rank"]),
+        (f"River BiasedMF ({RIVER_FACTORS} factors)", river, None),
+        ("VW linear", *vw("linear", "")),
+        (f"VW --rank {VW_RANK}", *vw("rank", f"-q ui --rank {VW_RANK}")),
     ]
-    for name, argv in peers:
-        r, rss = median_run(argv, args.repeat, lambda r: r["seconds"])
+    for name, timed, scored in peers:
+        r, rss = median_run(timed, args.repeat, lambda r: r["seconds"])
+        if scored is not None:
+            quality, scored_rss = run_child(scored)
+            quality = json.loads(quality)
+            r = {**r, "rmse": quality["rmse"], "mae": quality["mae"]}
+            rss = max(rss, scored_rss)
         results.append((name, {"rmse": r["rmse"], "mae": r["mae"], "eps": r["events"] / r["seconds"], "rss": rss}))
 
     fresh = results[1][1]

@@ -10,7 +10,7 @@
 # bench/compare/.venv (versions in requirements.txt); freshet is built in
 # release mode in CARGO_TARGET_DIR (default ~/.cache/freshet/target, shared
 # with the other scripts, so RocksDB is not built twice). Each tool runs R
-# times (default 3); the table shows the median time.
+# times (default 3) after a warm-up run; the table shows the median time.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

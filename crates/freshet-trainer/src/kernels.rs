@@ -1,11 +1,12 @@
 //! Small f32 vector kernels of the hot path, written so the compiler
 //! vectorises them while the summation order stays fixed (determinism).
 
-/// Lanes of the partial sums in [`dot`]: a fixed order the compiler can map to SIMD.
+/// Lanes of the partial sums in [`lane_sum`]: a fixed order the compiler can map to SIMD.
 const LANES: usize = 8;
 
-/// `Σ a[i]·b[i]` over the common length, summed in a fixed lane order.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `Σ f(a[i], b[i])` over the common length, summed in a fixed lane order.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut lanes = [0.0f32; LANES];
@@ -13,15 +14,28 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut chunks_b = b.chunks_exact(LANES);
     for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
         for lane in 0..LANES {
-            lanes[lane] += ca[lane] * cb[lane];
+            lanes[lane] += f(ca[lane], cb[lane]);
         }
     }
     let mut tail = 0.0f32;
-    for (x, y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
-        tail += x * y;
+    for (&x, &y) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
+        tail += f(x, y);
     }
     let pairs = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
     (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}
+
+/// `Σ a[i]·b[i]` over the common length, summed in a fixed lane order.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
+/// `Σ (g[i] + c·p[i])²`: the squared norm of a gradient with its L2 penalty `c·p`.
+pub(crate) fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
+    lane_sum(g, p, |g, p| {
+        let x = g + c * p;
+        x * x
+    })
 }
 
 /// `y += alpha · x`.

@@ -7,7 +7,7 @@ use std::ops::Range;
 use freshet_core::{HEAD_BIASES, USER_RATING_SCALE, USER_SESSION_OFFSET};
 
 use crate::config::{Algorithm, TrainerConfig};
-use crate::kernels::{all_finite, dot};
+use crate::kernels::{all_finite, penalised_norm2};
 
 /// A row's parameters and moment slots, borrowed for one step. Moment slices
 /// the algorithms do not use are empty.
@@ -36,8 +36,6 @@ pub(crate) enum Penalty {
 /// Reused buffers of one step, so stepping allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StepScratch {
-    /// The penalised (and clipped) gradient.
-    grad: Vec<f32>,
     /// The new values, laid out like the row: parameters, then the moments it keeps.
     next: Vec<f32>,
 }
@@ -185,28 +183,25 @@ impl Optimizer {
             Penalty::L2 => (self.bias_l2 * count, self.l2 * count),
             Penalty::None => (0.0, 0.0),
         };
-        let g = &mut scratch.grad;
-        g.clear();
-        g.extend(grad[..scalars].iter().zip(&params[..scalars]).map(|(g, p)| g + bias_l2 * p));
-        g.extend(grad[scalars..].iter().zip(&params[scalars..]).map(|(g, p)| g + l2 * p));
+        // The penalised gradient g + λ·p is never stored: its norm is taken
+        // here and each update rule recomputes it, scaled by the clipping.
         // Not finite if any element is NaN or infinite, or if squares overflow.
-        let norm2 = dot(g, g);
+        let norm2 = penalised_norm2(&grad[..scalars], &params[..scalars], bias_l2)
+            + penalised_norm2(&grad[scalars..], &params[scalars..], l2);
         if !norm2.is_finite() {
             return false;
         }
-        if let Some(limit) = self.clip_norm
-            && norm2 > limit * limit
-        {
-            let scale = limit / norm2.sqrt();
-            g.iter_mut().for_each(|x| *x *= scale);
-        }
+        let clip = match self.clip_norm {
+            Some(limit) if norm2 > limit * limit => limit / norm2.sqrt(),
+            _ => 1.0,
+        };
         let correction = if self.algorithm == Algorithm::Adam || self.bias_algorithm == Algorithm::Adam {
             self.correction(input.step)
         } else {
             Correction { first: 1.0, second: 1.0 }
         };
+        // Every slot of `next` is written below, so it is only resized.
         let next = &mut scratch.next;
-        next.clear();
         next.resize(width + m.len() + v.len(), 0.0);
         let (next_p, next_moments) = next.split_at_mut(width);
         let (next_m, next_v) = next_moments.split_at_mut(m.len());
@@ -216,15 +211,16 @@ impl Optimizer {
         let rates = self.scalar_rates(input, lr_scale);
         let factor_rate = self.factor_rate(input) * lr_scale;
         let spans = [
-            (scalar(0..HEAD_BIASES), self.bias_algorithm, rates.bias),
-            (scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1), self.bias_algorithm, rates.scale),
-            (scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1), self.bias_algorithm, rates.session),
-            (scalars..width, self.algorithm, sgd_capped(self.algorithm, factor_rate, count)),
+            (scalar(0..HEAD_BIASES), self.bias_algorithm, rates.bias, bias_l2),
+            (scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1), self.bias_algorithm, rates.scale, bias_l2),
+            (scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1), self.bias_algorithm, rates.session, bias_l2),
+            (scalars..width, self.algorithm, sgd_capped(self.algorithm, factor_rate, count), l2),
         ];
-        for (span, algorithm, rate) in spans {
+        for (span, algorithm, rate, penalty) in spans {
+            let grad = Gradient { sum: &grad[span.clone()], penalty, clip };
             let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
             let new = SlotsMut { p: &mut next_p[span.clone()], m: part_mut(next_m, &span), v: part_mut(next_v, &span) };
-            apply(algorithm, hyper, rate, correction, &g[span], old, new);
+            apply(algorithm, hyper, rate, correction, grad, old, new);
         }
         if !all_finite(next) {
             return false;
@@ -346,25 +342,47 @@ fn part_mut<'a>(slots: &'a mut [f32], span: &Range<usize>) -> &'a mut [f32] {
     if slots.is_empty() { slots } else { &mut slots[span.clone()] }
 }
 
+/// A span's loss gradient as the rule sees it: `(sum + penalty·p)·clip`.
+#[derive(Clone, Copy)]
+struct Gradient<'a> {
+    /// The loss gradient summed over the step's events.
+    sum: &'a [f32],
+    /// The L2 coefficient (times the event count).
+    penalty: f32,
+    /// The clipping factor of the whole row's gradient (1 when unclipped).
+    clip: f32,
+}
+
 /// New values of one span of parameters sharing an update rule and a rate.
 /// Each loop runs over slices of one length, so it compiles without bounds
 /// checks and vectorises.
-fn apply(algorithm: Algorithm, hyper: Hyper, rate: f32, correction: Correction, g: &[f32], old: Slots, new: SlotsMut) {
-    let n = g.len();
-    let (p, new_p) = (&old.p[..n], &mut new.p[..n]);
+fn apply(
+    algorithm: Algorithm,
+    hyper: Hyper,
+    rate: f32,
+    correction: Correction,
+    grad: Gradient,
+    old: Slots,
+    new: SlotsMut,
+) {
+    let n = grad.sum.len();
+    let (sum, p, new_p) = (&grad.sum[..n], &old.p[..n], &mut new.p[..n]);
+    let (penalty, clip) = (grad.penalty, grad.clip);
+    let g = |i: usize| (sum[i] + penalty * p[i]) * clip;
     let eps = hyper.epsilon;
     match algorithm {
         Algorithm::Sgd => {
             for i in 0..n {
-                new_p[i] = p[i] - rate * g[i];
+                new_p[i] = p[i] - rate * g(i);
             }
         }
         Algorithm::Adagrad => {
             let (v, new_v) = (&old.v[..n], &mut new.v[..n]);
             for i in 0..n {
-                let vi = v[i] + g[i] * g[i];
+                let gi = g(i);
+                let vi = v[i] + gi * gi;
                 new_v[i] = vi;
-                new_p[i] = p[i] - rate * g[i] / (vi.sqrt() + eps);
+                new_p[i] = p[i] - rate * gi / (vi.sqrt() + eps);
             }
         }
         Algorithm::Adam => {
@@ -374,15 +392,17 @@ fn apply(algorithm: Algorithm, hyper: Hyper, rate: f32, correction: Correction, 
             if old.m.is_empty() {
                 // No momentum: the first moment would be the gradient itself.
                 for i in 0..n {
-                    let vi = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let gi = g(i);
+                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
                     new_v[i] = vi;
-                    new_p[i] = p[i] - rate * (g[i] * first) / ((vi * second).sqrt() + eps);
+                    new_p[i] = p[i] - rate * (gi * first) / ((vi * second).sqrt() + eps);
                 }
             } else {
                 let (m, new_m) = (&old.m[..n], &mut new.m[..n]);
                 for i in 0..n {
-                    let mi = b1 * m[i] + (1.0 - b1) * g[i];
-                    let vi = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let gi = g(i);
+                    let mi = b1 * m[i] + (1.0 - b1) * gi;
+                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
                     new_m[i] = mi;
                     new_v[i] = vi;
                     new_p[i] = p[i] - rate * (mi * first) / ((vi * second).sqrt() + eps);

@@ -14,7 +14,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::MetricsSnapshot;
 use freshet_core::TableKind;
 
 /// Row life-cycle counters of one table.
@@ -96,8 +95,6 @@ pub struct BatchReport {
     pub evicted: u64,
     /// Rows removed by forget events.
     pub forgotten: u64,
-    /// Progressive metrics after the batch.
-    pub metrics: MetricsSnapshot,
     /// Multiplier of the learning rates after the batch (1 unless the schedule reduced it).
     pub lr_scale: f32,
 }

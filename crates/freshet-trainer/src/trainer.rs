@@ -452,6 +452,9 @@ impl Trainer {
         for k in keys.iter_mut() {
             k.item = items.get(k.item_key);
         }
+        if keys.len() < 2 {
+            return; // One event's misses have nothing to overlap with.
+        }
         let touch = |table: &Table, row: Option<u32>| row.map_or(0.0, |row| table.touch(row));
         let sum: f32 = keys.iter().map(|k| touch(users, k.user) + touch(items, k.item)).sum();
         std::hint::black_box(sum);
@@ -629,7 +632,6 @@ impl Trainer {
             expired: tables(|t| t.expired),
             evicted: tables(|t| t.evicted),
             forgotten: tables(|t| t.forgotten),
-            metrics: self.metrics.snapshot(),
             lr_scale: self.schedule.scale(),
         }
     }

@@ -124,7 +124,7 @@ fn parse_lines(
     loaded.events.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
     for (index, raw) in text.lines().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
         if std::mem::take(&mut header_pending) {
@@ -143,7 +143,7 @@ fn fields<'a, const N: usize>(parts: impl Iterator<Item = &'a str>) -> ([&'a str
     let mut found = 0;
     for field in parts {
         if found < N {
-            out[found] = field.trim();
+            out[found] = field.trim_ascii();
         }
         found += 1;
     }
