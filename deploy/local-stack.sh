@@ -38,6 +38,8 @@ command_of() {
 }
 
 say() { echo "local-stack.sh: $*" >&2; }
+# shellcheck source=lib/process.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/process.sh"
 
 pid_of() {
     local file="$dir/$1.pid"
@@ -102,15 +104,7 @@ stop() {
     local pid
     for service in serve producer trainer; do
         pid=$(pid_of "$service") || continue
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 120); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "$service did not stop in 60 s; killing it"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
+        stop_process "$pid" "$service" 60
         rm -f "$dir/$service.pid"
         say "$service stopped"
     done

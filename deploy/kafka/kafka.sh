@@ -33,6 +33,8 @@ log_file="$run_dir/kafka.log"
 bootstrap="127.0.0.1:$port"
 
 say() { echo "kafka.sh: $*" >&2; }
+# shellcheck source=../lib/process.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/process.sh"
 
 fetch_jars() {
     if [[ -f "$libs/.complete" ]]; then return; fi
@@ -170,15 +172,7 @@ start() {
 stop() {
     local pid
     if pid=$(running_pid); then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 60); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "broker did not stop in 30s; killing it"
-            kill -9 "$pid" 2>/dev/null || true
-        fi
+        stop_process "$pid" broker 30
     fi
     # A broker started from this run directory by an earlier, lost pid file.
     pkill -9 -f "$run_dir/server.properties" 2>/dev/null || true

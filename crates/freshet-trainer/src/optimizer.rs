@@ -441,6 +441,23 @@ mod tests {
         })
     }
 
+    /// SGD on biases and factors at rate 0.1, without priors, boosts,
+    /// penalties or clipping: the base the rate tests change one key of.
+    fn plain_sgd() -> TrainerConfig {
+        TrainerConfig {
+            algorithm: Algorithm::Sgd,
+            bias_algorithm: Algorithm::Sgd,
+            bias_prior_count: None,
+            factor_boost_count: None,
+            learning_rate: 0.1,
+            bias_learning_rate: 0.1,
+            l2: 0.0,
+            bias_l2: 0.0,
+            clip_norm: None,
+            ..TrainerConfig::default()
+        }
+    }
+
     fn run(opt: &Optimizer, params: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], step: u32) -> bool {
         let mut scratch = StepScratch::default();
         let input = StepInput { count: 1, step, prior_updates: u64::from(step - 1) };
@@ -565,17 +582,7 @@ mod tests {
     /// with the events a row has seen; biases are not boosted.
     #[test]
     fn factor_boost_count_raises_young_rows_factor_rate() {
-        let sgd = Optimizer::new(&TrainerConfig {
-            algorithm: Algorithm::Sgd,
-            bias_algorithm: Algorithm::Sgd,
-            bias_prior_count: None,
-            factor_boost_count: Some(4.0),
-            learning_rate: 0.1,
-            bias_learning_rate: 0.1,
-            l2: 0.0,
-            clip_norm: None,
-            ..TrainerConfig::default()
-        });
+        let sgd = Optimizer::new(&TrainerConfig { factor_boost_count: Some(4.0), ..plain_sgd() });
         let mut scratch = StepScratch::default();
         // (events before the step, events in it) → factor rate 0.1·(1 + 4/(n + 4)).
         for (prior_updates, count, rate) in [(0u64, 4u32, 0.15f32), (0, 1, 0.18), (12, 4, 0.12)] {
@@ -594,18 +601,10 @@ mod tests {
     #[test]
     fn user_scalars_take_their_own_rates_and_sgd_never_overshoots_the_mean() {
         let sgd = Optimizer::new(&TrainerConfig {
-            algorithm: Algorithm::Sgd,
-            bias_algorithm: Algorithm::Sgd,
-            bias_prior_count: None,
-            factor_boost_count: None,
-            learning_rate: 0.1,
             bias_learning_rate: 0.5,
             scale_learning_rate: 0.1,
             session_learning_rate: 0.2,
-            l2: 0.0,
-            bias_l2: 0.0,
-            clip_norm: None,
-            ..TrainerConfig::default()
+            ..plain_sgd()
         });
         let mut scratch = StepScratch::default();
         // [rating bias, click bias, scale, session, factor], gradients summed over `count` events of gradient 1.
@@ -622,18 +621,7 @@ mod tests {
 
     #[test]
     fn l2_penalty_scales_with_event_count() {
-        let sgd = Optimizer::new(&TrainerConfig {
-            algorithm: Algorithm::Sgd,
-            bias_algorithm: Algorithm::Sgd,
-            bias_prior_count: None,
-            factor_boost_count: None,
-            learning_rate: 0.1,
-            bias_learning_rate: 0.1,
-            l2: 0.5,
-            bias_l2: 0.0,
-            clip_norm: None,
-            ..TrainerConfig::default()
-        });
+        let sgd = Optimizer::new(&TrainerConfig { l2: 0.5, ..plain_sgd() });
         let mut params = [1.0f32, 1.0];
         let mut scratch = StepScratch::default();
         let row = RowMut { scalars: 1, params: &mut params, m: &mut [], v: &mut [] };
