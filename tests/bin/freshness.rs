@@ -16,7 +16,7 @@ use freshet_core::snapshot::Watermark;
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{encode, now_ms};
 use freshet_publisher::default_snapshot_topic;
-use freshet_subscriber::{Subscriber, SubscriberConfig, SubscriberEvent};
+use freshet_subscriber::{Subscriber, SubscriberConfig, SubscriberEvent, SwapKind};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
@@ -71,17 +71,13 @@ fn main() -> anyhow::Result<()> {
 /// Subscribes to the model's snapshots; swaps arrive on the receiver.
 fn follow(bootstrap: &str, model: &str) -> anyhow::Result<(Subscriber, Receiver<Swap>)> {
     let (swaps, received) = channel();
-    let config = SubscriberConfig {
-        bootstrap: bootstrap.to_owned(),
-        kafka: BTreeMap::new(),
-        topic: default_snapshot_topic(model),
-    };
+    let config = SubscriberConfig::new(bootstrap, default_snapshot_topic(model));
     let subscriber = Subscriber::start(&config, move |event: &SubscriberEvent| {
         if let SubscriberEvent::Applied(report) = event {
             let _ = swaps.send(Swap {
                 at_ms: now_ms(),
                 watermark: report.watermark.clone(),
-                full: report.kind == "full",
+                full: report.kind == SwapKind::Full,
                 bytes: report.bytes,
             });
         }

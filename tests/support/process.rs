@@ -122,8 +122,23 @@ pub fn inspect(bin: &str, checkpoint: &Path) -> Option<Value> {
 
 /// A plain HTTP/1.1 GET: status code (0 when nothing answers) and body.
 pub fn get(address: &str, path: &str) -> (u16, String) {
+    request(address, &format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"))
+}
+
+/// A plain HTTP/1.1 POST of a JSON `body`: status code and body.
+pub fn post_json(address: &str, path: &str, body: &str) -> (u16, String) {
+    request(
+        address,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn request(address: &str, text: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(address) else { return (0, String::new()) };
-    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(text.as_bytes());
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);

@@ -6,11 +6,11 @@
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use freshet_consumer::{client_config, ensure_topics};
 use freshet_core::snapshot::Watermark;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Features, Feedback, Forget, Head, ModelSpec, TableKind, now_ms};
+use freshet_core::{Features, Feedback, Forget, Head, ModelSpec, ScoreContext, TableKind, now_ms};
 use freshet_publisher::{EncodedSnapshot, HeaderContext, Outgoing, PublisherConfig, SnapshotProducer, encode};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberEvent};
 use freshet_trainer::{ModelParams, Trainer, TrainerConfig};
@@ -22,7 +22,18 @@ pub struct ModelUnderTest {
     pub trainer: Trainer,
     stream: SynthStream,
     ts: i64,
+    /// Milliseconds between events.
+    step_ms: i64,
+    /// Whether every rating and click carries [`CONTEXT`] features.
+    context: bool,
 }
+
+/// The context features of [`ModelUnderTest::with_context`]: name and values.
+pub const CONTEXT: [(&str, &[&str]); 3] = [
+    ("device", &["ios", "android", "web"]),
+    ("page", &["home", "search", "detail", "cart"]),
+    ("hour", &["0", "6", "12", "18"]),
+];
 
 impl ModelUnderTest {
     /// A fresh dim-8 model; `seed` picks the stream.
@@ -30,15 +41,40 @@ impl ModelUnderTest {
         let spec = ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true };
         let trainer = Trainer::new(spec, TrainerConfig::default()).expect("a valid trainer");
         let stream = SynthStream::new(SynthConfig { seed, users: 300, items: 200, ..SynthConfig::default() });
-        ModelUnderTest { trainer, stream, ts: 1_764_400_000_000 }
+        ModelUnderTest { trainer, stream, ts: 1_764_400_000_000, step_ms: 1, context: false }
+    }
+
+    /// A fresh model whose ratings and clicks carry the three [`CONTEXT`]
+    /// features, with events a minute apart so users' sessions start and end.
+    pub fn with_context(seed: u64) -> Self {
+        ModelUnderTest { context: true, step_ms: 60_000, ..ModelUnderTest::new(seed) }
+    }
+
+    /// The time of the latest event trained on (ms).
+    pub fn now_ms(&self) -> i64 {
+        self.ts
     }
 
     /// Trains on `events` more synthetic events.
     pub fn train(&mut self, events: usize) {
         let batch: Vec<Feedback> = (0..events)
-            .map(|_| {
-                self.ts += 1;
-                self.stream.next_event_at(self.ts)
+            .map(|n| {
+                self.ts += self.step_ms;
+                let mut event = self.stream.next_event_at(self.ts);
+                if self.context {
+                    let features = match &mut event {
+                        Feedback::Click(click) => Some(&mut click.features),
+                        Feedback::Rating(rating) => Some(&mut rating.features),
+                        Feedback::Forget(_) => None,
+                    };
+                    if let Some(features) = features {
+                        for (k, (name, values)) in CONTEXT.iter().enumerate() {
+                            let value = values[(n * (k + 3) + self.ts as usize / 7) % values.len()];
+                            features.entry((*name).to_owned()).or_insert_with(|| value.to_owned());
+                        }
+                    }
+                }
+                event
             })
             .collect();
         for chunk in batch.chunks(256) {
@@ -60,7 +96,7 @@ impl ModelUnderTest {
 
     /// The changes since the previous hand-off as version `version`.
     pub fn delta(&mut self, version: u64) -> Outgoing {
-        let delta = self.trainer.drain_dirty().into_params();
+        let delta = self.trainer.drain_dirty().into_params(self.trainer.config().session_gap_ms);
         Outgoing::delta(version - 1, version, delta, self.watermark(), &self.trainer.metrics())
     }
 
@@ -109,8 +145,7 @@ pub fn send_values(producer: &FutureProducer, topic: &str, values: &[Vec<u8>]) -
 /// A subscriber on `topic` and the log of its events.
 pub fn subscribe(bootstrap: &str, topic: &str) -> anyhow::Result<(Subscriber, Receiver<SubscriberEvent>)> {
     let (events, log) = channel();
-    let config =
-        SubscriberConfig { bootstrap: bootstrap.to_owned(), kafka: Default::default(), topic: topic.to_owned() };
+    let config = SubscriberConfig::new(bootstrap, topic);
     let subscriber = Subscriber::start(&config, move |event: &SubscriberEvent| {
         let _ = events.send(event.clone());
     })?;
@@ -164,23 +199,79 @@ pub fn same_params(served: &ServingModel, trained: &ModelParams) -> anyhow::Resu
     }
     for row in &trained.rows {
         let served_row = served.row(row.table, row.key).with_context(|| format!("row {row:?} is not served"))?;
-        if bits(served_row) != bits(&row.params) {
-            bail!("row {:?}/{:#x} differs: served {served_row:?}, trained {:?}", row.table, row.key, row.params);
+        if bits(served_row) != bits(&row.values) {
+            bail!("row {:?}/{:#x} differs: served {served_row:?}, trained {:?}", row.table, row.key, row.values);
         }
     }
     Ok(())
 }
 
-/// Checks that the served model scores as the trainer predicts (ratings and
-/// clicks, for the stream's first users and items): the scoring formula of
-/// serving is the trainer's. Sums may run in another order, hence a tolerance.
-pub fn same_scores(served: &ServingModel, trainer: &Trainer) -> anyhow::Result<()> {
-    for (user, item) in (0..30).flat_map(|u| (0..30).map(move |i| (format!("u{u}"), format!("i{i}")))) {
-        for head in Head::ALL {
-            let (got, want) = (served.score(head, &user, &item), trainer.predict(head, &user, &item, &Features::new()));
-            if (got - want).abs() > 1e-5 * want.abs().max(1.0) {
-                bail!("{head:?} score of {user}/{item}: served {got}, trainer {want}");
+/// One scoring question: a head, a user, an item, context features and the
+/// request's time.
+#[derive(Debug, Clone)]
+pub struct Triple {
+    /// The head.
+    pub head: Head,
+    /// A user id (some unknown to the model).
+    pub user: String,
+    /// An item id (some unknown to the model).
+    pub item: String,
+    /// ScoreContext features (some values unknown to the model).
+    pub features: Features,
+    /// Request time (ms): some within a user's session, some after it ended.
+    pub at_ms: i64,
+}
+
+impl Triple {
+    /// The triple's scoring context.
+    pub fn context(&self) -> ScoreContext<'_> {
+        ScoreContext::new(&self.features).at(self.at_ms)
+    }
+}
+
+/// `count` questions drawn with `seed` for a model trained by `trained`:
+/// users and items of the stream and unknown ones, any subset of the
+/// [`CONTEXT`] features with known and unknown values, and times from the
+/// latest event to three session gaps later.
+pub fn sample_triples(trained: &ModelUnderTest, count: usize, seed: u64) -> Vec<Triple> {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut draw = |n: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let gap = trained.trainer.config().session_gap_ms as u64;
+    (0..count)
+        .map(|_| {
+            let head = if draw(2) == 0 { Head::Rating } else { Head::Click };
+            let user = if draw(20) == 0 { format!("stranger{}", draw(100)) } else { format!("u{}", draw(300)) };
+            let item = if draw(20) == 0 { format!("novel{}", draw(100)) } else { format!("i{}", draw(200)) };
+            let mut features = Features::new();
+            for (name, values) in CONTEXT {
+                match draw(4) {
+                    0 => {}
+                    1 => {
+                        features.insert(name.to_owned(), "unseen".to_owned());
+                    }
+                    _ => {
+                        features.insert(name.to_owned(), values[draw(values.len() as u64) as usize].to_owned());
+                    }
+                }
             }
+            let at_ms = trained.now_ms() - 600_000 + draw(3 * gap) as i64;
+            Triple { head, user, item, features, at_ms }
+        })
+        .collect()
+}
+
+/// Checks that the served model answers every triple exactly as the trainer
+/// predicts, bit for bit.
+pub fn same_scores(served: &ServingModel, trainer: &Trainer, triples: &[Triple]) -> anyhow::Result<()> {
+    for t in triples {
+        let context = t.context();
+        let (got, want) =
+            (served.score(t.head, &t.user, &t.item, &context), trainer.predict(t.head, &t.user, &t.item, &context));
+        if got.to_bits() != want.to_bits() {
+            bail!("{t:?}: served {got}, trainer {want}");
         }
     }
     Ok(())
@@ -202,10 +293,15 @@ pub struct Scenario {
 impl Scenario {
     /// A fresh snapshot topic for a model named after `name`; `seed` picks its stream.
     pub fn new(name: &str, seed: u64) -> anyhow::Result<Self> {
+        Scenario::with_model(name, ModelUnderTest::new(seed))
+    }
+
+    /// A fresh snapshot topic for `trained`, named after `name`.
+    pub fn with_model(name: &str, trained: ModelUnderTest) -> anyhow::Result<Self> {
         let bootstrap = crate::bootstrap();
         let model = crate::unique(name);
         let config = snapshot_topic(&bootstrap, &model)?;
-        Ok(Scenario { bootstrap, model, config, trained: ModelUnderTest::new(seed) })
+        Ok(Scenario { bootstrap, model, config, trained })
     }
 
     /// The snapshot topic.

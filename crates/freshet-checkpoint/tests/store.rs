@@ -3,7 +3,7 @@
 
 use freshet_checkpoint::{CheckpointError, CheckpointStore, SourceOffsets, inspect};
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Features, Feedback};
+use freshet_core::{Feedback, ScoreContext};
 use freshet_trainer::{Head, ModelSpec, TableKind, Trainer, TrainerConfig};
 
 fn spec() -> ModelSpec {
@@ -73,8 +73,8 @@ fn commits_restore_the_exact_state_incrementally() {
         for item in ["i0", "i3", "i99"] {
             for head in [Head::Rating, Head::Click] {
                 let (a, b) = (
-                    trainer.predict(head, user, item, &Features::new()),
-                    twin.predict(head, user, item, &Features::new()),
+                    trainer.predict(head, user, item, &ScoreContext::none()),
+                    twin.predict(head, user, item, &ScoreContext::none()),
                 );
                 assert_eq!(a.to_bits(), b.to_bits(), "{head:?} {user} {item}");
             }

@@ -3,22 +3,13 @@
 //! reads it must agree on.
 
 use crate::ConfigError;
+use crate::layout::RowLayout;
 use serde::{Deserialize, Serialize};
 
 /// Smallest supported embedding dimension.
 pub const MIN_DIM: usize = 8;
 /// Largest supported embedding dimension.
 pub const MAX_DIM: usize = 256;
-/// Biases at the start of every row: the rating head's, then the click head's.
-pub const HEAD_BIASES: usize = Head::ALL.len();
-/// Position in a user row of the user's rating scale offset `c`: the rating
-/// head weighs the item's bias by `1 + c` (users who use the whole scale
-/// have `c > 0`, users who rate everything alike `c < 0`).
-pub const USER_RATING_SCALE: usize = HEAD_BIASES;
-/// Position in a user row of the user's session offset: a rating bias of the
-/// user's current session (a sitting of ratings), reset when a new session begins.
-pub const USER_SESSION_OFFSET: usize = HEAD_BIASES + 1;
-
 /// The model's shape. Deserialised from the `[model]` table; unknown keys are
 /// an error. A checkpoint restores only into a trainer with an equal spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,23 +50,14 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// Where each parameter sits in `table`'s rows.
+    pub fn layout(&self, table: TableKind) -> RowLayout {
+        RowLayout::new(table, self.dim)
+    }
+
     /// Floats per row of `table`: its scalars, then `dim` factors.
     pub fn row_width(&self, table: TableKind) -> usize {
-        table.scalars() + self.dim
-    }
-}
-
-/// The bias part of a head's raw score: `b_user + b_item` for clicks;
-/// `b_user + s_user + (1 + c_user)·b_item` for ratings, with the user's
-/// session offset `s` and rating scale offset `c`. Missing rows add nothing.
-#[inline]
-pub fn bias_terms(head: Head, user: Option<&[f32]>, item: Option<&[f32]>) -> f32 {
-    let h = head.index();
-    let item_bias = item.map_or(0.0, |i| i[h]);
-    match (head, user) {
-        (Head::Rating, Some(u)) => u[h] + u[USER_SESSION_OFFSET] + (1.0 + u[USER_RATING_SCALE]) * item_bias,
-        (Head::Click, Some(u)) => u[h] + item_bias,
-        (_, None) => item_bias,
+        self.layout(table).width()
     }
 }
 
@@ -96,7 +78,7 @@ impl TableKind {
     pub const ALL: [TableKind; 3] = [TableKind::User, TableKind::Item, TableKind::Feature];
 
     /// Position of the table in per-table arrays.
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         match self {
             TableKind::User => 0,
             TableKind::Item => 1,
@@ -114,11 +96,11 @@ impl TableKind {
     }
 
     /// Floats before the factors in a row: the head biases, and in user rows
-    /// the rating scale offset and the session offset.
-    pub fn scalars(self) -> usize {
+    /// the rating scale offset and the session offset (see [`RowLayout`]).
+    pub const fn scalars(self) -> usize {
         match self {
-            TableKind::User => HEAD_BIASES + 2,
-            TableKind::Item | TableKind::Feature => HEAD_BIASES,
+            TableKind::User => Head::ALL.len() + 2,
+            TableKind::Item | TableKind::Feature => Head::ALL.len(),
         }
     }
 
@@ -144,7 +126,7 @@ impl Head {
     pub const ALL: [Head; 2] = [Head::Rating, Head::Click];
 
     /// Position of the head in per-head arrays.
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         match self {
             Head::Rating => 0,
             Head::Click => 1,

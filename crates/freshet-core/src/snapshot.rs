@@ -18,7 +18,7 @@ use crate::model::{ModelSpec, TableKind};
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Default largest chunk message, safely under Kafka's default 1 MiB limit.
 pub const DEFAULT_CHUNK_BYTES: usize = 512 * 1024;
 /// Decoding never claims more than this many bytes, whatever a corrupt length says.
@@ -115,8 +115,13 @@ pub struct SnapshotHeader {
     pub spec: ModelSpec,
     /// Global bias per head (rating, click) at this version.
     pub globals: [f32; 2],
-    /// Rows in the chunks.
-    pub rows: u64,
+    /// The trainer's session gap (ms): a user's session offset applies to a
+    /// request at most this long after the user's row was last updated
+    /// ([`crate::score::session_active`]).
+    pub session_gap_ms: i64,
+    /// Rows in the chunks, per table (in [`TableKind::index`] order), so a
+    /// reader can size its tables before the rows arrive.
+    pub rows: [u64; 3],
     /// Tombstones in the chunks.
     pub tombstones: u64,
     /// Topic offset of the header of the full snapshot this delta's chain
@@ -126,8 +131,7 @@ pub struct SnapshotHeader {
     pub metrics: SnapshotMetrics,
 }
 
-/// One row's parameters: `[rating bias, click bias, factors…]`; user rows
-/// have their rating scale offset and session offset before the factors.
+/// One row's parameters, laid out as [`crate::RowLayout`] says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRow {
     /// The row's table.
@@ -136,7 +140,10 @@ pub struct SnapshotRow {
     pub key: u64,
     /// The original id string (items only).
     pub id: Option<String>,
-    /// [`ModelSpec::row_width`] of its table: `2 + dim` floats, `4 + dim` for users.
+    /// The trainer clock (event time, ms) at the row's last update: the
+    /// session rule compares a request's time with it.
+    pub updated_ms: i64,
+    /// [`ModelSpec::row_width`] of its table (see [`crate::RowLayout`]).
     pub values: Vec<f32>,
 }
 
@@ -256,10 +263,31 @@ pub fn decode_commit(bytes: &[u8]) -> Option<SnapshotCommit> {
     }
 }
 
+/// The version and index of the chunk in `bytes`, if they hold one, read
+/// without decoding its rows (for checking the sequence of a snapshot that
+/// is not applied).
+pub fn decode_chunk_position(bytes: &[u8]) -> Option<(u64, u32)> {
+    /// Variant index of [`SnapshotMessage::Chunk`].
+    const CHUNK_VARIANT: u32 = 1;
+    if bytes.len() < PREFIX_LEN || bytes[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    if u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]) != FORMAT_VERSION {
+        return None;
+    }
+    let field = |at: usize, len: usize| bytes.get(PREFIX_LEN + at..PREFIX_LEN + at + len);
+    if u32::from_le_bytes(field(0, 4)?.try_into().ok()?) != CHUNK_VARIANT {
+        return None;
+    }
+    let version = u64::from_le_bytes(field(4, 8)?.try_into().ok()?);
+    let index = u32::from_le_bytes(field(12, 4)?.try_into().ok()?);
+    Some((version, index))
+}
+
 /// Bytes a row adds to an encoded chunk.
 pub fn encoded_row_len(row: &SnapshotRow) -> usize {
-    // table (u32) + key (u64) + option tag + [len (u64) + id] + len (u64) + floats
-    4 + 8 + 1 + row.id.as_ref().map_or(0, |id| 8 + id.len()) + 8 + 4 * row.values.len()
+    // table (u32) + key (u64) + option tag + [len (u64) + id] + updated (i64) + len (u64) + floats
+    4 + 8 + 1 + row.id.as_ref().map_or(0, |id| 8 + id.len()) + 8 + 8 + 4 * row.values.len()
 }
 
 /// Bytes a tombstone adds to an encoded chunk.
@@ -301,7 +329,7 @@ mod tests {
     use super::*;
 
     fn row(table: TableKind, key: u64, id: Option<&str>) -> SnapshotRow {
-        SnapshotRow { table, key, id: id.map(str::to_owned), values: vec![0.5, -1.0, 0.25, 2.0] }
+        SnapshotRow { table, key, id: id.map(str::to_owned), updated_ms: 17, values: vec![0.5, -1.0, 0.25, 2.0] }
     }
 
     fn chunk() -> SnapshotChunk {
@@ -326,7 +354,8 @@ mod tests {
             },
             spec: ModelSpec::default(),
             globals: [3.5, -2.0],
-            rows: 2,
+            session_gap_ms: 3_600_000,
+            rows: [1, 1, 0],
             tombstones: 1,
             chain_start_offset: Some(11),
             metrics: SnapshotMetrics { rating_events: 4, rating_rmse: Some(0.9), ..SnapshotMetrics::default() },
@@ -357,6 +386,15 @@ mod tests {
     }
 
     #[test]
+    fn chunk_positions_are_read_without_decoding_rows() {
+        let chunk = chunk();
+        assert_eq!(decode_chunk_position(&encode_message(&SnapshotMessage::Chunk(chunk))), Some((7, 3)));
+        let commit = SnapshotCommit { version: 4, chunks: 1, checksum: 9, chain_start_offset: 3 };
+        assert_eq!(decode_chunk_position(&encode_message(&SnapshotMessage::Commit(commit))), None);
+        assert_eq!(decode_chunk_position(b"FSNP\x03\x00\x01"), None);
+    }
+
+    #[test]
     fn borrowed_chunks_encode_like_owned_ones() {
         let chunk = chunk();
         let rows: Vec<&SnapshotRow> = chunk.rows.iter().collect();
@@ -369,7 +407,7 @@ mod tests {
         let commit = SnapshotCommit { version: 1, chunks: 2, checksum: 3, chain_start_offset: -1 };
         let bytes = encode_message(&SnapshotMessage::Commit(commit));
         let mut expected = b"FSNP".to_vec();
-        expected.extend_from_slice(&2u16.to_le_bytes());
+        expected.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         expected.extend_from_slice(&2u32.to_le_bytes()); // variant Commit
         expected.extend_from_slice(&1u64.to_le_bytes());
         expected.extend_from_slice(&2u32.to_le_bytes());

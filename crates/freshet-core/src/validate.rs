@@ -90,7 +90,7 @@ impl ValidationConfig {
     }
 
     /// Checks an id field: present, not empty, not too long.
-    pub(crate) fn check_id(&self, field: &'static str, id: &str) -> Result<(), Rejection> {
+    pub fn check_id(&self, field: &'static str, id: &str) -> Result<(), Rejection> {
         if id.is_empty() {
             return Err(Rejection::MissingId { field });
         }
@@ -120,7 +120,9 @@ impl ValidationConfig {
         Ok(())
     }
 
-    fn check_features(&self, features: &Features) -> Result<(), Rejection> {
+    /// Checks context features: how many, and each name and value (serving
+    /// applies the same rules to a request's features).
+    pub fn check_features(&self, features: &Features) -> Result<(), Rejection> {
         if features.len() > self.max_features {
             return Err(Rejection::TooManyFeatures { count: features.len(), limit: self.max_features });
         }

@@ -1,11 +1,11 @@
 //! Turns a hand-off into snapshot messages: the header, chunks under the
 //! configured size, and (once the chain's start offset is known) the commit.
 
-use freshet_core::ModelSpec;
 use freshet_core::snapshot::{
     EMPTY_CHUNK_LEN, ENCODED_TOMBSTONE_LEN, SnapshotChecksum, SnapshotCommit, SnapshotHeader, SnapshotKind,
     SnapshotMessage, SnapshotRow, SnapshotTombstone, encode_chunk, encode_message, encoded_row_len,
 };
+use freshet_core::{ModelSpec, TableKind};
 
 use crate::outgoing::{Content, Outgoing};
 
@@ -75,7 +75,8 @@ pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usiz
         watermark: outgoing.watermark.clone(),
         spec: context.spec.clone(),
         globals: outgoing.globals,
-        rows: rows.len() as u64,
+        session_gap_ms: outgoing.session_gap_ms,
+        rows: TableKind::ALL.map(|table| rows.iter().filter(|row| row.table == table).count() as u64),
         tombstones: tombstones.len() as u64,
         chain_start_offset: context.chain_start_offset,
         metrics: outgoing.metrics,
@@ -117,7 +118,6 @@ pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usiz
 mod tests {
     use std::collections::BTreeMap;
 
-    use freshet_core::TableKind;
     use freshet_core::snapshot::{SnapshotMetrics, Watermark, decode_message};
 
     use super::*;
@@ -126,6 +126,7 @@ mod tests {
         Outgoing {
             version: 3,
             globals: [1.0, 2.0],
+            session_gap_ms: 1,
             content,
             watermark: Watermark::default(),
             metrics: SnapshotMetrics::default(),
@@ -134,7 +135,13 @@ mod tests {
 
     fn rows(count: u64) -> Vec<SnapshotRow> {
         (0..count)
-            .map(|key| SnapshotRow { table: TableKind::Item, key, id: Some(format!("i{key}")), values: vec![0.5; 34] })
+            .map(|key| SnapshotRow {
+                table: TableKind::Item,
+                key,
+                id: Some(format!("i{key}")),
+                updated_ms: 0,
+                values: vec![0.5; 34],
+            })
             .collect()
     }
 
@@ -166,7 +173,7 @@ mod tests {
         let encoded = encode(&outgoing(Content::Full(all.clone())), context(&spec), 16 * 1024);
         assert!(encoded.chunks.len() > 5, "{} chunks", encoded.chunks.len());
         assert_eq!(decoded(&encoded, 16 * 1024), (all, vec![]));
-        assert_eq!((encoded.header.rows, encoded.header.kind), (1000, SnapshotKind::Full));
+        assert_eq!((encoded.header.rows, encoded.header.kind), ([0, 1000, 0], SnapshotKind::Full));
     }
 
     #[test]
@@ -184,7 +191,7 @@ mod tests {
         let (rows_seen, tombstones_seen) = decoded(&encoded, 8 * 1024);
         assert_eq!(rows_seen.len(), 300);
         assert_eq!(tombstones_seen.len(), 5000);
-        assert_eq!((encoded.header.rows, encoded.header.tombstones), (300, 5000));
+        assert_eq!((encoded.header.rows, encoded.header.tombstones), ([0, 300, 0], 5000));
         assert_eq!(encoded.header.kind, SnapshotKind::Delta { base_version: 2 });
     }
 

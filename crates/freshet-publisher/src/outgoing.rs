@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use freshet_core::TableKind;
 use freshet_core::snapshot::{SnapshotMetrics, SnapshotRow, Watermark};
-use freshet_trainer::{MetricsSnapshot, ModelParams, ParamsDelta, RowParams};
+use freshet_trainer::{MetricsSnapshot, ModelParams, ParamsDelta};
 use thiserror::Error;
 
 /// A model version ready to publish.
@@ -17,6 +17,8 @@ pub struct Outgoing {
     pub version: u64,
     /// Global bias per head at this version.
     pub globals: [f32; 2],
+    /// The trainer's session gap (ms), for the session rule of serving.
+    pub session_gap_ms: i64,
     /// The rows.
     pub content: Content,
     /// Source offsets and event time covered.
@@ -55,7 +57,8 @@ impl Outgoing {
         Outgoing {
             version,
             globals: params.globals,
-            content: Content::Full(params.rows.into_iter().map(snapshot_row).collect()),
+            session_gap_ms: params.session_gap_ms,
+            content: Content::Full(params.rows),
             watermark,
             metrics: snapshot_metrics(metrics),
         }
@@ -74,11 +77,12 @@ impl Outgoing {
             changes.insert((tombstone.table, tombstone.key), None);
         }
         for row in delta.rows {
-            changes.insert((row.table, row.key), Some(snapshot_row(row)));
+            changes.insert((row.table, row.key), Some(row));
         }
         Outgoing {
             version,
             globals: delta.globals,
+            session_gap_ms: delta.session_gap_ms,
             content: Content::Delta { base_version, changes },
             watermark,
             metrics: snapshot_metrics(metrics),
@@ -129,10 +133,6 @@ fn apply_changes(rows: Vec<SnapshotRow>, changes: BTreeMap<(TableKind, u64), Opt
     merged
 }
 
-fn snapshot_row(row: RowParams) -> SnapshotRow {
-    SnapshotRow { table: row.table, key: row.key, id: row.id, values: row.params }
-}
-
 fn snapshot_metrics(metrics: &MetricsSnapshot) -> SnapshotMetrics {
     SnapshotMetrics {
         rating_events: metrics.rating_cumulative.count,
@@ -149,13 +149,14 @@ mod tests {
     use super::*;
 
     fn row(table: TableKind, key: u64, value: f32) -> SnapshotRow {
-        SnapshotRow { table, key, id: None, values: vec![value] }
+        SnapshotRow { table, key, id: None, updated_ms: 0, values: vec![value] }
     }
 
     fn outgoing(version: u64, content: Content) -> Outgoing {
         Outgoing {
             version,
             globals: [version as f32, 0.0],
+            session_gap_ms: 1,
             content,
             watermark: Watermark::default(),
             metrics: SnapshotMetrics::default(),

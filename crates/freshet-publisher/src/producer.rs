@@ -154,7 +154,7 @@ impl SnapshotProducer {
                     header_offset,
                     chunks: encoded.chunks.len(),
                     bytes: encoded.bytes(),
-                    entries: encoded.header.rows + encoded.header.tombstones,
+                    entries: encoded.header.rows.iter().sum::<u64>() + encoded.header.tombstones,
                     latency: started.elapsed(),
                 };
                 debug!(?published, "snapshot published");

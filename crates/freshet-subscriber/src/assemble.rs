@@ -1,29 +1,46 @@
-//! Reassembles snapshots from topic messages. A snapshot is complete only
-//! when its commit record arrives after every chunk, in order, and the
-//! checksum matches: read_committed alone is not trusted (the librdkafka mock
-//! cluster shows aborted transactions to read_committed consumers).
+//! Reads snapshots out of topic messages as they arrive, without holding a
+//! snapshot in memory: the header opens one, each chunk is handed on as it
+//! is decoded (to be applied to a model version not yet served), and the
+//! commit record completes it only if it arrives after every chunk, in
+//! order, with a matching checksum and counts. read_committed alone is not
+//! trusted (the librdkafka mock cluster shows aborted transactions to
+//! read_committed consumers), so nothing a snapshot carries may be served
+//! before [`Fed::Complete`].
 
+use freshet_core::TableKind;
 use freshet_core::snapshot::{
-    SnapshotChecksum, SnapshotFormatError, SnapshotHeader, SnapshotMessage, SnapshotRow, SnapshotTombstone,
-    decode_message,
+    SnapshotChecksum, SnapshotChunk, SnapshotFormatError, SnapshotHeader, SnapshotMessage, decode_chunk_position,
+    decode_commit, decode_message,
 };
 use thiserror::Error;
 
-/// A snapshot whose chunks all arrived and whose checksum matched.
+/// What one message did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AssembledSnapshot {
+pub enum Fed {
+    /// A snapshot opened (any snapshot open before is abandoned).
+    Header(SnapshotHeader),
+    /// The next chunk of the open snapshot, decoded.
+    Chunk(SnapshotChunk),
+    /// A chunk of the open snapshot, checked but not decoded (see [`Assembler::skip_rows`]).
+    Skipped,
+    /// The open snapshot is complete and intact.
+    Complete(Completed),
+}
+
+/// A snapshot whose every chunk arrived and whose checksum matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
     /// Its header.
     pub header: SnapshotHeader,
     /// Topic offset of its header.
     pub header_offset: i64,
     /// Topic offset of the full snapshot its chain starts from.
     pub chain_start_offset: i64,
-    /// Rows it sets.
-    pub rows: Vec<SnapshotRow>,
-    /// Rows it removes.
-    pub tombstones: Vec<SnapshotTombstone>,
     /// Bytes of its header and chunks.
     pub bytes: usize,
+    /// Whether the checksum over header and chunks matched the commit's
+    /// (always, for a completed snapshot: the result of that check).
+    pub checksum_ok: bool,
 }
 
 /// Why messages were discarded instead of forming a snapshot.
@@ -47,7 +64,8 @@ pub enum AssemblyError {
         /// The message's version.
         version: u64,
     },
-    /// The commit's chunk count or checksum does not match what arrived.
+    /// The commit's chunk count or checksum, or the header's counts, do not
+    /// match what arrived.
     #[error("snapshot {version} at offset {header_offset} is damaged: {problem}")]
     Damaged {
         /// The version.
@@ -66,8 +84,8 @@ struct Open {
     header_offset: i64,
     checksum: SnapshotChecksum,
     chunks: u32,
-    rows: Vec<SnapshotRow>,
-    tombstones: Vec<SnapshotTombstone>,
+    /// Rows per table and tombstones seen, while chunks are decoded.
+    counted: Option<([u64; 3], u64)>,
     bytes: usize,
 }
 
@@ -75,6 +93,9 @@ struct Open {
 #[derive(Debug, Default)]
 pub struct Assembler {
     open: Option<Open>,
+    /// The version of a snapshot discarded by an error: its remaining
+    /// chunks and commit are passed over quietly (one error a snapshot).
+    discarded: Option<u64>,
 }
 
 impl Assembler {
@@ -86,29 +107,60 @@ impl Assembler {
     /// Forgets any half-received snapshot (after a seek).
     pub fn reset(&mut self) {
         self.open = None;
+        self.discarded = None;
     }
 
-    /// Takes the message at `offset`. Returns a snapshot when this message
-    /// completes one; an error discards the open snapshot.
-    pub fn feed(&mut self, offset: i64, value: &[u8]) -> Result<Option<AssembledSnapshot>, AssemblyError> {
-        let message = decode_message(value).map_err(|error| {
-            self.open = None;
-            AssemblyError::Format { offset, error }
-        })?;
+    /// The open snapshot's chunks are still checked (sequence, checksum) but
+    /// no longer decoded: its rows are not needed.
+    pub fn skip_rows(&mut self) {
+        if let Some(open) = &mut self.open {
+            open.counted = None;
+        }
+    }
+
+    /// Takes the message at `offset`. An error discards the open snapshot.
+    pub fn feed(&mut self, offset: i64, value: &[u8]) -> Result<Fed, AssemblyError> {
+        if let Some(version) = self.discarded {
+            let rest_of_it =
+                decode_chunk_position(value).map(|(v, _)| v).or_else(|| decode_commit(value).map(|c| c.version));
+            if rest_of_it == Some(version) {
+                return Ok(Fed::Skipped);
+            }
+            self.discarded = None;
+        }
+        let result = self.feed_inner(offset, value);
+        if result.is_err() {
+            self.discarded = self.open.take().map(|open| open.header.version);
+        }
+        result
+    }
+
+    fn feed_inner(&mut self, offset: i64, value: &[u8]) -> Result<Fed, AssemblyError> {
+        if let Some(open) = self.open.as_mut().filter(|open| open.counted.is_none())
+            && let Some((version, index)) = decode_chunk_position(value)
+        {
+            if (version, index) != (open.header.version, open.chunks) {
+                return Err(AssemblyError::OutOfSequence { offset, what: "chunk", version });
+            }
+            open.checksum.update(value);
+            open.chunks += 1;
+            open.bytes += value.len();
+            return Ok(Fed::Skipped);
+        }
+        let message = decode_message(value).map_err(|error| AssemblyError::Format { offset, error })?;
         match message {
             SnapshotMessage::Header(header) => {
                 let mut checksum = SnapshotChecksum::new();
                 checksum.update(value);
                 self.open = Some(Open {
-                    header,
+                    header: header.clone(),
                     header_offset: offset,
                     checksum,
                     chunks: 0,
-                    rows: Vec::new(),
-                    tombstones: Vec::new(),
+                    counted: Some(([0; 3], 0)),
                     bytes: value.len(),
                 });
-                Ok(None)
+                Ok(Fed::Header(header))
             }
             SnapshotMessage::Chunk(chunk) => {
                 let Some(open) = self
@@ -116,15 +168,18 @@ impl Assembler {
                     .as_mut()
                     .filter(|open| open.header.version == chunk.version && open.chunks == chunk.index)
                 else {
-                    self.open = None;
                     return Err(AssemblyError::OutOfSequence { offset, what: "chunk", version: chunk.version });
                 };
                 open.checksum.update(value);
                 open.chunks += 1;
                 open.bytes += value.len();
-                open.rows.extend(chunk.rows);
-                open.tombstones.extend(chunk.tombstones);
-                Ok(None)
+                if let Some((rows, tombstones)) = &mut open.counted {
+                    for row in &chunk.rows {
+                        rows[row.table.index()] += 1;
+                    }
+                    *tombstones += chunk.tombstones.len() as u64;
+                }
+                Ok(Fed::Chunk(chunk))
             }
             SnapshotMessage::Commit(commit) => {
                 let Some(open) = self.open.take().filter(|open| open.header.version == commit.version) else {
@@ -141,24 +196,29 @@ impl Assembler {
                         open.chunks, commit.chunks
                     )));
                 }
-                if open.checksum.digest() != commit.checksum {
+                let checksum_ok = open.checksum.digest() == commit.checksum;
+                if !checksum_ok {
                     return Err(damaged(format!(
                         "checksum {:#018x}, the commit says {:#018x}",
                         open.checksum.digest(),
                         commit.checksum
                     )));
                 }
-                let counts = (open.rows.len() as u64, open.tombstones.len() as u64);
-                if counts != (open.header.rows, open.header.tombstones) {
-                    return Err(damaged(format!("{counts:?} rows and tombstones, the header counts otherwise")));
+                if let Some((rows, tombstones)) = open.counted
+                    && (rows, tombstones) != (open.header.rows, open.header.tombstones)
+                {
+                    let names = TableKind::ALL.map(TableKind::name);
+                    return Err(damaged(format!(
+                        "{rows:?} {names:?} rows and {tombstones} tombstones arrived, the header counts {:?} and {}",
+                        open.header.rows, open.header.tombstones
+                    )));
                 }
-                Ok(Some(AssembledSnapshot {
+                Ok(Fed::Complete(Completed {
                     header: open.header,
                     header_offset: open.header_offset,
                     chain_start_offset: commit.chain_start_offset,
-                    rows: open.rows,
-                    tombstones: open.tombstones,
                     bytes: open.bytes,
+                    checksum_ok,
                 }))
             }
         }
@@ -167,26 +227,21 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{SnapshotChunk, SnapshotCommit, SnapshotKind, encode_message};
+    use freshet_core::snapshot::{SnapshotCommit, SnapshotKind, SnapshotRow, encode_message};
     use freshet_core::{ModelSpec, TableKind};
 
     use super::*;
     use crate::fixtures::header;
 
     fn chunk(version: u64, index: u32, key: u64) -> Vec<u8> {
-        let row = SnapshotRow { table: TableKind::User, key, id: None, values: vec![1.0; 34] };
+        let row = SnapshotRow { table: TableKind::User, key, id: None, updated_ms: 0, values: vec![1.0; 36] };
         encode_message(&SnapshotMessage::Chunk(SnapshotChunk { version, index, rows: vec![row], tombstones: vec![] }))
     }
 
     /// A whole snapshot's message values (header, two chunks, commit).
     fn snapshot(version: u64) -> Vec<Vec<u8>> {
-        let mut values = vec![encode_message(&SnapshotMessage::Header(header(
-            version,
-            SnapshotKind::Full,
-            ModelSpec::default(),
-            2,
-            0,
-        )))];
+        let header = header(version, SnapshotKind::Full, ModelSpec::default(), [2, 0, 0], 0);
+        let mut values = vec![encode_message(&SnapshotMessage::Header(header))];
         values.push(chunk(version, 0, 1));
         values.push(chunk(version, 1, 2));
         let mut checksum = SnapshotChecksum::new();
@@ -196,20 +251,45 @@ mod tests {
         values
     }
 
-    fn feed_all(
-        assembler: &mut Assembler,
-        values: &[Vec<u8>],
-    ) -> Vec<Result<Option<AssembledSnapshot>, AssemblyError>> {
+    fn feed_all(assembler: &mut Assembler, values: &[Vec<u8>]) -> Vec<Result<Fed, AssemblyError>> {
         values.iter().enumerate().map(|(offset, value)| assembler.feed(offset as i64, value)).collect()
     }
 
+    fn completed(result: &Result<Fed, AssemblyError>) -> &Completed {
+        match result {
+            Ok(Fed::Complete(done)) => done,
+            other => panic!("not complete: {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_complete_snapshot_assembles_on_its_commit() {
+    fn chunks_arrive_decoded_and_the_commit_completes_the_snapshot() {
         let mut assembler = Assembler::new();
         let results = feed_all(&mut assembler, &snapshot(5));
-        assert!(results[..3].iter().all(|r| matches!(r, Ok(None))));
-        let Ok(Some(done)) = &results[3] else { panic!("{:?}", results[3]) };
-        assert_eq!((done.header.version, done.rows.len(), done.header_offset), (5, 2, 0));
+        assert!(matches!(&results[0], Ok(Fed::Header(h)) if h.version == 5));
+        assert!(matches!(&results[1], Ok(Fed::Chunk(c)) if c.rows[0].key == 1));
+        assert!(matches!(&results[2], Ok(Fed::Chunk(c)) if c.rows[0].key == 2));
+        let done = completed(&results[3]);
+        assert_eq!((done.header.version, done.header_offset, done.checksum_ok), (5, 0, true));
+    }
+
+    #[test]
+    fn a_skipped_snapshot_is_checked_without_decoding() {
+        let values = snapshot(5);
+        let mut assembler = Assembler::new();
+        assert!(matches!(assembler.feed(0, &values[0]), Ok(Fed::Header(_))));
+        assembler.skip_rows();
+        assert_eq!(assembler.feed(1, &values[1]), Ok(Fed::Skipped));
+        assert_eq!(assembler.feed(2, &values[2]), Ok(Fed::Skipped));
+        assert_eq!(completed(&assembler.feed(3, &values[3])).bytes, values[..3].iter().map(Vec::len).sum::<usize>());
+        // A skipped snapshot's damage is still found.
+        let mut damaged = snapshot(6);
+        let last = damaged[2].len() - 1;
+        damaged[2][last] ^= 1;
+        assembler.feed(0, &damaged[0]).expect("header");
+        assembler.skip_rows();
+        let results: Vec<_> = (1..4).map(|i| assembler.feed(i, &damaged[i as usize])).collect();
+        assert!(matches!(&results[2], Err(AssemblyError::Damaged { version: 6, .. })), "{results:?}");
     }
 
     #[test]
@@ -222,13 +302,38 @@ mod tests {
     }
 
     #[test]
+    fn counts_that_disagree_with_the_header_are_damage() {
+        let mut values = snapshot(5);
+        let header = header(5, SnapshotKind::Full, ModelSpec::default(), [1, 1, 0], 0);
+        values[0] = encode_message(&SnapshotMessage::Header(header));
+        let mut checksum = SnapshotChecksum::new();
+        values[..3].iter().for_each(|value| checksum.update(value));
+        let commit = SnapshotCommit { version: 5, chunks: 2, checksum: checksum.digest(), chain_start_offset: 0 };
+        values[3] = encode_message(&SnapshotMessage::Commit(commit));
+        let results = feed_all(&mut Assembler::new(), &values);
+        assert!(matches!(&results[3], Err(AssemblyError::Damaged { problem, .. }) if problem.contains("rows")));
+    }
+
+    #[test]
+    fn a_snapshot_broken_midway_is_one_error_and_the_next_one_assembles() {
+        let mut values = snapshot(5);
+        let cut = values[1].len() - 3;
+        values[1].truncate(cut);
+        values.extend(snapshot(6));
+        let results = feed_all(&mut Assembler::new(), &values);
+        assert!(matches!(results[1], Err(AssemblyError::Format { offset: 1, .. })), "{:?}", results[1]);
+        assert_eq!(results[2..4], [Ok(Fed::Skipped), Ok(Fed::Skipped)], "the rest of it passes quietly");
+        assert_eq!(completed(&results[7]).header.version, 6);
+    }
+
+    #[test]
     fn a_missing_chunk_or_header_breaks_the_sequence() {
         let values = snapshot(5);
         let mut assembler = Assembler::new();
         let without_first_chunk = [values[0].clone(), values[2].clone(), values[3].clone()];
         let results = feed_all(&mut assembler, &without_first_chunk);
         assert!(matches!(results[1], Err(AssemblyError::OutOfSequence { what: "chunk", .. })));
-        assert!(matches!(results[2], Err(AssemblyError::OutOfSequence { what: "commit", .. })));
+        assert_eq!(results[2], Ok(Fed::Skipped), "the broken snapshot's commit passes quietly");
         assert!(matches!(feed_all(&mut Assembler::new(), &values[3..])[0], Err(AssemblyError::OutOfSequence { .. })));
     }
 
@@ -238,7 +343,7 @@ mod tests {
         let mut values = snapshot(5)[..2].to_vec();
         values.extend(snapshot(6));
         let results = feed_all(&mut Assembler::new(), &values);
-        let Ok(Some(done)) = results.last().expect("fed") else { panic!("{results:?}") };
+        let done = completed(results.last().expect("fed"));
         assert_eq!((done.header.version, done.header_offset), (6, 2));
     }
 

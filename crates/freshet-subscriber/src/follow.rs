@@ -19,9 +19,10 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::assemble::{AssembledSnapshot, Assembler};
-use crate::model::ServingModel;
-use crate::swap::{LiveModel, Swapper};
+use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
+use crate::chain::{Plan, plan};
+use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
+use crate::swap::LiveModel;
 
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(100);
@@ -39,6 +40,20 @@ pub struct SubscriberConfig {
     pub kafka: BTreeMap<String, String>,
     /// The snapshot topic.
     pub topic: String,
+    /// Candidates a top-k scores exactly, at least (see [`ServingModel::top_k`]).
+    pub top_k_candidates: usize,
+}
+
+impl SubscriberConfig {
+    /// Follows `topic` on `bootstrap` with the default settings.
+    pub fn new(bootstrap: impl Into<String>, topic: impl Into<String>) -> Self {
+        SubscriberConfig {
+            bootstrap: bootstrap.into(),
+            kafka: BTreeMap::new(),
+            topic: topic.into(),
+            top_k_candidates: DEFAULT_CANDIDATES,
+        }
+    }
 }
 
 /// Something the subscriber did with a snapshot.
@@ -61,20 +76,46 @@ pub enum SubscriberEvent {
     },
 }
 
+/// Which kind of snapshot a swap applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapKind {
+    /// A full snapshot.
+    Full,
+    /// A delta.
+    Delta,
+}
+
+impl SwapKind {
+    /// `full` or `delta`, as JSON and metric labels write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwapKind::Full => "full",
+            SwapKind::Delta => "delta",
+        }
+    }
+}
+
+impl std::fmt::Display for SwapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One hot swap.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SwapReport {
     /// The version now served.
     pub version: u64,
-    /// `full` or `delta`.
-    pub kind: &'static str,
+    /// Full or delta.
+    pub kind: SwapKind,
     /// Rows set.
     pub rows: u64,
     /// Rows removed.
     pub tombstones: u64,
     /// Bytes of header and chunks.
     pub bytes: usize,
-    /// The commit's checksum and chunk count matched (always, or it would not apply).
+    /// The result of comparing the checksum over the header and chunks with the commit's.
     pub checksum_ok: bool,
     /// Now minus the newest event time the version reflects (ms).
     pub freshness_ms: i64,
@@ -129,6 +170,11 @@ pub struct SubscriberView {
 }
 
 impl SubscriberView {
+    /// A view of `live`, which something other than a [`Subscriber`] updates.
+    pub fn of(live: Arc<LiveModel>) -> Self {
+        SubscriberView { live, stats: Arc::default() }
+    }
+
     /// The model served now (`None` until the first full snapshot applies).
     pub fn model(&self) -> Option<Arc<ServingModel>> {
         self.live.load()
@@ -153,6 +199,10 @@ impl Subscriber {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
+            .set("fetch.max.bytes", (4 * 1024 * 1024).to_string())
+            // Snapshots are applied as they arrive: a small read-ahead keeps
+            // serving memory near the model's own size.
+            .set("queued.max.messages.kbytes", "8192")
             .create_with_context(QuietEof)?;
         let live = Arc::new(LiveModel::default());
         let stats = Arc::new(Mutex::new(SubscriberStats::default()));
@@ -160,8 +210,10 @@ impl Subscriber {
         let follower = Follower {
             consumer,
             topic: config.topic.clone(),
-            swapper: Swapper::new(Arc::clone(&live)),
+            live: Arc::clone(&live),
+            candidates: config.top_k_candidates,
             assembler: Assembler::new(),
+            building: None,
             chain_start: None,
             rejected_headers: HashSet::new(),
             stats: Arc::clone(&stats),
@@ -223,8 +275,11 @@ impl ConsumerContext for QuietEof {}
 struct Follower {
     consumer: BaseConsumer<QuietEof>,
     topic: String,
-    swapper: Swapper,
+    live: Arc<LiveModel>,
+    candidates: usize,
     assembler: Assembler,
+    /// What is being done with the open snapshot.
+    building: Option<Building>,
     /// Header offset of the full snapshot the served chain starts from.
     chain_start: Option<i64>,
     /// Header offsets of snapshots found damaged: never reload from them.
@@ -232,6 +287,20 @@ struct Follower {
     stats: Arc<Mutex<SubscriberStats>>,
     stop: Arc<AtomicBool>,
     on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
+}
+
+/// The open snapshot, by its [`Plan`].
+enum Building {
+    /// The next version, being built as chunks arrive.
+    Apply(Box<Builder>),
+    /// The served version again.
+    Repeat,
+    /// Not needed.
+    Skip(&'static str),
+    /// A delta on a version not served.
+    Broken { base: u64, served: Option<u64> },
+    /// Its content cannot be served; reported once it is complete.
+    Failed(String),
 }
 
 impl Follower {
@@ -255,18 +324,8 @@ impl Follower {
             let Some(result) = self.consumer.poll(POLL) else { continue };
             match result {
                 Ok(message) => {
-                    let offset = message.offset();
-                    let fed = self.assembler.feed(offset, message.payload().unwrap_or_default());
-                    match fed {
-                        Ok(Some(snapshot)) => self.handle(snapshot),
-                        Ok(None) => {}
-                        Err(error) => {
-                            if let crate::assemble::AssemblyError::Damaged { header_offset, .. } = &error {
-                                self.rejected_headers.insert(*header_offset);
-                            }
-                            self.reject(error.to_string());
-                        }
-                    }
+                    let fed = self.assembler.feed(message.offset(), message.payload().unwrap_or_default());
+                    self.handle(fed);
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
                     self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up = true;
@@ -276,51 +335,87 @@ impl Follower {
         }
     }
 
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    fn handle(&mut self, snapshot: AssembledSnapshot) {
-        let served = self.swapper_version();
-        let version = snapshot.header.version;
-        match snapshot.header.kind {
-            SnapshotKind::Full if served == Some(version) => {
-                // The same version again (a publisher restart): same parameters, newer chain.
-                self.chain_start = Some(snapshot.header_offset);
-                self.skip(version, "version already served; following its chain");
-            }
-            SnapshotKind::Full => {
-                if served.is_some_and(|served| served > version) {
-                    warn!(served, version, "a full snapshot of an older version: the model was reset");
+    fn handle(&mut self, fed: Result<Fed, AssemblyError>) {
+        match fed {
+            Ok(Fed::Header(header)) => {
+                let served = self.live.load();
+                let building = match plan(served.as_ref().map(|m| m.version()), header.kind, header.version) {
+                    Plan::Full => Builder::full(&header, served.as_deref(), self.candidates).map_or_else(
+                        |error| Building::Failed(format!("full snapshot {}: {error}", header.version)),
+                        |builder| Building::Apply(Box::new(builder)),
+                    ),
+                    Plan::Delta => match served.as_deref() {
+                        Some(base) => Builder::delta(&header, base).map_or_else(
+                            |error| Building::Failed(format!("delta {}: {error}", header.version)),
+                            |builder| Building::Apply(Box::new(builder)),
+                        ),
+                        None => Building::Skip("no full snapshot served yet"),
+                    },
+                    Plan::Repeat => Building::Repeat,
+                    Plan::Skip(reason) => Building::Skip(reason),
+                    Plan::Broken { base } => Building::Broken { base, served: served.map(|m| m.version()) },
+                };
+                if !matches!(building, Building::Apply(_)) {
+                    self.assembler.skip_rows();
                 }
-                let header_offset = snapshot.header_offset;
-                match self.swapper.apply_full(&snapshot) {
-                    Ok(()) => {
-                        self.chain_start = Some(header_offset);
-                        self.applied(&snapshot);
-                    }
-                    Err(error) => {
-                        self.rejected_headers.insert(header_offset);
-                        self.reject(format!("full snapshot {version}: {error}"));
-                    }
-                }
+                self.building = Some(building);
             }
-            SnapshotKind::Delta { .. } if served.is_none_or(|served| version <= served) => {
-                let reason = if served.is_none() { "no full snapshot served yet" } else { "already applied" };
-                self.skip(version, reason);
-            }
-            SnapshotKind::Delta { base_version } if Some(base_version) == served => {
-                let snapshot = Arc::new(snapshot);
-                match self.swapper.apply_delta(Arc::clone(&snapshot)) {
-                    Ok(()) => self.applied(&snapshot),
-                    Err(error) => self.reject(format!("delta {version}: {error}")),
+            Ok(Fed::Chunk(chunk)) => {
+                if let Some(Building::Apply(builder)) = &mut self.building
+                    && let Err(error) = builder.apply(&chunk)
+                {
+                    self.building = Some(Building::Failed(format!("snapshot {}: {error}", chunk.version)));
+                    self.assembler.skip_rows();
                 }
             }
-            SnapshotKind::Delta { base_version } => {
-                self.reject(format!("delta {version} needs version {base_version}, serving {served:?}: chain broken"));
-                self.reload();
+            Ok(Fed::Skipped) => {}
+            Ok(Fed::Complete(done)) => self.complete(done),
+            Err(error) => {
+                self.building = None;
+                if let AssemblyError::Damaged { header_offset, .. } = &error {
+                    self.rejected_headers.insert(*header_offset);
+                }
+                self.reject(error.to_string());
             }
         }
+    }
+
+    fn complete(&mut self, done: Completed) {
+        let version = done.header.version;
+        match self.building.take() {
+            Some(Building::Apply(builder)) => {
+                let served = self.live.load().map(|model| model.version());
+                if done.header.kind == SnapshotKind::Full && served.is_some_and(|served| served > version) {
+                    warn!(served, version, "a full snapshot of an older version: the model was reset");
+                }
+                self.live.store((*builder).finish(done.chain_start_offset));
+                if done.header.kind == SnapshotKind::Full {
+                    self.chain_start = Some(done.header_offset);
+                }
+                self.applied(&done);
+            }
+            Some(Building::Repeat) => {
+                // The same version again (a publisher restart): same parameters, newer chain.
+                self.chain_start = Some(done.header_offset);
+                self.skip(version, "version already served; following its chain");
+            }
+            Some(Building::Skip(reason)) => self.skip(version, reason),
+            Some(Building::Broken { base, served }) => {
+                self.reject(format!("delta {version} needs version {base}, serving {served:?}: chain broken"));
+                self.reload();
+            }
+            Some(Building::Failed(reason)) => {
+                if done.header.kind == SnapshotKind::Full {
+                    self.rejected_headers.insert(done.header_offset);
+                }
+                self.reject(reason);
+            }
+            None => self.reject(format!("snapshot {version} completed without a header")),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// After a broken chain: seek to the newest full snapshot if it is not
@@ -338,20 +433,16 @@ impl Follower {
         }
     }
 
-    fn swapper_version(&self) -> Option<u64> {
-        self.swapper.served().map(|model| model.version())
-    }
-
-    fn applied(&mut self, snapshot: &AssembledSnapshot) {
+    fn applied(&mut self, snapshot: &Completed) {
         let now = freshet_core::now_ms();
         let header = &snapshot.header;
         let report = SwapReport {
             version: header.version,
-            kind: if header.kind == SnapshotKind::Full { "full" } else { "delta" },
-            rows: header.rows,
+            kind: if header.kind == SnapshotKind::Full { SwapKind::Full } else { SwapKind::Delta },
+            rows: header.rows.iter().sum(),
             tombstones: header.tombstones,
             bytes: snapshot.bytes,
-            checksum_ok: true,
+            checksum_ok: snapshot.checksum_ok,
             freshness_ms: now - header.watermark.newest_event_ms,
             publish_to_apply_ms: now - header.created_ms,
             watermark: header.watermark.clone(),

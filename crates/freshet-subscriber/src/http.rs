@@ -1,25 +1,62 @@
-//! The serving endpoint: recommendations and scores from the live model,
-//! its version, health and Prometheus metrics.
+//! The serving endpoint: scores, candidate ranking and recommendations
+//! from the live model, with context features and the request's time, its
+//! version, health and Prometheus metrics. docs/serving.md describes every
+//! endpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use freshet_core::{ConfigError, Features, Head, ScoreContext, ValidationConfig};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::follow::{SubscriberEvent, SubscriberView};
-use freshet_core::Head;
+use crate::model::DEFAULT_CANDIDATES;
 
 /// Largest `k` a request may ask for.
-const MAX_K: usize = 1000;
+pub const MAX_K: usize = 1000;
+/// Query parameters that carry a context feature: `f.<name>=<value>`.
+pub const FEATURE_PREFIX: &str = "f.";
+
+/// `[serve]` settings of `freshet serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Most candidate items one `POST /rank` may score.
+    pub max_rank_items: usize,
+    /// Candidates a top-k scores exactly after the quantized scan picked
+    /// them (at least `k`); more costs time, fewer costs recall.
+    pub top_k_candidates: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { max_rank_items: 10_000, top_k_candidates: DEFAULT_CANDIDATES }
+    }
+}
+
+impl ServeConfig {
+    /// Checks the settings, naming the offending key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.max_rank_items) {
+            return Err(ConfigError::new("serve.max_rank_items", "must be between 1 and 1000000"));
+        }
+        if !(1..=1_000_000).contains(&self.top_k_candidates) {
+            return Err(ConfigError::new("serve.top_k_candidates", "must be between 1 and 1000000"));
+        }
+        Ok(())
+    }
+}
 
 /// Prometheus metrics of a serving process.
 #[derive(Clone)]
@@ -83,9 +120,9 @@ impl ServeMetrics {
     pub fn observe(&self, event: &SubscriberEvent) {
         match event {
             SubscriberEvent::Applied(report) => {
-                self.snapshots.with_label_values(&[report.kind]).inc();
+                self.snapshots.with_label_values(&[report.kind.as_str()]).inc();
                 self.publish_to_apply
-                    .with_label_values(&[report.kind])
+                    .with_label_values(&[report.kind.as_str()])
                     .observe(report.publish_to_apply_ms.max(0) as f64 / 1e3);
             }
             SubscriberEvent::Skipped { .. } => self.snapshots.with_label_values(&["skipped"]).inc(),
@@ -114,19 +151,46 @@ impl ServeMetrics {
 struct AppState {
     view: SubscriberView,
     metrics: ServeMetrics,
-    head: Head,
+    options: RouterOptions,
 }
 
-/// The endpoint's routes over a subscription; `head` is the default head.
-pub fn router(view: SubscriberView, metrics: ServeMetrics, head: Head) -> Router {
+/// How the endpoint answers.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// The head that scores when a request names none.
+    pub head: Head,
+    /// The rules ids and context features of a request must follow (the
+    /// trainer's `[validation]` table).
+    pub validation: ValidationConfig,
+    /// Most items one `POST /rank` may score.
+    pub max_rank_items: usize,
+}
+
+impl RouterOptions {
+    /// Options for `head`, with the default validation and limits.
+    pub fn new(head: Head) -> Self {
+        RouterOptions {
+            head,
+            validation: ValidationConfig::default(),
+            max_rank_items: ServeConfig::default().max_rank_items,
+        }
+    }
+}
+
+/// The endpoint's routes over a subscription.
+pub fn router(view: SubscriberView, metrics: ServeMetrics, options: RouterOptions) -> Router {
+    // Room for the largest accepted `/rank` body: every id at its longest, quoted.
+    let body_limit = 64 * 1024 + options.max_rank_items * (options.validation.max_id_bytes * 6 + 4);
     Router::new()
         .route("/recommend", get(recommend))
         .route("/score", get(score))
+        .route("/rank", post(rank))
         .route("/version", get(version))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { view, metrics, head })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(AppState { view, metrics, options })
 }
 
 /// Serves `router` on `listen` until `shutdown` resolves.
@@ -156,27 +220,85 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
 }
 
-type Params = Query<HashMap<String, String>>;
-
-/// A request's parsed parameters, or the 400 answer naming the problem.
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
-    match params.get(name).map(String::as_str) {
-        Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(bad_request(format!("missing query parameter `{name}`"))),
-    }
-}
-
-fn head_of(params: &HashMap<String, String>, default: Head) -> Result<Head, ApiError> {
-    match params.get("head").map(String::as_str) {
-        None => Ok(default),
-        Some("rating") => Ok(Head::Rating),
-        Some("click") => Ok(Head::Click),
-        Some(other) => Err(bad_request(format!("`head` must be rating or click, got {other:?}"))),
-    }
-}
-
 fn no_model() -> ApiError {
     ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "no model version is served yet".to_owned() }
+}
+
+type Params = Query<Vec<(String, String)>>;
+
+/// A request's query parameters, checked against what its endpoint takes.
+struct Request<'a> {
+    params: Vec<(&'a str, &'a str)>,
+    features: Features,
+}
+
+impl<'a> Request<'a> {
+    /// Parses `params` for an endpoint taking `names` (and features, if
+    /// `features`): an unknown or repeated parameter is a 400 naming it.
+    fn parse(
+        params: &'a [(String, String)],
+        names: &[&str],
+        features: bool,
+        validation: &ValidationConfig,
+    ) -> Result<Self, ApiError> {
+        let mut request = Request { params: Vec::new(), features: Features::new() };
+        for (name, value) in params {
+            if let Some(feature) = name.strip_prefix(FEATURE_PREFIX).filter(|_| features) {
+                if request.features.insert(feature.to_owned(), value.clone()).is_some() {
+                    return Err(bad_request(format!("query parameter `{name}` is given more than once")));
+                }
+            } else if names.contains(&name.as_str()) {
+                if request.params.iter().any(|(seen, _)| seen == name) {
+                    return Err(bad_request(format!("query parameter `{name}` is given more than once")));
+                }
+                request.params.push((name, value));
+            } else {
+                let mut takes: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                if features {
+                    takes.push(format!("`{FEATURE_PREFIX}<feature>`"));
+                }
+                let takes = if takes.is_empty() { "no parameters".to_owned() } else { takes.join(", ") };
+                return Err(bad_request(format!("unknown query parameter `{name}` (this endpoint takes {takes})")));
+            }
+        }
+        validation
+            .check_features(&request.features)
+            .map_err(|rejection| bad_request(format!("features: {rejection}")))?;
+        Ok(request)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.params.iter().find(|(n, _)| *n == name).map(|(_, value)| *value)
+    }
+
+    /// A required id parameter, checked like an event's ids.
+    fn id(&self, name: &'static str, validation: &ValidationConfig) -> Result<&'a str, ApiError> {
+        let value = self.get(name).ok_or_else(|| bad_request(format!("missing query parameter `{name}`")))?;
+        validation.check_id(name, value).map_err(|rejection| bad_request(format!("`{name}`: {rejection}")))?;
+        Ok(value)
+    }
+
+    fn head(&self, default: Head) -> Result<Head, ApiError> {
+        self.get("head").map_or(Ok(default), head_named)
+    }
+
+    /// The request's time: `ts` (ms since the epoch), or now.
+    fn at_ms(&self) -> Result<i64, ApiError> {
+        match self.get("ts") {
+            None => Ok(freshet_core::now_ms()),
+            Some(ts) => {
+                ts.parse().map_err(|_| bad_request(format!("`ts` must be an integer (ms since the epoch), got {ts:?}")))
+            }
+        }
+    }
+}
+
+fn head_named(name: &str) -> Result<Head, ApiError> {
+    match name {
+        "rating" => Ok(Head::Rating),
+        "click" => Ok(Head::Click),
+        other => Err(bad_request(format!("`head` must be rating or click, got {other:?}"))),
+    }
 }
 
 /// Runs a handler, counting and timing it.
@@ -190,8 +312,10 @@ fn measured(state: &AppState, endpoint: &str, answer: impl FnOnce() -> Result<Re
 
 async fn recommend(State(state): State<AppState>, Query(params): Params) -> Response {
     measured(&state, "recommend", || {
-        let user = param(&params, "user")?;
-        let k = match params.get("k") {
+        let validation = &state.options.validation;
+        let request = Request::parse(&params, &["user", "k", "head", "exclude", "ts"], true, validation)?;
+        let user = request.id("user", validation)?;
+        let k = match request.get("k") {
             None => 10,
             Some(k) => k
                 .parse::<usize>()
@@ -199,29 +323,93 @@ async fn recommend(State(state): State<AppState>, Query(params): Params) -> Resp
                 .filter(|k| (1..=MAX_K).contains(k))
                 .ok_or_else(|| bad_request(format!("`k` must be an integer from 1 to {MAX_K}")))?,
         };
-        let head = head_of(&params, state.head)?;
-        let exclude: HashSet<String> = params
+        let head = request.head(state.options.head)?;
+        let exclude: HashSet<String> = request
             .get("exclude")
             .map(|list| list.split(',').filter(|id| !id.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
+        let context = ScoreContext { features: &request.features, at_ms: Some(request.at_ms()?) };
         let model = state.view.model().ok_or_else(no_model)?;
-        let items = model.top_k(head, user, k, &exclude);
+        let items = model.top_k(head, user, k, &context, &exclude);
         Ok(axum::Json(json!({"user": user, "version": model.version(), "head": head, "items": items})).into_response())
     })
 }
 
 async fn score(State(state): State<AppState>, Query(params): Params) -> Response {
     measured(&state, "score", || {
-        let (user, item) = (param(&params, "user")?, param(&params, "item")?);
-        let head = head_of(&params, state.head)?;
+        let validation = &state.options.validation;
+        let request = Request::parse(&params, &["user", "item", "head", "ts"], true, validation)?;
+        let (user, item) = (request.id("user", validation)?, request.id("item", validation)?);
+        let head = request.head(state.options.head)?;
+        let context = ScoreContext { features: &request.features, at_ms: Some(request.at_ms()?) };
         let model = state.view.model().ok_or_else(no_model)?;
-        let score = model.score(head, user, item);
+        let score = model.score(head, user, item, &context);
         Ok(axum::Json(json!({"score": score, "version": model.version(), "head": head})).into_response())
     })
 }
 
-async fn version(State(state): State<AppState>) -> Response {
+/// The body of `POST /rank`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RankRequest {
+    user: String,
+    items: Vec<String>,
+    #[serde(default)]
+    features: Features,
+    #[serde(default)]
+    head: Option<String>,
+    /// The request's time (ms since the epoch); now when absent.
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+async fn rank(
+    State(state): State<AppState>,
+    Query(params): Params,
+    body: Result<axum::Json<RankRequest>, JsonRejection>,
+) -> Response {
+    measured(&state, "rank", || {
+        let validation = &state.options.validation;
+        Request::parse(&params, &[], false, validation)?;
+        let axum::Json(request) = body.map_err(|rejection| ApiError {
+            // A body in another format keeps its 415; anything wrong inside the JSON is a 400.
+            status: if rejection.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                rejection.status()
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            message: format!(
+                "the body must be JSON {{\"user\", \"items\": [...], \"features\": {{...}}, \"head\", \"ts\"}}: {}",
+                rejection.body_text()
+            ),
+        })?;
+        validation.check_id("user", &request.user).map_err(|rejection| bad_request(format!("`user`: {rejection}")))?;
+        let limit = state.options.max_rank_items;
+        if request.items.len() > limit {
+            return Err(bad_request(format!(
+                "`items` holds {} ids, over the limit of {limit} a request (serve.max_rank_items)",
+                request.items.len()
+            )));
+        }
+        for item in &request.items {
+            validation.check_id("item", item).map_err(|rejection| bad_request(format!("`items`: {rejection}")))?;
+        }
+        validation
+            .check_features(&request.features)
+            .map_err(|rejection| bad_request(format!("`features`: {rejection}")))?;
+        let head = request.head.as_deref().map_or(Ok(state.options.head), head_named)?;
+        let context =
+            ScoreContext { features: &request.features, at_ms: Some(request.ts.unwrap_or_else(freshet_core::now_ms)) };
+        let model = state.view.model().ok_or_else(no_model)?;
+        let scores = model.rank(head, &request.user, &request.items, &context);
+        let answer = json!({"user": request.user, "version": model.version(), "head": head, "scores": scores});
+        Ok(axum::Json(answer).into_response())
+    })
+}
+
+async fn version(State(state): State<AppState>, Query(params): Params) -> Response {
     measured(&state, "version", || {
+        Request::parse(&params, &[], false, &state.options.validation)?;
         let model = state.view.model().ok_or_else(no_model)?;
         let info = model.info();
         let freshness_ms = freshet_core::now_ms() - info.newest_event_ms;
@@ -229,17 +417,187 @@ async fn version(State(state): State<AppState>) -> Response {
     })
 }
 
-async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+async fn healthz(State(state): State<AppState>, Query(params): Params) -> Response {
+    match Request::parse(&params, &[], false, &state.options.validation) {
+        Ok(_) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<AppState>, Query(params): Params) -> Response {
+    if let Err(error) = Request::parse(&params, &[], false, &state.options.validation) {
+        return error.into_response();
+    }
     match state.view.model() {
         Some(model) => axum::Json(json!({"ready": true, "version": model.version()})).into_response(),
         None => no_model().into_response(),
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>, Query(params): Params) -> Response {
+    if let Err(error) = Request::parse(&params, &[], false, &state.options.validation) {
+        return error.into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&state.view)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use freshet_core::snapshot::{SnapshotChunk, SnapshotKind, SnapshotRow};
+    use freshet_core::{ModelSpec, RowLayout, TableKind, hash_feature, hash_id};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::fixtures::header;
+    use crate::model::{Builder, DEFAULT_CANDIDATES};
+    use crate::swap::LiveModel;
+
+    fn row(table: TableKind, key: u64, id: Option<&str>, fill: f32) -> SnapshotRow {
+        let width = RowLayout::new(table, 8).width();
+        let values = (0..width).map(|k| fill * (k as f32 + 1.0) / 8.0).collect();
+        SnapshotRow { table, key, id: id.map(str::to_owned), updated_ms: 1_000, values }
+    }
+
+    /// An endpoint over a small model (or none), with a limit of 3 ranked items.
+    fn app(with_model: bool) -> (Router, Arc<LiveModel>) {
+        let live = Arc::new(LiveModel::default());
+        if with_model {
+            let rows = vec![
+                row(TableKind::User, hash_id("u1"), None, 0.5),
+                row(TableKind::Item, hash_id("i1"), Some("i1"), 0.25),
+                row(TableKind::Item, hash_id("i2"), Some("i2"), -0.25),
+                row(TableKind::Feature, hash_feature("device", "ios"), None, 0.125),
+            ];
+            let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
+            let mut builder =
+                Builder::full(&header(1, SnapshotKind::Full, spec, [1, 2, 1], 0), None, DEFAULT_CANDIDATES)
+                    .expect("valid");
+            builder.apply(&SnapshotChunk { version: 1, index: 0, rows, tombstones: vec![] }).expect("applies");
+            live.store(builder.finish(0));
+        }
+        let options = RouterOptions { max_rank_items: 3, ..RouterOptions::new(Head::Rating) };
+        let app = router(SubscriberView::of(Arc::clone(&live)), ServeMetrics::new().expect("metrics"), options);
+        (app, live)
+    }
+
+    fn call(app: &Router, request: HttpRequest<Body>) -> (StatusCode, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("a body");
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+        call(app, HttpRequest::get(uri).body(Body::empty()).expect("a request"))
+    }
+
+    fn post(app: &Router, body: &str, content_type: Option<&str>) -> (StatusCode, String) {
+        let mut request = HttpRequest::post("/rank");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        call(app, request.body(Body::from(body.to_owned())).expect("a request"))
+    }
+
+    fn score_of(body: &str) -> f32 {
+        let value: serde_json::Value = serde_json::from_str(body).expect("json");
+        value["score"].as_f64().expect("a score") as f32
+    }
+
+    #[test]
+    fn features_and_time_reach_the_score() {
+        let (app, live) = app(true);
+        let model = live.load().expect("served");
+        let ios = Features::from([("device".to_owned(), "ios".to_owned())]);
+        let (status, body) = get(&app, "/score?user=u1&item=i1&f.device=ios&ts=2000");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(score_of(&body), model.score(Head::Rating, "u1", "i1", &ScoreContext::new(&ios).at(2_000)));
+        let (_, plain) = get(&app, "/score?user=u1&item=i1&ts=2000");
+        assert_ne!(score_of(&plain), score_of(&body), "the feature changes the score");
+        // Long after the user's last update the session offset is left out.
+        let late = 1_000 + 3_600_001;
+        let (_, later) = get(&app, &format!("/score?user=u1&item=i1&ts={late}"));
+        assert_eq!(score_of(&later), model.score(Head::Rating, "u1", "i1", &ScoreContext::none().at(late)));
+        let (status, body) = get(&app, "/recommend?user=u1&k=2&f.device=ios&head=click");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"i1\"") && body.contains("\"i2\""), "{body}");
+    }
+
+    #[test]
+    fn unknown_repeated_and_bad_parameters_are_named() {
+        let (app, _) = app(true);
+        for (uri, named) in [
+            ("/score?user=u1&item=i1&device=ios", "`device`"),
+            ("/score?user=u1&item=i1&user=u2", "`user`"),
+            ("/score?user=u1&item=i1&f.device=ios&f.device=web", "`f.device`"),
+            ("/score?user=u1", "`item`"),
+            ("/score?user=u1&item=i1&ts=soon", "`ts`"),
+            ("/score?user=u1&item=i1&head=volume", "`head`"),
+            ("/score?user=&item=i1", "user"),
+            ("/score?user=u1&item=i1&f.=ios", "empty name"),
+            ("/recommend?user=u1&k=0", "`k`"),
+            ("/recommend?user=u1&limit=3", "`limit`"),
+            ("/version?verbose=1", "`verbose`"),
+            ("/readyz?x=1", "`x`"),
+            ("/healthz?x=1", "`x`"),
+            ("/metrics?x=1", "`x`"),
+        ] {
+            let (status, body) = get(&app, uri);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(body.contains(named), "{uri}: {body}");
+        }
+        let many: String = (0..33).map(|i| format!("&f.n{i}=v")).collect();
+        let (status, body) = get(&app, &format!("/score?user=u1&item=i1{many}"));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("features"), "{body}");
+    }
+
+    #[test]
+    fn rank_scores_candidates_in_order_within_the_limit() {
+        let (app, live) = app(true);
+        let model = live.load().expect("served");
+        let json = "application/json";
+        let body =
+            r#"{"user":"u1","items":["i2","nothing","i1"],"features":{"device":"ios"},"head":"click","ts":1500}"#;
+        let (status, answer) = post(&app, body, Some(json));
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let value: serde_json::Value = serde_json::from_str(&answer).expect("json");
+        let ios = Features::from([("device".to_owned(), "ios".to_owned())]);
+        let expected = model.rank(Head::Click, "u1", &["i2", "nothing", "i1"], &ScoreContext::new(&ios).at(1_500));
+        let scores: Vec<f32> =
+            value["scores"].as_array().expect("scores").iter().map(|s| s.as_f64().unwrap_or(f64::NAN) as f32).collect();
+        assert_eq!(scores, expected);
+        assert_eq!(
+            (value["user"].as_str(), value["version"].as_u64(), value["head"].as_str()),
+            (Some("u1"), Some(1), Some("click"))
+        );
+        let (status, answer) = post(&app, r#"{"user":"u1","items":["a","b","c","d"]}"#, Some(json));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("limit of 3") && answer.contains("serve.max_rank_items"), "{answer}");
+        let (status, answer) = post(&app, r#"{"user":"u1","items":[],"context":{}}"#, Some(json));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("context"), "an unknown field is named: {answer}");
+        assert_eq!(post(&app, "not json", Some(json)).0, StatusCode::BAD_REQUEST);
+        assert_eq!(post(&app, body, None).0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (status, answer) = post(&app, r#"{"user":"u1","items":["i1"],"head":"volume"}"#, Some(json));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("head"), "{answer}");
+    }
+
+    #[test]
+    fn nothing_is_served_before_the_first_snapshot() {
+        let (app, _) = app(false);
+        assert_eq!(get(&app, "/score?user=u1&item=i1").0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(&app, "/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(&app, "/healthz").0, StatusCode::OK);
+        let (status, body) = post(&app, r#"{"user":"u1","items":["i1"]}"#, Some("application/json"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
 }

@@ -1,15 +1,22 @@
-//! The serving model: one immutable-while-served copy of the parameters of a
-//! snapshot version, with scoring and top-k. Snapshots apply to it in place
-//! only while no reader holds it (see `swap`).
+//! The serving model: the parameters of one snapshot version, scored with
+//! the trainer's own scoring function ([`freshet_core::score`]).
+//!
+//! A version never changes once served. The next one is built by a
+//! [`Builder`] from a clone of it (sharing every page) as a snapshot's
+//! chunks arrive, and served once the snapshot completes intact.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
-use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow, SnapshotTombstone};
-use freshet_core::{Head, ModelSpec, TableKind, bias_terms, hash_id};
+use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
+use freshet_core::snapshot::{SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow};
+use freshet_core::{Head, MAX_DIM, ModelSpec, TableKind, hash_feature, hash_id};
 use serde::Serialize;
 
-use crate::assemble::AssembledSnapshot;
+use crate::scan::ItemScan;
+use crate::store::RowStore;
+
+/// Candidates the scan hands to the exact re-rank of a top-k, at least.
+pub const DEFAULT_CANDIDATES: usize = 256;
 
 /// What a served model version is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,11 +32,14 @@ pub struct VersionInfo {
     /// Newest event time the parameters reflect (ms since the epoch).
     pub newest_event_ms: i64,
     /// Next offset per source partition (`topic/partition` → offset).
-    pub watermark: std::collections::BTreeMap<String, i64>,
+    pub watermark: BTreeMap<String, i64>,
     /// Topic offset of the full snapshot the chain starts from.
     pub chain_start_offset: i64,
     /// Rows per table.
-    pub rows: std::collections::BTreeMap<String, usize>,
+    pub rows: BTreeMap<String, usize>,
+    /// The trainer's session gap (ms): a user's session offset applies to a
+    /// request at most this long after the user's last update.
+    pub session_gap_ms: i64,
     /// Progressive metrics when the version was published.
     pub metrics: SnapshotMetrics,
 }
@@ -43,58 +53,15 @@ pub struct Recommendation {
     pub score: f32,
 }
 
-/// A table: key → row, rows packed in one arena.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Table {
-    index: HashMap<u64, usize>,
-    keys: Vec<u64>,
-    ids: Vec<Option<String>>,
-    values: Vec<f32>,
-}
-
-impl Table {
-    fn row(&self, key: u64, width: usize) -> Option<&[f32]> {
-        self.index.get(&key).map(|&at| &self.values[at * width..(at + 1) * width])
-    }
-
-    fn set(&mut self, row: SnapshotRow, width: usize) {
-        match self.index.get(&row.key) {
-            Some(&at) => {
-                self.values[at * width..(at + 1) * width].copy_from_slice(&row.values);
-                self.ids[at] = row.id;
-            }
-            None => {
-                self.index.insert(row.key, self.keys.len());
-                self.keys.push(row.key);
-                self.ids.push(row.id);
-                self.values.extend_from_slice(&row.values);
-            }
-        }
-    }
-
-    fn remove(&mut self, key: u64, width: usize) {
-        let Some(at) = self.index.remove(&key) else { return };
-        let last = self.keys.len() - 1;
-        if at != last {
-            let moved = self.keys[last];
-            self.keys[at] = moved;
-            self.ids.swap(at, last);
-            self.values.copy_within(last * width..(last + 1) * width, at * width);
-            self.index.insert(moved, at);
-        }
-        self.keys.pop();
-        self.ids.pop();
-        self.values.truncate(last * width);
-    }
-}
-
 /// The parameters of one snapshot version, ready to score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServingModel {
     info: VersionInfo,
     spec: ModelSpec,
     globals: [f32; 2],
-    tables: [Table; 3],
+    tables: [RowStore; 3],
+    scan: ItemScan,
+    candidates: usize,
 }
 
 /// Why a snapshot does not apply.
@@ -120,6 +87,17 @@ pub enum ApplyError {
         /// Key.
         key: u64,
     },
+    /// An item row without its id, or another row with one.
+    #[error("row {key:#018x} of table {table:?} has a missing or unexpected id string")]
+    Id {
+        /// Table.
+        table: TableKind,
+        /// Key.
+        key: u64,
+    },
+    /// A spec this subscriber cannot serve.
+    #[error("the snapshot's model spec is invalid: {0}")]
+    Spec(String),
     /// A delta of another spec or base.
     #[error("delta {version} (base {base}, spec {spec_matches}) does not apply to version {current}")]
     Mismatch {
@@ -135,61 +113,6 @@ pub enum ApplyError {
 }
 
 impl ServingModel {
-    /// Builds a model from a full snapshot.
-    pub fn from_full(snapshot: &AssembledSnapshot) -> Result<Self, ApplyError> {
-        let header = &snapshot.header;
-        let mut model = ServingModel {
-            info: info(header, snapshot.chain_start_offset),
-            spec: header.spec.clone(),
-            globals: header.globals,
-            tables: Default::default(),
-        };
-        model.apply_entries(&snapshot.rows, &snapshot.tombstones)?;
-        model.refresh_counts();
-        Ok(model)
-    }
-
-    /// Applies a delta whose base is this model's version; on error the
-    /// model is unchanged.
-    pub fn apply_delta(&mut self, snapshot: &AssembledSnapshot) -> Result<(), ApplyError> {
-        let header = &snapshot.header;
-        let base = match header.kind {
-            SnapshotKind::Delta { base_version } => base_version,
-            SnapshotKind::Full => u64::MAX,
-        };
-        if base != self.info.version || header.spec != self.spec {
-            return Err(ApplyError::Mismatch {
-                version: header.version,
-                base,
-                current: self.info.version,
-                spec_matches: header.spec == self.spec,
-            });
-        }
-        self.apply_entries(&snapshot.rows, &snapshot.tombstones)?;
-        self.globals = header.globals;
-        self.info = info(header, snapshot.chain_start_offset);
-        self.refresh_counts();
-        Ok(())
-    }
-
-    fn apply_entries(&mut self, rows: &[SnapshotRow], tombstones: &[SnapshotTombstone]) -> Result<(), ApplyError> {
-        validate(rows, &self.spec)?;
-        for tombstone in tombstones {
-            self.tables[tombstone.table.index()].remove(tombstone.key, self.spec.row_width(tombstone.table));
-        }
-        for row in rows {
-            self.tables[row.table.index()].set(row.clone(), self.spec.row_width(row.table));
-        }
-        Ok(())
-    }
-
-    fn refresh_counts(&mut self) {
-        self.info.rows = TableKind::ALL
-            .iter()
-            .map(|table| (table.name().to_owned(), self.tables[table.index()].keys.len()))
-            .collect();
-    }
-
     /// The version and what it covers.
     pub fn info(&self) -> &VersionInfo {
         &self.info
@@ -210,70 +133,265 @@ impl ServingModel {
         self.globals
     }
 
-    /// A row's parameters: its table's scalars (see [`TableKind::scalars`]), then the factors.
+    /// A row's parameters, laid out as [`freshet_core::RowLayout`] says.
     pub fn row(&self, table: TableKind, key: u64) -> Option<&[f32]> {
-        self.tables[table.index()].row(key, self.spec.row_width(table))
+        self.tables[table.index()].get(key).map(|row| row.values)
     }
 
-    /// Every row of a table as (key, item id, parameters), in arena order.
+    /// When a user's row was last updated (trainer clock, ms).
+    pub fn user_updated_ms(&self, user: &str) -> Option<i64> {
+        self.tables[TableKind::User.index()].get(hash_id(user)).map(|row| row.updated_ms)
+    }
+
+    /// Every row of a table as (key, item id, parameters), in key order.
     pub fn rows(&self, table: TableKind) -> impl Iterator<Item = (u64, Option<&str>, &[f32])> {
-        let width = self.spec.row_width(table);
-        let table = &self.tables[table.index()];
-        table
-            .keys
+        let store = &self.tables[table.index()];
+        store.keys().map(move |(key, position)| {
+            let id = table.keeps_ids().then(|| store.id(position));
+            (key, id, store.row(position).values)
+        })
+    }
+
+    /// Bytes of heap the model's rows, indexes and scan index take (pages a
+    /// newer version shares with this one are counted in both).
+    pub fn heap_bytes(&self) -> usize {
+        self.tables.iter().map(RowStore::bytes).sum::<usize>() + self.scan.bytes()
+    }
+
+    /// The terms of `head`'s score for `user` in `context` that do not depend
+    /// on the item, leaving the query vector in `vector`.
+    fn query(&self, head: Head, user: &str, context: &ScoreContext<'_>, vector: &mut [f32]) -> QueryTerms {
+        let gap = self.info.session_gap_ms;
+        let user = self.tables[TableKind::User.index()]
+            .get(hash_id(user))
+            .map(|row| UserTerms::new(row.values, context.session_active(row.updated_ms, gap)));
+        let features = &self.tables[TableKind::Feature.index()];
+        let rows = context
+            .features
             .iter()
-            .zip(&table.ids)
-            .zip(table.values.chunks_exact(width))
-            .map(|((&k, id), v)| (k, id.as_deref(), v))
+            .filter(|_| self.spec.context_features)
+            .filter_map(|(name, value)| features.get(hash_feature(name, value)))
+            .map(|row| row.values);
+        score::query(head, self.globals[head.index()], user, rows, vector)
     }
 
-    /// The head's prediction for `user` and `item`. Unknown ids score with
-    /// zero parameters: an unknown user gets the item's bias-based score.
-    pub fn score(&self, head: Head, user: &str, item: &str) -> f32 {
-        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), self.spec.row_width(TableKind::User));
-        let item_row = self.tables[TableKind::Item.index()].row(hash_id(item), self.spec.row_width(TableKind::Item));
-        let raw = self.raw_score(head, user_row, item_row);
-        head.predict(raw, &self.spec)
+    /// The head's prediction for `user` and `item` in `context` (features,
+    /// time): what the trainer predicts at this version, bit for bit. Unknown
+    /// ids and feature values score with zero parameters, as in training.
+    pub fn score(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32 {
+        let mut vector = [0.0f32; MAX_DIM];
+        let vector = &mut vector[..self.spec.dim];
+        let terms = self.query(head, user, context, vector);
+        let item = self.tables[TableKind::Item.index()].get(hash_id(item)).map(|row| row.values);
+        head.predict(score::item_score(&terms, vector, item), &self.spec)
     }
 
-    /// The `k` best items for `user` by the head's score, excluding `exclude`
-    /// (item ids). An unknown user gets the items with the highest biases.
-    pub fn top_k(&self, head: Head, user: &str, k: usize, exclude: &HashSet<String>) -> Vec<Recommendation> {
-        let user_row = self.tables[TableKind::User.index()].row(hash_id(user), self.spec.row_width(TableKind::User));
-        let excluded: HashSet<u64> = exclude.iter().map(|id| hash_id(id)).collect();
-        let items = &self.tables[TableKind::Item.index()];
-        let mut best: BinaryHeap<Reverse<(OrderedScore, usize)>> = BinaryHeap::with_capacity(k + 1);
-        for (at, item_row) in items.values.chunks_exact(self.spec.row_width(TableKind::Item)).enumerate() {
-            if k == 0 || items.ids[at].is_none() || excluded.contains(&items.keys[at]) {
-                continue;
-            }
-            let raw = self.raw_score(head, user_row, Some(item_row));
-            if best.len() < k {
-                best.push(Reverse((OrderedScore(raw), at)));
-            } else if best.peek().is_some_and(|Reverse((worst, _))| raw > worst.0) {
-                best.pop();
-                best.push(Reverse((OrderedScore(raw), at)));
-            }
-        }
-        let mut ranked: Vec<(OrderedScore, usize)> = best.into_iter().map(|Reverse(entry)| entry).collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        ranked
-            .into_iter()
-            .map(|(score, at)| Recommendation {
-                item: items.ids[at].clone().unwrap_or_default(),
-                score: head.predict(score.0, &self.spec),
+    /// The head's prediction for each of `items`, in order: [`Self::score`]
+    /// per item, with the user's and the features' part computed once.
+    pub fn rank<S: AsRef<str>>(&self, head: Head, user: &str, items: &[S], context: &ScoreContext<'_>) -> Vec<f32> {
+        let mut vector = [0.0f32; MAX_DIM];
+        let vector = &mut vector[..self.spec.dim];
+        let terms = self.query(head, user, context, vector);
+        let table = &self.tables[TableKind::Item.index()];
+        items
+            .iter()
+            .map(|item| {
+                let row = table.get(hash_id(item.as_ref())).map(|row| row.values);
+                head.predict(score::item_score(&terms, vector, row), &self.spec)
             })
             .collect()
     }
 
-    /// `global + ⟨p_user, v_item⟩` plus the head's [`bias_terms`], as the trainer scores.
-    fn raw_score(&self, head: Head, user: Option<&[f32]>, item: Option<&[f32]>) -> f32 {
-        let mut score = self.globals[head.index()] + bias_terms(head, user, item);
-        if let (Some(user), Some(item)) = (user, item) {
-            let (p, v) = (&user[TableKind::User.scalars()..], &item[TableKind::Item.scalars()..]);
-            score += p.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+    /// The `k` best items for `user` in `context` by the head's raw score
+    /// (ties by item id), excluding `exclude` (item ids), with their
+    /// predictions. A scan of the quantized item index picks the best
+    /// candidates (at least 256), which are scored exactly: when the
+    /// catalog has no more items than that, the answer is exact.
+    pub fn top_k(
+        &self,
+        head: Head,
+        user: &str,
+        k: usize,
+        context: &ScoreContext<'_>,
+        exclude: &HashSet<String>,
+    ) -> Vec<Recommendation> {
+        if k == 0 {
+            return Vec::new();
         }
-        score
+        let mut vector = [0.0f32; MAX_DIM];
+        let vector = &mut vector[..self.spec.dim];
+        let terms = self.query(head, user, context, vector);
+        let items = &self.tables[TableKind::Item.index()];
+        let excluded: Vec<u32> = exclude.iter().filter_map(|id| items.position(hash_id(id))).collect();
+        let candidates = self.scan.candidates(head, terms.item_bias_weight, vector, k.max(self.candidates), &excluded);
+        self.best(&terms, vector, candidates.into_iter(), k)
+    }
+
+    /// [`Self::top_k`] by an exact f32 scan of every item: the reference
+    /// its recall is measured against, and what it returns for catalogs no
+    /// larger than its candidate count.
+    pub fn top_k_exact(
+        &self,
+        head: Head,
+        user: &str,
+        k: usize,
+        context: &ScoreContext<'_>,
+        exclude: &HashSet<String>,
+    ) -> Vec<Recommendation> {
+        let mut vector = [0.0f32; MAX_DIM];
+        let vector = &mut vector[..self.spec.dim];
+        let terms = self.query(head, user, context, vector);
+        let items = &self.tables[TableKind::Item.index()];
+        let excluded: Vec<u32> = exclude.iter().filter_map(|id| items.position(hash_id(id))).collect();
+        let live = (0..items.slots() as u32).filter(|&p| self.scan.is_live(p) && !excluded.contains(&p));
+        self.best(&terms, vector, live, k)
+    }
+
+    /// The `k` best of `positions` by exact raw score, ties by item id.
+    fn best(
+        &self,
+        terms: &QueryTerms,
+        vector: &[f32],
+        positions: impl Iterator<Item = u32>,
+        k: usize,
+    ) -> Vec<Recommendation> {
+        let items = &self.tables[TableKind::Item.index()];
+        let mut scored: Vec<(f32, &str)> = positions
+            .map(|position| (score::item_score(terms, vector, Some(items.row(position).values)), items.id(position)))
+            .collect();
+        let by_rank = |a: &(f32, &str), b: &(f32, &str)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1));
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k, by_rank);
+            scored.truncate(k);
+        }
+        scored.sort_unstable_by(by_rank);
+        scored
+            .into_iter()
+            .map(|(raw, id)| Recommendation { item: id.to_owned(), score: terms.head.predict(raw, &self.spec) })
+            .collect()
+    }
+
+    /// Sets how many candidates a top-k scores exactly (at least `k`).
+    pub fn set_top_k_candidates(&mut self, candidates: usize) {
+        self.candidates = candidates.max(1);
+    }
+}
+
+/// A model version under construction from a snapshot's chunks.
+#[derive(Debug)]
+pub struct Builder {
+    model: ServingModel,
+    header: SnapshotHeader,
+    /// For a full snapshot applied over the served version: which row
+    /// positions it set, per table (the others are removed at the end).
+    seen: Option<[Vec<u64>; 3]>,
+}
+
+impl Builder {
+    /// Starts the version of full snapshot `header`. Given the version
+    /// served (`base`) with the same spec, only what differs is written, so
+    /// the new version shares every unchanged page with it.
+    pub fn full(header: &SnapshotHeader, base: Option<&ServingModel>, candidates: usize) -> Result<Self, ApplyError> {
+        header.spec.check().map_err(|error| ApplyError::Spec(error.to_string()))?;
+        let (model, seen) = match base.filter(|base| base.spec == header.spec) {
+            Some(base) => (ServingModel { candidates, ..base.clone() }, Some(Default::default())),
+            None => {
+                let spec = header.spec.clone();
+                let mut tables = TableKind::ALL.map(|table| RowStore::new(&spec, table));
+                for (table, rows) in tables.iter_mut().zip(header.rows) {
+                    table.reserve(usize::try_from(rows).unwrap_or(0).min(1 << 32));
+                }
+                let model = ServingModel {
+                    info: info(header, 0),
+                    scan: ItemScan::new(spec.dim),
+                    spec,
+                    globals: header.globals,
+                    tables,
+                    candidates,
+                };
+                (model, None)
+            }
+        };
+        Ok(Builder { model, header: header.clone(), seen })
+    }
+
+    /// Starts the version of delta `header` on `base`, the version it names.
+    pub fn delta(header: &SnapshotHeader, base: &ServingModel) -> Result<Self, ApplyError> {
+        let base_version = match header.kind {
+            SnapshotKind::Delta { base_version } => base_version,
+            SnapshotKind::Full => u64::MAX,
+        };
+        if base_version != base.version() || header.spec != base.spec {
+            return Err(ApplyError::Mismatch {
+                version: header.version,
+                base: base_version,
+                current: base.version(),
+                spec_matches: header.spec == base.spec,
+            });
+        }
+        Ok(Builder { model: base.clone(), header: header.clone(), seen: None })
+    }
+
+    /// Applies one chunk: tombstones, then rows. On error the version is
+    /// not usable (drop the builder); the model served is untouched.
+    pub fn apply(&mut self, chunk: &SnapshotChunk) -> Result<(), ApplyError> {
+        for row in &chunk.rows {
+            check(row, &self.model.spec)?;
+        }
+        for tombstone in &chunk.tombstones {
+            if let Some(position) = self.model.tables[tombstone.table.index()].remove(tombstone.key)
+                && tombstone.table == TableKind::Item
+            {
+                self.model.scan.clear(position);
+            }
+        }
+        for row in &chunk.rows {
+            let table = row.table.index();
+            let (position, changed) =
+                self.model.tables[table].set(row.key, row.id.as_deref(), row.updated_ms, &row.values);
+            if changed && row.table == TableKind::Item {
+                self.model.scan.set(position, &row.values);
+            }
+            if let Some(seen) = &mut self.seen {
+                let words = &mut seen[table];
+                let (word, bit) = (position as usize / 64, position % 64);
+                if words.len() <= word {
+                    words.resize(word + 1, 0);
+                }
+                words[word] |= 1 << bit;
+            }
+        }
+        Ok(())
+    }
+
+    /// The finished version, chained at `chain_start_offset`.
+    pub fn finish(mut self, chain_start_offset: i64) -> ServingModel {
+        if let Some(seen) = self.seen.take() {
+            // A full snapshot replaces the model: rows it did not carry go.
+            for (table, seen) in TableKind::ALL.into_iter().zip(seen) {
+                let store = &self.model.tables[table.index()];
+                let stale: Vec<u64> = store
+                    .keys()
+                    .filter(|&(_, position)| {
+                        seen.get(position as usize / 64).is_none_or(|word| word & (1 << (position % 64)) == 0)
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                for key in stale {
+                    if let Some(position) = self.model.tables[table.index()].remove(key)
+                        && table == TableKind::Item
+                    {
+                        self.model.scan.clear(position);
+                    }
+                }
+            }
+        }
+        let mut model = self.model;
+        model.globals = self.header.globals;
+        model.info = info(&self.header, chain_start_offset);
+        model.info.rows =
+            TableKind::ALL.iter().map(|table| (table.name().to_owned(), model.tables[table.index()].len())).collect();
+        model
     }
 }
 
@@ -291,142 +409,196 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
             .map(|p| (format!("{}/{}", p.topic, p.partition), p.next_offset))
             .collect(),
         chain_start_offset,
-        rows: Default::default(),
+        rows: BTreeMap::new(),
+        session_gap_ms: header.session_gap_ms,
         metrics: header.metrics,
     }
 }
 
-fn validate(rows: &[SnapshotRow], spec: &ModelSpec) -> Result<(), ApplyError> {
-    for row in rows {
-        let width = spec.row_width(row.table);
-        if row.values.len() != width {
-            return Err(ApplyError::RowWidth {
-                table: row.table,
-                key: row.key,
-                found: row.values.len(),
-                expected: width,
-            });
-        }
-        if row.values.iter().any(|v| !v.is_finite()) {
-            return Err(ApplyError::NonFinite { table: row.table, key: row.key });
-        }
+fn check(row: &SnapshotRow, spec: &ModelSpec) -> Result<(), ApplyError> {
+    let (table, key) = (row.table, row.key);
+    let width = spec.row_width(table);
+    if row.values.len() != width {
+        return Err(ApplyError::RowWidth { table, key, found: row.values.len(), expected: width });
+    }
+    if row.values.iter().any(|v| !v.is_finite()) {
+        return Err(ApplyError::NonFinite { table, key });
+    }
+    if table.keeps_ids() != row.id.is_some() {
+        return Err(ApplyError::Id { table, key });
     }
     Ok(())
 }
 
-/// An f32 score ordered totally (NaN never occurs: rows are validated).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrderedScore(f32);
-
-impl Eq for OrderedScore {}
-
-impl PartialOrd for OrderedScore {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrderedScore {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use freshet_core::model::sigmoid;
+    use freshet_core::snapshot::SnapshotTombstone;
+    use freshet_core::{Features, RowLayout};
+
     use super::*;
-    use crate::fixtures::assembled;
+    use crate::fixtures::header;
 
     fn spec() -> ModelSpec {
-        ModelSpec { dim: 2, rating_min: 1.0, rating_max: 5.0, context_features: false }
+        ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true }
     }
 
-    /// A row of `spec()`: users `[b_rating, b_click, c, s, p₀, p₁]`, others `[b_rating, b_click, v₀, v₁]`.
-    fn row(table: TableKind, id: &str, values: &[f32]) -> SnapshotRow {
-        let id_kept = (table == TableKind::Item).then(|| id.to_owned());
-        SnapshotRow { table, key: hash_id(id), id: id_kept, values: values.to_vec() }
+    /// A row of `spec()`: users `[b_rating, b_click, c, o, p…]`, others `[b_rating, b_click, v…]`.
+    fn row(table: TableKind, id: &str, scalars: &[f32], factor: f32) -> SnapshotRow {
+        let mut values = scalars.to_vec();
+        values.resize(RowLayout::new(table, 8).width(), factor);
+        let id_kept = table.keeps_ids().then(|| id.to_owned());
+        let key = if table == TableKind::Feature { hash_id(&format!("device={id}")) } else { hash_id(id) };
+        SnapshotRow { table, key, id: id_kept, updated_ms: 1_000, values }
     }
 
-    fn snapshot(version: u64, kind: SnapshotKind, rows: Vec<SnapshotRow>, removed: Vec<&str>) -> AssembledSnapshot {
-        let tombstones = removed.iter().map(|id| SnapshotTombstone { table: TableKind::Item, key: hash_id(id) });
-        assembled(version, kind, spec(), rows, tombstones.collect())
+    fn counts(rows: &[SnapshotRow]) -> [u64; 3] {
+        TableKind::ALL.map(|table| rows.iter().filter(|row| row.table == table).count() as u64)
+    }
+
+    fn build(
+        base: Option<&ServingModel>,
+        version: u64,
+        kind: SnapshotKind,
+        rows: Vec<SnapshotRow>,
+        removed: &[&str],
+    ) -> ServingModel {
+        let tombstones: Vec<SnapshotTombstone> =
+            removed.iter().map(|id| SnapshotTombstone { table: TableKind::Item, key: hash_id(id) }).collect();
+        let header = header(version, kind, spec(), counts(&rows), tombstones.len() as u64);
+        let mut builder = match (kind, base) {
+            (SnapshotKind::Full, base) => Builder::full(&header, base, DEFAULT_CANDIDATES).expect("valid"),
+            (SnapshotKind::Delta { .. }, Some(base)) => Builder::delta(&header, base).expect("on its base"),
+            (SnapshotKind::Delta { .. }, None) => panic!("a delta needs a base"),
+        };
+        builder.apply(&SnapshotChunk { version, index: 0, rows, tombstones }).expect("applies");
+        builder.finish(0)
     }
 
     fn model() -> ServingModel {
         let rows = vec![
-            row(TableKind::User, "alice", &[0.5, 0.0, 0.0, 0.0, 1.0, 0.0]),
-            row(TableKind::User, "bob", &[0.5, 0.0, 1.0, 0.2, 1.0, 0.0]),
-            row(TableKind::Item, "a", &[0.1, 0.0, 1.0, 0.0]),
-            row(TableKind::Item, "b", &[0.9, 0.0, 0.0, 1.0]),
-            row(TableKind::Item, "c", &[-0.5, 0.0, 2.0, 0.0]),
+            row(TableKind::User, "alice", &[0.5, 0.0, 0.0, 0.0], 0.125),
+            row(TableKind::User, "bob", &[0.5, 0.0, 1.0, 0.25], 0.125),
+            row(TableKind::Item, "a", &[0.125, 0.0], 1.0),
+            row(TableKind::Item, "b", &[0.75, 0.5], 0.0),
+            row(TableKind::Item, "c", &[-0.5, 0.0], 2.0),
+            row(TableKind::Feature, "ios", &[0.25, -1.0], 0.25),
         ];
-        ServingModel::from_full(&snapshot(1, SnapshotKind::Full, rows, vec![])).expect("valid")
+        build(None, 1, SnapshotKind::Full, rows, &[])
+    }
+
+    fn ids(answer: Vec<Recommendation>) -> Vec<String> {
+        answer.into_iter().map(|r| r.item).collect()
     }
 
     #[test]
-    fn scores_add_biases_and_the_dot_product_and_clip() {
+    fn scores_are_the_shared_scoring_function_with_features_and_the_session_rule() {
         let model = model();
-        // 3 + 0.5 + 0.1 + ⟨(1,0),(1,0)⟩ = 4.6
-        assert!((model.score(Head::Rating, "alice", "a") - 4.6).abs() < 1e-6);
-        // 3 + 0.5 − 0.5 + 2 = 5.0 (at the top of the range)
-        assert_eq!(model.score(Head::Rating, "alice", "c"), 5.0);
-        // Unknown user: global + item bias.
-        assert!((model.score(Head::Rating, "nobody", "b") - 3.9).abs() < 1e-6);
-        // Click head: biases 0, so σ(⟨(1,0),(1,0)⟩) = σ(1).
-        assert!((model.score(Head::Click, "alice", "a") - 0.731_058_6).abs() < 1e-6);
+        let none = ScoreContext::none();
+        // 3 + 0.5 + (1 + 0)·0.125 + 8·(0.125·1) = 4.625
+        assert_eq!(model.score(Head::Rating, "alice", "a", &none), 4.625);
+        // Bob: session offset 0.25 and scale 1: 3 + 0.5 + 0.25 + 2·0.125 + 1 = 5.0 (the top of the range).
+        assert_eq!(model.score(Head::Rating, "bob", "a", &none), 5.0);
+        let ios = Features::from([("device".to_owned(), "ios".to_owned())]);
+        let with_ios = ScoreContext::new(&ios);
+        // The feature's click weight −1 and factors 0.25: σ((0 + 0 − 1) + 0 + 8·(0.375·1)) = σ(2).
+        assert_eq!(model.score(Head::Click, "alice", "a", &with_ios), sigmoid(2.0));
+        assert_eq!(model.score(Head::Click, "alice", "a", &none), sigmoid(1.0));
+        let unknown = Features::from([("device".to_owned(), "web".to_owned())]);
+        assert_eq!(
+            model.score(Head::Click, "alice", "a", &ScoreContext::new(&unknown)),
+            sigmoid(1.0),
+            "unknown: zeros"
+        );
+        // Bob's session ended an hour and a millisecond after his last update: no offset.
+        let later = none.at(1_000 + 3_600_001);
+        assert_eq!(model.score(Head::Rating, "bob", "a", &later), 3.0 + 0.5 + 0.25 + 1.0);
+        assert_eq!(model.score(Head::Rating, "bob", "a", &none.at(1_000 + 3_600_000)), 5.0);
+        // Unknown user and item: the global bias (and the item's bias).
+        assert_eq!(model.score(Head::Rating, "nobody", "nothing", &none), 3.0);
+        assert_eq!(model.score(Head::Rating, "nobody", "b", &none), 3.75);
     }
 
     #[test]
-    fn a_users_scale_and_session_offsets_enter_the_rating_only() {
+    fn rank_is_score_per_item_and_top_k_is_the_exact_order() {
         let model = model();
-        // 3 + 0.5 + 0.2 (session) + (1 + 1.0)·0.1 (scaled item bias) + 1 = 4.9
-        assert!((model.score(Head::Rating, "bob", "a") - 4.9).abs() < 1e-6);
-        // 3 + 0.5 + 0.2 + 2·0.9 + 0 = 5.5, clipped to 5
-        assert_eq!(model.score(Head::Rating, "bob", "b"), 5.0);
-        assert_eq!(model.score(Head::Click, "bob", "a"), model.score(Head::Click, "alice", "a"));
-        // Alice (scale 1) ranks c, a, b; Bob's doubled item biases put b
-        // (2·0.9) first and c (2·−0.5 + 2) last.
-        let ranked: Vec<String> =
-            model.top_k(Head::Rating, "bob", 3, &HashSet::new()).into_iter().map(|r| r.item).collect();
-        assert_eq!(ranked, ["b", "a", "c"]);
+        let ios = Features::from([("device".to_owned(), "ios".to_owned())]);
+        for context in [ScoreContext::none(), ScoreContext::new(&ios)] {
+            for head in Head::ALL {
+                for user in ["alice", "bob", "stranger"] {
+                    let items = ["a", "b", "c", "missing"];
+                    let ranked = model.rank(head, user, &items, &context);
+                    for (item, score) in items.iter().zip(&ranked) {
+                        assert_eq!(score.to_bits(), model.score(head, user, item, &context).to_bits());
+                    }
+                    let top = model.top_k(head, user, 3, &context, &HashSet::new());
+                    assert_eq!(top.len(), 3);
+                    assert!(top.windows(2).all(|w| w[0].score >= w[1].score), "{top:?}");
+                    for r in &top {
+                        assert_eq!(r.score.to_bits(), model.score(head, user, &r.item, &context).to_bits());
+                    }
+                }
+            }
+        }
+        // Alice's raw scores: c 3 + 0.5 − 0.5 + 2 = 5, a 4.625, b 4.25 (c and a clip alike).
+        assert_eq!(ids(model.top_k(Head::Rating, "alice", 3, &ScoreContext::none(), &HashSet::new())), ["c", "a", "b"]);
+        let exclude = HashSet::from(["c".to_owned()]);
+        assert_eq!(ids(model.top_k(Head::Rating, "alice", 5, &ScoreContext::none(), &exclude)), ["a", "b"]);
+        assert_eq!(ids(model.top_k(Head::Rating, "stranger", 2, &ScoreContext::none(), &HashSet::new())), ["b", "a"]);
+        assert!(model.top_k(Head::Rating, "alice", 0, &ScoreContext::none(), &HashSet::new()).is_empty());
     }
 
     #[test]
-    fn top_k_ranks_excludes_and_falls_back_to_biases() {
-        let model = model();
-        let items = |user: &str, k: usize, exclude: &[&str]| -> Vec<String> {
-            let exclude = exclude.iter().map(|id| id.to_string()).collect();
-            model.top_k(Head::Rating, user, k, &exclude).into_iter().map(|r| r.item).collect()
-        };
-        assert_eq!(items("alice", 3, &[]), ["c", "a", "b"]);
-        assert_eq!(items("alice", 2, &["c"]), ["a", "b"]);
-        assert_eq!(items("stranger", 2, &[]), ["b", "a"], "popularity by item bias");
-        assert!(items("alice", 0, &[]).is_empty());
-    }
-
-    #[test]
-    fn deltas_set_and_remove_rows_and_mismatches_change_nothing() {
-        let mut model = model();
-        let delta = snapshot(
+    fn deltas_set_and_remove_rows_and_the_served_version_never_changes() {
+        let served = model();
+        let delta = build(
+            Some(&served),
             2,
             SnapshotKind::Delta { base_version: 1 },
-            vec![row(TableKind::Item, "d", &[2.0, 0.0, 0.0, 0.0])],
-            vec!["a", "b"],
+            vec![row(TableKind::Item, "d", &[2.0, 0.0], 0.0)],
+            &["a", "b"],
         );
-        model.apply_delta(&delta).expect("applies");
-        assert_eq!(model.version(), 2);
-        assert_eq!(model.rows(TableKind::Item).map(|(_, id, _)| id.unwrap_or("")).collect::<Vec<_>>(), ["c", "d"]);
-        assert!(model.row(TableKind::Item, hash_id("a")).is_none());
-        let before = model.clone();
-        let wrong_base = snapshot(4, SnapshotKind::Delta { base_version: 3 }, vec![], vec!["c"]);
-        assert!(matches!(model.apply_delta(&wrong_base), Err(ApplyError::Mismatch { .. })));
-        let bad_row = snapshot(
-            3,
-            SnapshotKind::Delta { base_version: 2 },
-            vec![row(TableKind::User, "x", &[f32::NAN; 6])],
-            vec![],
-        );
-        assert!(matches!(model.apply_delta(&bad_row), Err(ApplyError::NonFinite { .. })));
-        assert_eq!(model, before);
+        assert_eq!(delta.version(), 2);
+        assert_eq!(delta.rows(TableKind::Item).count(), 2);
+        assert!(delta.row(TableKind::Item, hash_id("a")).is_none());
+        assert_eq!(ids(delta.top_k(Head::Rating, "stranger", 1, &ScoreContext::none(), &HashSet::new())), ["d"]);
+        assert_eq!(served.version(), 1);
+        assert_eq!(served.rows(TableKind::Item).count(), 3, "the served version is untouched");
+        assert_eq!(delta.info().rows.get("item"), Some(&2));
+    }
+
+    #[test]
+    fn a_full_snapshot_over_the_served_version_replaces_it() {
+        let served = model();
+        let rows = vec![
+            row(TableKind::User, "alice", &[0.5, 0.0, 0.0, 0.0], 0.125),
+            row(TableKind::Item, "z", &[1.0, 0.0], 0.5),
+        ];
+        let fresh = build(None, 2, SnapshotKind::Full, rows.clone(), &[]);
+        let over = build(Some(&served), 2, SnapshotKind::Full, rows, &[]);
+        for table in TableKind::ALL {
+            let list = |m: &ServingModel| {
+                m.rows(table).map(|(k, id, v)| (k, id.map(str::to_owned), v.to_vec())).collect::<Vec<_>>()
+            };
+            assert_eq!(list(&over), list(&fresh), "{table:?}");
+        }
+        assert_eq!(ids(over.top_k(Head::Rating, "alice", 5, &ScoreContext::none(), &HashSet::new())), ["z"]);
+    }
+
+    #[test]
+    fn bad_rows_and_mismatched_deltas_are_refused() {
+        let served = model();
+        let wrong_base = header(4, SnapshotKind::Delta { base_version: 3 }, spec(), [0; 3], 0);
+        assert!(matches!(Builder::delta(&wrong_base, &served), Err(ApplyError::Mismatch { .. })));
+        let next = header(2, SnapshotKind::Delta { base_version: 1 }, spec(), [1, 0, 0], 0);
+        let mut builder = Builder::delta(&next, &served).expect("on its base");
+        let mut nan = row(TableKind::User, "x", &[f32::NAN], 0.0);
+        let chunk = |row: SnapshotRow| SnapshotChunk { version: 2, index: 0, rows: vec![row], tombstones: vec![] };
+        assert!(matches!(builder.apply(&chunk(nan.clone())), Err(ApplyError::NonFinite { .. })));
+        nan.values.pop();
+        assert!(matches!(builder.apply(&chunk(nan)), Err(ApplyError::RowWidth { .. })));
+        let mut anonymous = row(TableKind::Item, "y", &[0.0, 0.0], 0.0);
+        anonymous.id = None;
+        assert!(matches!(builder.apply(&chunk(anonymous)), Err(ApplyError::Id { .. })));
     }
 }

@@ -1,8 +1,8 @@
 //! The two heads sharing the embeddings: ratings with squared loss and clicks
 //! with logistic loss. Each head has its own global bias and its own bias in
 //! every row (a rating offset and a click propensity live on different
-//! scales); the factors are shared. Head `h` scores
-//! `global[h] + b_user[h] + b_item[h] + Σ w_f[h] + ⟨p_user + Σ q_f, v_item⟩`.
+//! scales); the factors are shared. How a head scores is
+//! [`freshet_core::score`], shared with serving.
 
 use freshet_core::ModelSpec;
 

@@ -6,10 +6,12 @@
 //! micro-batches always give bit-identical parameters.
 //!
 //! - The model ([`ModelSpec`]): user, item and context-feature tables whose
-//!   rows are `[rating bias, click bias, factors…]`, keyed by the 64-bit id
-//!   hashes of `freshet-core`, plus a global bias per [`Head`]. Head `h`
-//!   scores `global[h] + b_user[h] + b_item[h] + Σ w_f[h] + ⟨p_user + Σ q_f, v_item⟩`:
-//!   the heads share the factors and keep their own biases.
+//!   rows are laid out as [`freshet_core::RowLayout`] says (a bias per
+//!   head, in user rows a rating scale and a session offset, then the
+//!   factors), keyed by the 64-bit id hashes of `freshet-core`, plus a
+//!   global bias per [`Head`]. Events are scored with
+//!   [`freshet_core::score`], the function serving uses too: the heads share
+//!   the factors and keep their own biases.
 //! - Learning ([`Trainer::train_batch`], [`TrainerConfig`]): per step,
 //!   gradients are summed per touched row and each row takes one step, with
 //!   Adam's bias correction from the row's own step count. Non-finite steps
@@ -29,7 +31,6 @@ mod bitset;
 mod config;
 mod heads;
 mod init;
-mod kernels;
 mod keymap;
 mod lr_schedule;
 mod metrics;
@@ -42,15 +43,15 @@ mod table;
 mod trainer;
 
 pub use config::{Algorithm, LrScheduleConfig, TrainerConfig};
-pub use freshet_core::{HEAD_BIASES, MAX_DIM, MIN_DIM, ModelSpec, TableKind};
+pub use freshet_core::{MAX_DIM, MIN_DIM, ModelSpec, TableKind};
 pub use heads::{Head, HeadLoss};
 pub use lr_schedule::PlateauSchedule;
 pub use metrics::{AUC_BINS, AUC_LOGIT_RANGE, ClickStats, MetricsSnapshot, ProgressiveMetrics, RatingStats};
 pub use report::{BatchReport, Counters, TableCounters};
 pub use restore::Restorer;
 pub use state::{
-    Delta, DenseState, GlobalParams, ModelParams, ParamsDelta, PendingRow, RowParams, RowRef, RowState, StateError,
-    Tombstone, TrainerState,
+    Delta, DenseState, GlobalParams, ModelParams, ParamsDelta, PendingRow, RowRef, RowState, StateError, Tombstone,
+    TrainerState,
 };
 pub use table::Removal;
 pub use trainer::Trainer;

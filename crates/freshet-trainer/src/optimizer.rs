@@ -4,16 +4,16 @@
 
 use std::ops::Range;
 
-use freshet_core::{HEAD_BIASES, USER_RATING_SCALE, USER_SESSION_OFFSET};
+use freshet_core::RowLayout;
+use freshet_core::kernels::{all_finite, penalised_norm2};
 
 use crate::config::{Algorithm, TrainerConfig};
-use crate::kernels::{all_finite, penalised_norm2};
 
 /// A row's parameters and moment slots, borrowed for one step. Moment slices
 /// the algorithms do not use are empty.
 pub(crate) struct RowMut<'a> {
     /// How many leading parameters are scalars: the head biases (at most
-    /// [`HEAD_BIASES`]), then in user rows the rating scale and session
+    /// [`RowLayout::BIASES`]), then in user rows the rating scale and session
     /// offsets. The rest are factors.
     pub scalars: usize,
     /// `[scalars..., factors...]`.
@@ -211,9 +211,14 @@ impl Optimizer {
         let rates = self.scalar_rates(input, lr_scale);
         let factor_rate = self.factor_rate(input) * lr_scale;
         let spans = [
-            (scalar(0..HEAD_BIASES), self.bias_algorithm, rates.bias, bias_l2),
-            (scalar(USER_RATING_SCALE..USER_RATING_SCALE + 1), self.bias_algorithm, rates.scale, bias_l2),
-            (scalar(USER_SESSION_OFFSET..USER_SESSION_OFFSET + 1), self.bias_algorithm, rates.session, bias_l2),
+            (scalar(RowLayout::BIASES), self.bias_algorithm, rates.bias, bias_l2),
+            (scalar(RowLayout::RATING_SCALE..RowLayout::RATING_SCALE + 1), self.bias_algorithm, rates.scale, bias_l2),
+            (
+                scalar(RowLayout::SESSION_OFFSET..RowLayout::SESSION_OFFSET + 1),
+                self.bias_algorithm,
+                rates.session,
+                bias_l2,
+            ),
             (scalars..width, self.algorithm, sgd_capped(self.algorithm, factor_rate, count), l2),
         ];
         for (span, algorithm, rate, penalty) in spans {

@@ -8,13 +8,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Algorithm;
-use crate::heads::Head;
-use crate::kernels::all_finite;
 use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::ProgressiveMetrics;
 use crate::report::Counters;
-use freshet_core::ModelSpec;
-use freshet_core::TableKind;
+use freshet_core::kernels::all_finite;
+use freshet_core::snapshot::SnapshotRow;
+use freshet_core::{ModelSpec, TableKind};
 
 use crate::table::Removal;
 
@@ -27,7 +26,7 @@ pub struct RowState {
     pub key: u64,
     /// The original id string (item rows only).
     pub id: Option<String>,
-    /// `[rating bias, click bias, factor_1 … factor_dim]`.
+    /// The parameters, laid out as [`freshet_core::RowLayout`] says.
     pub params: Vec<f32>,
     /// Adam's first moment, same layout; empty for SGD, AdaGrad and Adam
     /// with `beta1` = 0, whose first moment would only repeat the latest gradient.
@@ -52,7 +51,7 @@ pub struct RowRef<'a> {
     pub key: u64,
     /// The original id string (item rows only).
     pub id: Option<&'a str>,
-    /// `[rating bias, click bias, factor_1 … factor_dim]`.
+    /// The parameters, laid out as [`freshet_core::RowLayout`] says.
     pub params: &'a [f32],
     /// Adam's first moment, or empty (see [`RowState::m`]).
     pub m: &'a [f32],
@@ -83,6 +82,19 @@ impl RowState {
     }
 }
 
+impl RowState {
+    /// The row's parameters as snapshots carry them (the moments dropped).
+    pub fn into_snapshot_row(self) -> SnapshotRow {
+        SnapshotRow {
+            table: self.table,
+            key: self.key,
+            id: self.id,
+            updated_ms: self.last_update_ms,
+            values: self.params,
+        }
+    }
+}
+
 impl From<RowRef<'_>> for RowState {
     fn from(row: RowRef<'_>) -> Self {
         RowState {
@@ -96,37 +108,6 @@ impl From<RowRef<'_>> for RowState {
             updates: row.updates,
             last_update_ms: row.last_update_ms,
         }
-    }
-}
-
-/// The parameters of one row, as snapshots carry them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RowParams {
-    /// The row's table.
-    pub table: TableKind,
-    /// The 64-bit key.
-    pub key: u64,
-    /// The original id string (item rows only).
-    pub id: Option<String>,
-    /// `[rating bias, click bias, factor_1 … factor_dim]`.
-    pub params: Vec<f32>,
-}
-
-impl RowParams {
-    /// The row's bias for `head` (a feature's linear weight).
-    pub fn bias(&self, head: Head) -> f32 {
-        self.params[head.index()]
-    }
-
-    /// The row's factor vector.
-    pub fn factors(&self) -> &[f32] {
-        &self.params[Head::ALL.len()..]
-    }
-}
-
-impl From<RowState> for RowParams {
-    fn from(row: RowState) -> Self {
-        RowParams { table: row.table, key: row.key, id: row.id, params: row.params }
     }
 }
 
@@ -214,10 +195,11 @@ impl Delta {
 
     /// The parameters alone, for incremental snapshots (optimizer state and
     /// pending counts are dropped, the parameters moved, not copied).
-    pub fn into_params(self) -> ParamsDelta {
+    pub fn into_params(self, session_gap_ms: i64) -> ParamsDelta {
         ParamsDelta {
             globals: self.dense.globals.bias,
-            rows: self.rows.into_iter().map(RowParams::from).collect(),
+            session_gap_ms,
+            rows: self.rows.into_iter().map(RowState::into_snapshot_row).collect(),
             tombstones: self.tombstones,
         }
     }
@@ -228,8 +210,10 @@ impl Delta {
 pub struct ParamsDelta {
     /// Global bias per head now.
     pub globals: [f32; 2],
+    /// The session gap trained under (ms).
+    pub session_gap_ms: i64,
     /// Rows created or changed.
-    pub rows: Vec<RowParams>,
+    pub rows: Vec<SnapshotRow>,
     /// Rows removed.
     pub tombstones: Vec<Tombstone>,
 }
@@ -343,8 +327,10 @@ pub struct ModelParams {
     pub spec: ModelSpec,
     /// Global bias per head.
     pub globals: [f32; 2],
+    /// The session gap trained under (ms; see [`freshet_core::score::session_active`]).
+    pub session_gap_ms: i64,
     /// Every row, sorted by (table, key).
-    pub rows: Vec<RowParams>,
+    pub rows: Vec<SnapshotRow>,
 }
 
 /// Why a saved state cannot be restored.

@@ -1,12 +1,12 @@
-//! One dynamic embedding table: rows of `[scalars…, factor_1 … factor_dim]`
-//! (the scalars: a bias per head, and in user rows the rating scale and
-//! session offsets)
-//! with the optimizer's moments beside them in one contiguous f32 arena,
+//! One dynamic embedding table: rows laid out as [`freshet_core::RowLayout`]
+//! says (the scalars, then the factors) with the optimizer's moments beside them in one contiguous f32 arena,
 //! per-row step and update counters and last-update time, a 64-bit key → row
 //! map, and the record of what changed since the last drain. Removing a row
 //! moves the last row into its place, so the arena stays dense.
 
-use freshet_core::{TableKind, USER_SESSION_OFFSET};
+use freshet_core::score::session_active;
+use freshet_core::snapshot::SnapshotRow;
+use freshet_core::{RowLayout, TableKind};
 use ndarray::{ArrayView2, ShapeBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use crate::bitset::BitSet;
 use crate::keymap::KeyMap;
 use crate::optimizer::RowMut;
 use crate::row_index::RowIndex;
-use crate::state::{RowParams, RowRef, RowState, Tombstone};
+use crate::state::{RowRef, RowState, Tombstone};
 
 /// Why a row left its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,17 +214,23 @@ impl Table {
         self.mark_dirty(row);
     }
 
-    /// Starts a new session for a user row whose last update is more than
-    /// `gap_ms` before `ts`: its session offset restarts at 0. Returns
-    /// whether a session began.
+    /// Trainer clock at a row's last update.
+    #[inline]
+    pub(crate) fn last_update(&self, row: u32) -> i64 {
+        self.meta[row as usize].last_update
+    }
+
+    /// Starts a new session for a user row when an event at `ts` does not
+    /// continue its session ([`session_active`]): its session offset
+    /// restarts at 0. Returns whether a session began.
     #[inline]
     pub(crate) fn start_session_if_idle(&mut self, row: u32, ts: i64, gap_ms: i64) -> bool {
         debug_assert_eq!(self.kind, TableKind::User);
-        if ts.saturating_sub(self.meta[row as usize].last_update) <= gap_ms {
+        if session_active(self.meta[row as usize].last_update, ts, gap_ms) {
             return false;
         }
         let start = row as usize * self.stride;
-        let offset = &mut self.arena[start + USER_SESSION_OFFSET];
+        let offset = &mut self.arena[start + RowLayout::SESSION_OFFSET];
         if *offset != 0.0 {
             *offset = 0.0;
             self.mark_dirty(row);
@@ -354,13 +360,14 @@ impl Table {
     }
 
     /// Appends the parameters of every row, sorted by key.
-    pub(crate) fn export_params(&self, rows: &mut Vec<RowParams>) {
+    pub(crate) fn export_params(&self, rows: &mut Vec<SnapshotRow>) {
         let start = rows.len();
-        rows.extend((0..self.len()).map(|r| RowParams {
+        rows.extend((0..self.len()).map(|r| SnapshotRow {
             table: self.kind,
             key: self.meta[r].key,
             id: self.id(r),
-            params: self.params(r as u32).to_vec(),
+            updated_ms: self.meta[r].last_update,
+            values: self.params(r as u32).to_vec(),
         }));
         rows[start..].sort_unstable_by_key(|row| row.key);
     }

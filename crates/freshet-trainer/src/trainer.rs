@@ -11,17 +11,15 @@
 //! the end of the batch.
 
 use freshet_core::id_hash::hash_feature_with;
-use freshet_core::{
-    ConfigError, Features, Feedback, ModelSpec, TableKind, USER_RATING_SCALE, USER_SESSION_OFFSET, bias_terms,
-    hash_feature, hash_id,
-};
+use freshet_core::kernels::axpy;
+use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
+use freshet_core::{ConfigError, Features, Feedback, ModelSpec, RowLayout, TableKind, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
 use crate::config::TrainerConfig;
 use crate::heads::{Head, HeadLoss};
 use crate::init::init_row;
-use crate::kernels::{axpy, dot};
 use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
 use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
@@ -82,7 +80,7 @@ impl GradSums {
         let s = *slot as usize;
         self.counts[s] += 1;
         let g = &mut self.grads[s * self.width..(s + 1) * self.width];
-        g[head.index()] += bias_d;
+        g[RowLayout::bias(head)] += bias_d;
         if let Some(x) = x {
             axpy(d, x, &mut g[scalars..]);
         }
@@ -295,21 +293,27 @@ impl Trainer {
         }
     }
 
-    /// The prediction of `head` for `user` and `item` in context `features`,
-    /// with the current parameters (a clipped rating or a click probability).
-    /// Ids without rows contribute nothing.
-    pub fn predict(&self, head: Head, user: &str, item: &str, features: &Features) -> f32 {
-        let user_row = self.tables[TableKind::User.index()].get(hash_id(user));
-        let item_row = self.tables[TableKind::Item.index()].get(hash_id(item));
-        let feature_rows: Vec<u32> = if self.spec.context_features {
-            let table = &self.tables[TableKind::Feature.index()];
-            features.iter().filter_map(|(name, value)| table.get(hash_feature(name, value))).collect()
+    /// The prediction of `head` for `user` and `item` in `context` (its
+    /// features, and its time for the session rule), with the current
+    /// parameters: a clipped rating or a click probability. Ids without rows
+    /// contribute nothing. Serving computes the same number from a snapshot
+    /// of these parameters ([`freshet_core::score`]).
+    pub fn predict(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32 {
+        let [users, items, feature_table] = &self.tables;
+        let user = users.get(hash_id(user)).map(|row| {
+            let session = context.session_active(users.last_update(row), self.config.session_gap_ms);
+            UserTerms::new(users.params(row), session)
+        });
+        let features: Vec<&[f32]> = if self.spec.context_features {
+            let rows = context.features.iter().filter_map(|(name, value)| feature_table.get(hash_feature(name, value)));
+            rows.map(|row| feature_table.params(row)).collect()
         } else {
             Vec::new()
         };
-        let mut user_vec = vec![0.0; self.spec.dim];
-        let score = raw_score(&self.tables, &self.globals, head, user_row, item_row, &feature_rows, &mut user_vec);
-        head.predict(score, &self.spec)
+        let mut vector = vec![0.0; self.spec.dim];
+        let terms = score::query(head, self.globals.bias[head.index()], user, features, &mut vector);
+        let item = items.get(hash_id(item)).map(|row| items.params(row));
+        head.predict(score::item_score(&terms, &vector, item), &self.spec)
     }
 
     /// The progressive metrics now.
@@ -359,8 +363,8 @@ impl Trainer {
         table.get(key).map(|row| table.row_state(row))
     }
 
-    /// A table's parameters as a `rows × (2 + dim)` view (the two head biases
-    /// first; strided into the arena, no copy) with the key of each arena row.
+    /// A table's parameters as a `rows × width` view (laid out as
+    /// [`RowLayout`] says; strided into the arena, no copy) with the key of each arena row.
     /// Arena order changes as rows are removed.
     pub fn table_params(&self, kind: TableKind) -> (ArrayView2<'_, f32>, Vec<u64>) {
         let table = &self.tables[kind.index()];
@@ -401,7 +405,12 @@ impl Trainer {
         for table in &self.tables {
             table.export_params(&mut rows);
         }
-        ModelParams { spec: self.spec.clone(), globals: self.globals.bias, rows }
+        ModelParams {
+            spec: self.spec.clone(),
+            globals: self.globals.bias,
+            session_gap_ms: self.config.session_gap_ms,
+            rows,
+        }
     }
 
     fn dense_state(&self) -> DenseState {
@@ -496,11 +505,12 @@ impl Trainer {
         let prior = if old_user != user || old_item != item || features.iter().any(|&r| fresh(TableKind::Feature, r)) {
             scratch.prior_features.clear();
             scratch.prior_features.extend(features.iter().copied().filter(|&r| !fresh(TableKind::Feature, r)));
-            Some(raw_score(tables, globals, head, old_user, old_item, &scratch.prior_features, &mut scratch.user_vec))
+            Some(raw_score(tables, globals, head, old_user, old_item, &scratch.prior_features, &mut scratch.user_vec).0)
         } else {
             None
         };
-        let score = raw_score(tables, globals, head, user, item, &features, &mut scratch.user_vec);
+        // Leaves `p_user + Σ q_f` in the scratch vector, for the item's gradient.
+        let (score, terms) = raw_score(tables, globals, head, user, item, &features, &mut scratch.user_vec);
         let prior = prior.unwrap_or(score);
         metrics.record(head, prior, head.predict(prior, spec), obs.target);
 
@@ -511,22 +521,18 @@ impl Trainer {
         let [users, items, feature_table] = tables;
         let item_params = item.map(|i| items.params(i));
         let item_factors = item_params.map(|v| &v[items.scalars()..]);
-        // The rating head weighs the item's bias by the user's scale 1 + c.
-        let mut item_bias_weight = 1.0;
         if let Some(u) = user {
-            let scale = users.params(u)[USER_RATING_SCALE];
             let g = user_sums.add(users, u, head, d, d, item_factors);
             if head == Head::Rating {
-                item_bias_weight += scale;
-                g[USER_RATING_SCALE] += d * item_params.map_or(0.0, |v| v[head.index()]);
-                g[USER_SESSION_OFFSET] += d;
+                g[RowLayout::RATING_SCALE] += d * item_params.map_or(0.0, |v| v[RowLayout::bias(head)]);
+                g[RowLayout::SESSION_OFFSET] += d;
             }
         }
         for &f in &features {
             feature_sums.add(feature_table, f, head, d, d, item_factors);
         }
         if let Some(i) = item {
-            item_sums.add(items, i, head, d * item_bias_weight, d, Some(&scratch.user_vec));
+            item_sums.add(items, i, head, d * terms.item_bias_weight, d, Some(&scratch.user_vec));
         }
         self.scratch.features = features;
     }
@@ -637,8 +643,9 @@ impl Trainer {
     }
 }
 
-/// `global[h] + Σ w_f[h] + ⟨p_user + Σ q_f, v_item⟩` plus the head's
-/// [`bias_terms`] for head `h`, leaving `p_user + Σ q_f` in `user_vec`.
+/// The raw score of an event from the rows it has ([`freshet_core::score`];
+/// a user's session is always active here: `learn` restarted it first),
+/// leaving the query vector `p_user + Σ q_f` in `vector`.
 fn raw_score(
     tables: &[Table; 3],
     globals: &GlobalParams,
@@ -646,26 +653,13 @@ fn raw_score(
     user: Option<u32>,
     item: Option<u32>,
     features: &[u32],
-    user_vec: &mut [f32],
-) -> f32 {
+    vector: &mut [f32],
+) -> (f32, QueryTerms) {
     let [users, items, feature_table] = tables;
-    let h = head.index();
-    let user_params = user.map(|u| users.params(u));
-    let item_params = item.map(|i| items.params(i));
-    let mut score = globals.bias[h] + bias_terms(head, user_params, item_params);
-    match user_params {
-        Some(p) => user_vec.copy_from_slice(&p[users.scalars()..]),
-        None => user_vec.fill(0.0),
-    }
-    for &f in features {
-        let q = feature_table.params(f);
-        score += q[h];
-        axpy(1.0, &q[feature_table.scalars()..], user_vec);
-    }
-    if let Some(v) = item_params {
-        score += dot(user_vec, &v[items.scalars()..]);
-    }
-    score
+    let user = user.map(|u| UserTerms::new(users.params(u), true));
+    let features = features.iter().map(|&f| feature_table.params(f));
+    let terms = score::query(head, globals.bias[head.index()], user, features, vector);
+    (score::item_score(&terms, vector, item.map(|i| items.params(i))), terms)
 }
 
 #[cfg(test)]
@@ -683,7 +677,7 @@ mod tests {
     /// The loss of `event` with the current parameters.
     fn loss(t: &Trainer, head: Head, target: f32, rows: (Option<u32>, Option<u32>, &[u32])) -> f64 {
         let mut user_vec = vec![0.0; t.spec.dim];
-        let score = raw_score(&t.tables, &t.globals, head, rows.0, rows.1, rows.2, &mut user_vec);
+        let (score, _) = raw_score(&t.tables, &t.globals, head, rows.0, rows.1, rows.2, &mut user_vec);
         f64::from(head.loss(score, target))
     }
 

@@ -2,7 +2,7 @@
 //! planted-factor stream of freshet-core.
 
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Click, Features, Feedback, Forget, Rating, USER_RATING_SCALE, USER_SESSION_OFFSET, hash_id};
+use freshet_core::{Click, Features, Feedback, Forget, Rating, RowLayout, ScoreContext, hash_id};
 use freshet_trainer::{
     Algorithm, Head, ModelSpec, Removal, TableKind, Tombstone, Trainer, TrainerConfig, TrainerState,
 };
@@ -127,7 +127,7 @@ fn each_batch_is_scored_with_the_parameters_from_before_it() {
     assert_eq!(t.metrics().rating_cumulative.mae, Some(2.0));
     t.train_batch(&batch[..1]);
     assert_eq!(t.metrics().rating_cumulative.count, 11);
-    assert!(t.predict(Head::Rating, "u", "i", &Features::new()) > 3.0);
+    assert!(t.predict(Head::Rating, "u", "i", &ScoreContext::none()) > 3.0);
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn ids_get_rows_only_after_min_count_sightings() {
     t.train_batch(&[rating("u", "i", 5.0, 1), rating("u", "i", 5.0, 2)]);
     assert_eq!((t.rows(TableKind::User), t.pending(TableKind::User)), (0, 1));
     // Without rows the prediction comes from the global bias alone.
-    let before = t.predict(Head::Rating, "u", "i", &Features::new());
+    let before = t.predict(Head::Rating, "u", "i", &ScoreContext::none());
     let global = t.export_params().globals[Head::Rating.index()];
     assert_eq!(before, global);
     t.train_batch(&[rating("u", "i", 5.0, 3)]);
@@ -299,7 +299,7 @@ fn non_finite_input_never_reaches_the_parameters() {
     assert_eq!(t.row(TableKind::User, hash_id("u")).expect("row").updates, 1);
     assert_eq!(t.metrics().rating_cumulative.count, 1, "the NaN event is not scored");
     let huge = t.train_batch(&[rating("u", "i", f32::MAX, 3)]);
-    assert!(t.export_params().rows.iter().all(|r| r.params.iter().all(|x| x.is_finite())));
+    assert!(t.export_params().rows.iter().all(|r| r.values.iter().all(|x| x.is_finite())));
     assert_eq!(huge.events, 1);
 }
 
@@ -310,11 +310,12 @@ fn parameter_views_carry_item_ids() {
     let params = t.export_params();
     let item = params.rows.iter().find(|r| r.table == TableKind::Item).expect("item row");
     assert_eq!(item.id.as_deref(), Some("movie-42"));
-    assert_eq!(item.factors().len(), 16);
+    assert_eq!(item.values[RowLayout::new(TableKind::Item, 16).factors()].len(), 16);
+    assert_eq!(item.updated_ms, 1, "the trainer clock at the row's last update");
     let (view, keys) = t.table_params(TableKind::Item);
     assert_eq!(view.shape(), &[1, 18]);
     assert_eq!(keys, &[hash_id("movie-42")]);
-    let delta = t.drain_dirty().into_params();
+    let delta = t.drain_dirty().into_params(t.config().session_gap_ms);
     assert_eq!(delta.rows.len(), 2);
 }
 
@@ -331,18 +332,18 @@ fn a_users_session_offset_learns_within_a_session_and_restarts_after_a_gap() {
     for event in &sitting {
         t.train_batch(std::slice::from_ref(event));
     }
-    let learned = user_scalar(&t, "u", USER_SESSION_OFFSET);
+    let learned = user_scalar(&t, "u", RowLayout::SESSION_OFFSET);
     assert!(learned > 0.05, "the session offset follows the sitting's high ratings: {learned}");
     let last = sitting.last().map(Feedback::ts).expect("events");
     // A click within the gap keeps the session: the offset does not learn
     // from clicks, only the L2 penalty shrinks it a little.
     t.train_batch(&[click("u", "i", last + gap)]);
-    let kept = user_scalar(&t, "u", USER_SESSION_OFFSET);
+    let kept = user_scalar(&t, "u", RowLayout::SESSION_OFFSET);
     assert!(kept <= learned && kept > 0.99 * learned, "{kept} vs {learned}");
     assert_eq!(t.counters().sessions_restarted, 0);
     // A click after a longer gap begins a new session.
     t.train_batch(&[click("u", "i", last + 2 * gap + 1)]);
-    assert_eq!(user_scalar(&t, "u", USER_SESSION_OFFSET), 0.0);
+    assert_eq!(user_scalar(&t, "u", RowLayout::SESSION_OFFSET), 0.0);
     assert_eq!(t.counters().sessions_restarted, 1);
 }
 
@@ -367,11 +368,12 @@ fn a_users_rating_scale_follows_how_widely_they_spread_the_items() {
             }
         }
     }
-    let (wide, flat) = (user_scalar(&t, "wide", USER_RATING_SCALE), user_scalar(&t, "flat", USER_RATING_SCALE));
+    let (wide, flat) =
+        (user_scalar(&t, "wide", RowLayout::RATING_SCALE), user_scalar(&t, "flat", RowLayout::RATING_SCALE));
     assert!(wide > 0.3 && flat < -0.3, "scale offsets: wide {wide}, flat {flat}");
     let spread = |user: &str| {
-        let good = t.predict(Head::Rating, user, "i0", &Features::new());
-        good - t.predict(Head::Rating, user, "i1", &Features::new())
+        let good = t.predict(Head::Rating, user, "i0", &ScoreContext::none());
+        good - t.predict(Head::Rating, user, "i1", &ScoreContext::none())
     };
     assert!(spread("wide") > 3.0 && spread("flat").abs() < 0.5, "wide {}, flat {}", spread("wide"), spread("flat"));
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use freshet_consumer::ConsumerConfig;
 use freshet_core::{ConfigError, ValidationConfig};
 use freshet_publisher::PublisherConfig;
+use freshet_subscriber::http::ServeConfig;
 use freshet_trainer::{ModelSpec, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,8 @@ pub struct FreshetConfig {
     pub publisher: PublisherConfig,
     /// `[metrics]`: the Prometheus and health endpoint.
     pub metrics: MetricsSettings,
+    /// `[serve]`: how `freshet serve` answers.
+    pub serve: ServeConfig,
 }
 
 /// `[metrics]` settings.
@@ -154,6 +157,7 @@ impl FreshetConfig {
         self.trainer.check()?;
         self.publisher.check()?;
         self.metrics.address()?;
+        self.serve.check()?;
         if (self.validation.rating_min, self.validation.rating_max) != (self.model.rating_min, self.model.rating_max) {
             return Err(ConfigError::new(
                 "validation.rating_min",
@@ -225,5 +229,6 @@ mod tests {
         assert_eq!(key_of("[model]\nrating_min = 1.0\n"), "validation.rating_min");
         assert_eq!(key_of("[publisher]\nchunk_bytes = 1\n"), "publisher.chunk_bytes");
         assert_eq!(key_of("[metrics]\nlisten = \"nowhere\"\n"), "metrics.listen");
+        assert_eq!(key_of("[serve]\nmax_rank_items = 0\n"), "serve.max_rank_items");
     }
 }

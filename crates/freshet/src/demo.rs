@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Head, ModelSpec, now_ms};
+use freshet_core::{Head, ModelSpec, ScoreContext, now_ms};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
@@ -62,14 +62,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cluster.create_topic(&snapshot_topic, 1, 1)?;
 
     // Subscribe before the first publish: the mock keeps only ~5 MiB per partition.
-    let subscriber = Subscriber::start(
-        &SubscriberConfig {
-            bootstrap: config.consumer.bootstrap.clone(),
-            kafka: Default::default(),
-            topic: snapshot_topic,
-        },
-        |_| {},
-    )?;
+    let subscriber =
+        Subscriber::start(&SubscriberConfig::new(config.consumer.bootstrap.clone(), snapshot_topic), |_| {})?;
     let producing = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicU64::new(0));
     let producer = spawn_producer(&config, args.rate, Arc::clone(&producing), Arc::clone(&sent))?;
@@ -210,7 +204,11 @@ impl Screen {
 
 fn print_top_10(model: &ServingModel) {
     println!("\ntop 10 for {SAMPLE_USER} at snapshot v{} (predicted rating):", model.version());
-    for (rank, item) in model.top_k(Head::Rating, SAMPLE_USER, 10, &HashSet::new()).iter().enumerate() {
+    for (rank, item) in model
+        .top_k(Head::Rating, SAMPLE_USER, 10, &ScoreContext::none().at(now_ms()), &HashSet::new())
+        .iter()
+        .enumerate()
+    {
         println!("  {:>2}. {:<8} {:.3}", rank + 1, item.item, item.score);
     }
 }

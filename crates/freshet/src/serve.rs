@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use freshet_core::Head;
 use freshet_subscriber::Subscriber;
-use freshet_subscriber::http::{ServeMetrics, router, serve};
+use freshet_subscriber::http::{RouterOptions, ServeMetrics, router, serve};
 
 use crate::shutdown::ShutdownSignal;
 use crate::snapshot_source::SnapshotSourceArgs;
@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Head that scores when a request names none: rating or click.
     #[arg(long, value_enum, default_value = "rating")]
     head: HeadArg,
+    /// Threads answering requests (default: one per core).
+    #[arg(long, env = "FRESHET_SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 /// A head, as a flag value.
@@ -32,6 +35,11 @@ enum HeadArg {
 }
 
 impl ServeArgs {
+    /// Threads of the runtime that answers requests, if set.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads.map(usize::from)
+    }
+
     /// Checks the configuration the flags name.
     pub fn check(&self) -> anyhow::Result<()> {
         self.source.resolve().map(drop)
@@ -40,7 +48,7 @@ impl ServeArgs {
 
 /// Runs `freshet serve` until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.source.resolve()?;
+    let (config, file) = args.source.resolve_with_config()?;
     let mut shutdown = ShutdownSignal::install()?;
     let metrics = ServeMetrics::new().context("registering metrics")?;
     let observer = metrics.clone();
@@ -49,7 +57,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         HeadArg::Rating => Head::Rating,
         HeadArg::Click => Head::Click,
     };
-    let app = router(subscriber.view(), metrics, head);
+    let options =
+        RouterOptions { head, validation: file.validation.clone(), max_rank_items: file.serve.max_rank_items };
+    let app = router(subscriber.view(), metrics, options);
     serve(args.listen, app, async move {
         let signal = shutdown.recv().await;
         tracing::info!(signal, "shutting down");

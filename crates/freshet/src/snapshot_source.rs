@@ -3,6 +3,7 @@
 use freshet_subscriber::SubscriberConfig;
 
 use crate::cli_args::{ConfigArgs, KafkaSettings};
+use crate::config::FreshetConfig;
 
 /// Where a model's snapshots are: from the `freshet run` configuration file,
 /// overridden by flags (which the environment can set).
@@ -22,16 +23,23 @@ pub struct SnapshotSourceArgs {
 impl SnapshotSourceArgs {
     /// The subscriber's settings.
     pub fn resolve(&self) -> anyhow::Result<SubscriberConfig> {
+        self.resolve_with_config().map(|(subscriber, _)| subscriber)
+    }
+
+    /// The subscriber's settings and the whole configuration they come from.
+    pub fn resolve_with_config(&self) -> anyhow::Result<(SubscriberConfig, FreshetConfig)> {
         let mut config = self.config.load()?;
         if let Some(topic) = &self.topic {
             config.publisher.topic = Some(topic.clone());
         }
         config.consumer.kafka.extend(self.kafka.to_map());
         config.check()?;
-        Ok(SubscriberConfig {
-            bootstrap: config.consumer.bootstrap,
-            kafka: config.consumer.kafka,
+        let subscriber = SubscriberConfig {
+            bootstrap: config.consumer.bootstrap.clone(),
+            kafka: config.consumer.kafka.clone(),
             topic: config.publisher.topic_for(&config.name.0),
-        })
+            top_k_candidates: config.serve.top_k_candidates,
+        };
+        Ok((subscriber, config))
     }
 }

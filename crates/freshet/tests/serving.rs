@@ -101,6 +101,17 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
     assert!(body.contains("user"), "{body}");
     assert_eq!(get(&address, "/recommend?user=u1&k=lots").0, 400);
     assert_eq!(get(&address, "/score?user=u1&item=i1&head=volume").0, 400);
+    // Context features change the score the trainer's clicks were scored with; a bare name is a 400.
+    let click = |query: &str| -> f64 {
+        let (status, body) = get(&address, &format!("/score?user=u1&item={first_item}&head=click&ts=0{query}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).expect("json")["score"].as_f64().expect("a score")
+    };
+    assert_ne!(click("&f.device=ios"), click(""), "the device feature was trained on and is served");
+    assert_eq!(click("&f.device=never-seen"), click(""), "an unknown value scores with zero parameters");
+    let (status, body) = get(&address, &format!("/score?user=u1&item={first_item}&device=ios"));
+    assert_eq!(status, 400);
+    assert!(body.contains("`device`"), "the unknown parameter is named: {body}");
     let (status, metrics) = get(&address, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains(&format!("freshet_subscriber_version {version}")), "{metrics}");
@@ -152,11 +163,7 @@ fn a_clean_restart_serves_bit_identical_parameters() {
             .as_str()
             .expect("a name")
             .to_owned();
-    let snapshots = SubscriberConfig {
-        bootstrap: bootstrap.clone(),
-        kafka: Default::default(),
-        topic: format!("freshet.snapshots.{model_name}"),
-    };
+    let snapshots = SubscriberConfig::new(bootstrap.clone(), format!("freshet.snapshots.{model_name}"));
 
     let running = Running::start(BIN, &["run", "--config"], &config);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -175,7 +175,8 @@ impl TrainerLoop {
         if publisher.full_due() {
             return self.publish_full();
         }
-        let outgoing = Outgoing::delta(version - 1, version, delta.into_params(), self.watermark(), progressive);
+        let params = delta.into_params(self.trainer.config().session_gap_ms);
+        let outgoing = Outgoing::delta(version - 1, version, params, self.watermark(), progressive);
         publisher.submit(outgoing);
     }
 

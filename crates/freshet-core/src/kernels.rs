@@ -1,5 +1,7 @@
 //! Small f32 vector kernels of the hot path, written so the compiler
-//! vectorises them while the summation order stays fixed (determinism).
+//! vectorises them while the summation order stays fixed: the trainer and
+//! every subscriber compute bit-identical sums from the same inputs
+//! (docs/snapshots.md spells the order out for readers in other languages).
 
 /// Lanes of the partial sums in [`lane_sum`]: a fixed order the compiler can map to SIMD.
 const LANES: usize = 8;
@@ -26,12 +28,12 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// `Σ a[i]·b[i]` over the common length, summed in a fixed lane order.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lane_sum(a, b, |x, y| x * y)
 }
 
 /// `Σ (g[i] + c·p[i])²`: the squared norm of a gradient with its L2 penalty `c·p`.
-pub(crate) fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
+pub fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
     lane_sum(g, p, |g, p| {
         let x = g + c * p;
         x * x
@@ -39,14 +41,14 @@ pub(crate) fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
 }
 
 /// `y += alpha · x`.
-pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }
 }
 
 /// Whether every value is finite (no NaN, no ±∞), without branching per value.
-pub(crate) fn all_finite(values: &[f32]) -> bool {
+pub fn all_finite(values: &[f32]) -> bool {
     const EXPONENT: u32 = 0x7f80_0000;
     values.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)) == 0
 }

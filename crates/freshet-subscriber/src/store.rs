@@ -1,0 +1,455 @@
+//! Copy-on-write storage of one table's rows for serving.
+//!
+//! A model version is a set of tables; the next version is a clone of the
+//! current one (page and segment pointers only) with a snapshot's changes
+//! written into it. Writing to a page or index segment that the served
+//! version still shares copies that one page or segment, so applying a
+//! delta costs the rows it changes, and serving never holds a second copy
+//! of the model.
+//!
+//! - [`KeyIndex`]: key → row position, an extendible-hashing directory (by
+//!   the key's top bits) over small sorted segments of keys. Segments split
+//!   one at a time as they fill: the index never rebuilds, and it is densely
+//!   packed (12 bytes a key).
+//! - [`RowStore`]: the rows' floats (and, in user rows, the time of their
+//!   last update) in pages of a few rows, each one allocation sized to the
+//!   allocator's size classes. A removed row leaves a hole that the next new
+//!   row fills, so rows never move and pages need not know their keys.
+
+use std::sync::Arc;
+
+use freshet_core::{ModelSpec, RowLayout, TableKind};
+
+/// Most keys in one index segment before it splits.
+const SEGMENT_KEYS: usize = 256;
+
+/// A sorted run of keys and the rows they map to.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Segment {
+    /// How many leading key bits all its keys share (its directory prefix).
+    depth: u32,
+    keys: Vec<u64>,
+    rows: Vec<u32>,
+}
+
+/// Key → row position.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KeyIndex {
+    /// Directory bits: entry `key >> (64 - depth)` (entry 0 when 0).
+    depth: u32,
+    /// Per entry, its segment's number. The entries of one segment are
+    /// consecutive: those that share its prefix.
+    directory: Vec<u32>,
+    /// Each segment once, so an `Arc` is shared only between versions.
+    segments: Vec<Arc<Segment>>,
+    len: usize,
+}
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex { depth: 0, directory: vec![0], segments: vec![Arc::new(Segment::default())], len: 0 }
+    }
+}
+
+impl KeyIndex {
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn segment_of(&self, key: u64) -> usize {
+        let entry = if self.depth == 0 { 0 } else { (key >> (64 - self.depth)) as usize };
+        self.directory[entry] as usize
+    }
+
+    /// The row of `key`.
+    pub(crate) fn get(&self, key: u64) -> Option<u32> {
+        let segment = &self.segments[self.segment_of(key)];
+        segment.keys.binary_search(&key).ok().map(|at| segment.rows[at])
+    }
+
+    /// Maps `key` (which must be absent) to `row`.
+    pub(crate) fn insert(&mut self, key: u64, row: u32) {
+        let number = self.segment_of(key);
+        let segment = Arc::make_mut(&mut self.segments[number]);
+        let at = segment.keys.binary_search(&key).unwrap_or_else(|at| at);
+        if segment.keys.len() == segment.keys.capacity() {
+            // Grow by an eighth, not double: the index stays packed.
+            let more = segment.keys.len() / 8 + 4;
+            segment.keys.reserve_exact(more);
+            segment.rows.reserve_exact(more);
+        }
+        segment.keys.insert(at, key);
+        segment.rows.insert(at, row);
+        self.len += 1;
+        if segment.keys.len() > SEGMENT_KEYS && segment.depth < 64 {
+            self.split(number, key);
+        }
+    }
+
+    /// Forgets `key`; returns its row.
+    pub(crate) fn remove(&mut self, key: u64) -> Option<u32> {
+        let number = self.segment_of(key);
+        let at = self.segments[number].keys.binary_search(&key).ok()?;
+        let segment = Arc::make_mut(&mut self.segments[number]);
+        segment.keys.remove(at);
+        let row = segment.rows.remove(at);
+        if segment.keys.capacity() > segment.keys.len() + segment.keys.len() / 4 + 8 {
+            segment.keys.shrink_to_fit();
+            segment.rows.shrink_to_fit();
+        }
+        self.len -= 1;
+        Some(row)
+    }
+
+    /// Splits segment `number` (which holds `key`) in two by its next key bit.
+    fn split(&mut self, number: usize, key: u64) {
+        let depth = self.segments[number].depth;
+        if depth == self.depth {
+            // Every entry doubles: entry e becomes 2e and 2e + 1.
+            self.directory = self.directory.iter().flat_map(|&s| [s, s]).collect();
+            self.depth += 1;
+        }
+        let old = &self.segments[number];
+        let bit = 63 - depth;
+        let cut = old.keys.partition_point(|key| (key >> bit) & 1 == 0);
+        let half = |range: std::ops::Range<usize>| Segment {
+            depth: depth + 1,
+            keys: old.keys[range.clone()].to_vec(),
+            rows: old.rows[range].to_vec(),
+        };
+        let (low, high) = (half(0..cut), half(cut..old.keys.len()));
+        self.segments[number] = Arc::new(low);
+        let high_number = u32::try_from(self.segments.len()).expect("fewer than 2^32 segments");
+        self.segments.push(Arc::new(high));
+        // The 2^(self.depth - depth) entries of the old segment: the second half take the high keys.
+        let span = 1usize << (self.depth - depth);
+        let first = ((key >> (64 - self.depth)) as usize) & !(span - 1);
+        for slot in &mut self.directory[first + span / 2..first + span] {
+            *slot = high_number;
+        }
+    }
+
+    /// Every (key, row), in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let mut previous = None;
+        self.directory.iter().filter(move |&&number| previous.replace(number) != Some(number)).flat_map(|&number| {
+            let segment = &self.segments[number as usize];
+            segment.keys.iter().copied().zip(segment.rows.iter().copied())
+        })
+    }
+
+    /// Heap bytes the index holds (segments shared with other versions counted in full).
+    pub(crate) fn bytes(&self) -> usize {
+        let segments: usize = self
+            .segments
+            .iter()
+            .map(|s| size_of::<Segment>() + 16 + s.keys.capacity() * 8 + s.rows.capacity() * 4)
+            .sum();
+        segments + self.directory.capacity() * 4 + self.segments.capacity() * size_of::<Arc<Segment>>()
+    }
+}
+
+/// The size an allocation of `bytes` really takes, for allocators with four
+/// size classes per power of two (mimalloc, which the `freshet` binary uses,
+/// and jemalloc): pages are sized so that little of that is wasted.
+fn size_class(bytes: usize) -> usize {
+    if bytes <= 64 {
+        return bytes.div_ceil(8) * 8;
+    }
+    let words = bytes.div_ceil(8);
+    let top = usize::BITS - 1 - (words - 1).leading_zeros();
+    let step = 1usize << top.saturating_sub(2);
+    words.div_ceil(step) * step * 8
+}
+
+/// Rows per page for rows of `row_words` 32-bit words: the count from 4 to
+/// 16 that wastes the fewest bytes a row, counting the allocation's size
+/// class, the `Arc`'s two counters and the page pointer.
+fn rows_per_page(row_words: usize) -> usize {
+    let waste = |rows: usize| {
+        let bytes = 16 + 4 * rows * row_words;
+        (size_class(bytes) - bytes + 16) as f64 / rows as f64
+    };
+    (4..=16).min_by(|&a, &b| waste(a).total_cmp(&waste(b))).unwrap_or(8)
+}
+
+/// The item ids of one page, joined.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct IdPage {
+    /// End of each slot's id in `text`.
+    ends: Vec<u32>,
+    text: String,
+}
+
+impl IdPage {
+    fn new(rows: usize) -> Self {
+        IdPage { ends: vec![0; rows], text: String::new() }
+    }
+
+    fn get(&self, slot: usize) -> &str {
+        let start = if slot == 0 { 0 } else { self.ends[slot - 1] as usize };
+        &self.text[start..self.ends[slot] as usize]
+    }
+
+    fn set(&mut self, slot: usize, id: &str) {
+        if self.get(slot) == id {
+            return;
+        }
+        let ids: Vec<String> = (0..self.ends.len()).map(|s| self.get(s).to_owned()).collect();
+        self.text.clear();
+        for (s, old) in ids.iter().enumerate() {
+            self.text.push_str(if s == slot { id } else { old });
+            self.ends[s] = self.text.len() as u32;
+        }
+    }
+}
+
+/// The rows of one table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowStore {
+    table: TableKind,
+    width: usize,
+    /// Whether rows keep the time of their last update (users: the session rule).
+    times: bool,
+    per_page: usize,
+    /// 32-bit words per page: times (two words each), then values.
+    page_words: usize,
+    pages: Vec<Arc<[u32]>>,
+    /// Items' id strings, one page per row page.
+    ids: Vec<Arc<IdPage>>,
+    /// Row positions ever used (live rows and holes).
+    slots: usize,
+    /// Holes left by removed rows, reused first.
+    holes: Vec<u32>,
+    index: KeyIndex,
+}
+
+/// A row as the store hands it out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StoredRow<'a> {
+    pub values: &'a [f32],
+    /// Trainer clock at the row's last update (users only; 0 otherwise).
+    pub updated_ms: i64,
+}
+
+impl RowStore {
+    /// An empty table of `spec`'s `table` rows.
+    pub(crate) fn new(spec: &ModelSpec, table: TableKind) -> Self {
+        let width = RowLayout::new(table, spec.dim).width();
+        let times = table == TableKind::User;
+        let row_words = width + if times { 2 } else { 0 };
+        let per_page = rows_per_page(row_words);
+        RowStore {
+            table,
+            width,
+            times,
+            per_page,
+            page_words: per_page * row_words,
+            pages: Vec::new(),
+            ids: Vec::new(),
+            slots: 0,
+            holes: Vec::new(),
+            index: KeyIndex::default(),
+        }
+    }
+
+    /// Live rows.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Row positions in use or free (the range a scan covers).
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Makes room for `rows` more rows in the page table.
+    pub(crate) fn reserve(&mut self, rows: usize) {
+        let pages = (self.slots + rows).div_ceil(self.per_page);
+        self.pages.reserve_exact(pages.saturating_sub(self.pages.len()));
+        if self.table.keeps_ids() {
+            self.ids.reserve_exact(pages.saturating_sub(self.ids.len()));
+        }
+    }
+
+    /// The row position of `key`.
+    #[inline]
+    pub(crate) fn position(&self, key: u64) -> Option<u32> {
+        self.index.get(key)
+    }
+
+    fn times_words(&self) -> usize {
+        if self.times { 2 * self.per_page } else { 0 }
+    }
+
+    /// The row at `position` (a live one: from [`Self::position`] or the index).
+    #[inline]
+    pub(crate) fn row(&self, position: u32) -> StoredRow<'_> {
+        let (page, slot) = (position as usize / self.per_page, position as usize % self.per_page);
+        let words = &self.pages[page];
+        let start = self.times_words() + slot * self.width;
+        let values = bytemuck::cast_slice(&words[start..start + self.width]);
+        let updated_ms =
+            if self.times { (u64::from(words[2 * slot]) | (u64::from(words[2 * slot + 1]) << 32)) as i64 } else { 0 };
+        StoredRow { values, updated_ms }
+    }
+
+    /// The row of `key`.
+    pub(crate) fn get(&self, key: u64) -> Option<StoredRow<'_>> {
+        self.position(key).map(|position| self.row(position))
+    }
+
+    /// The item id at `position` (empty for tables without ids).
+    pub(crate) fn id(&self, position: u32) -> &str {
+        match self.ids.get(position as usize / self.per_page) {
+            Some(page) => page.get(position as usize % self.per_page),
+            None => "",
+        }
+    }
+
+    /// Every live row as (key, position), in key order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.index.iter()
+    }
+
+    /// Sets the row of `key`; returns its position and whether anything changed.
+    pub(crate) fn set(&mut self, key: u64, id: Option<&str>, updated_ms: i64, values: &[f32]) -> (u32, bool) {
+        debug_assert_eq!(values.len(), self.width);
+        let (position, fresh) = match self.index.get(key) {
+            Some(position) => (position, false),
+            None => {
+                let position = self.allocate();
+                self.index.insert(key, position);
+                (position, true)
+            }
+        };
+        if !fresh {
+            let old = self.row(position);
+            let same_values = old.values.iter().zip(values).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_id = !self.table.keeps_ids() || self.id(position) == id.unwrap_or_default();
+            if same_values && same_id && (!self.times || old.updated_ms == updated_ms) {
+                return (position, false);
+            }
+        }
+        let (page, slot) = (position as usize / self.per_page, position as usize % self.per_page);
+        let (width, times_words) = (self.width, self.times_words());
+        let words = Arc::make_mut(&mut self.pages[page]);
+        if self.times {
+            words[2 * slot] = updated_ms as u64 as u32;
+            words[2 * slot + 1] = ((updated_ms as u64) >> 32) as u32;
+        }
+        let start = times_words + slot * width;
+        let target: &mut [f32] = bytemuck::cast_slice_mut(&mut words[start..start + width]);
+        target.copy_from_slice(values);
+        if self.table.keeps_ids() {
+            Arc::make_mut(&mut self.ids[page]).set(slot, id.unwrap_or_default());
+        }
+        (position, true)
+    }
+
+    /// Removes the row of `key`; returns the hole's position.
+    pub(crate) fn remove(&mut self, key: u64) -> Option<u32> {
+        let position = self.index.remove(key)?;
+        self.holes.push(position);
+        Some(position)
+    }
+
+    /// A free position: a hole, or a new one at the end.
+    fn allocate(&mut self) -> u32 {
+        if let Some(hole) = self.holes.pop() {
+            return hole;
+        }
+        let position = self.slots;
+        if position / self.per_page == self.pages.len() {
+            self.pages.push(Arc::from(vec![0u32; self.page_words]));
+            if self.table.keeps_ids() {
+                self.ids.push(Arc::new(IdPage::new(self.per_page)));
+            }
+        }
+        self.slots += 1;
+        u32::try_from(position).expect("a table holds fewer than 2^32 rows")
+    }
+
+    /// Heap bytes of the rows and their index (shared pages counted in full).
+    pub(crate) fn bytes(&self) -> usize {
+        let page = size_class(16 + 4 * self.page_words) + size_of::<Arc<[u32]>>();
+        let ids: usize = self.ids.iter().map(|p| 64 + p.ends.capacity() * 4 + p.text.capacity()).sum();
+        self.pages.len() * page + ids + self.index.bytes() + self.holes.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn the_index_maps_every_key_through_splits_and_removals() {
+        let mut index = KeyIndex::default();
+        let mut reference = BTreeMap::new();
+        let mut state = 7u64;
+        for row in 0..20_000u32 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            index.insert(state, row);
+            reference.insert(state, row);
+        }
+        assert!(index.depth > 4, "segments split");
+        let removed: Vec<u64> = reference.keys().copied().step_by(3).collect();
+        for key in &removed {
+            assert_eq!(index.remove(*key), reference.remove(key));
+        }
+        assert_eq!(index.remove(removed[0]), None);
+        assert_eq!(index.len(), reference.len());
+        assert_eq!(index.iter().collect::<Vec<_>>(), reference.into_iter().collect::<Vec<_>>());
+        assert!(index.bytes() < index.len() * 16, "{} bytes for {} keys", index.bytes(), index.len());
+    }
+
+    #[test]
+    fn a_clone_shares_until_written_and_never_changes_under_its_reader() {
+        let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
+        let mut store = RowStore::new(&spec, TableKind::User);
+        for key in 0..100u64 {
+            store.set(key, None, key as i64, &[key as f32; 12]);
+        }
+        let served = store.clone();
+        let (position, changed) = store.set(5, None, 99, &[-1.0; 12]);
+        assert!(changed);
+        assert_eq!(store.set(5, None, 99, &[-1.0; 12]), (position, false), "same values: nothing to write");
+        assert_eq!(served.get(5).map(|r| (r.values[0], r.updated_ms)), Some((5.0, 5)));
+        assert_eq!(store.get(5).map(|r| (r.values[0], r.updated_ms)), Some((-1.0, 99)));
+        let shared = store.pages.iter().zip(&served.pages).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert_eq!(shared, store.pages.len() - 1, "one page copied");
+    }
+
+    #[test]
+    fn holes_are_reused_and_ids_kept_per_slot() {
+        let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
+        let mut items = RowStore::new(&spec, TableKind::Item);
+        for key in 0..10u64 {
+            items.set(key, Some(&format!("item-{key}")), 0, &[key as f32; 10]);
+        }
+        let hole = items.remove(3).expect("present");
+        assert_eq!((items.len(), items.get(3)), (9, None));
+        let (position, _) = items.set(42, Some("é-42"), 0, &[4.2; 10]);
+        assert_eq!(position, hole);
+        assert_eq!(items.id(position), "é-42");
+        assert_eq!(items.id(items.position(4).expect("present")), "item-4");
+        assert_eq!(items.slots(), 10);
+        let keys: Vec<u64> = items.keys().map(|(key, _)| key).collect();
+        assert_eq!(keys, [0, 1, 2, 4, 5, 6, 7, 8, 9, 42]);
+    }
+
+    #[test]
+    fn pages_fit_their_size_class() {
+        assert_eq!(size_class(1024), 1024);
+        assert_eq!(size_class(1025), 1280);
+        assert_eq!(size_class(2056), 2560);
+        // dim 32: a user row is 36 floats + 2 time words: 10 rows fill 1536 bytes exactly.
+        assert_eq!(rows_per_page(38), 10);
+        let per_page = rows_per_page(34);
+        let bytes = 16 + 4 * 34 * per_page;
+        assert!(size_class(bytes) - bytes < 64, "items: {per_page} rows, {bytes} bytes");
+    }
+}
