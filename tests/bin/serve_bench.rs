@@ -7,6 +7,8 @@
 //! - `load`: a closed-loop HTTP load on `/recommend` over keep-alive
 //!   connections, for a bounded number of requests (loopback only), printing
 //!   latency percentiles, requests/s and errors as JSON;
+//! - `topk`: builds a synthetic model in process and times `top_k`,
+//!   `top_k_exact`, `score` and a 1,000-item `rank` with a warm cache;
 //! - `recall`: follows the snapshot topic with the subscriber library (what
 //!   `freshet serve` embeds), and measures the recall@10 of top-k against
 //!   the exact f32 ranking, checking that `freshet serve` answers the same.
@@ -16,6 +18,7 @@
 //!       [--start FILE --stop FILE --deltas-per-sec 4 --delta-users 2000 --delta-items 500 --full-after 40]
 //!   serve-bench load ADDRESS USERS REQUESTS [--connections 1] [--k 10] [--seconds 600]
 //!   serve-bench recall BOOTSTRAP TOPIC QUERIES [--address HOST:PORT] [--candidates 256]
+//!   serve-bench topk USERS ITEMS QUERIES [--dim 32] [--candidates 256]   (in process, no Kafka)
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -42,7 +45,8 @@ fn main() -> anyhow::Result<()> {
         "publish" => publish(&positional, &flags),
         "load" => load(&positional, &flags),
         "recall" => recall(&positional, &flags),
-        other => bail!("unknown command {other:?}: publish, load or recall"),
+        "topk" => topk(&positional, &flags),
+        other => bail!("unknown command {other:?}: publish, load, recall or topk"),
     }
 }
 
@@ -256,7 +260,9 @@ impl Connection {
 
     /// Sends a GET and reads the whole answer: status and body.
     fn get(&mut self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-        write!(self.reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.address)?;
+        // One write a request: with Nagle off, pieces would go out as separate segments.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.address);
+        self.reader.get_mut().write_all(request.as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("a status line")?;
@@ -365,8 +371,21 @@ fn recall(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Re
     })?;
     let started = Instant::now();
     on_applied.recv_timeout(Duration::from_secs(600)).context("no snapshot applied within 10 minutes")?;
-    let model = subscriber.model().context("a model")?;
     let load_seconds = started.elapsed().as_secs_f64();
+    // Compare with `freshet serve` at the version it serves.
+    if let Some(address) = flags.get("address") {
+        let (_, body) = Connection::open(address)?.get("/version")?;
+        let served: serde_json::Value = serde_json::from_slice(&body)?;
+        let target = served["info"]["version"].as_u64().context("the served version")?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while subscriber.model().is_none_or(|m| m.version() < target) {
+            if Instant::now() > deadline {
+                bail!("version {target} was not reached");
+            }
+            let _ = on_applied.recv_timeout(Duration::from_secs(1));
+        }
+    }
+    let model = subscriber.model().context("a model")?;
     let items = model.rows(TableKind::Item).count();
     let users: Vec<u64> = model.rows(TableKind::User).map(|(key, _, _)| key).collect();
     let spec = model.spec().clone();
@@ -433,5 +452,98 @@ fn recall(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Re
         })
     );
     subscriber.stop(Duration::from_secs(5));
+    Ok(())
+}
+
+fn topk(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let [users, items, queries] = positional else {
+        bail!("usage: serve-bench topk USERS ITEMS QUERIES [flags]");
+    };
+    let (users, items, queries): (usize, usize, usize) =
+        (users.parse().context("USERS")?, items.parse().context("ITEMS")?, queries.parse().context("QUERIES")?);
+    let dim: usize = flag(flags, "dim", 32)?;
+    let candidates: usize = flag(flags, "candidates", freshet_subscriber::DEFAULT_CANDIDATES)?;
+    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true };
+    let mut draw = Draw(7);
+    let mut rows = synthetic_rows(users, items, dim, &mut draw);
+    rows.sort_by_key(|row| (row.table, row.key));
+    let counts = TableKind::ALL.map(|table| rows.iter().filter(|row| row.table == table).count() as u64);
+    let header = freshet_core::snapshot::SnapshotHeader {
+        model: "topk".to_owned(),
+        version: 1,
+        kind: freshet_core::snapshot::SnapshotKind::Full,
+        created_ms: 0,
+        watermark: Watermark::default(),
+        spec,
+        globals: [3.5, -1.0],
+        session_gap_ms: 3_600_000,
+        rows: counts,
+        tombstones: 0,
+        chain_start_offset: None,
+        metrics: SnapshotMetrics::default(),
+    };
+    let encoded: usize = rows.iter().map(freshet_core::snapshot::encoded_row_len).sum();
+    let building = Instant::now();
+    let mut builder = freshet_subscriber::Builder::full(&header, None, candidates)?;
+    for (index, chunk) in rows.chunks(4096).enumerate() {
+        let chunk = freshet_core::snapshot::SnapshotChunk {
+            version: 1,
+            index: index as u32,
+            rows: chunk.to_vec(),
+            tombstones: Vec::new(),
+        };
+        builder.apply(&chunk)?;
+    }
+    drop(rows);
+    let model = builder.finish(0);
+    let build_seconds = building.elapsed().as_secs_f64();
+    eprintln!("built {} rows ({encoded} snapshot bytes) in {build_seconds:.2} s", users + items);
+    let user_ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
+    let item_ids: Vec<String> = (0..1000).map(|i| format!("i{}", i * 7 % items.max(1))).collect();
+    let context = ScoreContext::none();
+    let none = HashSet::new();
+    let time = |f: &mut dyn FnMut(&str)| -> (f64, f64) {
+        let mut draw = Draw(5);
+        let mut timed: Vec<f64> = (0..queries)
+            .map(|_| {
+                let user = &user_ids[draw.below(users as u64) as usize];
+                let t = Instant::now();
+                f(user);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        timed.sort_by(f64::total_cmp);
+        (percentile(&timed, 0.5), percentile(&timed, 0.99))
+    };
+    let (found, mut asked) = (std::cell::Cell::new(0usize), 0usize);
+    let mut draw = Draw(5);
+    for _ in 0..queries.min(100) {
+        let user = &user_ids[draw.below(users as u64) as usize];
+        let exact: HashSet<String> =
+            model.top_k_exact(Head::Rating, user, 10, &context, &none).into_iter().map(|r| r.item).collect();
+        let top = model.top_k(Head::Rating, user, 10, &context, &none);
+        found.set(found.get() + top.iter().filter(|r| exact.contains(&r.item)).count());
+        asked += 10;
+    }
+    let top_k = time(&mut |user| drop(model.top_k(Head::Rating, user, 10, &context, &none)));
+    if flags.contains_key("only-top-k") {
+        println!("{}", json!({"items": items, "top_k_ms": {"p50": top_k.0, "p99": top_k.1}}));
+        return Ok(());
+    }
+    let exact = time(&mut |user| drop(model.top_k_exact(Head::Rating, user, 10, &context, &none)));
+    let score = time(&mut |user| {
+        let _ = model.score(Head::Rating, user, "i1", &context);
+    });
+    let rank = time(&mut |user| drop(model.rank(Head::Rating, user, &item_ids, &context)));
+    println!(
+        "{}",
+        json!({
+            "users": users, "items": items, "dim": dim, "candidates": candidates, "queries": queries,
+            "recall_at_10": found.get() as f64 / asked as f64,
+            "top_k_ms": {"p50": top_k.0, "p99": top_k.1}, "top_k_exact_ms": {"p50": exact.0, "p99": exact.1},
+            "score_ms": {"p50": score.0, "p99": score.1}, "rank_1000_ms": {"p50": rank.0, "p99": rank.1},
+            "heap_bytes": model.heap_bytes(),
+        })
+    );
     Ok(())
 }

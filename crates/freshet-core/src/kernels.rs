@@ -65,6 +65,29 @@ mod tests {
         assert!((f64::from(dot(&a, &b)) - naive).abs() < 1e-3);
     }
 
+    /// The documented order (docs/snapshots.md): eight lanes, paired 0+4,
+    /// 2+6, 1+5, 3+7, then the tail. Summed another way these inputs give
+    /// another f32.
+    #[test]
+    fn dot_sums_in_the_documented_lane_order() {
+        let mut a = vec![1.0f32; 19];
+        a[0] = 1e8;
+        a[4] = -1e8;
+        a[1] = 3.0;
+        a[17] = 0.5;
+        let b = vec![1.0f32; 19];
+        let mut lanes = [0.0f32; 8];
+        for (k, (x, y)) in a[..16].iter().zip(&b[..16]).enumerate() {
+            lanes[k % 8] += x * y;
+        }
+        let tail = (a[16] * b[16] + a[17] * b[17]) + a[18] * b[18];
+        let documented =
+            ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])) + tail;
+        assert_eq!(dot(&a, &b).to_bits(), documented.to_bits());
+        let sequential: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_ne!(dot(&a, &b).to_bits(), sequential.to_bits(), "the inputs tell the orders apart");
+    }
+
     #[test]
     fn finiteness() {
         assert!(all_finite(&[0.0, -1.0, f32::MAX, f32::MIN_POSITIVE]));

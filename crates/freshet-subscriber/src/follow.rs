@@ -22,12 +22,18 @@ use tracing::{debug, info, warn};
 use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
 use crate::chain::{Plan, plan};
 use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
-use crate::swap::LiveModel;
+use crate::swap::{LiveModel, Retired};
 
+/// Priority of the thread that applies snapshots, on thread-priority's 0–99
+/// scale (25 is nice 10 on Linux): requests come first, and it still gets a
+/// tenth of a core that requests keep busy.
+const APPLY_PRIORITY: u8 = 25;
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(100);
-/// Messages read back from the end first when looking for the newest chain.
-const FIRST_WINDOW: i64 = 256;
+/// Messages read back from the end first when looking for the newest chain
+/// (the last message is usually a commit record; chunks are up to 512 KiB,
+/// so a wide first window reads megabytes for nothing).
+const FIRST_WINDOW: i64 = 4;
 /// How long a backward scan waits for one window's end.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -211,6 +217,7 @@ impl Subscriber {
             consumer,
             topic: config.topic.clone(),
             live: Arc::clone(&live),
+            retired: Retired::default(),
             candidates: config.top_k_candidates,
             assembler: Assembler::new(),
             building: None,
@@ -276,6 +283,8 @@ struct Follower {
     consumer: BaseConsumer<QuietEof>,
     topic: String,
     live: Arc<LiveModel>,
+    /// Versions swapped out, freed here once their readers are done.
+    retired: Retired,
     candidates: usize,
     assembler: Assembler,
     /// What is being done with the open snapshot.
@@ -305,6 +314,15 @@ enum Building {
 
 impl Follower {
     fn run(mut self) {
+        let priority = thread_priority::ThreadPriorityValue::try_from(APPLY_PRIORITY)
+            .map_err(|error| error.to_owned())
+            .and_then(|value| {
+                thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(value))
+                    .map_err(|error| error.to_string())
+            });
+        if let Err(error) = priority {
+            debug!(error, "the subscriber thread keeps its priority");
+        }
         let start = loop {
             match self.newest_chain_start() {
                 Ok(start) => break start,
@@ -321,6 +339,7 @@ impl Follower {
             return;
         }
         while !self.stopped() {
+            self.retired.collect();
             let Some(result) = self.consumer.poll(POLL) else { continue };
             match result {
                 Ok(message) => {
@@ -388,7 +407,8 @@ impl Follower {
                 if done.header.kind == SnapshotKind::Full && served.is_some_and(|served| served > version) {
                     warn!(served, version, "a full snapshot of an older version: the model was reset");
                 }
-                self.live.store((*builder).finish(done.chain_start_offset));
+                let previous = self.live.store((*builder).finish(done.chain_start_offset));
+                self.retired.push(previous);
                 if done.header.kind == SnapshotKind::Full {
                     self.chain_start = Some(done.header_offset);
                 }
@@ -443,8 +463,8 @@ impl Follower {
             tombstones: header.tombstones,
             bytes: snapshot.bytes,
             checksum_ok: snapshot.checksum_ok,
-            freshness_ms: now - header.watermark.newest_event_ms,
-            publish_to_apply_ms: now - header.created_ms,
+            freshness_ms: now.saturating_sub(header.watermark.newest_event_ms),
+            publish_to_apply_ms: now.saturating_sub(header.created_ms),
             watermark: header.watermark.clone(),
         };
         debug!(?report, "snapshot applied");

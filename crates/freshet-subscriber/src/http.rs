@@ -25,6 +25,8 @@ use crate::model::DEFAULT_CANDIDATES;
 
 /// Largest `k` a request may ask for.
 pub const MAX_K: usize = 1000;
+/// Most items one `/recommend` may exclude.
+pub const MAX_EXCLUDE: usize = 1000;
 /// Query parameters that carry a context feature: `f.<name>=<value>`.
 pub const FEATURE_PREFIX: &str = "f.";
 
@@ -81,7 +83,7 @@ impl ServeMetrics {
         )?;
         let request_seconds = HistogramVec::new(
             HistogramOpts::new("freshet_serve_request_seconds", "HTTP request latency by endpoint")
-                .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16)?),
+                .buckets(prometheus::exponential_buckets(0.000_025, 1.25, 40)?),
             &["endpoint"],
         )?;
         let snapshots = IntCounterVec::new(
@@ -328,6 +330,15 @@ async fn recommend(State(state): State<AppState>, Query(params): Params) -> Resp
             .get("exclude")
             .map(|list| list.split(',').filter(|id| !id.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
+        if exclude.len() > MAX_EXCLUDE {
+            return Err(bad_request(format!(
+                "`exclude` names {} items, over the limit of {MAX_EXCLUDE}",
+                exclude.len()
+            )));
+        }
+        for id in &exclude {
+            validation.check_id("item", id).map_err(|rejection| bad_request(format!("`exclude`: {rejection}")))?;
+        }
         let context = ScoreContext { features: &request.features, at_ms: Some(request.at_ms()?) };
         let model = state.view.model().ok_or_else(no_model)?;
         let items = model.top_k(head, user, k, &context, &exclude);
@@ -412,7 +423,7 @@ async fn version(State(state): State<AppState>, Query(params): Params) -> Respon
         Request::parse(&params, &[], false, &state.options.validation)?;
         let model = state.view.model().ok_or_else(no_model)?;
         let info = model.info();
-        let freshness_ms = freshet_core::now_ms() - info.newest_event_ms;
+        let freshness_ms = freshet_core::now_ms().saturating_sub(info.newest_event_ms);
         Ok(axum::Json(json!({"info": info, "freshness_ms": freshness_ms, "stats": state.view.stats()})).into_response())
     })
 }
@@ -525,6 +536,7 @@ mod tests {
         let late = 1_000 + 3_600_001;
         let (_, later) = get(&app, &format!("/score?user=u1&item=i1&ts={late}"));
         assert_eq!(score_of(&later), model.score(Head::Rating, "u1", "i1", &ScoreContext::none().at(late)));
+        assert_ne!(score_of(&later), score_of(&plain), "the session offset (0.5) is left out");
         let (status, body) = get(&app, "/recommend?user=u1&k=2&f.device=ios&head=click");
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"i1\"") && body.contains("\"i2\""), "{body}");

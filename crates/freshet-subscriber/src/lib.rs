@@ -57,4 +57,4 @@ pub use follow::{
     SwapReport,
 };
 pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, VersionInfo};
-pub use swap::LiveModel;
+pub use swap::{LiveModel, Retired};

@@ -15,8 +15,11 @@ use serde::Serialize;
 use crate::scan::ItemScan;
 use crate::store::RowStore;
 
-/// Candidates the scan hands to the exact re-rank of a top-k, at least.
+/// Candidates the scan hands to the exact re-rank of a top-k, by default.
 pub const DEFAULT_CANDIDATES: usize = 256;
+/// Most rows per table a header's counts may reserve room for ahead of the
+/// rows themselves (beyond it tables grow as rows arrive).
+const MAX_RESERVED_ROWS: usize = 1 << 24;
 
 /// What a served model version is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,8 +208,9 @@ impl ServingModel {
     /// The `k` best items for `user` in `context` by the head's raw score
     /// (ties by item id), excluding `exclude` (item ids), with their
     /// predictions. A scan of the quantized item index picks the best
-    /// candidates (at least 256), which are scored exactly: when the
-    /// catalog has no more items than that, the answer is exact.
+    /// candidates (`max(k, top_k_candidates)`, 256 by default), which are
+    /// scored exactly: when the catalog has no more items than that, the
+    /// answer is exact.
     pub fn top_k(
         &self,
         head: Head,
@@ -222,7 +226,7 @@ impl ServingModel {
         let vector = &mut vector[..self.spec.dim];
         let terms = self.query(head, user, context, vector);
         let items = &self.tables[TableKind::Item.index()];
-        let excluded: Vec<u32> = exclude.iter().filter_map(|id| items.position(hash_id(id))).collect();
+        let excluded = excluded_positions(items, exclude);
         let candidates = self.scan.candidates(head, terms.item_bias_weight, vector, k.max(self.candidates), &excluded);
         self.best(&terms, vector, candidates.into_iter(), k)
     }
@@ -242,12 +246,13 @@ impl ServingModel {
         let vector = &mut vector[..self.spec.dim];
         let terms = self.query(head, user, context, vector);
         let items = &self.tables[TableKind::Item.index()];
-        let excluded: Vec<u32> = exclude.iter().filter_map(|id| items.position(hash_id(id))).collect();
-        let live = (0..items.slots() as u32).filter(|&p| self.scan.is_live(p) && !excluded.contains(&p));
+        let excluded = excluded_positions(items, exclude);
+        let live = (0..items.slots() as u32).filter(|&p| self.scan.is_live(p) && excluded.binary_search(&p).is_err());
         self.best(&terms, vector, live, k)
     }
 
-    /// The `k` best of `positions` by exact raw score, ties by item id.
+    /// The `k` best of `positions` by exact raw score, ties by item id
+    /// (looked up only for ties).
     fn best(
         &self,
         terms: &QueryTerms,
@@ -256,10 +261,11 @@ impl ServingModel {
         k: usize,
     ) -> Vec<Recommendation> {
         let items = &self.tables[TableKind::Item.index()];
-        let mut scored: Vec<(f32, &str)> = positions
-            .map(|position| (score::item_score(terms, vector, Some(items.row(position).values)), items.id(position)))
+        let mut scored: Vec<(f32, u32)> = positions
+            .map(|position| (score::item_score(terms, vector, Some(items.row(position).values)), position))
             .collect();
-        let by_rank = |a: &(f32, &str), b: &(f32, &str)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1));
+        let by_rank =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then_with(|| items.id(a.1).cmp(items.id(b.1)));
         if scored.len() > k {
             scored.select_nth_unstable_by(k, by_rank);
             scored.truncate(k);
@@ -267,7 +273,10 @@ impl ServingModel {
         scored.sort_unstable_by(by_rank);
         scored
             .into_iter()
-            .map(|(raw, id)| Recommendation { item: id.to_owned(), score: terms.head.predict(raw, &self.spec) })
+            .map(|(raw, position)| Recommendation {
+                item: items.id(position).to_owned(),
+                score: terms.head.predict(raw, &self.spec),
+            })
             .collect()
     }
 
@@ -294,12 +303,13 @@ impl Builder {
     pub fn full(header: &SnapshotHeader, base: Option<&ServingModel>, candidates: usize) -> Result<Self, ApplyError> {
         header.spec.check().map_err(|error| ApplyError::Spec(error.to_string()))?;
         let (model, seen) = match base.filter(|base| base.spec == header.spec) {
-            Some(base) => (ServingModel { candidates, ..base.clone() }, Some(Default::default())),
+            Some(base) => (ServingModel { candidates: candidates.max(1), ..base.clone() }, Some(Default::default())),
             None => {
                 let spec = header.spec.clone();
                 let mut tables = TableKind::ALL.map(|table| RowStore::new(&spec, table));
                 for (table, rows) in tables.iter_mut().zip(header.rows) {
-                    table.reserve(usize::try_from(rows).unwrap_or(0).min(1 << 32));
+                    // The counts are not checked before the commit: a damaged header reserves little.
+                    table.reserve(usize::try_from(rows).unwrap_or(0).min(MAX_RESERVED_ROWS));
                 }
                 let model = ServingModel {
                     info: info(header, 0),
@@ -307,7 +317,7 @@ impl Builder {
                     spec,
                     globals: header.globals,
                     tables,
-                    candidates,
+                    candidates: candidates.max(1),
                 };
                 (model, None)
             }
@@ -395,6 +405,13 @@ impl Builder {
     }
 }
 
+/// The row positions of the excluded item ids, sorted (for binary search).
+fn excluded_positions(items: &RowStore, exclude: &HashSet<String>) -> Vec<u32> {
+    let mut positions: Vec<u32> = exclude.iter().filter_map(|id| items.position(hash_id(id))).collect();
+    positions.sort_unstable();
+    positions
+}
+
 fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
     VersionInfo {
         model: header.model.clone(),
@@ -439,8 +456,9 @@ mod tests {
     use super::*;
     use crate::fixtures::header;
 
+    /// A range wide enough that no score below is clipped.
     fn spec() -> ModelSpec {
-        ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true }
+        ModelSpec { dim: 8, rating_min: 1.0, rating_max: 10.0, context_features: true }
     }
 
     /// A row of `spec()`: users `[b_rating, b_click, c, o, p…]`, others `[b_rating, b_click, v…]`.
@@ -497,7 +515,7 @@ mod tests {
         let none = ScoreContext::none();
         // 3 + 0.5 + (1 + 0)·0.125 + 8·(0.125·1) = 4.625
         assert_eq!(model.score(Head::Rating, "alice", "a", &none), 4.625);
-        // Bob: session offset 0.25 and scale 1: 3 + 0.5 + 0.25 + 2·0.125 + 1 = 5.0 (the top of the range).
+        // Bob: session offset 0.25 and scale 1: 3 + 0.5 + 0.25 + 2·0.125 + 1 = 5.0.
         assert_eq!(model.score(Head::Rating, "bob", "a", &none), 5.0);
         let ios = Features::from([("device".to_owned(), "ios".to_owned())]);
         let with_ios = ScoreContext::new(&ios);
@@ -564,6 +582,8 @@ mod tests {
         assert_eq!(ids(delta.top_k(Head::Rating, "stranger", 1, &ScoreContext::none(), &HashSet::new())), ["d"]);
         assert_eq!(served.version(), 1);
         assert_eq!(served.rows(TableKind::Item).count(), 3, "the served version is untouched");
+        assert_eq!(served, model(), "every value of the served version is as it was");
+        assert_eq!(ids(served.top_k(Head::Rating, "stranger", 1, &ScoreContext::none(), &HashSet::new())), ["b"]);
         assert_eq!(delta.info().rows.get("item"), Some(&2));
     }
 

@@ -22,6 +22,8 @@ use freshet_core::{ModelSpec, RowLayout, TableKind};
 
 /// Most keys in one index segment before it splits.
 const SEGMENT_KEYS: usize = 256;
+/// Directory entries always allowed; beyond, at most one per 16 keys.
+const MIN_DIRECTORY: usize = 4096;
 
 /// A sorted run of keys and the rows they map to.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,6 +107,11 @@ impl KeyIndex {
     /// Splits segment `number` (which holds `key`) in two by its next key bit.
     fn split(&mut self, number: usize, key: u64) {
         let depth = self.segments[number].depth;
+        if depth == self.depth && self.directory.len() * 2 > (self.len / 16).max(MIN_DIRECTORY) {
+            // Keys crafted to share a long prefix must not blow the
+            // directory up: past this size a segment grows instead.
+            return;
+        }
         if depth == self.depth {
             // Every entry doubles: entry e becomes 2e and 2e + 1.
             self.directory = self.directory.iter().flat_map(|&s| [s, s]).collect();
@@ -264,12 +271,12 @@ impl RowStore {
         self.slots
     }
 
-    /// Makes room for `rows` more rows in the page table.
+    /// Makes room for `rows` more rows in the page table, if memory allows.
     pub(crate) fn reserve(&mut self, rows: usize) {
         let pages = (self.slots + rows).div_ceil(self.per_page);
-        self.pages.reserve_exact(pages.saturating_sub(self.pages.len()));
+        let _ = self.pages.try_reserve_exact(pages.saturating_sub(self.pages.len()));
         if self.table.keeps_ids() {
-            self.ids.reserve_exact(pages.saturating_sub(self.ids.len()));
+            let _ = self.ids.try_reserve_exact(pages.saturating_sub(self.ids.len()));
         }
     }
 
@@ -404,6 +411,40 @@ mod tests {
         assert_eq!(index.len(), reference.len());
         assert_eq!(index.iter().collect::<Vec<_>>(), reference.into_iter().collect::<Vec<_>>());
         assert!(index.bytes() < index.len() * 16, "{} bytes for {} keys", index.bytes(), index.len());
+    }
+
+    #[test]
+    fn a_cloned_index_keeps_its_keys_while_the_original_splits() {
+        let mut index = KeyIndex::default();
+        for key in 0..200u64 {
+            index.insert(key.wrapping_mul(0x9e37_79b9_7f4a_7c15), key as u32);
+        }
+        let served = index.clone();
+        for key in 200..5_000u64 {
+            index.insert(key.wrapping_mul(0x9e37_79b9_7f4a_7c15), key as u32);
+        }
+        index.remove(7u64.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        assert!(index.depth > served.depth);
+        assert_eq!(served.len(), 200);
+        let expected: Vec<(u64, u32)> = {
+            let mut pairs: Vec<(u64, u32)> =
+                (0..200u64).map(|k| (k.wrapping_mul(0x9e37_79b9_7f4a_7c15), k as u32)).collect();
+            pairs.sort_unstable();
+            pairs
+        };
+        assert_eq!(served.iter().collect::<Vec<_>>(), expected, "the clone is unchanged");
+        assert_eq!(index.len(), 4_999);
+    }
+
+    #[test]
+    fn keys_sharing_a_long_prefix_cannot_blow_up_the_directory() {
+        let mut index = KeyIndex::default();
+        for low in 0..2_000u64 {
+            index.insert((0xabcd_ef01 << 32) | low, low as u32);
+        }
+        assert!(index.directory.len() <= MIN_DIRECTORY, "{} directory entries", index.directory.len());
+        assert_eq!(index.get((0xabcd_ef01 << 32) | 1_999), Some(1_999));
+        assert_eq!(index.len(), 2_000);
     }
 
     #[test]
