@@ -203,9 +203,7 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     let mut next = Instant::now();
     while !Path::new(stop).exists() {
         version += 1;
-        let content = if version == full_after + 1 {
-            Content::Full(rows.clone())
-        } else {
+        let content = {
             let mut changes = BTreeMap::new();
             for _ in 0..delta_users {
                 let key = user_keys[draw.below(user_keys.len() as u64) as usize];
@@ -224,13 +222,13 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
             }
             Content::Delta { base_version: version - 1, changes }
         };
-        let full = matches!(content, Content::Full(_));
         let published = producer.publish(&outgoing(version, globals, gap, content))?;
-        if full {
-            full_bytes = published.bytes;
-        } else {
-            deltas += 1;
-            delta_bytes += published.bytes;
+        deltas += 1;
+        delta_bytes += published.bytes;
+        if version == full_after + 1 {
+            // As `freshet run` does when a full snapshot is due: the delta,
+            // then the same version in full (for subscribers that join).
+            full_bytes = producer.publish(&outgoing(version, globals, gap, Content::Full(rows.clone())))?.bytes;
         }
         next += period;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {

@@ -199,7 +199,7 @@ pub fn same_params(served: &ServingModel, trained: &ModelParams) -> anyhow::Resu
     }
     for row in &trained.rows {
         let served_row = served.row(row.table, row.key).with_context(|| format!("row {row:?} is not served"))?;
-        if bits(served_row) != bits(&row.values) {
+        if bits(&served_row) != bits(&row.values) {
             bail!("row {:?}/{:#x} differs: served {served_row:?}, trained {:?}", row.table, row.key, row.values);
         }
     }

@@ -238,3 +238,39 @@ fn a_restarted_publisher_sends_its_version_again_harmlessly_and_its_chain_contin
     assert_eq!(rejections(&events), 0, "{events:?}");
     scenario.assert_served_and_stop(subscriber)
 }
+
+#[test]
+fn a_due_full_snapshot_follows_its_delta_so_followers_pass_over_it() -> anyhow::Result<()> {
+    let mut scenario = Scenario::new("delta-then-full", 9)?;
+    let (subscriber, log) = scenario.subscribe()?;
+    let policy = FullPolicy { every_deltas: 2, interval: Duration::from_secs(3_600) };
+    let publisher = PublisherHandle::spawn(scenario.producer()?, QualityGate::default(), policy, |_| {})?;
+    scenario.trained.train(2_000);
+    publisher.submit(scenario.trained.full(1));
+    let mut events = wait_for_version(&log, 1, APPLY_TIMEOUT)?;
+    for version in 2..=3 {
+        scenario.trained.train(500);
+        // As the trainer loop hands versions over: the delta, then the same version in full when due.
+        publisher.submit(scenario.trained.delta(version));
+        events.extend(wait_for_version(&log, version, APPLY_TIMEOUT)?);
+        if publisher.full_due() {
+            publisher.submit(scenario.trained.full(version));
+        }
+    }
+    events.extend(events_within(&log, Duration::from_secs(3)));
+    let stats = publisher.close(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    assert_eq!((stats.fulls, stats.deltas, stats.published_version), (2, 2, 3), "{stats:?}");
+    assert_eq!(applied_versions(&events), vec![1, 2, 3], "{events:?}");
+    let passed_over = events.iter().any(|e| matches!(e, SubscriberEvent::Skipped { version: 3, .. }));
+    assert!(passed_over, "the full snapshot of version 3 is passed over: {events:?}");
+    let served = subscriber.model().expect("served");
+    assert!(!served.info().full, "version 3 came as a delta");
+
+    // A subscriber that joins now starts from that full snapshot.
+    let (late, late_log) = scenario.subscribe()?;
+    let joined = wait_for_version(&late_log, 3, APPLY_TIMEOUT)?;
+    assert_eq!(applied_versions(&joined), vec![3], "{joined:?}");
+    assert!(late.model().expect("served").info().full);
+    late.stop(Duration::from_secs(5));
+    scenario.assert_served_and_stop(subscriber)
+}

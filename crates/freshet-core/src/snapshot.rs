@@ -284,6 +284,211 @@ pub fn decode_chunk_position(bytes: &[u8]) -> Option<(u64, u32)> {
     Some((version, index))
 }
 
+/// The values of a row as a chunk message holds them: little-endian f32s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeValues<'a>(&'a [u8]);
+
+impl<'a> LeValues<'a> {
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values, decoded one by one.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = f32> + 'a {
+        self.0.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// Whether `values` hold exactly these values, bit for bit.
+    pub fn equals(&self, values: &[f32]) -> bool {
+        values.len() == self.len() && self.iter().zip(values).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
+    /// Copies the values into `out` (of the same length).
+    pub fn copy_to(&self, out: &mut [f32]) {
+        for (slot, value) in out.iter_mut().zip(self.iter()) {
+            *slot = value;
+        }
+    }
+}
+
+/// A row of a chunk message, read in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowView<'a> {
+    /// The row's table.
+    pub table: TableKind,
+    /// The row's key.
+    pub key: u64,
+    /// The item's id string.
+    pub id: Option<&'a str>,
+    /// Trainer clock at the row's last update.
+    pub updated_ms: i64,
+    /// The row's values.
+    pub values: LeValues<'a>,
+}
+
+/// A chunk message checked and read in place: its rows and tombstones are
+/// decoded as they are iterated, without allocating, so a large snapshot
+/// streams through a reader at the speed of its bytes. It reads exactly
+/// what [`decode_message`] reads (and refuses what it refuses); every length
+/// is checked against the bytes present, so no length can make it allocate.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkView<'a> {
+    /// The snapshot's version.
+    pub version: u64,
+    /// Position of the chunk, from 0.
+    pub index: u32,
+    /// Rows per table ([`TableKind::index`] order).
+    pub table_rows: [u64; 3],
+    rows: &'a [u8],
+    row_count: u64,
+    tombstones: &'a [u8],
+}
+
+/// Reads fixed-width little-endian fields off the front of a byte slice.
+#[derive(Clone, Copy)]
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotFormatError> {
+        if self.0.len() < n {
+            return Err(SnapshotFormatError::Malformed(format!("{n} more bytes needed, {} left", self.0.len())));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotFormatError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotFormatError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotFormatError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// A length prefix that must fit in what is left at `unit` bytes an element.
+    fn len(&mut self, unit: usize) -> Result<usize, SnapshotFormatError> {
+        let len = self.u64()?;
+        match usize::try_from(len) {
+            Ok(len) if len.checked_mul(unit).is_some_and(|bytes| bytes <= self.0.len()) => Ok(len),
+            _ => Err(SnapshotFormatError::Malformed(format!("a length of {len} is more than the message holds"))),
+        }
+    }
+
+    fn table(&mut self) -> Result<TableKind, SnapshotFormatError> {
+        match self.u32()? {
+            0 => Ok(TableKind::User),
+            1 => Ok(TableKind::Item),
+            2 => Ok(TableKind::Feature),
+            other => Err(SnapshotFormatError::Malformed(format!("table variant {other}"))),
+        }
+    }
+
+    fn row(&mut self) -> Result<RowView<'a>, SnapshotFormatError> {
+        let table = self.table()?;
+        let key = self.u64()?;
+        let id = match self.u8()? {
+            0 => None,
+            1 => {
+                let len = self.len(1)?;
+                let text = std::str::from_utf8(self.take(len)?)
+                    .map_err(|error| SnapshotFormatError::Malformed(format!("an id is not UTF-8: {error}")))?;
+                Some(text)
+            }
+            other => return Err(SnapshotFormatError::Malformed(format!("option tag {other}"))),
+        };
+        let updated_ms = self.u64()? as i64;
+        let count = self.len(4)?;
+        let values = LeValues(self.take(4 * count)?);
+        Ok(RowView { table, key, id, updated_ms, values })
+    }
+}
+
+impl<'a> ChunkView<'a> {
+    /// Reads the chunk message value `bytes` in place, checking all of it.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, SnapshotFormatError> {
+        if bytes.len() < PREFIX_LEN || bytes[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotFormatError::NoMagic);
+        }
+        let format = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
+        if format != FORMAT_VERSION {
+            return Err(SnapshotFormatError::UnsupportedVersion(format));
+        }
+        let mut reader = Reader(&bytes[PREFIX_LEN..]);
+        if reader.u32()? != 1 {
+            return Err(SnapshotFormatError::Malformed("not a chunk message".to_owned()));
+        }
+        let version = reader.u64()?;
+        let index = reader.u32()?;
+        // A row takes at least 33 bytes (table, key, tag, time, value count).
+        let row_count = reader.len(33)? as u64;
+        let rows = reader.0;
+        let mut table_rows = [0u64; 3];
+        for _ in 0..row_count {
+            table_rows[reader.row()?.table.index()] += 1;
+        }
+        let rows = &rows[..rows.len() - reader.0.len()];
+        let tombstone_count = reader.len(ENCODED_TOMBSTONE_LEN)?;
+        let tombstones = reader.take(tombstone_count * ENCODED_TOMBSTONE_LEN)?;
+        Reader(tombstones).tombstones_check(tombstone_count)?;
+        match reader.0.len() {
+            0 => Ok(ChunkView { version, index, table_rows, rows, row_count, tombstones }),
+            extra => Err(SnapshotFormatError::TrailingBytes(extra)),
+        }
+    }
+
+    /// The rows, in order.
+    pub fn rows(&self) -> impl Iterator<Item = RowView<'a>> + Clone + 'a {
+        let mut reader = Reader(self.rows);
+        // Checked in `parse`: every row reads.
+        (0..self.row_count).map_while(move |_| reader.row().ok())
+    }
+
+    /// Rows in the chunk.
+    pub fn row_count(&self) -> u64 {
+        self.row_count
+    }
+
+    /// The tombstones, in order.
+    pub fn tombstones(&self) -> impl Iterator<Item = SnapshotTombstone> + 'a {
+        let mut reader = Reader(self.tombstones);
+        std::iter::from_fn(move || {
+            let table = reader.table().ok()?;
+            Some(SnapshotTombstone { table, key: reader.u64().ok()? })
+        })
+    }
+
+    /// Tombstones in the chunk.
+    pub fn tombstone_count(&self) -> u64 {
+        (self.tombstones.len() / ENCODED_TOMBSTONE_LEN) as u64
+    }
+}
+
+impl Reader<'_> {
+    fn tombstones_check(&mut self, count: usize) -> Result<(), SnapshotFormatError> {
+        for _ in 0..count {
+            self.table()?;
+            self.u64()?;
+        }
+        Ok(())
+    }
+}
+
 /// Bytes a row adds to an encoded chunk.
 pub fn encoded_row_len(row: &SnapshotRow) -> usize {
     // table (u32) + key (u64) + option tag + [len (u64) + id] + updated (i64) + len (u64) + floats
@@ -392,6 +597,35 @@ mod tests {
         let commit = SnapshotCommit { version: 4, chunks: 1, checksum: 9, chain_start_offset: 3 };
         assert_eq!(decode_chunk_position(&encode_message(&SnapshotMessage::Commit(commit))), None);
         assert_eq!(decode_chunk_position(b"FSNP\x03\x00\x01"), None);
+    }
+
+    #[test]
+    fn a_chunk_read_in_place_holds_what_decoding_gives() {
+        let chunk = chunk();
+        let bytes = encode_message(&SnapshotMessage::Chunk(chunk.clone()));
+        let view = ChunkView::parse(&bytes).expect("a chunk");
+        assert_eq!((view.version, view.index, view.table_rows), (7, 3, [1, 1, 0]));
+        let rows: Vec<SnapshotRow> = view
+            .rows()
+            .map(|r| SnapshotRow {
+                table: r.table,
+                key: r.key,
+                id: r.id.map(str::to_owned),
+                updated_ms: r.updated_ms,
+                values: r.values.iter().collect(),
+            })
+            .collect();
+        assert_eq!(rows, chunk.rows);
+        assert_eq!(view.tombstones().collect::<Vec<_>>(), chunk.tombstones);
+        assert!(view.rows().next().is_some_and(|r| r.values.equals(&chunk.rows[0].values)));
+        for cut in 0..bytes.len() {
+            assert!(ChunkView::parse(&bytes[..cut]).is_err(), "a chunk cut at {cut} is refused");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(ChunkView::parse(&longer).err(), Some(SnapshotFormatError::TrailingBytes(1)));
+        let commit = SnapshotCommit { version: 1, chunks: 1, checksum: 1, chain_start_offset: 0 };
+        assert!(ChunkView::parse(&encode_message(&SnapshotMessage::Commit(commit))).is_err());
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! hand-off after each checkpoint and never waits: hand-offs not taken yet
 //! merge into one. The thread publishes, holds (quality gate) or retries, and
 //! reports what it published.
+//!
+//! When a full snapshot is due, the trainer hands over the version's delta
+//! and then its full snapshot: the delta goes out first, so subscribers
+//! following the chain apply a few rows and pass over the full snapshot of
+//! the version they already serve, which is there for those that join.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -48,6 +53,8 @@ pub struct FullPolicy {
 
 struct State {
     pending: Option<Outgoing>,
+    /// A full snapshot of `pending`'s version, published right after it.
+    full_after: Option<Outgoing>,
     /// `pending` changed since the thread last looked at it.
     fresh: bool,
     closing: bool,
@@ -90,6 +97,7 @@ impl PublisherHandle {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: None,
+                full_after: None,
                 fresh: false,
                 closing: false,
                 wants_full: false,
@@ -112,22 +120,40 @@ impl PublisherHandle {
         Ok(PublisherHandle { shared, thread: Some(thread) })
     }
 
-    /// Hands a version over; merges with one not taken yet.
+    /// Hands a version over; merges with one not taken yet. A full snapshot
+    /// of the version of a delta not taken yet is published after that delta.
     pub fn submit(&self, outgoing: Outgoing) {
         let mut state = self.shared.lock();
-        state.pending = match state.pending.take() {
-            None => Some(outgoing),
-            Some(earlier) => match earlier.merge(outgoing) {
-                Ok(merged) => Some(merged),
-                Err(gap) => {
-                    warn!(%gap, "dropping unpublished changes; a full snapshot follows");
-                    state.wants_full = true;
-                    None
-                }
-            },
-        };
+        let follows_delta = state.pending.as_ref().is_some_and(|p| !p.is_full() && p.version == outgoing.version);
+        if outgoing.is_full() && follows_delta {
+            state.full_after = Some(outgoing);
+        } else {
+            if let Some(full) = state.full_after.take() {
+                // Both move on to the newer version.
+                state.full_after = full.merge(outgoing.clone()).ok();
+            }
+            state.pending = match state.pending.take() {
+                None => Some(outgoing),
+                Some(earlier) => match earlier.merge(outgoing) {
+                    Ok(merged) => Some(merged),
+                    Err(gap) => {
+                        warn!(%gap, "dropping unpublished changes; a full snapshot follows");
+                        state.wants_full = true;
+                        state.full_after = None;
+                        None
+                    }
+                },
+            };
+        }
         state.fresh = true;
         self.shared.wake.notify_all();
+    }
+
+    /// Whether a full snapshot was handed over before: deltas then have a
+    /// chain to extend.
+    pub fn has_chain(&self) -> bool {
+        let state = self.shared.lock();
+        state.last_full.is_some() || state.pending.as_ref().is_some_and(Outgoing::is_full)
     }
 
     /// Whether the next hand-off should be a full snapshot.
@@ -139,7 +165,7 @@ impl PublisherHandle {
     /// `None` before the first full snapshot was handed over.
     pub fn full_due_in(&self) -> Option<Duration> {
         let state = self.shared.lock();
-        let handed_full = state.pending.as_ref().is_some_and(Outgoing::is_full);
+        let handed_full = state.pending.as_ref().is_some_and(Outgoing::is_full) || state.full_after.is_some();
         if state.wants_full || state.deltas_since_full >= self.shared.policy.every_deltas {
             return Some(Duration::ZERO).filter(|_| !handed_full);
         }
@@ -243,7 +269,9 @@ impl Worker {
             if state.fresh
                 && let Some(outgoing) = state.pending.take()
             {
-                state.fresh = false;
+                // The full snapshot of the same version is next.
+                state.pending = state.full_after.take();
+                state.fresh = state.pending.is_some();
                 if outgoing.is_full() {
                     // Counted from when it is taken, so no second full is exported meanwhile.
                     state.last_full = Some(Instant::now());

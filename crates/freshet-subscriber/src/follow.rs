@@ -24,9 +24,7 @@ use crate::chain::{Plan, plan};
 use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
 use crate::swap::{LiveModel, Retired};
 
-/// Priority of the thread that applies snapshots, on thread-priority's 0–99
-/// scale (25 is nice 10 on Linux): requests come first, and it still gets a
-/// tenth of a core that requests keep busy.
+/// Priority of the thread that applies snapshots (see [`lower_priority`]).
 const APPLY_PRIORITY: u8 = 25;
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(100);
@@ -199,36 +197,48 @@ impl Subscriber {
         config: &SubscriberConfig,
         on_event: impl FnMut(&SubscriberEvent) + Send + 'static,
     ) -> Result<Self, SubscribeError> {
-        let consumer: BaseConsumer<QuietEof> = client_config(&config.bootstrap, &config.kafka)
-            .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
-            .set("fetch.max.bytes", (4 * 1024 * 1024).to_string())
-            // Snapshots are applied as they arrive: a small read-ahead keeps
-            // serving memory near the model's own size.
-            .set("queued.max.messages.kbytes", "8192")
-            .create_with_context(QuietEof)?;
         let live = Arc::new(LiveModel::default());
         let stats = Arc::new(Mutex::new(SubscriberStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let follower = Follower {
-            consumer,
-            topic: config.topic.clone(),
-            live: Arc::clone(&live),
-            retired: Retired::default(),
-            candidates: config.top_k_candidates,
-            assembler: Assembler::new(),
-            building: None,
-            chain_start: None,
-            rejected_headers: HashSet::new(),
-            stats: Arc::clone(&stats),
-            stop: Arc::clone(&stop),
-            on_event: Box::new(on_event),
+        let (topic, candidates) = (config.topic.clone(), config.top_k_candidates);
+        let (view, config) = (SubscriberView { live: Arc::clone(&live), stats: Arc::clone(&stats) }, config.clone());
+        let (created, creation) = std::sync::mpsc::sync_channel(1);
+        let stopping = Arc::clone(&stop);
+        let run = move || {
+            if let Err(error) = lower_priority() {
+                debug!(error, "the subscriber thread keeps its priority");
+            }
+            // Made here, so that librdkafka's threads inherit the lowered priority.
+            let consumer = match consumer(&config) {
+                Ok(consumer) => consumer,
+                Err(error) => return drop(created.send(Err(error))),
+            };
+            let _ = created.send(Ok(()));
+            let follower = Follower {
+                consumer: Arc::new(consumer),
+                topic,
+                live,
+                retired: Retired::default(),
+                candidates,
+                assembler: Assembler::new(),
+                building: None,
+                chain_start: None,
+                rejected_headers: HashSet::new(),
+                stats,
+                stop: stopping,
+                on_event: Box::new(on_event),
+            };
+            follower.run();
         };
-        let thread = std::thread::Builder::new().name("freshet-subscriber".to_owned()).spawn(move || follower.run())?;
-        Ok(Subscriber { view: SubscriberView { live, stats }, stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new().name("freshet-subscriber".to_owned()).spawn(run)?;
+        let created = creation
+            .recv()
+            .unwrap_or_else(|_| Err(KafkaError::ClientCreation("the subscriber thread ended".to_owned())));
+        if let Err(error) = created {
+            let _ = thread.join();
+            return Err(error.into());
+        }
+        Ok(Subscriber { view, stop, thread: Some(thread) })
     }
 
     /// The model served now (`None` until the first full snapshot applies).
@@ -280,7 +290,9 @@ impl ClientContext for QuietEof {
 impl ConsumerContext for QuietEof {}
 
 struct Follower {
-    consumer: BaseConsumer<QuietEof>,
+    /// Shared, so a polled message (which borrows it) and the follower's
+    /// other state can be used together.
+    consumer: Arc<BaseConsumer<QuietEof>>,
     topic: String,
     live: Arc<LiveModel>,
     /// Versions swapped out, freed here once their readers are done.
@@ -312,17 +324,33 @@ enum Building {
     Failed(String),
 }
 
+/// The snapshot consumer of `config`.
+fn consumer(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaError> {
+    client_config(&config.bootstrap, &config.kafka)
+        .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
+        .set("fetch.max.bytes", (4 * 1024 * 1024).to_string())
+        // Snapshots are applied as they arrive: a small read-ahead keeps
+        // serving memory near the model's own size.
+        .set("queued.max.messages.kbytes", "8192")
+        .create_with_context(QuietEof)
+}
+
+/// Lowers the calling thread to nice 10 (thread-priority's 25 of 0–99):
+/// requests come first, and it still gets a tenth of a core that requests
+/// keep busy. (`SCHED_IDLE`, measured: no lower p99 while deltas apply,
+/// and a busy core left it 120 versions behind.)
+fn lower_priority() -> Result<(), String> {
+    let value = thread_priority::ThreadPriorityValue::try_from(APPLY_PRIORITY).map_err(|error| error.to_owned())?;
+    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(value))
+        .map_err(|error| error.to_string())
+}
+
 impl Follower {
     fn run(mut self) {
-        let priority = thread_priority::ThreadPriorityValue::try_from(APPLY_PRIORITY)
-            .map_err(|error| error.to_owned())
-            .and_then(|value| {
-                thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Crossplatform(value))
-                    .map_err(|error| error.to_string())
-            });
-        if let Err(error) = priority {
-            debug!(error, "the subscriber thread keeps its priority");
-        }
         let start = loop {
             match self.newest_chain_start() {
                 Ok(start) => break start,
@@ -340,7 +368,8 @@ impl Follower {
         }
         while !self.stopped() {
             self.retired.collect();
-            let Some(result) = self.consumer.poll(POLL) else { continue };
+            let consumer = Arc::clone(&self.consumer);
+            let Some(result) = consumer.poll(POLL) else { continue };
             match result {
                 Ok(message) => {
                     let fed = self.assembler.feed(message.offset(), message.payload().unwrap_or_default());
@@ -381,7 +410,7 @@ impl Follower {
             }
             Ok(Fed::Chunk(chunk)) => {
                 if let Some(Building::Apply(builder)) = &mut self.building
-                    && let Err(error) = builder.apply(&chunk)
+                    && let Err(error) = builder.apply_view(&chunk)
                 {
                     self.building = Some(Building::Failed(format!("snapshot {}: {error}", chunk.version)));
                     self.assembler.skip_rows();

@@ -48,6 +48,7 @@ mod fixtures;
 mod follow;
 pub mod http;
 mod model;
+mod pages;
 mod scan;
 mod store;
 mod swap;

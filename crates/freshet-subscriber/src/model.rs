@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, HashSet};
 
 use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
-use freshet_core::snapshot::{SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow};
+use freshet_core::snapshot::{
+    ChunkView, LeValues, SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotTombstone,
+};
 use freshet_core::{Head, MAX_DIM, ModelSpec, TableKind, hash_feature, hash_id};
 use serde::Serialize;
 
 use crate::scan::ItemScan;
-use crate::store::RowStore;
+use crate::store::{MAX_WIDTH, RowStore, StoredRow};
 
 /// Candidates the scan hands to the exact re-rank of a top-k, by default.
 pub const DEFAULT_CANDIDATES: usize = 256;
@@ -137,8 +139,8 @@ impl ServingModel {
     }
 
     /// A row's parameters, laid out as [`freshet_core::RowLayout`] says.
-    pub fn row(&self, table: TableKind, key: u64) -> Option<&[f32]> {
-        self.tables[table.index()].get(key).map(|row| row.values)
+    pub fn row(&self, table: TableKind, key: u64) -> Option<Vec<f32>> {
+        self.tables[table.index()].get(key).map(|row| row.values().to_vec())
     }
 
     /// When a user's row was last updated (trainer clock, ms).
@@ -147,11 +149,11 @@ impl ServingModel {
     }
 
     /// Every row of a table as (key, item id, parameters), in key order.
-    pub fn rows(&self, table: TableKind) -> impl Iterator<Item = (u64, Option<&str>, &[f32])> {
+    pub fn rows(&self, table: TableKind) -> impl Iterator<Item = (u64, Option<&str>, Vec<f32>)> {
         let store = &self.tables[table.index()];
         store.keys().map(move |(key, position)| {
             let id = table.keeps_ids().then(|| store.id(position));
-            (key, id, store.row(position).values)
+            (key, id, store.row(position).values().to_vec())
         })
     }
 
@@ -165,17 +167,16 @@ impl ServingModel {
     /// on the item, leaving the query vector in `vector`.
     fn query(&self, head: Head, user: &str, context: &ScoreContext<'_>, vector: &mut [f32]) -> QueryTerms {
         let gap = self.info.session_gap_ms;
-        let user = self.tables[TableKind::User.index()]
-            .get(hash_id(user))
-            .map(|row| UserTerms::new(row.values, context.session_active(row.updated_ms, gap)));
+        let user = self.tables[TableKind::User.index()].get(hash_id(user));
+        let user = user.as_ref().map(|row| UserTerms::new(row.values(), context.session_active(row.updated_ms, gap)));
         let features = &self.tables[TableKind::Feature.index()];
-        let rows = context
+        let rows: Vec<StoredRow> = context
             .features
             .iter()
             .filter(|_| self.spec.context_features)
             .filter_map(|(name, value)| features.get(hash_feature(name, value)))
-            .map(|row| row.values);
-        score::query(head, self.globals[head.index()], user, rows, vector)
+            .collect();
+        score::query(head, self.globals[head.index()], user, rows.iter().map(StoredRow::values), vector)
     }
 
     /// The head's prediction for `user` and `item` in `context` (features,
@@ -185,8 +186,8 @@ impl ServingModel {
         let mut vector = [0.0f32; MAX_DIM];
         let vector = &mut vector[..self.spec.dim];
         let terms = self.query(head, user, context, vector);
-        let item = self.tables[TableKind::Item.index()].get(hash_id(item)).map(|row| row.values);
-        head.predict(score::item_score(&terms, vector, item), &self.spec)
+        let item = self.tables[TableKind::Item.index()].get(hash_id(item));
+        head.predict(score::item_score(&terms, vector, item.as_ref().map(StoredRow::values)), &self.spec)
     }
 
     /// The head's prediction for each of `items`, in order: [`Self::score`]
@@ -199,8 +200,8 @@ impl ServingModel {
         items
             .iter()
             .map(|item| {
-                let row = table.get(hash_id(item.as_ref())).map(|row| row.values);
-                head.predict(score::item_score(&terms, vector, row), &self.spec)
+                let row = table.get(hash_id(item.as_ref()));
+                head.predict(score::item_score(&terms, vector, row.as_ref().map(StoredRow::values)), &self.spec)
             })
             .collect()
     }
@@ -261,8 +262,13 @@ impl ServingModel {
         k: usize,
     ) -> Vec<Recommendation> {
         let items = &self.tables[TableKind::Item.index()];
+        let mut row = [0.0f32; MAX_WIDTH];
+        let row = &mut row[..items.width()];
         let mut scored: Vec<(f32, u32)> = positions
-            .map(|position| (score::item_score(terms, vector, Some(items.row(position).values)), position))
+            .map(|position| {
+                items.read(position, row);
+                (score::item_score(terms, vector, Some(row)), position)
+            })
             .collect();
         let by_rank =
             |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then_with(|| items.id(a.1).cmp(items.id(b.1)));
@@ -345,22 +351,50 @@ impl Builder {
     /// Applies one chunk: tombstones, then rows. On error the version is
     /// not usable (drop the builder); the model served is untouched.
     pub fn apply(&mut self, chunk: &SnapshotChunk) -> Result<(), ApplyError> {
-        for row in &chunk.rows {
-            check(row, &self.model.spec)?;
+        let rows = chunk.rows.iter().map(|row| Incoming {
+            table: row.table,
+            key: row.key,
+            id: row.id.as_deref(),
+            updated_ms: row.updated_ms,
+            values: Values::Decoded(&row.values),
+        });
+        self.apply_rows(rows, chunk.tombstones.iter().copied())
+    }
+
+    /// Applies one chunk read in place from its message (no row is copied
+    /// unless it changes the model), as [`Self::apply`] does.
+    pub fn apply_view(&mut self, chunk: &ChunkView<'_>) -> Result<(), ApplyError> {
+        let rows = chunk.rows().map(|row| Incoming {
+            table: row.table,
+            key: row.key,
+            id: row.id,
+            updated_ms: row.updated_ms,
+            values: Values::InPlace(row.values),
+        });
+        self.apply_rows(rows, chunk.tombstones())
+    }
+
+    fn apply_rows<'r>(
+        &mut self,
+        rows: impl Iterator<Item = Incoming<'r>> + Clone,
+        tombstones: impl Iterator<Item = SnapshotTombstone>,
+    ) -> Result<(), ApplyError> {
+        for row in rows.clone() {
+            row.check(&self.model.spec)?;
         }
-        for tombstone in &chunk.tombstones {
+        for tombstone in tombstones {
             if let Some(position) = self.model.tables[tombstone.table.index()].remove(tombstone.key)
                 && tombstone.table == TableKind::Item
             {
                 self.model.scan.clear(position);
             }
         }
-        for row in &chunk.rows {
+        for row in rows {
             let table = row.table.index();
-            let (position, changed) =
-                self.model.tables[table].set(row.key, row.id.as_deref(), row.updated_ms, &row.values);
+            let (position, changed) = self.model.tables[table].set(row.key, row.id, row.updated_ms, row.values);
             if changed && row.table == TableKind::Item {
-                self.model.scan.set(position, &row.values);
+                let stored = self.model.tables[table].row(position);
+                self.model.scan.set(position, stored.values());
             }
             if let Some(seen) = &mut self.seen {
                 let words = &mut seen[table];
@@ -397,6 +431,9 @@ impl Builder {
             }
         }
         let mut model = self.model;
+        for table in &mut model.tables {
+            table.seal();
+        }
         model.globals = self.header.globals;
         model.info = info(&self.header, chain_start_offset);
         model.info.rows =
@@ -432,25 +469,77 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
     }
 }
 
-fn check(row: &SnapshotRow, spec: &ModelSpec) -> Result<(), ApplyError> {
-    let (table, key) = (row.table, row.key);
-    let width = spec.row_width(table);
-    if row.values.len() != width {
-        return Err(ApplyError::RowWidth { table, key, found: row.values.len(), expected: width });
+/// A row's values, decoded or as a chunk message holds them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Values<'r> {
+    Decoded(&'r [f32]),
+    InPlace(LeValues<'r>),
+}
+
+impl Values<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Values::Decoded(values) => values.len(),
+            Values::InPlace(values) => values.len(),
+        }
     }
-    if row.values.iter().any(|v| !v.is_finite()) {
-        return Err(ApplyError::NonFinite { table, key });
+
+    fn all_finite(&self) -> bool {
+        match self {
+            Values::Decoded(values) => values.iter().all(|v| v.is_finite()),
+            Values::InPlace(values) => values.iter().all(f32::is_finite),
+        }
     }
-    if table.keeps_ids() != row.id.is_some() {
-        return Err(ApplyError::Id { table, key });
+
+    /// Whether `stored` holds exactly these values.
+    pub(crate) fn equals(&self, stored: &[f32]) -> bool {
+        match self {
+            Values::Decoded(values) => {
+                values.len() == stored.len() && values.iter().zip(stored).all(|(a, b)| a.to_bits() == b.to_bits())
+            }
+            Values::InPlace(values) => values.equals(stored),
+        }
     }
-    Ok(())
+
+    pub(crate) fn copy_to(&self, out: &mut [f32]) {
+        match self {
+            Values::Decoded(values) => out.copy_from_slice(values),
+            Values::InPlace(values) => values.copy_to(out),
+        }
+    }
+}
+
+/// A row a snapshot sets.
+#[derive(Debug, Clone, Copy)]
+struct Incoming<'r> {
+    table: TableKind,
+    key: u64,
+    id: Option<&'r str>,
+    updated_ms: i64,
+    values: Values<'r>,
+}
+
+impl Incoming<'_> {
+    fn check(&self, spec: &ModelSpec) -> Result<(), ApplyError> {
+        let (table, key) = (self.table, self.key);
+        let width = spec.row_width(table);
+        if self.values.len() != width {
+            return Err(ApplyError::RowWidth { table, key, found: self.values.len(), expected: width });
+        }
+        if !self.values.all_finite() {
+            return Err(ApplyError::NonFinite { table, key });
+        }
+        if table.keeps_ids() != self.id.is_some() {
+            return Err(ApplyError::Id { table, key });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use freshet_core::model::sigmoid;
-    use freshet_core::snapshot::SnapshotTombstone;
+    use freshet_core::snapshot::{SnapshotRow, SnapshotTombstone};
     use freshet_core::{Features, RowLayout};
 
     use super::*;

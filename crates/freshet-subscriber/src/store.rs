@@ -1,7 +1,7 @@
 //! Copy-on-write storage of one table's rows for serving.
 //!
 //! A model version is a set of tables; the next version is a clone of the
-//! current one (page and segment pointers only) with a snapshot's changes
+//! current one (page numbers and segment pointers only) with a snapshot's changes
 //! written into it. Writing to a page or index segment that the served
 //! version still shares copies that one page or segment, so applying a
 //! delta costs the rows it changes, and serving never holds a second copy
@@ -12,16 +12,25 @@
 //!   one at a time as they fill: the index never rebuilds, and it is densely
 //!   packed (12 bytes a key).
 //! - [`RowStore`]: the rows' floats (and, in user rows, the time of their
-//!   last update) in pages of a few rows, each one allocation sized to the
-//!   allocator's size classes. A removed row leaves a hole that the next new
+//!   last update) in pages of [`ROWS_PER_PAGE`] rows, shared between
+//!   versions as [`crate::pages`] says. A removed row leaves a hole that the next new
 //!   row fills, so rows never move and pages need not know their keys.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
-use freshet_core::{ModelSpec, RowLayout, TableKind};
+use freshet_core::{MAX_DIM, ModelSpec, RowLayout, TableKind};
 
-/// Most keys in one index segment before it splits.
-const SEGMENT_KEYS: usize = 256;
+use crate::model::Values;
+use crate::pages::PageTable;
+
+/// The widest row of any table (a user row at [`MAX_DIM`]).
+pub(crate) const MAX_WIDTH: usize = TableKind::User.scalars() + MAX_DIM;
+
+/// Most keys in one index segment before it splits: segments are few (a
+/// version holds a pointer to each, a cache miss to copy), and a binary
+/// search over one stays within a few cache lines' worth of probes.
+const SEGMENT_KEYS: usize = 1024;
 /// Directory entries always allowed; beyond, at most one per 16 keys.
 const MIN_DIRECTORY: usize = 4096;
 
@@ -157,29 +166,10 @@ impl KeyIndex {
     }
 }
 
-/// The size an allocation of `bytes` really takes, for allocators with four
-/// size classes per power of two (mimalloc, which the `freshet` binary uses,
-/// and jemalloc): pages are sized so that little of that is wasted.
-fn size_class(bytes: usize) -> usize {
-    if bytes <= 64 {
-        return bytes.div_ceil(8) * 8;
-    }
-    let words = bytes.div_ceil(8);
-    let top = usize::BITS - 1 - (words - 1).leading_zeros();
-    let step = 1usize << top.saturating_sub(2);
-    words.div_ceil(step) * step * 8
-}
-
-/// Rows per page for rows of `row_words` 32-bit words: the count from 4 to
-/// 16 that wastes the fewest bytes a row, counting the allocation's size
-/// class, the `Arc`'s two counters and the page pointer.
-fn rows_per_page(row_words: usize) -> usize {
-    let waste = |rows: usize| {
-        let bytes = 16 + 4 * rows * row_words;
-        (size_class(bytes) - bytes + 16) as f64 / rows as f64
-    };
-    (4..=16).min_by(|&a, &b| waste(a).total_cmp(&waste(b))).unwrap_or(8)
-}
+/// Rows per page. A version copies 4 bytes per page (see [`crate::pages`])
+/// and a delta copies a page per row it changes: at 16 rows, 5M users
+/// make a 1.2 MB page table and a changed user row copies 2.4 KB.
+const ROWS_PER_PAGE: usize = 16;
 
 /// The item ids of one page, joined.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -220,9 +210,8 @@ pub(crate) struct RowStore {
     /// Whether rows keep the time of their last update (users: the session rule).
     times: bool,
     per_page: usize,
-    /// 32-bit words per page: times (two words each), then values.
-    page_words: usize,
-    pages: Vec<Arc<[u32]>>,
+    /// Pages of 32-bit words: times (two words each), then values.
+    pages: PageTable,
     /// Items' id strings, one page per row page.
     ids: Vec<Arc<IdPage>>,
     /// Row positions ever used (live rows and holes).
@@ -232,12 +221,20 @@ pub(crate) struct RowStore {
     index: KeyIndex,
 }
 
-/// A row as the store hands it out.
+/// A row as the store hands it out: a copy of its values.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct StoredRow<'a> {
-    pub values: &'a [f32],
+pub(crate) struct StoredRow {
+    values: [f32; MAX_WIDTH],
+    width: usize,
     /// Trainer clock at the row's last update (users only; 0 otherwise).
     pub updated_ms: i64,
+}
+
+impl StoredRow {
+    /// The row's values, laid out as [`RowLayout`] says.
+    pub(crate) fn values(&self) -> &[f32] {
+        &self.values[..self.width]
+    }
 }
 
 impl RowStore {
@@ -246,14 +243,13 @@ impl RowStore {
         let width = RowLayout::new(table, spec.dim).width();
         let times = table == TableKind::User;
         let row_words = width + if times { 2 } else { 0 };
-        let per_page = rows_per_page(row_words);
+        let per_page = ROWS_PER_PAGE;
         RowStore {
             table,
             width,
             times,
             per_page,
-            page_words: per_page * row_words,
-            pages: Vec::new(),
+            pages: PageTable::new(per_page * row_words),
             ids: Vec::new(),
             slots: 0,
             holes: Vec::new(),
@@ -274,7 +270,7 @@ impl RowStore {
     /// Makes room for `rows` more rows in the page table, if memory allows.
     pub(crate) fn reserve(&mut self, rows: usize) {
         let pages = (self.slots + rows).div_ceil(self.per_page);
-        let _ = self.pages.try_reserve_exact(pages.saturating_sub(self.pages.len()));
+        self.pages.reserve(pages);
         if self.table.keeps_ids() {
             let _ = self.ids.try_reserve_exact(pages.saturating_sub(self.ids.len()));
         }
@@ -290,20 +286,39 @@ impl RowStore {
         if self.times { 2 * self.per_page } else { 0 }
     }
 
-    /// The row at `position` (a live one: from [`Self::position`] or the index).
+    /// Values per row.
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Copies the values of the row at `position` (a live one: from
+    /// [`Self::position`] or the index) into `out`, which holds at least
+    /// [`Self::width`]; returns the time of its last update (users; else 0).
     #[inline]
-    pub(crate) fn row(&self, position: u32) -> StoredRow<'_> {
+    pub(crate) fn read(&self, position: u32, out: &mut [f32]) -> i64 {
         let (page, slot) = (position as usize / self.per_page, position as usize % self.per_page);
-        let words = &self.pages[page];
+        let words = self.pages.page(page);
         let start = self.times_words() + slot * self.width;
-        let values = bytemuck::cast_slice(&words[start..start + self.width]);
-        let updated_ms =
-            if self.times { (u64::from(words[2 * slot]) | (u64::from(words[2 * slot + 1]) << 32)) as i64 } else { 0 };
-        StoredRow { values, updated_ms }
+        for (out, word) in out[..self.width].iter_mut().zip(&words[start..start + self.width]) {
+            *out = f32::from_bits(word.load(Relaxed));
+        }
+        if self.times {
+            (u64::from(words[2 * slot].load(Relaxed)) | (u64::from(words[2 * slot + 1].load(Relaxed)) << 32)) as i64
+        } else {
+            0
+        }
+    }
+
+    /// The row at `position`.
+    #[inline]
+    pub(crate) fn row(&self, position: u32) -> StoredRow {
+        let mut row = StoredRow { values: [0.0; MAX_WIDTH], width: self.width, updated_ms: 0 };
+        row.updated_ms = self.read(position, &mut row.values);
+        row
     }
 
     /// The row of `key`.
-    pub(crate) fn get(&self, key: u64) -> Option<StoredRow<'_>> {
+    pub(crate) fn get(&self, key: u64) -> Option<StoredRow> {
         self.position(key).map(|position| self.row(position))
     }
 
@@ -321,7 +336,7 @@ impl RowStore {
     }
 
     /// Sets the row of `key`; returns its position and whether anything changed.
-    pub(crate) fn set(&mut self, key: u64, id: Option<&str>, updated_ms: i64, values: &[f32]) -> (u32, bool) {
+    pub(crate) fn set(&mut self, key: u64, id: Option<&str>, updated_ms: i64, values: Values<'_>) -> (u32, bool) {
         debug_assert_eq!(values.len(), self.width);
         let (position, fresh) = match self.index.get(key) {
             Some(position) => (position, false),
@@ -333,7 +348,7 @@ impl RowStore {
         };
         if !fresh {
             let old = self.row(position);
-            let same_values = old.values.iter().zip(values).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_values = values.equals(old.values());
             let same_id = !self.table.keeps_ids() || self.id(position) == id.unwrap_or_default();
             if same_values && same_id && (!self.times || old.updated_ms == updated_ms) {
                 return (position, false);
@@ -341,18 +356,27 @@ impl RowStore {
         }
         let (page, slot) = (position as usize / self.per_page, position as usize % self.per_page);
         let (width, times_words) = (self.width, self.times_words());
-        let words = Arc::make_mut(&mut self.pages[page]);
+        let mut row = [0.0f32; MAX_WIDTH];
+        values.copy_to(&mut row[..width]);
+        let words = self.pages.page_mut(page);
         if self.times {
-            words[2 * slot] = updated_ms as u64 as u32;
-            words[2 * slot + 1] = ((updated_ms as u64) >> 32) as u32;
+            words[2 * slot].store(updated_ms as u64 as u32, Relaxed);
+            words[2 * slot + 1].store(((updated_ms as u64) >> 32) as u32, Relaxed);
         }
         let start = times_words + slot * width;
-        let target: &mut [f32] = bytemuck::cast_slice_mut(&mut words[start..start + width]);
-        target.copy_from_slice(values);
+        for (word, value) in words[start..start + width].iter().zip(&row[..width]) {
+            word.store(value.to_bits(), Relaxed);
+        }
         if self.table.keeps_ids() {
             Arc::make_mut(&mut self.ids[page]).set(slot, id.unwrap_or_default());
         }
         (position, true)
+    }
+
+    /// Ends this version's writing: from now on it is read (and shared) as
+    /// it is, and the pages it replaced are freed once older versions go.
+    pub(crate) fn seal(&mut self) {
+        self.pages.seal();
     }
 
     /// Removes the row of `key`; returns the hole's position.
@@ -369,7 +393,7 @@ impl RowStore {
         }
         let position = self.slots;
         if position / self.per_page == self.pages.len() {
-            self.pages.push(Arc::from(vec![0u32; self.page_words]));
+            self.pages.push();
             if self.table.keeps_ids() {
                 self.ids.push(Arc::new(IdPage::new(self.per_page)));
             }
@@ -380,9 +404,8 @@ impl RowStore {
 
     /// Heap bytes of the rows and their index (shared pages counted in full).
     pub(crate) fn bytes(&self) -> usize {
-        let page = size_class(16 + 4 * self.page_words) + size_of::<Arc<[u32]>>();
         let ids: usize = self.ids.iter().map(|p| 64 + p.ends.capacity() * 4 + p.text.capacity()).sum();
-        self.pages.len() * page + ids + self.index.bytes() + self.holes.capacity() * 4
+        self.pages.bytes() + ids + self.index.bytes() + self.holes.capacity() * 4
     }
 }
 
@@ -452,16 +475,20 @@ mod tests {
         let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
         let mut store = RowStore::new(&spec, TableKind::User);
         for key in 0..100u64 {
-            store.set(key, None, key as i64, &[key as f32; 12]);
+            store.set(key, None, key as i64, Values::Decoded(&[key as f32; 12]));
         }
+        store.seal();
         let served = store.clone();
-        let (position, changed) = store.set(5, None, 99, &[-1.0; 12]);
+        let (position, changed) = store.set(5, None, 99, Values::Decoded(&[-1.0; 12]));
         assert!(changed);
-        assert_eq!(store.set(5, None, 99, &[-1.0; 12]), (position, false), "same values: nothing to write");
-        assert_eq!(served.get(5).map(|r| (r.values[0], r.updated_ms)), Some((5.0, 5)));
-        assert_eq!(store.get(5).map(|r| (r.values[0], r.updated_ms)), Some((-1.0, 99)));
-        let shared = store.pages.iter().zip(&served.pages).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
-        assert_eq!(shared, store.pages.len() - 1, "one page copied");
+        assert_eq!(
+            store.set(5, None, 99, Values::Decoded(&[-1.0; 12])),
+            (position, false),
+            "same values: nothing to write"
+        );
+        assert_eq!(served.get(5).map(|r| (r.values()[0], r.updated_ms)), Some((5.0, 5)));
+        assert_eq!(store.get(5).map(|r| (r.values()[0], r.updated_ms)), Some((-1.0, 99)));
+        assert_eq!(store.pages.shared_with(&served.pages), store.pages.len() - 1, "one page copied");
     }
 
     #[test]
@@ -469,28 +496,16 @@ mod tests {
         let spec = ModelSpec { dim: 8, ..ModelSpec::default() };
         let mut items = RowStore::new(&spec, TableKind::Item);
         for key in 0..10u64 {
-            items.set(key, Some(&format!("item-{key}")), 0, &[key as f32; 10]);
+            items.set(key, Some(&format!("item-{key}")), 0, Values::Decoded(&[key as f32; 10]));
         }
         let hole = items.remove(3).expect("present");
         assert_eq!((items.len(), items.get(3)), (9, None));
-        let (position, _) = items.set(42, Some("é-42"), 0, &[4.2; 10]);
+        let (position, _) = items.set(42, Some("é-42"), 0, Values::Decoded(&[4.2; 10]));
         assert_eq!(position, hole);
         assert_eq!(items.id(position), "é-42");
         assert_eq!(items.id(items.position(4).expect("present")), "item-4");
         assert_eq!(items.slots(), 10);
         let keys: Vec<u64> = items.keys().map(|(key, _)| key).collect();
         assert_eq!(keys, [0, 1, 2, 4, 5, 6, 7, 8, 9, 42]);
-    }
-
-    #[test]
-    fn pages_fit_their_size_class() {
-        assert_eq!(size_class(1024), 1024);
-        assert_eq!(size_class(1025), 1280);
-        assert_eq!(size_class(2056), 2560);
-        // dim 32: a user row is 36 floats + 2 time words: 10 rows fill 1536 bytes exactly.
-        assert_eq!(rows_per_page(38), 10);
-        let per_page = rows_per_page(34);
-        let bytes = 16 + 4 * 34 * per_page;
-        assert!(size_class(bytes) - bytes < 64, "items: {per_page} rows, {bytes} bytes");
     }
 }

@@ -126,7 +126,7 @@ fn identical(a: &ServingModel, b: &ServingModel) -> bool {
         && TableKind::ALL.iter().all(|&table| {
             a.rows(table).count() == b.rows(table).count()
                 && a.rows(table)
-                    .all(|(key, _, values)| b.row(table, key).is_some_and(|other| bits(other) == bits(values)))
+                    .all(|(key, _, values)| b.row(table, key).is_some_and(|other| bits(&other) == bits(&values)))
         })
 }
 

@@ -168,16 +168,18 @@ impl TrainerLoop {
     }
 
     /// Hands checkpoint `version` (the state after `delta`, with `progressive`
-    /// metrics) to the publisher: in full when one is due, else as a delta on
-    /// the previous version.
+    /// metrics) to the publisher as a delta on the previous version, and in
+    /// full too when one is due (the delta first: subscribers following the
+    /// chain take it and pass over the full snapshot).
     fn hand_to_publisher(&self, version: u64, delta: Delta, progressive: &MetricsSnapshot) {
         let Some(publisher) = &self.publisher else { return };
-        if publisher.full_due() {
-            return self.publish_full();
+        if publisher.has_chain() {
+            let params = delta.into_params(self.trainer.config().session_gap_ms);
+            publisher.submit(Outgoing::delta(version - 1, version, params, self.watermark(), progressive));
         }
-        let params = delta.into_params(self.trainer.config().session_gap_ms);
-        let outgoing = Outgoing::delta(version - 1, version, params, self.watermark(), progressive);
-        publisher.submit(outgoing);
+        if !publisher.has_chain() || publisher.full_due() {
+            self.publish_full();
+        }
     }
 
     /// Hands the trainer's parameters over as a full snapshot of the
