@@ -3,7 +3,7 @@
 //! - `publish`: publishes a model of a given size to a snapshot topic — a
 //!   synthetic one, or one trained on a MovieLens ratings file — then, once
 //!   a start file appears, deltas at a steady rate with one full snapshot
-//!   among them, until a stop file appears;
+//!   among them (none while a pause file exists), until a stop file appears;
 //! - `load`: a closed-loop HTTP load on `/recommend` over keep-alive
 //!   connections, for a bounded number of requests (loopback only), printing
 //!   latency percentiles, requests/s and errors as JSON;
@@ -15,7 +15,7 @@
 //!
 //! Usage (flags after the positional arguments):
 //!   serve-bench publish BOOTSTRAP MODEL USERS ITEMS [--dim 32] [--ratings FILE]
-//!       [--start FILE --stop FILE --deltas-per-sec 4 --delta-users 2000 --delta-items 500 --full-after 40]
+//!       [--start FILE --stop FILE --pause FILE --deltas-per-sec 4 --delta-users 2000 --delta-items 500 --full-after 40]
 //!   serve-bench load ADDRESS USERS REQUESTS [--connections 1] [--k 10] [--seconds 600]
 //!   serve-bench recall BOOTSTRAP TOPIC QUERIES [--address HOST:PORT] [--candidates 256]
 //!   serve-bench topk USERS ITEMS QUERIES [--dim 32] [--candidates 256]   (in process, no Kafka)
@@ -201,7 +201,13 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     let (mut version, mut deltas, mut delta_bytes, mut full_bytes) = (1u64, 0u64, 0usize, 0usize);
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
+    let paused = || flags.get("pause").is_some_and(|pause| Path::new(pause).exists());
     while !Path::new(stop).exists() {
+        if paused() {
+            std::thread::sleep(Duration::from_millis(20));
+            next = Instant::now();
+            continue;
+        }
         version += 1;
         let content = {
             let mut changes = BTreeMap::new();

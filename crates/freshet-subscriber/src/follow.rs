@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
 use crate::chain::{Plan, plan};
 use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
-use crate::swap::{LiveModel, Retired};
+use crate::swap::{Answering, InFlight, LiveModel, Retired};
 
 /// Priority of the thread that applies snapshots (see [`lower_priority`]).
 const APPLY_PRIORITY: u8 = 25;
@@ -171,12 +171,13 @@ pub struct Subscriber {
 pub struct SubscriberView {
     live: Arc<LiveModel>,
     stats: Arc<Mutex<SubscriberStats>>,
+    in_flight: InFlight,
 }
 
 impl SubscriberView {
     /// A view of `live`, which something other than a [`Subscriber`] updates.
     pub fn of(live: Arc<LiveModel>) -> Self {
-        SubscriberView { live, stats: Arc::default() }
+        SubscriberView { live, stats: Arc::default(), in_flight: InFlight::default() }
     }
 
     /// The model served now (`None` until the first full snapshot applies).
@@ -187,6 +188,12 @@ impl SubscriberView {
     /// The counters now.
     pub fn stats(&self) -> SubscriberStats {
         *self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a request being answered until the guard drops: the
+    /// subscriber applies snapshots around requests that fill the cores.
+    pub fn answering(&self) -> Answering {
+        self.in_flight.enter()
     }
 }
 
@@ -201,7 +208,9 @@ impl Subscriber {
         let stats = Arc::new(Mutex::new(SubscriberStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (topic, candidates) = (config.topic.clone(), config.top_k_candidates);
-        let (view, config) = (SubscriberView { live: Arc::clone(&live), stats: Arc::clone(&stats) }, config.clone());
+        let in_flight = InFlight::default();
+        let view = SubscriberView { live: Arc::clone(&live), stats: Arc::clone(&stats), in_flight: in_flight.clone() };
+        let config = config.clone();
         let (created, creation) = std::sync::mpsc::sync_channel(1);
         let stopping = Arc::clone(&stop);
         let run = move || {
@@ -225,6 +234,7 @@ impl Subscriber {
                 chain_start: None,
                 rejected_headers: HashSet::new(),
                 stats,
+                in_flight,
                 stop: stopping,
                 on_event: Box::new(on_event),
             };
@@ -306,6 +316,8 @@ struct Follower {
     /// Header offsets of snapshots found damaged: never reload from them.
     rejected_headers: HashSet<i64>,
     stats: Arc<Mutex<SubscriberStats>>,
+    /// Requests being answered: the builder stands aside while they fill the cores.
+    in_flight: InFlight,
     stop: Arc<AtomicBool>,
     on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
 }
@@ -390,12 +402,12 @@ impl Follower {
                 let building = match plan(served.as_ref().map(|m| m.version()), header.kind, header.version) {
                     Plan::Full => Builder::full(&header, served.as_deref(), self.candidates).map_or_else(
                         |error| Building::Failed(format!("full snapshot {}: {error}", header.version)),
-                        |builder| Building::Apply(Box::new(builder)),
+                        |builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone()))),
                     ),
                     Plan::Delta => match served.as_deref() {
                         Some(base) => Builder::delta(&header, base).map_or_else(
                             |error| Building::Failed(format!("delta {}: {error}", header.version)),
-                            |builder| Building::Apply(Box::new(builder)),
+                            |builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone()))),
                         ),
                         None => Building::Skip("no full snapshot served yet"),
                     },

@@ -58,4 +58,4 @@ pub use follow::{
     SwapReport,
 };
 pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, VersionInfo};
-pub use swap::{LiveModel, Retired};
+pub use swap::{Answering, LiveModel, Retired};

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::scan::ItemScan;
 use crate::store::{MAX_WIDTH, RowStore, StoredRow};
+use crate::swap::InFlight;
 
 /// Candidates the scan hands to the exact re-rank of a top-k, by default.
 pub const DEFAULT_CANDIDATES: usize = 256;
@@ -300,9 +301,21 @@ pub struct Builder {
     /// For a full snapshot applied over the served version: which row
     /// positions it set, per table (the others are removed at the end).
     seen: Option<[Vec<u64>; 3]>,
+    /// Requests to stand aside for, every [`ROWS_BETWEEN_PAUSES`] rows.
+    in_flight: Option<InFlight>,
 }
 
+/// Rows a builder applies between looks at the requests in flight (~0.1 ms).
+const ROWS_BETWEEN_PAUSES: usize = 64;
+
 impl Builder {
+    /// Stands aside while `in_flight` requests fill the cores, between
+    /// every few rows (see [`InFlight`]).
+    pub(crate) fn standing_aside_for(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = Some(in_flight);
+        self
+    }
+
     /// Starts the version of full snapshot `header`. Given the version
     /// served (`base`) with the same spec, only what differs is written, so
     /// the new version shares every unchanged page with it.
@@ -328,7 +341,7 @@ impl Builder {
                 (model, None)
             }
         };
-        Ok(Builder { model, header: header.clone(), seen })
+        Ok(Builder { model, header: header.clone(), seen, in_flight: None })
     }
 
     /// Starts the version of delta `header` on `base`, the version it names.
@@ -345,7 +358,7 @@ impl Builder {
                 spec_matches: header.spec == base.spec,
             });
         }
-        Ok(Builder { model: base.clone(), header: header.clone(), seen: None })
+        Ok(Builder { model: base.clone(), header: header.clone(), seen: None, in_flight: None })
     }
 
     /// Applies one chunk: tombstones, then rows. On error the version is
@@ -389,7 +402,12 @@ impl Builder {
                 self.model.scan.clear(position);
             }
         }
-        for row in rows {
+        for (n, row) in rows.enumerate() {
+            if n % ROWS_BETWEEN_PAUSES == ROWS_BETWEEN_PAUSES - 1
+                && let Some(in_flight) = &self.in_flight
+            {
+                in_flight.stand_aside();
+            }
             let table = row.table.index();
             let (position, changed) = self.model.tables[table].set(row.key, row.id, row.updated_ms, row.values);
             if changed && row.table == TableKind::Item {

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The largest allocation of pages: large against the allocator's own
 /// rounding of large blocks, so that little of the model's memory is lost
-/// to it, and a table's chunks are few (a version holds a pointer to each).
+/// to it.
 const CHUNK_BYTES: usize = 4 << 20;
 /// The fewest pages in an allocation: chunks grow with the table, from this.
 const MIN_CHUNK_PAGES: usize = 8;
@@ -62,10 +62,11 @@ struct Lineage {
     state: Mutex<LineageState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LineageState {
-    /// Every allocation (append-only).
-    chunks: Vec<Chunk>,
+    /// Every allocation (replaced by a longer list when one is added, so a
+    /// version shares the list with one reference count, not one per chunk).
+    chunks: Arc<[Chunk]>,
     /// Pages in them.
     pages: usize,
     /// Pages no table reaches, reused first.
@@ -80,11 +81,27 @@ struct LineageState {
     writing: bool,
     /// The generation the next writer opens.
     next: u64,
+    /// Page tables of dropped versions, for the next clones to fill: a
+    /// version's page table is megabytes, and fresh memory costs faults.
+    spare_tables: Vec<Vec<PageNumber>>,
 }
+
+/// Most page tables kept spare: a version being built, the served one and the one before.
+const SPARE_TABLES: usize = 2;
 
 impl Lineage {
     fn new(page_words: usize) -> Arc<Self> {
-        let state = LineageState { next: 1, ..LineageState::default() };
+        let state = LineageState {
+            chunks: Arc::new([]),
+            pages: 0,
+            free: Vec::new(),
+            live: BTreeMap::new(),
+            retired: VecDeque::new(),
+            head: 0,
+            writing: false,
+            next: 1,
+            spare_tables: Vec::new(),
+        };
         Arc::new(Lineage { page_words, state: Mutex::new(state) })
     }
 
@@ -130,7 +147,8 @@ impl LineageState {
             .ok()
             .filter(|&chunk| chunk < 1 << (PageNumber::BITS - SLOT_BITS))
             .expect("a table's pages fit in 2^14 chunks of up to 4 MiB");
-        self.chunks.push((0..pages * page_words).map(|_| AtomicU32::new(0)).collect());
+        let fresh: Chunk = (0..pages * page_words).map(|_| AtomicU32::new(0)).collect();
+        self.chunks = self.chunks.iter().cloned().chain([fresh]).collect();
         self.pages += pages;
         let number = |slot: usize| (chunk << SLOT_BITS) | slot as PageNumber;
         self.free.extend((1..pages).rev().map(number));
@@ -166,8 +184,8 @@ impl Writing {
 #[derive(Debug)]
 pub(crate) struct PageTable {
     lineage: Arc<Lineage>,
-    /// The lineage's chunks this table's pages lie in (a prefix of them).
-    chunks: Vec<Chunk>,
+    /// The lineage's chunks (as they were when this table last took a page).
+    chunks: Arc<[Chunk]>,
     pages: Vec<PageNumber>,
     /// The generation this table reaches, registered with the lineage.
     reach: u64,
@@ -179,7 +197,7 @@ impl PageTable {
     pub(crate) fn new(page_words: usize) -> Self {
         let lineage = Lineage::new(page_words);
         lineage.lock().register(0);
-        PageTable { lineage, chunks: Vec::new(), pages: Vec::new(), reach: 0, writing: None }
+        PageTable { lineage, chunks: Arc::new([]), pages: Vec::new(), reach: 0, writing: None }
     }
 
     /// Pages in the table.
@@ -249,7 +267,7 @@ impl PageTable {
     /// Bytes of the pages this table reaches (shared ones counted in full)
     /// and of its page table.
     pub(crate) fn bytes(&self) -> usize {
-        self.pages.len() * (4 * self.lineage.page_words + 4) + self.chunks.len() * size_of::<Chunk>()
+        self.pages.len() * (4 * self.lineage.page_words + 4)
     }
 
     /// How many pages this table shares with `other`, page by page.
@@ -307,7 +325,7 @@ impl PageTable {
         let mut state = self.lineage.lock();
         let number = state.take(self.lineage.page_words);
         if self.chunks.len() < state.chunks.len() {
-            self.chunks.extend(state.chunks[self.chunks.len()..].iter().cloned());
+            self.chunks = Arc::clone(&state.chunks);
         }
         number
     }
@@ -326,11 +344,17 @@ impl Clone for PageTable {
         if self.writing.is_some() {
             return self.detached();
         }
-        self.lineage.lock().register(self.reach);
+        let mut pages = {
+            let mut state = self.lineage.lock();
+            state.register(self.reach);
+            state.spare_tables.pop().unwrap_or_default()
+        };
+        pages.clear();
+        pages.extend_from_slice(&self.pages);
         PageTable {
             lineage: Arc::clone(&self.lineage),
-            chunks: self.chunks.clone(),
-            pages: self.pages.clone(),
+            chunks: Arc::clone(&self.chunks),
+            pages,
             reach: self.reach,
             writing: None,
         }
@@ -348,6 +372,9 @@ impl Drop for PageTable {
             state.free.extend(owned);
         }
         state.release(self.reach);
+        if state.spare_tables.len() < SPARE_TABLES {
+            state.spare_tables.push(std::mem::take(&mut self.pages));
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! previous version's own pages are freed when its last reader lets go.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
@@ -59,5 +61,83 @@ impl Retired {
     /// Whether none is waiting.
     pub fn is_empty(&self) -> bool {
         self.versions.is_empty()
+    }
+}
+
+/// Longest the writer stands aside for requests at a time: it then applies
+/// a few rows before it looks again, so a server kept busy still applies
+/// snapshots (at least ~30k rows a second).
+const MAX_PAUSE: Duration = Duration::from_millis(2);
+
+/// How many requests are being answered now, so that the thread applying
+/// snapshots can stand aside while requests would otherwise share their
+/// cores with it: the kernel lets a lower-priority thread finish its time
+/// slice while a request waits, which is the request's latency.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    count: Arc<AtomicUsize>,
+    /// Cores this process may run on: fewer requests than that leave the
+    /// writer a core of its own.
+    cores: usize,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        InFlight { count: Arc::default(), cores }
+    }
+}
+
+/// One request being answered (see [`InFlight::enter`]).
+#[derive(Debug)]
+pub struct Answering(Arc<AtomicUsize>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InFlight {
+    /// Counts a request until the guard is dropped.
+    pub(crate) fn enter(&self) -> Answering {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Answering(Arc::clone(&self.count))
+    }
+
+    /// Requests being answered now.
+    pub(crate) fn now(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits while requests occupy every core, at most [`MAX_PAUSE`].
+    pub(crate) fn stand_aside(&self) {
+        let started = Instant::now();
+        while self.now() >= self.cores && started.elapsed() < MAX_PAUSE {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_stands_aside_only_while_requests_fill_the_cores_and_never_for_long() {
+        let in_flight = InFlight { count: Arc::default(), cores: 2 };
+        let first = in_flight.enter();
+        let started = Instant::now();
+        in_flight.stand_aside();
+        let alone = started.elapsed();
+        let second = in_flight.enter();
+        assert_eq!(in_flight.now(), 2);
+        let started = Instant::now();
+        in_flight.stand_aside();
+        let waited = started.elapsed();
+        assert!(waited >= MAX_PAUSE, "waited {waited:?} while both cores answered");
+        assert!(alone < MAX_PAUSE, "waited {alone:?} with a core free");
+        drop((first, second));
+        assert_eq!(in_flight.now(), 0);
     }
 }
