@@ -406,7 +406,7 @@ impl Builder {
             if n % ROWS_BETWEEN_PAUSES == ROWS_BETWEEN_PAUSES - 1
                 && let Some(in_flight) = &self.in_flight
             {
-                in_flight.stand_aside();
+                let _ = in_flight.stand_aside();
             }
             let table = row.table.index();
             let (position, changed) = self.model.tables[table].set(row.key, row.id, row.updated_ms, row.values);
