@@ -379,7 +379,10 @@ impl Follower {
             return;
         }
         while !self.stopped() {
-            self.retired.collect();
+            if !self.retired.is_empty() {
+                let _ = self.in_flight.stand_aside();
+                self.retired.collect();
+            }
             let consumer = Arc::clone(&self.consumer);
             let Some(result) = consumer.poll(POLL) else { continue };
             match result {
@@ -398,6 +401,8 @@ impl Follower {
     fn handle(&mut self, fed: Result<Fed, AssemblyError>) {
         match fed {
             Ok(Fed::Header(header)) => {
+                // Starting a version copies its base's tables in one go: not while requests fill the cores.
+                let _ = self.in_flight.stand_aside();
                 let served = self.live.load();
                 let building = match plan(served.as_ref().map(|m| m.version()), header.kind, header.version) {
                     Plan::Full => Builder::full(&header, served.as_deref(), self.candidates).map_or_else(
@@ -449,6 +454,8 @@ impl Follower {
                     warn!(served, version, "a full snapshot of an older version: the model was reset");
                 }
                 let previous = self.live.store((*builder).finish(done.chain_start_offset));
+                // Freeing a version is one go too.
+                let _ = self.in_flight.stand_aside();
                 self.retired.push(previous);
                 if done.header.kind == SnapshotKind::Full {
                     self.chain_start = Some(done.header_offset);

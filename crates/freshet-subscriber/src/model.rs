@@ -305,8 +305,8 @@ pub struct Builder {
     in_flight: Option<InFlight>,
 }
 
-/// Rows a builder applies between looks at the requests in flight (~0.1 ms).
-const ROWS_BETWEEN_PAUSES: usize = 64;
+/// Rows a builder applies between looks at the requests in flight (~50 µs).
+const ROWS_BETWEEN_PAUSES: usize = 32;
 
 impl Builder {
     /// Stands aside while `in_flight` requests fill the cores, between

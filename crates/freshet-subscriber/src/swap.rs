@@ -66,7 +66,7 @@ impl Retired {
 
 /// Longest the writer stands aside for requests at a time: it then applies
 /// a few rows before it looks again, so a server kept busy still applies
-/// snapshots (at least ~30k rows a second).
+/// snapshots (at least ~15k rows a second).
 const MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// How many requests are being answered now, so that the thread applying
