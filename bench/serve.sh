@@ -140,6 +140,9 @@ p99_off, p99_on = quantile(*off, 0.99), quantile(*on, 0.99)
 print(f"  in the server, deltas paused:   p50 {quantile(*off, 0.5):.3f} ms  p99 {p99_off:.3f} ms  ({off[1][-1][1]} requests)")
 print(f"  in the server, deltas applying: p50 {quantile(*on, 0.5):.3f} ms  p99 {p99_on:.3f} ms  ({on[1][-1][1]} requests)")
 print(f"  p99 while deltas and a full snapshot apply: {p99_on / p99_off:.2f}x the paused phases (in the server)")
+phase = lambda kind, cycle: quantile(buckets(f"{work}/{kind}{cycle}.a"), buckets(f"{work}/{kind}{cycle}.b"), 0.99)
+print("  p99 in the server per phase (paused / applying; the full snapshot is in the first applying phase): "
+      + ", ".join(f"{phase('off', c):.2f} / {phase('on', c):.2f} ms" for c in (1, 2, 3)))
 for r in recall["results"]:
     print(f"  candidates {r['candidates']:4}: recall@10 {r['recall_at_10']:.4f}, top-k p50 {r['top_k_p50_ms']:.3f} ms "
           f"p99 {r['top_k_p99_ms']:.3f} ms (exact scan p50 {r['exact_scan_p50_ms']:.3f} ms)")
