@@ -390,18 +390,16 @@ fn recall(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Re
         }
     }
     let model = subscriber.model().context("a model")?;
-    let items = model.rows(TableKind::Item).count();
-    let users: Vec<u64> = model.rows(TableKind::User).map(|(key, _, _)| key).collect();
+    let count = |table: TableKind| model.info().rows.get(table.name()).copied().unwrap_or(0);
+    let (items, users) = (count(TableKind::Item), count(TableKind::User));
     let spec = model.spec().clone();
-    let param_bytes: usize = TableKind::ALL
-        .iter()
-        .map(|&table| model.rows(table).count() * 4 * RowLayout::new(table, spec.dim).width())
-        .sum();
+    let param_bytes: usize =
+        TableKind::ALL.iter().map(|&table| count(table) * 4 * RowLayout::new(table, spec.dim).width()).sum();
     // Users by id: the synthetic ids are u0…; a trained model's too (u<userId>).
-    let user_ids: Vec<String> = (0..users.len() as u64 * 4)
+    let user_ids: Vec<String> = (0..users as u64 * 4)
         .map(|n| format!("u{n}"))
-        .filter(|id| model.row(TableKind::User, hash_id(id)).is_some())
-        .take(users.len())
+        .filter(|id| model.user_updated_ms(id).is_some())
+        .take(users)
         .collect();
     let mut draw = Draw(99);
     let mut results = Vec::new();
@@ -450,7 +448,7 @@ fn recall(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Re
     println!(
         "{}",
         json!({
-            "version": model.version(), "users": users.len(), "items": items, "dim": spec.dim,
+            "version": model.version(), "users": users, "items": items, "dim": spec.dim,
             "param_bytes": param_bytes, "heap_bytes": model.heap_bytes(), "load_seconds": load_seconds,
             "results": results, "served_answers_equal_of_50": same_as_served,
         })

@@ -51,6 +51,23 @@ pub struct FullPolicy {
     pub interval: Duration,
 }
 
+impl State {
+    /// `earlier` then `later` as one hand-off. On a gap between them both
+    /// are dropped (with any full snapshot waiting to follow) and a full
+    /// snapshot is wanted instead.
+    fn merged(&mut self, earlier: Outgoing, later: Outgoing) -> Option<Outgoing> {
+        match earlier.merge(later) {
+            Ok(merged) => Some(merged),
+            Err(gap) => {
+                warn!(%gap, "dropping unpublished changes; a full snapshot follows");
+                self.wants_full = true;
+                self.full_after = None;
+                None
+            }
+        }
+    }
+}
+
 struct State {
     pending: Option<Outgoing>,
     /// A full snapshot of `pending`'s version, published right after it.
@@ -134,15 +151,7 @@ impl PublisherHandle {
             }
             state.pending = match state.pending.take() {
                 None => Some(outgoing),
-                Some(earlier) => match earlier.merge(outgoing) {
-                    Ok(merged) => Some(merged),
-                    Err(gap) => {
-                        warn!(%gap, "dropping unpublished changes; a full snapshot follows");
-                        state.wants_full = true;
-                        state.full_after = None;
-                        None
-                    }
-                },
+                Some(earlier) => state.merged(earlier, outgoing),
             };
         }
         state.fresh = true;
@@ -293,14 +302,7 @@ impl Worker {
         count(&mut state.stats);
         state.pending = match state.pending.take() {
             None => Some(outgoing),
-            Some(newer) => match outgoing.merge(newer) {
-                Ok(merged) => Some(merged),
-                Err(gap) => {
-                    warn!(%gap, "dropping unpublished changes; a full snapshot follows");
-                    state.wants_full = true;
-                    None
-                }
-            },
+            Some(newer) => state.merged(outgoing, newer),
         };
     }
 

@@ -223,34 +223,15 @@ impl ItemScan {
         if count == 0 {
             return Vec::new();
         }
-        let top = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let step = if top > 0.0 { top / QUERY_MAX } else { 0.0 };
-        // The query in the order the codes hold it: group g's factor j at
-        // g·GROUP + j (low nibbles), g·GROUP + GROUP/2 + j (high nibbles).
-        let query: Vec<i16> = (0..self.half * 2)
-            .map(|k| match vector.get(k) {
-                Some(v) if step > 0.0 => (v / step).round().clamp(-QUERY_MAX, QUERY_MAX) as i16,
-                _ => 0,
-            })
-            .collect();
-        let offset: i32 = 8 * query.iter().map(|&q| i32::from(q)).sum::<i32>();
-        // Each code byte's (low, high) factor weights as one 16-bit pattern
-        // of two signed bytes, for the AVX2 kernel.
-        let pairs: Vec<i16> = query
-            .chunks_exact(GROUP)
-            .flat_map(|group| {
-                let (lows, highs) = group.split_at(GROUP / 2);
-                lows.iter().zip(highs).map(|(&low, &high)| i16::from_le_bytes([low as i8 as u8, high as i8 as u8]))
-            })
-            .collect();
+        let quantized = Quantized::new(vector, self.half);
         #[cfg(target_arch = "x86_64")]
         let v3 = pulp::x86::V3::try_new();
         let scan = Scan {
-            query: &query,
-            pairs: &pairs,
+            query: &quantized.query,
+            pairs: &quantized.pairs,
             half: self.half,
-            offset,
-            step,
+            offset: quantized.offset,
+            step: quantized.step,
             weight,
             head,
             #[cfg(target_arch = "x86_64")]
@@ -294,6 +275,42 @@ impl pulp::WithSimd for ScanJob<'_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Vec<u32> {
         let blocks = self.segments.iter().flat_map(|segment| segment.chunks_exact(self.block_words));
         self.scan.run(blocks, self.count, self.excluded)
+    }
+}
+
+/// A query vector quantized for the scan.
+struct Quantized {
+    /// Per factor, in the order the codes hold them: group g's factor j at
+    /// g·GROUP + j (low nibbles), g·GROUP + GROUP/2 + j (high nibbles).
+    query: Vec<i16>,
+    /// Each code byte's (low, high) factor weights as one 16-bit pattern of
+    /// two signed bytes, for the AVX2 kernel.
+    pairs: Vec<i16>,
+    /// What the codes' +8 bias adds to every sum.
+    offset: i32,
+    /// The value of one query unit.
+    step: f32,
+}
+
+impl Quantized {
+    fn new(vector: &[f32], half: usize) -> Self {
+        let top = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let step = if top > 0.0 { top / QUERY_MAX } else { 0.0 };
+        let query: Vec<i16> = (0..half * 2)
+            .map(|k| match vector.get(k) {
+                Some(v) if step > 0.0 => (v / step).round().clamp(-QUERY_MAX, QUERY_MAX) as i16,
+                _ => 0,
+            })
+            .collect();
+        let offset: i32 = 8 * query.iter().map(|&q| i32::from(q)).sum::<i32>();
+        let pairs: Vec<i16> = query
+            .chunks_exact(GROUP)
+            .flat_map(|group| {
+                let (lows, highs) = group.split_at(GROUP / 2);
+                lows.iter().zip(highs).map(|(&low, &high)| i16::from_le_bytes([low as i8 as u8, high as i8 as u8]))
+            })
+            .collect();
+        Quantized { query, pairs, offset, step }
     }
 }
 
@@ -543,23 +560,13 @@ mod tests {
                 scan.set(position, &row);
             }
             let vector: Vec<f32> = (0..dim).map(|_| noise(&mut state)).collect();
-            let step = vector.iter().fold(0.0f32, |m, v| m.max(v.abs())) / QUERY_MAX;
-            let query: Vec<i16> = (0..scan.half * 2)
-                .map(|k| vector.get(k).map_or(0, |v| (v / step).round().clamp(-QUERY_MAX, QUERY_MAX) as i16))
-                .collect();
-            let pairs: Vec<i16> = query
-                .chunks_exact(GROUP)
-                .flat_map(|g| {
-                    let (lows, highs) = g.split_at(GROUP / 2);
-                    lows.iter().zip(highs).map(|(&l, &h)| i16::from_le_bytes([l as i8 as u8, h as i8 as u8]))
-                })
-                .collect();
+            let quantized = Quantized::new(&vector, scan.half);
             let scan_with = |v3| Scan {
-                query: &query,
-                pairs: &pairs,
+                query: &quantized.query,
+                pairs: &quantized.pairs,
                 half: scan.half,
-                offset: 8 * query.iter().map(|&q| i32::from(q)).sum::<i32>(),
-                step,
+                offset: quantized.offset,
+                step: quantized.step,
                 weight: 1.25,
                 head: Head::Click,
                 v3,
