@@ -108,7 +108,7 @@ fn produce(
             }
             let key = event.user().to_owned();
             let record = BaseRecord::with_opaque_to(topic, sample).payload(payload.as_slice()).key(key.as_str());
-            freshet_consumer::send_waiting_for_room(producer, record).context("producing")?;
+            freshet_kafka::send_threaded(producer, record).context("producing")?;
             sent += 1;
         }
         if sent % (rate.max(1)) < rate / 100 + 1 {

@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use freshet_consumer::ensure_topics;
 use freshet_core::snapshot::{SnapshotMetrics, SnapshotRow, Watermark};
 use freshet_core::{Feedback, Head, ModelSpec, Rating, RowLayout, ScoreContext, TableKind, hash_id};
+use freshet_kafka::{KafkaConfig, ensure_topics};
 use freshet_publisher::{Content, Outgoing, PublisherConfig, SnapshotProducer};
 use freshet_subscriber::{Subscriber, SubscriberConfig, SubscriberEvent};
 use freshet_trainer::{Trainer, TrainerConfig};
@@ -151,7 +151,7 @@ fn trained_rows(path: &Path, dim: usize) -> anyhow::Result<(Vec<SnapshotRow>, [f
 }
 
 fn outgoing(version: u64, globals: [f32; 2], gap: i64, content: Content) -> Outgoing {
-    let watermark = Watermark { offsets: Vec::new(), newest_event_ms: freshet_core::now_ms() };
+    let watermark = Watermark { offsets: freshet_core::NextOffsets::new(), newest_event_ms: freshet_core::now_ms() };
     Outgoing { version, globals, session_gap_ms: gap, content, watermark, metrics: SnapshotMetrics::default() }
 }
 
@@ -170,8 +170,8 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     rows.sort_by_key(|row| (row.table, row.key));
     let config = PublisherConfig { full_interval_ms: 86_400_000, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ensure_topics(bootstrap, &Default::default(), &[config.topic_spec(model)]))?;
-    let mut producer = SnapshotProducer::connect(bootstrap, &Default::default(), &config, model, &spec)?;
+    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model)]))?;
+    let mut producer = SnapshotProducer::connect(&KafkaConfig::new(bootstrap), &config, model, &spec)?;
     let started = Instant::now();
     let published = producer.publish(&outgoing(1, globals, gap, Content::Full(rows.clone())))?;
     let param_bytes: usize = rows.iter().map(|row| 4 * row.values.len()).sum();

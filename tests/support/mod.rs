@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use freshet_consumer::{TopicPartition, TopicSpec, ensure_topics};
 use freshet_core::CONTENT_TYPE_HEADER;
+use freshet_core::TopicPartition;
 use freshet_core::synth::{Expected, Stream, SynthConfig, SynthStream};
+use freshet_kafka::{KafkaConfig, TopicSpec, ensure_topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -62,7 +63,7 @@ impl TestTopics {
             TopicSpec::new(&topics.ratings, partitions),
             TopicSpec::new(&topics.dlq, 1),
         ];
-        ensure_topics(bootstrap, &BTreeMap::new(), &specs).await?;
+        ensure_topics(&KafkaConfig::new(bootstrap), &specs).await?;
         Ok(topics)
     }
 

@@ -1,11 +1,12 @@
 //! Process-level helpers for the `freshet` binary's tests: a configuration
-//! for test topics, a running process with its log lines, `inspect`.
+//! for test topics, a running process, its metrics and health endpoint,
+//! `inspect`. Tests wait on state (these endpoints, `inspect`), never on
+//! log text; a process's log goes to a file beside its configuration.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::{TestTopics, unique};
@@ -18,8 +19,9 @@ pub fn write_config(dir: &Path, bootstrap: &str, topics: &TestTopics, extra: &st
     let text = format!(
         r#"
 name = "{name}"
-[consumer]
+[kafka]
 bootstrap = "{bootstrap}"
+[consumer]
 group_id = "{group}"
 topics = ["{clicks}", "{ratings}"]
 dlq_topic = "{dlq}"
@@ -33,10 +35,11 @@ dir = "{checkpoint}"
 interval_ms = 150
 interval_events = 3000
 [metrics]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 {extra}
 "#,
         name = unique("model"),
+        port = free_port(),
         group = unique("g"),
         clicks = topics.clicks,
         ratings = topics.ratings,
@@ -47,57 +50,32 @@ listen = "127.0.0.1:0"
     path
 }
 
-/// A running `freshet` process whose stderr lines arrive on a channel.
+/// The metrics and health endpoint (`host:port`) a [`write_config`] file sets.
+pub fn metrics_address(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).expect("the configuration");
+    let line = text.lines().find(|line| line.starts_with("listen = ")).expect("a metrics.listen line");
+    line["listen = ".len()..].trim_matches('"').to_owned()
+}
+
+/// A running `freshet` process; its stderr goes to a `.log` file beside its configuration.
 pub struct Running {
     child: Child,
-    lines: mpsc::Receiver<String>,
 }
 
 impl Running {
     /// Starts `BIN ARGS PATH`, e.g. `freshet run --config FILE`.
     pub fn start(bin: &str, args: &[&str], path: &Path) -> Running {
-        let mut child = Command::new(bin)
+        let log_dir = path.parent().unwrap_or(Path::new("."));
+        let log = std::fs::File::create(log_dir.join(format!("{}.log", unique("freshet")))).expect("log file");
+        let child = Command::new(bin)
             .args(args)
             .arg(path)
-            .env("RUST_LOG", "info,freshet_checkpoint=debug")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(log))
             .spawn()
-            .expect("spawn freshet run");
-        let stderr = child.stderr.take().expect("stderr");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Waits for the `n`-th stderr line containing `needle`.
-    pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        self.wait_for_line(needle, n, timeout).is_some()
-    }
-
-    /// The `n`-th stderr line containing `needle`, waiting for it.
-    pub fn wait_for_line(&self, needle: &str, n: usize, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => {
-                    seen += 1;
-                    if seen == n {
-                        return Some(line);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-        None
+            .expect("spawn freshet");
+        Running { child }
     }
 
     /// Kills the process with SIGKILL.
@@ -112,6 +90,35 @@ impl Running {
         Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
         self.child.wait().expect("wait")
     }
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sum over every series of Prometheus metric `name` at `address`'s
+/// `/metrics`, if it answers and has the metric.
+pub fn metric(address: &str, name: &str) -> Option<f64> {
+    let (status, text) = get(address, "/metrics");
+    if status != 200 {
+        return None;
+    }
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// `BIN inspect --json` of a checkpoint, if it answers.
@@ -143,12 +150,6 @@ fn request(address: &str, text: &str) -> (u16, String) {
     let _ = stream.read_to_string(&mut response);
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
-}
-
-/// The `address=host:port` field of a log line.
-pub fn logged_address(line: &str) -> Option<String> {
-    let start = line.find("address=")? + "address=".len();
-    Some(line[start..].split_whitespace().next()?.to_owned())
 }
 
 /// A TCP port nothing listens on right now.

@@ -7,13 +7,13 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use freshet_consumer::{client_config, ensure_topics};
-use freshet_core::snapshot::Watermark;
+use freshet_core::snapshot::{ModelParams, Watermark};
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{Features, Feedback, Forget, Head, ModelSpec, ScoreContext, TableKind, now_ms};
+use freshet_core::{Features, Feedback, Forget, Head, ModelSpec, NextOffsets, ScoreContext, TableKind, now_ms};
+use freshet_kafka::{KafkaConfig, ensure_topics};
 use freshet_publisher::{EncodedSnapshot, HeaderContext, Outgoing, PublisherConfig, SnapshotProducer, encode};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberEvent};
-use freshet_trainer::{ModelParams, Trainer, TrainerConfig};
+use freshet_trainer::{Trainer, TrainerConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// A small model trained on the synthetic stream, handing out snapshots.
@@ -91,17 +91,22 @@ impl ModelUnderTest {
     /// The whole model as version `version` (clears the change record).
     pub fn full(&mut self, version: u64) -> Outgoing {
         self.trainer.drain_dirty();
-        Outgoing::full(version, self.trainer.export_params(), self.watermark(), &self.trainer.metrics())
+        Outgoing::full(
+            version,
+            self.trainer.export_params(),
+            self.watermark(),
+            self.trainer.metrics().snapshot_metrics(),
+        )
     }
 
     /// The changes since the previous hand-off as version `version`.
     pub fn delta(&mut self, version: u64) -> Outgoing {
         let delta = self.trainer.drain_dirty().into_params(self.trainer.config().session_gap_ms);
-        Outgoing::delta(version - 1, version, delta, self.watermark(), &self.trainer.metrics())
+        Outgoing::delta(version - 1, version, delta, self.watermark(), self.trainer.metrics().snapshot_metrics())
     }
 
     fn watermark(&self) -> Watermark {
-        Watermark { offsets: Vec::new(), newest_event_ms: self.trainer.clock_ms() }
+        Watermark { offsets: NextOffsets::new(), newest_event_ms: self.trainer.clock_ms() }
     }
 }
 
@@ -110,13 +115,14 @@ impl ModelUnderTest {
 pub fn snapshot_topic(bootstrap: &str, model: &str) -> anyhow::Result<PublisherConfig> {
     let config = PublisherConfig { chunk_bytes: 16 * 1024, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ensure_topics(bootstrap, &Default::default(), &[config.topic_spec(model)]))?;
+    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model)]))?;
     Ok(config)
 }
 
 /// A transactional producer with `transactional_id`, initialised.
 pub fn raw_transactional(bootstrap: &str, transactional_id: &str) -> anyhow::Result<FutureProducer> {
-    let producer: FutureProducer = client_config(bootstrap, &Default::default())
+    let producer: FutureProducer = KafkaConfig::new(bootstrap)
+        .client()
         .set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", "60000")
         .create()?;
@@ -312,7 +318,7 @@ impl Scenario {
     /// A publisher instance of the model (fencing any earlier one).
     pub fn producer(&self) -> anyhow::Result<SnapshotProducer> {
         let spec = self.trained.trainer.spec();
-        Ok(SnapshotProducer::connect(&self.bootstrap, &Default::default(), &self.config, &self.model, spec)?)
+        Ok(SnapshotProducer::connect(&KafkaConfig::new(&self.bootstrap), &self.config, &self.model, spec)?)
     }
 
     /// A subscriber on the topic and its event log.

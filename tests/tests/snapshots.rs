@@ -209,7 +209,7 @@ fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() ->
     publisher.submit(with_rmse(scenario.trained.delta(3), 0.92)); // recovered: versions 2 and 3 go out as one delta
     let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
     assert_eq!(applied_versions(&events), vec![3], "{events:?}");
-    let stats = publisher.close(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    let stats = publisher.close(Duration::from_secs(10))?;
     assert_eq!((stats.published_version, stats.holds, stats.holding, stats.deltas), (3, held.holds, false, 1));
     scenario.assert_served_and_stop(subscriber)
 }
@@ -258,7 +258,7 @@ fn a_due_full_snapshot_follows_its_delta_so_followers_pass_over_it() -> anyhow::
         }
     }
     events.extend(events_within(&log, Duration::from_secs(3)));
-    let stats = publisher.close(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    let stats = publisher.close(Duration::from_secs(10))?;
     assert_eq!((stats.fulls, stats.deltas, stats.published_version), (2, 2, 3), "{stats:?}");
     assert_eq!(applied_versions(&events), vec![1, 2, 3], "{events:?}");
     let passed_over = events.iter().any(|e| matches!(e, SubscriberEvent::Skipped { version: 3, .. }));

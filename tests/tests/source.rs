@@ -5,19 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use freshet_consumer::dlq::{HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
-use freshet_consumer::{ConsumerConfig, MicroBatch, NextOffsets, Source, SourceEvent, StartFrom, TopicPartition};
+use freshet_consumer::{ConsumerConfig, MicroBatch, Source, SourceEvent, StartFrom};
 use freshet_core::synth::{Expected, SynthConfig};
 use freshet_core::{Decoder, RejectReason};
+use freshet_core::{NextOffsets, TopicPartition};
 use freshet_e2e::{Produced, TestTopics, bootstrap, header, produce_synth, read_topic, unique};
+use freshet_kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc::Receiver;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn config(bootstrap: &str, topics: &TestTopics, group: &str) -> ConsumerConfig {
+fn config(topics: &TestTopics, group: &str) -> ConsumerConfig {
     ConsumerConfig {
-        bootstrap: bootstrap.to_owned(),
         group_id: group.to_owned(),
         topics: topics.inputs(),
         dlq_topic: topics.dlq.clone(),
@@ -26,6 +27,12 @@ fn config(bootstrap: &str, topics: &TestTopics, group: &str) -> ConsumerConfig {
         batch_max_ms: 20,
         ..ConsumerConfig::default()
     }
+}
+
+/// A source over `topics` in a group of its own, from the start.
+fn start_in_a_new_group(bootstrap: &str, topics: &TestTopics) -> (Source, tokio::sync::mpsc::Receiver<SourceEvent>) {
+    Source::start(&KafkaConfig::new(bootstrap), &config(topics, &unique("g")), Decoder::default(), NextOffsets::new())
+        .expect("source")
 }
 
 fn synth(invalid_rate: f64) -> SynthConfig {
@@ -97,9 +104,7 @@ async fn consumes_exact_counts_and_dead_letters_every_reject() {
     let produced = produce_synth(&bootstrap, &topics, synth(0.1), 3_000).await.expect("produce");
     assert!(produced.invalid() >= 2 * RejectReason::ALL.len(), "every reason appears");
 
-    let (source, mut events) =
-        Source::start(&config(&bootstrap, &topics, &unique("g")), Decoder::default(), NextOffsets::new())
-            .expect("source");
+    let (source, mut events) = start_in_a_new_group(&bootstrap, &topics);
     let mut seen = Seen::default();
     read_until(&source, &mut events, &mut seen, reaches(&produced.end_offsets())).await;
     tokio::task::spawn_blocking(move || source.stop()).await.expect("join").expect("clean stop");
@@ -152,7 +157,8 @@ async fn explicit_offsets_win_over_the_group_and_resume_exactly() {
 
     // First run: read everything and commit it to the group.
     let (source, mut events) =
-        Source::start(&config(&bootstrap, &topics, &group), Decoder::default(), NextOffsets::new()).expect("source");
+        Source::start(&KafkaConfig::new(&bootstrap), &config(&topics, &group), Decoder::default(), NextOffsets::new())
+            .expect("source");
     read_until(&source, &mut events, &mut Seen::default(), reaches(&ends)).await;
     tokio::task::spawn_blocking(move || source.stop()).await.expect("join").expect("clean stop");
     assert_eq!(committed(&bootstrap, &group, &ends), ends, "the group committed everything");
@@ -161,8 +167,9 @@ async fn explicit_offsets_win_over_the_group_and_resume_exactly() {
     // the others follow the group (already at the end).
     let (explicit_tp, explicit_end) = ends.iter().next().map(|(tp, e)| (tp.clone(), *e)).expect("a partition");
     let start = NextOffsets::from([(explicit_tp.clone(), explicit_end / 2)]);
-    let resume = ConsumerConfig { start_from: StartFrom::Committed, ..config(&bootstrap, &topics, &group) };
-    let (source, mut events) = Source::start(&resume, Decoder::default(), start).expect("source");
+    let resume = ConsumerConfig { start_from: StartFrom::Committed, ..config(&topics, &group) };
+    let (source, mut events) =
+        Source::start(&KafkaConfig::new(&bootstrap), &resume, Decoder::default(), start).expect("source");
     let mut seen = Seen::default();
     let rest = NextOffsets::from([(explicit_tp.clone(), explicit_end)]);
     read_until(&source, &mut events, &mut seen, reaches(&rest)).await;
@@ -209,15 +216,18 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
     let produced = produce_synth(&bootstrap, &topics, synth(0.0), 2_000).await.expect("produce");
     let ends = produced.end_offsets();
     let group = unique("g");
-    let settings = config(&bootstrap, &topics, &group);
+    let settings = config(&topics, &group);
 
-    let (first, mut first_events) = Source::start(&settings, Decoder::default(), NextOffsets::new()).expect("first");
+    let (first, mut first_events) =
+        Source::start(&KafkaConfig::new(&bootstrap), &settings, Decoder::default(), NextOffsets::new()).expect("first");
     let mut first_seen = Seen::default();
     read_until(&first, &mut first_events, &mut first_seen, |s| !s.batches.is_empty()).await;
 
     // A second member joins: the first must hand over its open batch, then
     // the revocation, and keep the partitions until it is acknowledged.
-    let (second, mut second_events) = Source::start(&settings, Decoder::default(), NextOffsets::new()).expect("second");
+    let (second, mut second_events) =
+        Source::start(&KafkaConfig::new(&bootstrap), &settings, Decoder::default(), NextOffsets::new())
+            .expect("second");
     let revoked_at = Instant::now();
     let revocation = loop {
         assert!(revoked_at.elapsed() < TIMEOUT, "no revocation");
@@ -293,9 +303,11 @@ async fn shutdown_is_bounded_even_with_a_stalled_reader() {
         channel_capacity: 1,
         batch_max_messages: 10,
         shutdown_timeout_ms: 20_000,
-        ..config(&bootstrap, &topics, &unique("g"))
+        ..config(&topics, &unique("g"))
     };
-    let (source, mut events) = Source::start(&settings, Decoder::default(), NextOffsets::new()).expect("source");
+    let (source, mut events) =
+        Source::start(&KafkaConfig::new(&bootstrap), &settings, Decoder::default(), NextOffsets::new())
+            .expect("source");
     // Wait for the first batch, then stop reading: the channel fills up and
     // the consumer thread blocks handing over the next batch.
     loop {
@@ -317,9 +329,7 @@ async fn shutdown_is_bounded_even_with_a_stalled_reader() {
 async fn stop_during_group_join_returns_and_closes_the_channel() {
     let bootstrap = bootstrap();
     let topics = TestTopics::create(&bootstrap, 1).await.expect("topics");
-    let (source, mut events) =
-        Source::start(&config(&bootstrap, &topics, &unique("g")), Decoder::default(), NextOffsets::new())
-            .expect("source");
+    let (source, mut events) = start_in_a_new_group(&bootstrap, &topics);
     // A reader that still holds an acknowledger must see the channel close.
     let acknowledger = source.acknowledger();
     let result = tokio::task::spawn_blocking(move || source.stop()).await.expect("join");

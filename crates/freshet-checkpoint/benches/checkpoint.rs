@@ -10,9 +10,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use freshet_checkpoint::{CheckpointStore, CommitStats, SourceOffsets};
+use freshet_checkpoint::{CheckpointStore, CommitStats};
 use freshet_core::{Feedback, Rating};
-use freshet_trainer::{ModelSpec, TableKind, Trainer, TrainerConfig};
+use freshet_core::{ModelSpec, TableKind};
+use freshet_core::{NextOffsets, TopicPartition};
+use freshet_trainer::{Trainer, TrainerConfig};
 
 const ITEMS: u64 = 100_000;
 const BATCH: u64 = 20_000;
@@ -73,7 +75,7 @@ fn touch(trainer: &mut Trainer, users: impl Iterator<Item = u64>, items: u64, la
 fn checkpoint(store: &mut CheckpointStore, trainer: &mut Trainer, spec: &ModelSpec) -> (CommitStats, usize) {
     let delta = trainer.drain_dirty();
     let rows = delta.rows.len();
-    let offsets = SourceOffsets::from([(("bench".to_owned(), 0), store.version() as i64)]);
+    let offsets = NextOffsets::from([(TopicPartition::new("bench", 0), store.version() as i64)]);
     (store.commit(spec, &delta, &offsets).expect("commit"), rows)
 }
 

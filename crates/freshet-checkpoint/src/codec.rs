@@ -3,7 +3,7 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `rows` | table (1 byte: user 0, item 1, feature 2) + key (u64 big-endian) | flat row, below |
-//! | `pending` | same as `rows` | bincode `PendingRow` |
+//! | `pending` | same as `rows` | bincode `PendingAdmission` |
 //! | `offsets` | topic (UTF-8) + 0x00 + partition (i32 big-endian) | next offset (i64 big-endian) |
 //! | `meta` | a name below | bincode of the named value |
 //!
@@ -29,7 +29,9 @@
 //! The layout is versioned as a whole by the `format` meta key: a store
 //! written by another layout is refused when it is opened.
 
-use freshet_trainer::{RowRef, TableKind};
+use freshet_core::TableKind;
+use freshet_core::TopicPartition;
+use freshet_trainer::RowRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -196,13 +198,13 @@ pub(crate) fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 /// Decodes a source offset entry.
-pub(crate) fn parse_offset(key: &[u8], value: &[u8]) -> Result<((String, i32), i64), CheckpointError> {
+pub(crate) fn parse_offset(key: &[u8], value: &[u8]) -> Result<(TopicPartition, i64), CheckpointError> {
     let corrupt = || CheckpointError::Corrupt(format!("offset entry {key:02x?}"));
     let split = key.len().checked_sub(5).filter(|&at| key[at] == 0).ok_or_else(corrupt)?;
     let topic = std::str::from_utf8(&key[..split]).map_err(|_| corrupt())?.to_owned();
     let partition = i32::from_be_bytes(key[split + 1..].try_into().map_err(|_| corrupt())?);
     let offset = i64::from_be_bytes(value.try_into().map_err(|_| corrupt())?);
-    Ok(((topic, partition), offset))
+    Ok((TopicPartition::new(topic, partition), offset))
 }
 
 /// Decodes a big-endian u64 meta value.
@@ -262,7 +264,7 @@ mod tests {
     fn offsets_round_trip() {
         let key = offset_key("freshet.clicks", 3);
         let parsed = parse_offset(&key, &42i64.to_be_bytes()).expect("decodes");
-        assert_eq!(parsed, (("freshet.clicks".to_owned(), 3), 42));
+        assert_eq!(parsed, (TopicPartition::new("freshet.clicks", 3), 42));
         assert!(parse_offset(b"x", &[0; 8]).is_err());
         assert!(parse_offset(&key, &[0; 3]).is_err());
     }

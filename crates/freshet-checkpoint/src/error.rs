@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use freshet_trainer::{ModelSpec, StateError};
+use freshet_core::ModelSpec;
+use freshet_trainer::StateError;
 use thiserror::Error;
 
 /// Why a checkpoint could not be opened, read or written.

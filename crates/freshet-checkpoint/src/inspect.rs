@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use freshet_trainer::{Counters, DenseState, MetricsSnapshot, ModelSpec, PendingRow, TableKind};
+use freshet_core::{ModelSpec, TableKind};
+use freshet_trainer::{Counters, DenseState, MetricsReading, PendingAdmission};
 use rocksdb::{DB, IteratorMode};
 use serde::Serialize;
 
@@ -12,7 +13,7 @@ use crate::codec::{
     CF_PENDING, CF_ROWS, META_DENSE, META_PUBLISHED, META_SPEC, META_VERSION, decode, decode_row_header, parse_row_key,
 };
 use crate::error::CheckpointError;
-use crate::store::{SourceOffsets, cf, db_options, descriptors, meta_u64, meta_value, read_offsets, scan_options};
+use crate::store::{cf, db_options, descriptors, meta_u64, meta_value, read_offsets, scan_options};
 
 /// A summary of a checkpoint directory.
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +36,7 @@ pub struct Inspection {
     /// The trainer's running counters.
     pub counters: Option<Counters>,
     /// Progressive metrics at the checkpoint.
-    pub metrics: Option<MetricsSnapshot>,
+    pub metrics: Option<MetricsReading>,
     /// The model spec.
     pub spec: Option<ModelSpec>,
     /// Bytes of all files in the directory.
@@ -72,7 +73,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
     let mut pending_by_table = BTreeMap::new();
     for item in db.iterator_cf(cf(&db, CF_PENDING)?, IteratorMode::Start) {
         let (_, value) = item.map_err(CheckpointError::rocks("read"))?;
-        let pending: PendingRow = decode(&value, "pending count")?;
+        let pending: PendingAdmission = decode(&value, "pending count")?;
         *pending_by_table.entry(pending.table).or_insert(0) += 1;
     }
     for table in TableKind::ALL {
@@ -84,7 +85,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         version: meta_u64(&db, META_VERSION)?,
         published_version: meta_u64(&db, META_PUBLISHED)?,
         events_applied: dense.as_ref().map_or(0, |d| d.counters.events_applied),
-        offsets: describe_offsets(&read_offsets(&db)?),
+        offsets: freshet_core::offsets::by_name(&read_offsets(&db)?),
         rows_by_table,
         updates_by_table,
         pending_by_table,
@@ -93,10 +94,6 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         spec: meta_value(&db, META_SPEC)?,
         size_on_disk_bytes: directory_size(dir),
     })
-}
-
-fn describe_offsets(offsets: &SourceOffsets) -> BTreeMap<String, i64> {
-    offsets.iter().map(|((topic, partition), next)| (format!("{topic}/{partition}"), *next)).collect()
 }
 
 fn directory_size(dir: &Path) -> u64 {

@@ -1,16 +1,17 @@
 //! The RocksDB checkpoint store. One checkpoint is the trainer's drained
-//! [`Delta`] (changed rows, tombstones, admission counts, the dense state),
+//! [`StateChanges`] (changed rows, tombstones, admission counts, the dense state),
 //! the source offsets those rows reflect, and the next version, all in ONE
 //! `WriteBatch` with the WAL on (and fsync when configured): after a crash the
 //! store holds either all of a checkpoint or none of it. Cost is proportional
 //! to the delta, not to the model.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use freshet_core::ModelSpec;
+use freshet_core::NextOffsets;
 use freshet_trainer::{
-    Delta, DenseState, ModelSpec, PendingRow, Restorer, RowRef, RowState, Trainer, TrainerConfig, TrainerState,
+    DenseState, PendingAdmission, Restorer, RowRef, RowState, StateChanges, Trainer, TrainerConfig, TrainerState,
 };
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -25,12 +26,9 @@ use crate::codec::{
 };
 use crate::error::CheckpointError;
 
-/// Next offset to read per (topic, partition): where consumption resumes.
-pub type SourceOffsets = BTreeMap<(String, i32), i64>;
-
 /// A checkpoint as loaded for restore.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Restored {
+pub struct SavedState {
     /// The checkpoint version.
     pub version: u64,
     /// The newest snapshot version published from this store.
@@ -38,7 +36,7 @@ pub struct Restored {
     /// The trainer state to restore.
     pub state: TrainerState,
     /// Where consumption resumes.
-    pub offsets: SourceOffsets,
+    pub offsets: NextOffsets,
 }
 
 /// A trainer restored from a checkpoint, with where consumption resumes.
@@ -51,7 +49,7 @@ pub struct Resumed {
     /// The restored trainer.
     pub trainer: Trainer,
     /// Where consumption resumes.
-    pub offsets: SourceOffsets,
+    pub offsets: NextOffsets,
 }
 
 /// What one commit wrote.
@@ -131,7 +129,7 @@ pub(crate) fn scan_options() -> rocksdb::ReadOptions {
 }
 
 /// Reads every source offset.
-pub(crate) fn read_offsets(db: &DB) -> Result<SourceOffsets, CheckpointError> {
+pub(crate) fn read_offsets(db: &DB) -> Result<NextOffsets, CheckpointError> {
     db.iterator_cf(cf(db, CF_OFFSETS)?, IteratorMode::Start)
         .map(|item| {
             let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
@@ -198,7 +196,7 @@ impl CheckpointStore {
     /// a whole [`TrainerState`]; `None` when the store is empty. A different
     /// spec is refused. To resume training, [`CheckpointStore::restore`]
     /// needs far less memory and time.
-    pub fn load(&self, spec: &ModelSpec) -> Result<Option<Restored>, CheckpointError> {
+    pub fn load(&self, spec: &ModelSpec) -> Result<Option<SavedState>, CheckpointError> {
         if self.version == 0 {
             return Ok(None);
         }
@@ -217,7 +215,7 @@ impl CheckpointStore {
         let state = TrainerState { spec: spec.clone(), rows, pending, dense };
         state.validate(spec)?;
         let offsets = read_offsets(&self.db)?;
-        Ok(Some(Restored { version: self.version, published_version: self.published, state, offsets }))
+        Ok(Some(SavedState { version: self.version, published_version: self.published, state, offsets }))
     }
 
     /// Restores a trainer configured with `spec` and `config` from the
@@ -274,12 +272,12 @@ impl CheckpointStore {
     /// Calls `each` with every pending admission count, in (table, key) order.
     fn scan_pending(
         &self,
-        mut each: impl FnMut(PendingRow) -> Result<(), CheckpointError>,
+        mut each: impl FnMut(PendingAdmission) -> Result<(), CheckpointError>,
     ) -> Result<(), CheckpointError> {
         for item in self.db.iterator_cf_opt(cf(&self.db, CF_PENDING)?, scan_options(), IteratorMode::Start) {
             let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
             let at = parse_row_key(&key)?;
-            let pending: PendingRow = decode(&value, "pending count")?;
+            let pending: PendingAdmission = decode(&value, "pending count")?;
             if (pending.table, pending.key) != at {
                 return Err(CheckpointError::Corrupt(format!(
                     "pending count stored under {at:?} is {:?}",
@@ -296,8 +294,8 @@ impl CheckpointStore {
     pub fn commit(
         &mut self,
         spec: &ModelSpec,
-        delta: &Delta,
-        offsets: &SourceOffsets,
+        delta: &StateChanges,
+        offsets: &NextOffsets,
     ) -> Result<CommitStats, CheckpointError> {
         self.check_spec(spec)?;
         let started = Instant::now();
@@ -319,8 +317,8 @@ impl CheckpointStore {
         for row in &delta.pending {
             batch.put_cf(pending, row_key(row.table, row.key), encode(row));
         }
-        for ((topic, partition), next) in offsets {
-            batch.put_cf(offsets_cf, offset_key(topic, *partition), next.to_be_bytes());
+        for (tp, next) in offsets {
+            batch.put_cf(offsets_cf, offset_key(&tp.topic, tp.partition), next.to_be_bytes());
         }
         let version = self.version + 1;
         batch.put_cf(meta, META_DENSE, encode(&delta.dense));

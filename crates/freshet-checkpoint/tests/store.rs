@@ -1,10 +1,12 @@
 //! The checkpoint store on real RocksDB files: atomic commits, incremental
 //! deltas, restore, spec checks, locking, corruption, backup and inspection.
 
-use freshet_checkpoint::{CheckpointError, CheckpointStore, SourceOffsets, inspect};
+use freshet_checkpoint::{CheckpointError, CheckpointStore, inspect};
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Feedback, ScoreContext};
-use freshet_trainer::{Head, ModelSpec, TableKind, Trainer, TrainerConfig};
+use freshet_core::{Head, ModelSpec, TableKind};
+use freshet_core::{NextOffsets, TopicPartition};
+use freshet_trainer::{Trainer, TrainerConfig};
 
 fn spec() -> ModelSpec {
     ModelSpec { dim: 8, ..ModelSpec::default() }
@@ -22,8 +24,8 @@ fn batches(seed: u64, count: usize, size: usize) -> Vec<Vec<Feedback>> {
         .collect()
 }
 
-fn offsets(next: i64) -> SourceOffsets {
-    SourceOffsets::from([(("clicks".to_owned(), 0), next), (("ratings".to_owned(), 1), next * 2)])
+fn offsets(next: i64) -> NextOffsets {
+    NextOffsets::from([(TopicPartition::new("clicks", 0), next), (TopicPartition::new("ratings", 1), next * 2)])
 }
 
 /// Writes one checkpoint of `events` synthetic events (stream `seed`) at
@@ -111,11 +113,11 @@ fn another_spec_is_refused() {
     let mut store = CheckpointStore::open(dir.path(), false).expect("open");
     let mut trainer = Trainer::new(spec(), config()).expect("trainer");
     trainer.train_batch(&batches(2, 1, 100)[0]);
-    store.commit(&spec(), &trainer.drain_dirty(), &SourceOffsets::new()).expect("commit");
+    store.commit(&spec(), &trainer.drain_dirty(), &NextOffsets::new()).expect("commit");
     let other = ModelSpec { dim: 16, ..spec() };
     assert!(matches!(store.load(&other), Err(CheckpointError::SpecMismatch { .. })));
     assert!(matches!(
-        store.commit(&other, &trainer.drain_dirty(), &SourceOffsets::new()),
+        store.commit(&other, &trainer.drain_dirty(), &NextOffsets::new()),
         Err(CheckpointError::SpecMismatch { .. })
     ));
     let message = store.load(&other).expect_err("refused").to_string();

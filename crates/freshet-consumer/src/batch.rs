@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use freshet_core::{Feedback, RejectReason};
 
-use crate::partition::{NextOffsets, OffsetRange, TopicPartition};
+use freshet_core::offsets::{NextOffsets, OffsetRange, TopicPartition};
 
 /// A batch of consumed messages, ready for the trainer.
 #[derive(Debug, Clone, Default)]

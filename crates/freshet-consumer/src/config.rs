@@ -1,10 +1,8 @@
 //! Settings of the Kafka source, deserialised from the `[consumer]` table.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use freshet_core::ConfigError;
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 /// Default input topic for clicks.
@@ -26,12 +24,11 @@ pub enum StartFrom {
     Latest,
 }
 
-/// Kafka source settings.
+/// Kafka source settings. The connection (bootstrap servers, security) is
+/// the process's shared [`freshet_kafka::KafkaConfig`], given next to these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
-    /// Bootstrap servers, `host:port[,host:port]`.
-    pub bootstrap: String,
     /// Consumer group id.
     pub group_id: String,
     /// Static group membership (`group.instance.id`): a restarted member gets
@@ -55,15 +52,11 @@ pub struct ConsumerConfig {
     pub revoke_timeout_ms: u64,
     /// How long shutdown may take before the consumer thread is abandoned.
     pub shutdown_timeout_ms: u64,
-    /// Extra librdkafka client settings passed through as they are
-    /// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
-    pub kafka: BTreeMap<String, String>,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
-            bootstrap: "127.0.0.1:9092".to_owned(),
             group_id: "freshet".to_owned(),
             group_instance_id: None,
             topics: vec![DEFAULT_CLICKS_TOPIC.to_owned(), DEFAULT_RATINGS_TOPIC.to_owned()],
@@ -74,21 +67,9 @@ impl Default for ConsumerConfig {
             channel_capacity: 8,
             revoke_timeout_ms: 30_000,
             shutdown_timeout_ms: 10_000,
-            kafka: BTreeMap::new(),
         }
     }
 }
-
-/// Settings freshet sets itself; a pass-through value for them is an error.
-const OWNED_KAFKA_KEYS: [&str; 7] = [
-    "bootstrap.servers",
-    "group.id",
-    "group.instance.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "isolation.level",
-];
 
 impl ConsumerConfig {
     /// Checks every setting, naming the offending key.
@@ -96,7 +77,6 @@ impl ConsumerConfig {
         let non_empty = |key: &str, value: &str| {
             if value.trim().is_empty() { Err(ConfigError::new(key, "must not be empty")) } else { Ok(()) }
         };
-        non_empty("consumer.bootstrap", &self.bootstrap)?;
         non_empty("consumer.group_id", &self.group_id)?;
         non_empty("consumer.dlq_topic", &self.dlq_topic)?;
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
@@ -113,12 +93,6 @@ impl ConsumerConfig {
         positive("consumer.channel_capacity", self.channel_capacity as u64)?;
         positive("consumer.revoke_timeout_ms", self.revoke_timeout_ms)?;
         positive("consumer.shutdown_timeout_ms", self.shutdown_timeout_ms)?;
-        if let Some(key) = self.kafka.keys().find(|k| OWNED_KAFKA_KEYS.contains(&k.as_str())) {
-            return Err(ConfigError::new(
-                format!("consumer.kafka.{key}"),
-                "is set by freshet itself; use the dedicated setting",
-            ));
-        }
         Ok(())
     }
 
@@ -126,21 +100,6 @@ impl ConsumerConfig {
     pub fn batch_max_age(&self) -> Duration {
         Duration::from_millis(self.batch_max_ms)
     }
-
-    /// Base client settings shared by the consumer and the dead-letter producer.
-    pub fn client_config(&self) -> ClientConfig {
-        client_config(&self.bootstrap, &self.kafka)
-    }
-}
-
-/// Client settings for `bootstrap` plus pass-through `extra` settings.
-pub fn client_config(bootstrap: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (key, value) in extra {
-        config.set(key, value);
-    }
-    config
 }
 
 #[cfg(test)]
@@ -161,7 +120,5 @@ mod tests {
             key_of(ConsumerConfig { dlq_topic: DEFAULT_CLICKS_TOPIC.into(), ..Default::default() }),
             "consumer.dlq_topic"
         );
-        let kafka = BTreeMap::from([("enable.auto.commit".to_owned(), "true".to_owned())]);
-        assert_eq!(key_of(ConsumerConfig { kafka, ..Default::default() }), "consumer.kafka.enable.auto.commit");
     }
 }

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use freshet_core::{CONTENT_TYPE_HEADER, Rejection};
+use freshet_kafka::{KafkaConfig, send_threaded};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::ConsumerConfig;
 use crate::error::ConsumerError;
-use crate::send::send_waiting_for_room;
 
 /// Header with the reason code (see `RejectReason::as_str`).
 pub const HEADER_REASON: &str = "reason";
@@ -69,9 +69,9 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// A producer for the configured dead-letter topic (idempotent, acks=all).
-    pub fn new(config: &ConsumerConfig) -> Result<Self, ConsumerError> {
-        let producer = config
-            .client_config()
+    pub fn new(kafka: &KafkaConfig, config: &ConsumerConfig) -> Result<Self, ConsumerError> {
+        let producer = kafka
+            .client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -110,7 +110,7 @@ impl DeadLetters {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        send_waiting_for_room(&self.producer, record).map_err(|e| self.failure(e.to_string()))?;
+        send_threaded(&self.producer, record).map_err(|e| self.failure(e.to_string()))?;
         self.unflushed += 1;
         Ok(())
     }

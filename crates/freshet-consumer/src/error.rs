@@ -21,22 +21,12 @@ pub enum ConsumerError {
         /// The delivery error.
         message: String,
     },
-    /// The cluster cannot be reached or refuses the credentials.
-    #[error("cannot connect to Kafka at {bootstrap}: {message}")]
-    Connect {
-        /// The bootstrap servers.
-        bootstrap: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// Creating or checking topics failed.
-    #[error("topic {topic}: {message}")]
-    Topic {
-        /// The topic.
-        topic: String,
-        /// What went wrong.
-        message: String,
-    },
+    /// Connecting or creating a topic failed.
+    #[error(transparent)]
+    Setup(#[from] freshet_kafka::KafkaSetupError),
+    /// The consumer thread could not be started.
+    #[error("starting the consumer thread: {0}")]
+    Spawn(std::io::Error),
     /// The consumer thread did not finish within the shutdown timeout.
     #[error("consumer did not shut down within {0} ms; abandoned")]
     ShutdownTimedOut(u64),

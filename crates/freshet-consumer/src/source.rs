@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use freshet_core::offsets::{NextOffsets, TopicPartition, describe};
 use freshet_core::{CONTENT_TYPE_HEADER, Decoder, now_ms};
+use freshet_kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -29,7 +31,6 @@ use crate::batch::{BatchBuilder, MicroBatch};
 use crate::config::{ConsumerConfig, StartFrom};
 use crate::dlq::{DeadLetters, SourcePosition};
 use crate::error::ConsumerError;
-use crate::partition::{NextOffsets, TopicPartition, describe};
 
 /// How long a poll waits when no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -103,15 +104,17 @@ impl Source {
     /// Joins the group and starts consuming. `start` holds explicit next
     /// offsets (from a checkpoint); other partitions start as configured.
     pub fn start(
+        kafka: &KafkaConfig,
         config: &ConsumerConfig,
         decoder: Decoder,
         start: NextOffsets,
     ) -> Result<(Source, mpsc::Receiver<SourceEvent>), ConsumerError> {
+        kafka.check()?;
         config.check()?;
         let (events, reader) = mpsc::channel(config.channel_capacity);
         let pipeline = Pipeline {
             builder: BatchBuilder::new(config.batch_max_messages, config.batch_max_age()),
-            dead_letters: DeadLetters::new(config)?,
+            dead_letters: DeadLetters::new(kafka, config)?,
             events: Some(events),
             decoder,
             reader_gone: false,
@@ -128,7 +131,7 @@ impl Source {
             StartFrom::Latest => "latest",
             StartFrom::Committed | StartFrom::Earliest => "earliest",
         };
-        let mut client = config.client_config();
+        let mut client = kafka.client();
         if let Some(instance) = &config.group_instance_id {
             client.set("group.instance.id", instance);
         }
@@ -163,7 +166,7 @@ impl Source {
                 lock(&thread_shared.pipeline).events = None;
                 let _ = finish.send(result);
             })
-            .map_err(|e| ConsumerError::Topic { topic: String::new(), message: e.to_string() })?;
+            .map_err(ConsumerError::Spawn)?;
         Ok((
             Source {
                 acknowledger: Acknowledger { shared: Arc::clone(&shared), commits: acknowledged },
@@ -352,6 +355,18 @@ fn commit(consumer: &BaseConsumer<SourceContext>, offsets: &NextOffsets, mode: C
     }
 }
 
+/// Where an assigned partition starts: at the offset the caller knows for it
+/// (a checkpoint's, or one acknowledged since), else as `start_from` says;
+/// `None` leaves it to the group's committed offset.
+fn start_offset(known: Option<i64>, start_from: StartFrom) -> Option<Offset> {
+    match (known, start_from) {
+        (Some(next), _) => Some(Offset::Offset(next)),
+        (None, StartFrom::Committed) => None,
+        (None, StartFrom::Earliest) => Some(Offset::Beginning),
+        (None, StartFrom::Latest) => Some(Offset::End),
+    }
+}
+
 /// Rebalance callbacks, run by librdkafka inside `poll` on the consumer thread.
 struct SourceContext {
     shared: Arc<Shared>,
@@ -400,12 +415,7 @@ impl SourceContext {
         let resume = lock(&self.shared.resume);
         for mut element in tpl.elements() {
             let tp = TopicPartition::new(element.topic(), element.partition());
-            let offset = match (resume.get(&tp), self.shared.start_from) {
-                (Some(&next), _) => Offset::Offset(next),
-                (None, StartFrom::Committed) => continue,
-                (None, StartFrom::Earliest) => Offset::Beginning,
-                (None, StartFrom::Latest) => Offset::End,
-            };
+            let Some(offset) = start_offset(resume.get(&tp).copied(), self.shared.start_from) else { continue };
             if let Err(error) = element.set_offset(offset) {
                 warn!(%tp, %error, "cannot set the start offset");
             }
@@ -443,4 +453,24 @@ impl SourceContext {
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_offset_wins_over_every_start_policy() {
+        let cases = [
+            (Some(7), StartFrom::Committed, Some(Offset::Offset(7))),
+            (Some(7), StartFrom::Earliest, Some(Offset::Offset(7))),
+            (Some(0), StartFrom::Latest, Some(Offset::Offset(0))),
+            (None, StartFrom::Committed, None),
+            (None, StartFrom::Earliest, Some(Offset::Beginning)),
+            (None, StartFrom::Latest, Some(Offset::End)),
+        ];
+        for (known, start_from, expected) in cases {
+            assert_eq!(start_offset(known, start_from), expected, "{known:?} {start_from:?}");
+        }
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::model::{Head, TableKind};
+use crate::model::{Head, ModelSpec, TableKind};
 
 /// The layout of one table's rows for a model of dimension `dim`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,13 @@ pub enum Slot {
     SessionOffset,
     /// Factor `k` of the embedding.
     Factor(usize),
+}
+
+impl ModelSpec {
+    /// Where each parameter sits in `table`'s rows.
+    pub fn layout(&self, table: TableKind) -> RowLayout {
+        RowLayout::new(table, self.dim)
+    }
 }
 
 impl RowLayout {

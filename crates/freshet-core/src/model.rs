@@ -3,7 +3,6 @@
 //! reads it must agree on.
 
 use crate::ConfigError;
-use crate::layout::RowLayout;
 use serde::{Deserialize, Serialize};
 
 /// Smallest supported embedding dimension.
@@ -50,14 +49,9 @@ impl ModelSpec {
         Ok(())
     }
 
-    /// Where each parameter sits in `table`'s rows.
-    pub fn layout(&self, table: TableKind) -> RowLayout {
-        RowLayout::new(table, self.dim)
-    }
-
     /// Floats per row of `table`: its scalars, then `dim` factors.
     pub fn row_width(&self, table: TableKind) -> usize {
-        self.layout(table).width()
+        table.scalars() + self.dim
     }
 }
 

@@ -14,6 +14,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::model::{ModelSpec, TableKind};
+use crate::offsets::{NextOffsets, TopicPartition};
 
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
@@ -53,22 +54,15 @@ pub enum SnapshotKind {
     },
 }
 
-/// The next offset to read of one source partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionOffset {
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// Every event before this offset is in the snapshot.
-    pub next_offset: i64,
-}
-
 /// What the snapshot covers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Watermark {
-    /// Per source partition, the offset up to which events are applied.
-    pub offsets: Vec<PartitionOffset>,
+    /// Per source partition, the offset up to which events are applied
+    /// (every event before it is in the snapshot). On the wire and in JSON:
+    /// a list of `{topic, partition, next_offset}`, sorted
+    /// ([`crate::offsets::as_list`]).
+    #[serde(with = "crate::offsets::as_list")]
+    pub offsets: NextOffsets,
     /// The newest event time applied (ms since the epoch; 0 before any event).
     pub newest_event_ms: i64,
 }
@@ -76,7 +70,7 @@ pub struct Watermark {
 impl Watermark {
     /// Whether the event at `offset` of `topic`/`partition` is covered.
     pub fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        self.offsets.iter().any(|p| p.topic == topic && p.partition == partition && offset < p.next_offset)
+        self.offsets.get(&TopicPartition::new(topic, partition)).is_some_and(|&next| offset < next)
     }
 }
 
@@ -154,6 +148,33 @@ pub struct SnapshotTombstone {
     pub table: TableKind,
     /// The row's key.
     pub key: u64,
+}
+
+/// A model's parameters at one version: what a full snapshot carries. The
+/// trainer exports it; the publisher encodes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParams {
+    /// The model's shape.
+    pub spec: ModelSpec,
+    /// Global bias per head (indexed by [`crate::Head::index`]).
+    pub globals: [f32; 2],
+    /// The session gap trained under (ms; see [`crate::score::session_active`]).
+    pub session_gap_ms: i64,
+    /// Every row, sorted by (table, key).
+    pub rows: Vec<SnapshotRow>,
+}
+
+/// The parameters changed between two versions: what a delta snapshot carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamsDelta {
+    /// Global bias per head now.
+    pub globals: [f32; 2],
+    /// The session gap trained under (ms).
+    pub session_gap_ms: i64,
+    /// Rows created or changed.
+    pub rows: Vec<SnapshotRow>,
+    /// Rows removed.
+    pub tombstones: Vec<SnapshotTombstone>,
 }
 
 /// A part of a snapshot's rows and tombstones.
@@ -537,6 +558,28 @@ mod tests {
         SnapshotRow { table, key, id: id.map(str::to_owned), updated_ms: 17, values: vec![0.5, -1.0, 0.25, 2.0] }
     }
 
+    #[test]
+    fn a_watermark_is_laid_out_as_docs_snapshots_md_says() {
+        let watermark = Watermark {
+            offsets: NextOffsets::from([(TopicPartition::new("b", 1), 7), (TopicPartition::new("a", 2), 300)]),
+            newest_event_ms: -1,
+        };
+        let mut bytes = Vec::new();
+        bincode::serde::encode_into_std_write(&watermark, &mut bytes, bincode_config()).expect("encodes");
+        let mut expected = 2u64.to_le_bytes().to_vec(); // pairs, sorted by (topic, partition)
+        for (topic, partition, next) in [("a", 2i32, 300i64), ("b", 1, 7)] {
+            expected.extend(1u64.to_le_bytes());
+            expected.extend(topic.as_bytes());
+            expected.extend(partition.to_le_bytes());
+            expected.extend(next.to_le_bytes());
+        }
+        expected.extend((-1i64).to_le_bytes());
+        assert_eq!(bytes, expected);
+        let (decoded, _): (Watermark, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode_config()).expect("decodes");
+        assert_eq!(decoded, watermark);
+    }
+
     fn chunk() -> SnapshotChunk {
         SnapshotChunk {
             version: 7,
@@ -554,7 +597,7 @@ mod tests {
             kind: SnapshotKind::Delta { base_version: 6 },
             created_ms: 1_700_000_000_000,
             watermark: Watermark {
-                offsets: vec![PartitionOffset { topic: "t".to_owned(), partition: 2, next_offset: 42 }],
+                offsets: NextOffsets::from([(TopicPartition::new("t", 2), 42)]),
                 newest_event_ms: 5,
             },
             spec: ModelSpec::default(),

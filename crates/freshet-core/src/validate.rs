@@ -5,10 +5,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::event::{Features, Feedback};
 use crate::id_hash::FEATURE_SEPARATOR;
+use crate::model::ModelSpec;
 use crate::reject::Rejection;
 
 /// Limits a feedback event must respect. Deserialised from the `[validation]`
-/// table of the configuration; unknown keys are an error.
+/// table of the configuration; unknown keys are an error. The accepted
+/// rating range is not configured here: it is the model's
+/// ([`ValidationConfig::for_model`]), so the two cannot disagree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidationConfig {
@@ -16,9 +19,11 @@ pub struct ValidationConfig {
     pub max_message_bytes: usize,
     /// Longest accepted user/item id (and feature name or value), in bytes.
     pub max_id_bytes: usize,
-    /// Smallest accepted rating.
+    /// Smallest accepted rating: the model's `rating_min`.
+    #[serde(skip)]
     pub rating_min: f32,
-    /// Largest accepted rating.
+    /// Largest accepted rating: the model's `rating_max`.
+    #[serde(skip)]
     pub rating_max: f32,
     /// How far past the consumer's clock an event time may lie, in ms.
     pub max_future_skew_ms: i64,
@@ -33,8 +38,8 @@ impl Default for ValidationConfig {
         ValidationConfig {
             max_message_bytes: 64 * 1024,
             max_id_bytes: 256,
-            rating_min: 0.5,
-            rating_max: 5.0,
+            rating_min: ModelSpec::default().rating_min,
+            rating_max: ModelSpec::default().rating_max,
             max_future_skew_ms: 10 * 60 * 1000,
             max_age_ms: None,
             max_features: 32,
@@ -43,6 +48,11 @@ impl Default for ValidationConfig {
 }
 
 impl ValidationConfig {
+    /// These limits with `spec`'s rating range.
+    pub fn for_model(self, spec: &ModelSpec) -> Self {
+        ValidationConfig { rating_min: spec.rating_min, rating_max: spec.rating_max, ..self }
+    }
+
     /// Checks the limits themselves, naming the offending key.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.max_message_bytes == 0 {
@@ -50,12 +60,6 @@ impl ValidationConfig {
         }
         if self.max_id_bytes == 0 {
             return Err(ConfigError::new("validation.max_id_bytes", "must be positive"));
-        }
-        if !self.rating_min.is_finite() {
-            return Err(ConfigError::new("validation.rating_min", "must be finite"));
-        }
-        if !self.rating_max.is_finite() || self.rating_max <= self.rating_min {
-            return Err(ConfigError::new("validation.rating_max", "must be finite and greater than rating_min"));
         }
         if self.max_future_skew_ms < 0 {
             return Err(ConfigError::new("validation.max_future_skew_ms", "must not be negative"));

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use freshet_consumer::TopicSpec;
 use freshet_core::ConfigError;
 use freshet_core::snapshot::DEFAULT_CHUNK_BYTES;
+use freshet_kafka::TopicSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::gate::QualityGate;

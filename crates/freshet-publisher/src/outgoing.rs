@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use freshet_core::TableKind;
-use freshet_core::snapshot::{SnapshotMetrics, SnapshotRow, Watermark};
-use freshet_trainer::{MetricsSnapshot, ModelParams, ParamsDelta};
+use freshet_core::snapshot::{ModelParams, ParamsDelta, SnapshotMetrics, SnapshotRow, Watermark};
 use thiserror::Error;
 
 /// A model version ready to publish.
@@ -53,14 +52,14 @@ pub struct ChainGap {
 
 impl Outgoing {
     /// A full snapshot of the trainer's exported parameters.
-    pub fn full(version: u64, params: ModelParams, watermark: Watermark, metrics: &MetricsSnapshot) -> Self {
+    pub fn full(version: u64, params: ModelParams, watermark: Watermark, metrics: SnapshotMetrics) -> Self {
         Outgoing {
             version,
             globals: params.globals,
             session_gap_ms: params.session_gap_ms,
             content: Content::Full(params.rows),
             watermark,
-            metrics: snapshot_metrics(metrics),
+            metrics,
         }
     }
 
@@ -70,7 +69,7 @@ impl Outgoing {
         version: u64,
         delta: ParamsDelta,
         watermark: Watermark,
-        metrics: &MetricsSnapshot,
+        metrics: SnapshotMetrics,
     ) -> Self {
         let mut changes = BTreeMap::new();
         for tombstone in delta.tombstones {
@@ -85,7 +84,7 @@ impl Outgoing {
             session_gap_ms: delta.session_gap_ms,
             content: Content::Delta { base_version, changes },
             watermark,
-            metrics: snapshot_metrics(metrics),
+            metrics,
         }
     }
 
@@ -131,17 +130,6 @@ fn apply_changes(rows: Vec<SnapshotRow>, changes: BTreeMap<(TableKind, u64), Opt
     }
     merged.extend(changes.filter_map(|(_, row)| row));
     merged
-}
-
-fn snapshot_metrics(metrics: &MetricsSnapshot) -> SnapshotMetrics {
-    SnapshotMetrics {
-        rating_events: metrics.rating_cumulative.count,
-        rating_rmse: metrics.rating_window.rmse,
-        rating_mae: metrics.rating_window.mae,
-        click_events: metrics.click_cumulative.count,
-        click_logloss: metrics.click_window.logloss,
-        click_auc: metrics.click_window.auc,
-    }
 }
 
 #[cfg(test)]

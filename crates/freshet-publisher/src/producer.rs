@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use freshet_consumer::client_config;
 use freshet_core::{ModelSpec, now_ms};
+use freshet_kafka::{KafkaConfig, send_future};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use thiserror::Error;
@@ -20,7 +20,7 @@ use crate::encode::{EncodedSnapshot, HeaderContext, encode};
 use crate::outgoing::Outgoing;
 
 /// Why a snapshot was not published.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum PublishError {
     /// Another instance of the model took over the transactional id: this one must stop.
     #[error("fenced: another publisher of model {model:?} started (transactional id {transactional_id}); stopping")]
@@ -87,14 +87,13 @@ impl SnapshotProducer {
     /// Connects and initialises the transactional id `freshet-publisher-<model>`,
     /// fencing any earlier instance of the model.
     pub fn connect(
-        bootstrap: &str,
-        kafka: &std::collections::BTreeMap<String, String>,
+        kafka: &KafkaConfig,
         config: &PublisherConfig,
         model: &str,
         spec: &ModelSpec,
     ) -> Result<Self, PublishError> {
         let transactional_id = format!("freshet-publisher-{model}");
-        let mut client = client_config(bootstrap, kafka);
+        let mut client = kafka.client();
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
@@ -191,17 +190,8 @@ impl SnapshotProducer {
 
     /// Queues one message, waiting while the local queue is full.
     fn send(&self, value: &[u8]) -> Result<DeliveryFuture, KafkaError> {
-        let mut record = FutureRecord::to(&self.topic).key(self.model.as_bytes()).payload(value).partition(0);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
+        let record = FutureRecord::to(&self.topic).key(self.model.as_bytes()).payload(value).partition(0);
+        send_future(&self.producer, record)
     }
 
     fn classify(&self, error: KafkaError) -> PublishError {

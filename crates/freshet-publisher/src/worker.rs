@@ -79,7 +79,7 @@ struct State {
     wants_full: bool,
     deltas_since_full: u32,
     last_full: Option<Instant>,
-    failure: Option<String>,
+    failure: Option<PublishError>,
     stats: PublisherStats,
 }
 
@@ -191,13 +191,13 @@ impl PublisherHandle {
     }
 
     /// Why the thread stopped, if it stopped on a fatal error (e.g. fenced).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<PublishError> {
         self.shared.lock().failure.clone()
     }
 
     /// Publishes what is pending (unless held) and stops the thread, waiting
     /// at most `timeout`. Returns the fatal error that stopped it, if any.
-    pub fn close(mut self, timeout: Duration) -> Result<PublisherStats, String> {
+    pub fn close(mut self, timeout: Duration) -> Result<PublisherStats, PublishError> {
         self.shared.lock().closing = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take()
@@ -324,7 +324,7 @@ impl Worker {
     fn fail(&self, error: &PublishError) {
         tracing::error!(%error, "publisher stopped");
         let mut state = self.shared.lock();
-        state.failure = Some(error.to_string());
+        state.failure = Some(error.clone());
         state.closing = true;
         info!(topic = self.producer.topic(), "publisher thread exits");
     }

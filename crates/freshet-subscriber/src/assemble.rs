@@ -38,9 +38,9 @@ pub struct Completed {
     pub chain_start_offset: i64,
     /// Bytes of its header and chunks.
     pub bytes: usize,
-    /// Whether the checksum over header and chunks matched the commit's
-    /// (always, for a completed snapshot: the result of that check).
-    pub checksum_ok: bool,
+    /// The checksum over header and chunks, checked equal to the commit's
+    /// (a snapshot whose checksum differs is refused as damaged).
+    pub checksum: u64,
 }
 
 /// Why messages were discarded instead of forming a snapshot.
@@ -191,8 +191,8 @@ impl Assembler {
                         open.chunks, commit.chunks
                     )));
                 }
-                let checksum_ok = open.checksum.digest() == commit.checksum;
-                if !checksum_ok {
+                let checksum = open.checksum.digest();
+                if checksum != commit.checksum {
                     return Err(damaged(format!(
                         "checksum {:#018x}, the commit says {:#018x}",
                         open.checksum.digest(),
@@ -213,7 +213,7 @@ impl Assembler {
                     header_offset: open.header_offset,
                     chain_start_offset: commit.chain_start_offset,
                     bytes: open.bytes,
-                    checksum_ok,
+                    checksum,
                 }))
             }
         }
@@ -222,7 +222,9 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{SnapshotChunk, SnapshotCommit, SnapshotKind, SnapshotRow, encode_message};
+    use freshet_core::snapshot::{
+        SnapshotChunk, SnapshotCommit, SnapshotKind, SnapshotRow, decode_commit, encode_message,
+    };
     use freshet_core::{ModelSpec, TableKind};
 
     use super::*;
@@ -266,7 +268,8 @@ mod tests {
         assert!(matches!(&results[1], Ok(Fed::Chunk(c)) if c.rows().next().is_some_and(|r| r.key == 1)));
         assert!(matches!(&results[2], Ok(Fed::Chunk(c)) if c.rows().next().is_some_and(|r| r.key == 2)));
         let done = completed(&results[3]);
-        assert_eq!((done.header.version, done.header_offset, done.checksum_ok), (5, 0, true));
+        let commit = decode_commit(&values[3]).expect("a commit record");
+        assert_eq!((done.header.version, done.header_offset, done.checksum), (5, 0, commit.checksum));
     }
 
     #[test]

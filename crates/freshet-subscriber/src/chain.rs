@@ -2,6 +2,8 @@
 //! snapshot's header alone: a pure function the follower thread drives, so
 //! every branch is tested without a broker.
 
+use std::collections::HashSet;
+
 use freshet_core::snapshot::SnapshotKind;
 
 /// The decision for one snapshot.
@@ -36,9 +38,31 @@ pub(crate) fn plan(served: Option<u64>, kind: SnapshotKind, version: u64) -> Pla
     }
 }
 
+/// After a broken chain, where to read from: the newest full snapshot's
+/// header offset `newest`, unless it starts the chain already followed or
+/// was refused before (then the next full snapshot repairs the chain).
+pub(crate) fn reload_from(newest: Option<i64>, following: Option<i64>, refused: &HashSet<i64>) -> Option<i64> {
+    newest.filter(|start| Some(*start) != following && !refused.contains(start))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_goes_to_a_newer_chain_never_to_a_refused_one() {
+        let refused = HashSet::from([40]);
+        let cases = [
+            (Some(50), Some(10), Some(50)),
+            (Some(50), None, Some(50)),
+            (Some(10), Some(10), None), // the chain followed: wait for the next full snapshot
+            (Some(40), Some(10), None), // refused before (damaged or not servable)
+            (None, Some(10), None),
+        ];
+        for (newest, following, expected) in cases {
+            assert_eq!(reload_from(newest, following, &refused), expected, "{newest:?} {following:?}");
+        }
+    }
 
     #[test]
     fn every_branch() {

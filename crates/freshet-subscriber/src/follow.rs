@@ -1,15 +1,15 @@
 //! Follows a model's snapshot topic on a thread: finds the newest full
 //! snapshot, applies the deltas after it in order, and keeps up.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use freshet_consumer::client_config;
 use freshet_core::snapshot::{SnapshotKind, Watermark, decode_commit};
 use freshet_core::threads::join_within;
+use freshet_kafka::KafkaConfig;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,9 +20,10 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
-use crate::chain::{Plan, plan};
+use crate::chain::{Plan, plan, reload_from};
+use crate::inflight::{Answering, InFlight};
 use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
-use crate::swap::{Answering, InFlight, LiveModel, Retired};
+use crate::swap::{LiveModel, Retired};
 
 /// Priority of the thread that applies snapshots (see [`lower_priority`]).
 const APPLY_PRIORITY: u8 = 25;
@@ -38,10 +39,8 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where and what to follow.
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
-    /// Bootstrap servers.
-    pub bootstrap: String,
-    /// Extra librdkafka settings (security).
-    pub kafka: BTreeMap<String, String>,
+    /// The Kafka connection (bootstrap servers, security settings).
+    pub kafka: KafkaConfig,
     /// The snapshot topic.
     pub topic: String,
     /// Candidates a top-k scores exactly, at least (see [`ServingModel::top_k`]).
@@ -49,14 +48,10 @@ pub struct SubscriberConfig {
 }
 
 impl SubscriberConfig {
-    /// Follows `topic` on `bootstrap` with the default settings.
-    pub fn new(bootstrap: impl Into<String>, topic: impl Into<String>) -> Self {
-        SubscriberConfig {
-            bootstrap: bootstrap.into(),
-            kafka: BTreeMap::new(),
-            topic: topic.into(),
-            top_k_candidates: DEFAULT_CANDIDATES,
-        }
+    /// Follows `topic` on `kafka` (a [`KafkaConfig`], or bootstrap servers
+    /// alone) with the default settings.
+    pub fn new(kafka: impl Into<KafkaConfig>, topic: impl Into<String>) -> Self {
+        SubscriberConfig { kafka: kafka.into(), topic: topic.into(), top_k_candidates: DEFAULT_CANDIDATES }
     }
 }
 
@@ -119,8 +114,8 @@ pub struct SwapReport {
     pub tombstones: u64,
     /// Bytes of header and chunks.
     pub bytes: usize,
-    /// The result of comparing the checksum over the header and chunks with the commit's.
-    pub checksum_ok: bool,
+    /// The checksum over the header and chunks, verified equal to the commit's.
+    pub checksum: u64,
     /// Now minus the newest event time the version reflects (ms).
     pub freshness_ms: i64,
     /// Now minus when the publisher built it (ms).
@@ -338,7 +333,9 @@ enum Building {
 
 /// The snapshot consumer of `config`.
 fn consumer(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaError> {
-    client_config(&config.bootstrap, &config.kafka)
+    config
+        .kafka
+        .client()
         .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -489,8 +486,8 @@ impl Follower {
     /// After a broken chain: seek to the newest full snapshot if it is not
     /// the one served (else the next full snapshot repairs the chain).
     fn reload(&mut self) {
-        match self.newest_chain_start() {
-            Ok(Some(start)) if Some(start) != self.chain_start && !self.rejected_headers.contains(&start) => {
+        match self.newest_chain_start().map(|newest| reload_from(newest, self.chain_start, &self.rejected_headers)) {
+            Ok(Some(start)) => {
                 info!(start, "reloading from the newest full snapshot");
                 if let Err(error) = self.seek(Offset::Offset(start)) {
                     warn!(%error, "seeking to the newest full snapshot");
@@ -510,7 +507,7 @@ impl Follower {
             rows: header.rows.iter().sum(),
             tombstones: header.tombstones,
             bytes: snapshot.bytes,
-            checksum_ok: snapshot.checksum_ok,
+            checksum: snapshot.checksum,
             freshness_ms: now.saturating_sub(header.watermark.newest_event_ms),
             publish_to_apply_ms: now.saturating_sub(header.created_ms),
             watermark: header.watermark.clone(),

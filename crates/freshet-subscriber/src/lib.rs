@@ -47,6 +47,7 @@ mod chain;
 mod fixtures;
 mod follow;
 pub mod http;
+mod inflight;
 mod model;
 mod pages;
 mod scan;
@@ -57,5 +58,6 @@ pub use follow::{
     SubscribeError, Subscriber, SubscriberConfig, SubscriberEvent, SubscriberStats, SubscriberView, SwapKind,
     SwapReport,
 };
+pub use inflight::Answering;
 pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, VersionInfo};
-pub use swap::{Answering, LiveModel, Retired};
+pub use swap::{LiveModel, Retired};

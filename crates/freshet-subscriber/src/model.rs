@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, HashSet};
 
 use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
 use freshet_core::snapshot::{
-    ChunkView, LeValues, SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotTombstone,
+    ChunkView, SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotTombstone,
 };
 use freshet_core::{Head, MAX_DIM, ModelSpec, TableKind, hash_feature, hash_id};
 use serde::Serialize;
 
+use crate::inflight::InFlight;
 use crate::scan::ItemScan;
-use crate::store::{MAX_WIDTH, RowStore, StoredRow};
-use crate::swap::InFlight;
+use crate::store::{MAX_WIDTH, RowStore, StoredRow, Values};
 
 /// Candidates the scan hands to the exact re-rank of a top-k, by default.
 pub const DEFAULT_CANDIDATES: usize = 256;
@@ -474,56 +474,11 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
         full: header.kind == SnapshotKind::Full,
         created_ms: header.created_ms,
         newest_event_ms: header.watermark.newest_event_ms,
-        watermark: header
-            .watermark
-            .offsets
-            .iter()
-            .map(|p| (format!("{}/{}", p.topic, p.partition), p.next_offset))
-            .collect(),
+        watermark: freshet_core::offsets::by_name(&header.watermark.offsets),
         chain_start_offset,
         rows: BTreeMap::new(),
         session_gap_ms: header.session_gap_ms,
         metrics: header.metrics,
-    }
-}
-
-/// A row's values, decoded or as a chunk message holds them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Values<'r> {
-    Decoded(&'r [f32]),
-    InPlace(LeValues<'r>),
-}
-
-impl Values<'_> {
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Values::Decoded(values) => values.len(),
-            Values::InPlace(values) => values.len(),
-        }
-    }
-
-    fn all_finite(&self) -> bool {
-        match self {
-            Values::Decoded(values) => values.iter().all(|v| v.is_finite()),
-            Values::InPlace(values) => values.iter().all(f32::is_finite),
-        }
-    }
-
-    /// Whether `stored` holds exactly these values.
-    pub(crate) fn equals(&self, stored: &[f32]) -> bool {
-        match self {
-            Values::Decoded(values) => {
-                values.len() == stored.len() && values.iter().zip(stored).all(|(a, b)| a.to_bits() == b.to_bits())
-            }
-            Values::InPlace(values) => values.equals(stored),
-        }
-    }
-
-    pub(crate) fn copy_to(&self, out: &mut [f32]) {
-        match self {
-            Values::Decoded(values) => out.copy_from_slice(values),
-            Values::InPlace(values) => values.copy_to(out),
-        }
     }
 }
 

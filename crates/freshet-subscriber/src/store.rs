@@ -19,9 +19,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use freshet_core::snapshot::LeValues;
 use freshet_core::{MAX_DIM, ModelSpec, RowLayout, TableKind};
 
-use crate::model::Values;
 use crate::pages::PageTable;
 
 /// The widest row of any table (a user row at [`MAX_DIM`]).
@@ -438,6 +438,46 @@ impl RowStore {
     pub(crate) fn bytes(&self) -> usize {
         let ids: usize = self.ids.iter().map(|p| 64 + p.ends.capacity() * 4 + p.text.capacity()).sum();
         self.pages.bytes() + ids + self.index.bytes() + self.holes.capacity() * 4
+    }
+}
+
+/// A row's values, decoded or as a chunk message holds them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Values<'r> {
+    Decoded(&'r [f32]),
+    InPlace(LeValues<'r>),
+}
+
+impl Values<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Values::Decoded(values) => values.len(),
+            Values::InPlace(values) => values.len(),
+        }
+    }
+
+    pub(crate) fn all_finite(&self) -> bool {
+        match self {
+            Values::Decoded(values) => values.iter().all(|v| v.is_finite()),
+            Values::InPlace(values) => values.iter().all(f32::is_finite),
+        }
+    }
+
+    /// Whether `stored` holds exactly these values.
+    pub(crate) fn equals(&self, stored: &[f32]) -> bool {
+        match self {
+            Values::Decoded(values) => {
+                values.len() == stored.len() && values.iter().zip(stored).all(|(a, b)| a.to_bits() == b.to_bits())
+            }
+            Values::InPlace(values) => values.equals(stored),
+        }
+    }
+
+    pub(crate) fn copy_to(&self, out: &mut [f32]) {
+        match self {
+            Values::Decoded(values) => out.copy_from_slice(values),
+            Values::InPlace(values) => values.copy_to(out),
+        }
     }
 }
 

@@ -10,8 +10,9 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use freshet_core::ModelSpec;
 use freshet_core::{Features, Feedback, Rating};
-use freshet_trainer::{ModelSpec, Trainer, TrainerConfig};
+use freshet_trainer::{Trainer, TrainerConfig};
 
 const USERS: u64 = 1_000_000;
 const ITEMS: u64 = 100_000;

@@ -4,7 +4,7 @@
 //! first), so the structure never outgrows `max_pending` entries.
 
 use crate::keymap::{KeyMap, KeySet};
-use crate::state::PendingRow;
+use crate::state::PendingAdmission;
 use freshet_core::TableKind;
 
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +100,7 @@ impl Admission {
 
     /// Appends the entries changed since the last drain (sorted by key) and
     /// the keys whose entry went away, and forgets both.
-    pub(crate) fn drain(&mut self, changed: &mut Vec<PendingRow>, removed: &mut Vec<(TableKind, u64)>) {
+    pub(crate) fn drain(&mut self, changed: &mut Vec<PendingAdmission>, removed: &mut Vec<(TableKind, u64)>) {
         let mut keys = std::mem::take(&mut self.dirty_keys);
         keys.sort_unstable();
         keys.dedup();
@@ -117,19 +117,19 @@ impl Admission {
     }
 
     /// Appends every entry, sorted by key.
-    pub(crate) fn export(&self, rows: &mut Vec<PendingRow>) {
+    pub(crate) fn export(&self, rows: &mut Vec<PendingAdmission>) {
         let start = rows.len();
         rows.extend(self.pending.iter().map(|(&key, &entry)| self.row(key, entry)));
         rows[start..].sort_unstable_by_key(|row| row.key);
     }
 
     /// Restores an entry from saved state (not marked changed).
-    pub(crate) fn insert_state(&mut self, row: &PendingRow) {
+    pub(crate) fn insert_state(&mut self, row: &PendingAdmission) {
         self.pending.insert(row.key, Pending { count: row.count, last_seen_ms: row.last_seen_ms, dirty: false });
     }
 
-    fn row(&self, key: u64, entry: Pending) -> PendingRow {
-        PendingRow { table: self.table, key, count: entry.count, last_seen_ms: entry.last_seen_ms }
+    fn row(&self, key: u64, entry: Pending) -> PendingAdmission {
+        PendingAdmission { table: self.table, key, count: entry.count, last_seen_ms: entry.last_seen_ms }
     }
 }
 

@@ -1,5 +1,5 @@
 //! How the trainer learns: optimizer, regularisation, admission, expiry,
-//! metrics and the adaptive learning rate. Unlike the [`crate::ModelSpec`],
+//! metrics and the adaptive learning rate. Unlike the [`freshet_core::ModelSpec`],
 //! all of it may change between a checkpoint and the run that restores it.
 
 use freshet_core::ConfigError;

@@ -6,13 +6,15 @@
 
 use freshet_core::ModelSpec;
 
-pub use freshet_core::Head;
+use freshet_core::Head;
 pub(crate) use freshet_core::model::sigmoid;
 
 /// The training side of a head: its loss, the loss's gradient and the
 /// global bias a fresh model starts with.
-pub trait HeadLoss {
-    /// The head's loss at raw score `score` for target `target` (a rating, or 0/1).
+pub(crate) trait HeadLoss {
+    /// The head's loss at raw score `score` for target `target` (a rating,
+    /// or 0/1): what [`HeadLoss::gradient`] is checked against, in tests.
+    #[cfg(test)]
     fn loss(self, score: f32, target: f32) -> f32;
     /// Derivative of [`HeadLoss::loss`] with respect to the raw score.
     fn gradient(self, score: f32, target: f32) -> f32;
@@ -22,6 +24,7 @@ pub trait HeadLoss {
 
 impl HeadLoss for Head {
     /// Squared loss `½(s − y)²` for ratings, logistic loss on the logit for clicks.
+    #[cfg(test)]
     fn loss(self, score: f32, target: f32) -> f32 {
         match self {
             Head::Rating => 0.5 * (score - target) * (score - target),

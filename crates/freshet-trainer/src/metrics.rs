@@ -7,9 +7,10 @@
 //! kept exactly, in integers, with Fenwick trees, so adding or removing an
 //! event costs O(log bins) and the result never drifts.
 
+use freshet_core::snapshot::SnapshotMetrics;
 use serde::{Deserialize, Serialize};
 
-use crate::heads::Head;
+use freshet_core::Head;
 
 /// Number of score bins of the AUC.
 pub const AUC_BINS: usize = 4096;
@@ -42,7 +43,7 @@ pub struct ClickStats {
 
 /// The progressive metrics at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct MetricsSnapshot {
+pub struct MetricsReading {
     /// Rating head over the sliding window.
     pub rating_window: RatingStats,
     /// Rating head over every event.
@@ -51,6 +52,20 @@ pub struct MetricsSnapshot {
     pub click_window: ClickStats,
     /// Click head over every event.
     pub click_cumulative: ClickStats,
+}
+
+impl MetricsReading {
+    /// The figures a snapshot header carries (windowed quality, cumulative counts).
+    pub fn snapshot_metrics(&self) -> SnapshotMetrics {
+        SnapshotMetrics {
+            rating_events: self.rating_cumulative.count,
+            rating_rmse: self.rating_window.rmse,
+            rating_mae: self.rating_window.mae,
+            click_events: self.click_cumulative.count,
+            click_logloss: self.click_window.logloss,
+            click_auc: self.click_window.auc,
+        }
+    }
 }
 
 /// Running sums of the progressive metrics. Serialisable, so a restored
@@ -81,8 +96,8 @@ impl ProgressiveMetrics {
     }
 
     /// The metrics now.
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
+    pub fn snapshot(&self) -> MetricsReading {
+        MetricsReading {
             rating_window: self.rating.window_stats(),
             rating_cumulative: self.rating.cumulative_stats(),
             click_window: self.click.window_stats(),

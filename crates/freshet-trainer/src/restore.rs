@@ -5,7 +5,7 @@
 use freshet_core::ModelSpec;
 
 use crate::config::TrainerConfig;
-use crate::state::{DenseState, PendingRow, RowChecker, RowRef, StateError};
+use crate::state::{DenseState, PendingAdmission, RowChecker, RowRef, StateError, TrainerState};
 use crate::trainer::Trainer;
 
 /// A trainer being restored. Feed it the saved rows in (table, key) order,
@@ -42,12 +42,32 @@ impl Restorer {
     }
 
     /// Adds a saved pending admission count.
-    pub fn push_pending(&mut self, pending: &PendingRow) {
+    pub fn push_pending(&mut self, pending: &PendingAdmission) {
         self.trainer.insert_pending(pending);
     }
 
     /// The restored trainer.
     pub fn finish(self) -> Trainer {
         self.trainer
+    }
+}
+
+impl Trainer {
+    /// Restores a trainer from a state exported earlier (under an equal spec).
+    /// The configuration may differ from the one the state was trained with;
+    /// if its algorithm does, the optimizer moments and step counts restart
+    /// from zero. Metrics keep the window length they were saved with. To
+    /// restore without holding the whole state in memory, see [`Restorer`].
+    pub fn restore(spec: ModelSpec, config: TrainerConfig, state: TrainerState) -> Result<Self, StateError> {
+        state.check_spec(&spec)?;
+        let mut restorer = Restorer::new(spec, config, state.dense)?;
+        // Rows are consumed one by one, so their memory is released as the arenas fill.
+        for row in state.rows {
+            restorer.push_row(&row.view())?;
+        }
+        for pending in &state.pending {
+            restorer.push_pending(pending);
+        }
+        Ok(restorer.finish())
     }
 }

@@ -12,10 +12,20 @@ use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::ProgressiveMetrics;
 use crate::report::Counters;
 use freshet_core::kernels::all_finite;
-use freshet_core::snapshot::SnapshotRow;
+use freshet_core::snapshot::{ParamsDelta, SnapshotRow, SnapshotTombstone};
 use freshet_core::{ModelSpec, TableKind};
 
-use crate::table::Removal;
+/// Why a row left its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removal {
+    /// A forget event or call removed it.
+    Forgotten,
+    /// It was not updated for the TTL.
+    Expired,
+    /// The row budget evicted it as least recently updated.
+    Evicted,
+}
 
 /// Everything about one row: parameters, optimizer state and counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +134,7 @@ pub struct Tombstone {
 
 /// The sighting count of an id not yet admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingRow {
+pub struct PendingAdmission {
     /// The id's table.
     pub table: TableKind,
     /// The id's key.
@@ -135,7 +145,7 @@ pub struct PendingRow {
     pub last_seen_ms: i64,
 }
 
-/// The global bias of each head (indexed by [`crate::Head::index`]) with its optimizer state.
+/// The global bias of each head (indexed by [`freshet_core::Head::index`]) with its optimizer state.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GlobalParams {
     /// Global bias per head.
@@ -174,20 +184,20 @@ pub struct DenseState {
 /// What changed since the previous drain. Applying every delta in order to
 /// the state exported before the first one gives the current state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delta {
+pub struct StateChanges {
     /// Rows created or changed (full state), sorted by (table, key).
     pub rows: Vec<RowState>,
     /// Rows removed and not re-created, sorted by (table, key).
     pub tombstones: Vec<Tombstone>,
     /// Pending admission counts created or changed.
-    pub pending: Vec<PendingRow>,
+    pub pending: Vec<PendingAdmission>,
     /// Pending admission counts that went away (admitted, dropped, expired or forgotten).
     pub pending_removed: Vec<(TableKind, u64)>,
     /// The dense state now.
     pub dense: DenseState,
 }
 
-impl Delta {
+impl StateChanges {
     /// Whether no row or pending count changed (the dense state always comes along).
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.tombstones.is_empty() && self.pending.is_empty() && self.pending_removed.is_empty()
@@ -200,22 +210,9 @@ impl Delta {
             globals: self.dense.globals.bias,
             session_gap_ms,
             rows: self.rows.into_iter().map(RowState::into_snapshot_row).collect(),
-            tombstones: self.tombstones,
+            tombstones: self.tombstones.iter().map(|t| SnapshotTombstone { table: t.table, key: t.key }).collect(),
         }
     }
-}
-
-/// Parameters changed since the previous drain, for incremental snapshots.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParamsDelta {
-    /// Global bias per head now.
-    pub globals: [f32; 2],
-    /// The session gap trained under (ms).
-    pub session_gap_ms: i64,
-    /// Rows created or changed.
-    pub rows: Vec<SnapshotRow>,
-    /// Rows removed.
-    pub tombstones: Vec<Tombstone>,
 }
 
 /// The whole trainer state, for checkpoints and restore.
@@ -226,7 +223,7 @@ pub struct TrainerState {
     /// Every row, sorted by (table, key).
     pub rows: Vec<RowState>,
     /// Every pending admission count, sorted by (table, key).
-    pub pending: Vec<PendingRow>,
+    pub pending: Vec<PendingAdmission>,
     /// Everything else.
     pub dense: DenseState,
 }
@@ -234,7 +231,7 @@ pub struct TrainerState {
 impl TrainerState {
     /// Applies a delta drained after this state was taken (or after the
     /// previous delta applied to it).
-    pub fn apply(&mut self, delta: Delta) {
+    pub fn apply(&mut self, delta: StateChanges) {
         let mut rows: BTreeMap<(TableKind, u64), RowState> =
             std::mem::take(&mut self.rows).into_iter().map(|r| ((r.table, r.key), r)).collect();
         for tombstone in &delta.tombstones {
@@ -244,7 +241,7 @@ impl TrainerState {
             rows.insert((row.table, row.key), row);
         }
         self.rows = rows.into_values().collect();
-        let mut pending: BTreeMap<(TableKind, u64), PendingRow> =
+        let mut pending: BTreeMap<(TableKind, u64), PendingAdmission> =
             std::mem::take(&mut self.pending).into_iter().map(|p| ((p.table, p.key), p)).collect();
         for key in &delta.pending_removed {
             pending.remove(key);
@@ -318,19 +315,6 @@ impl RowChecker {
         }
         Ok(())
     }
-}
-
-/// The model's parameters alone, for full snapshots.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelParams {
-    /// The model's shape.
-    pub spec: ModelSpec,
-    /// Global bias per head.
-    pub globals: [f32; 2],
-    /// The session gap trained under (ms; see [`freshet_core::score::session_active`]).
-    pub session_gap_ms: i64,
-    /// Every row, sorted by (table, key).
-    pub rows: Vec<SnapshotRow>,
 }
 
 /// Why a saved state cannot be restored.

@@ -8,26 +8,13 @@ use freshet_core::score::session_active;
 use freshet_core::snapshot::SnapshotRow;
 use freshet_core::{RowLayout, TableKind};
 use ndarray::{ArrayView2, ShapeBuilder};
-use serde::{Deserialize, Serialize};
 
 use crate::arena::Arena;
 use crate::bitset::BitSet;
 use crate::keymap::KeyMap;
 use crate::optimizer::RowMut;
 use crate::row_index::RowIndex;
-use crate::state::{RowRef, RowState, Tombstone};
-
-/// Why a row left its table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Removal {
-    /// A forget event or call removed it.
-    Forgotten,
-    /// It was not updated for the TTL.
-    Expired,
-    /// The row budget evicted it as least recently updated.
-    Evicted,
-}
+use crate::state::{Removal, RowRef, RowState, Tombstone};
 
 /// What a table knows about a row besides its floats. Exactly 32 bytes and
 /// aligned to them, so it never straddles two cache lines.

@@ -13,22 +13,21 @@
 use freshet_core::id_hash::hash_feature_with;
 use freshet_core::kernels::axpy;
 use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
-use freshet_core::{ConfigError, Features, Feedback, ModelSpec, RowLayout, TableKind, hash_feature, hash_id};
+use freshet_core::{ConfigError, Features, Feedback, Head, ModelSpec, RowLayout, TableKind, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
 use crate::config::TrainerConfig;
-use crate::heads::{Head, HeadLoss};
+use crate::heads::HeadLoss;
 use crate::init::init_row;
 use crate::lr_schedule::PlateauSchedule;
-use crate::metrics::{MetricsSnapshot, ProgressiveMetrics};
+use crate::metrics::{MetricsReading, ProgressiveMetrics};
 use crate::optimizer::{Optimizer, Penalty, RowMut, StepInput, StepScratch};
 use crate::report::{BatchReport, Counters};
-use crate::restore::Restorer;
-use crate::state::{
-    Delta, DenseState, GlobalParams, ModelParams, PendingRow, RowRef, RowState, StateError, Tombstone, TrainerState,
-};
-use crate::table::{NO_SLOT, Removal, Table};
+use crate::state::{GlobalParams, Removal, RowState, Tombstone};
+use crate::table::{NO_SLOT, Table};
+
+mod handoff;
 
 /// The online model and its optimizer. See the crate documentation.
 #[derive(Debug, Clone)]
@@ -198,64 +197,6 @@ impl Trainer {
         })
     }
 
-    /// Restores a trainer from a state exported earlier (under an equal spec).
-    /// The configuration may differ from the one the state was trained with;
-    /// if its algorithm does, the optimizer moments and step counts restart
-    /// from zero. Metrics keep the window length they were saved with. To
-    /// restore without holding the whole state in memory, see [`Restorer`].
-    pub fn restore(spec: ModelSpec, config: TrainerConfig, state: TrainerState) -> Result<Self, StateError> {
-        state.check_spec(&spec)?;
-        let mut restorer = Restorer::new(spec, config, state.dense)?;
-        // Rows are consumed one by one, so their memory is released as the arenas fill.
-        for row in state.rows {
-            restorer.push_row(&row.view())?;
-        }
-        for pending in &state.pending {
-            restorer.push_pending(pending);
-        }
-        Ok(restorer.finish())
-    }
-
-    /// Takes over a saved dense state and makes room for the rows its
-    /// counters say the tables held; returns whether saved optimizer moments
-    /// still apply (the update rules are the same).
-    pub(crate) fn adopt_dense(&mut self, dense: DenseState) -> bool {
-        let keep_moments =
-            dense.algorithm == self.config.algorithm && dense.bias_algorithm == self.config.bias_algorithm;
-        self.globals = if keep_moments {
-            dense.globals
-        } else {
-            GlobalParams { m: [0.0; 2], v: [0.0; 2], steps: [0; 2], ..dense.globals }
-        };
-        for kind in TableKind::ALL {
-            let t = dense.counters.table(kind);
-            let rows = t.admitted.saturating_sub(t.expired + t.evicted + t.forgotten).min(u64::from(u32::MAX));
-            self.tables[kind.index()].reserve(rows as usize);
-        }
-        self.clock_ms = dense.clock_ms;
-        self.last_sweep_ms = dense.last_sweep_ms;
-        self.counters = dense.counters;
-        self.metrics = dense.metrics;
-        self.schedule = dense.schedule;
-        keep_moments
-    }
-
-    /// Adds a saved row (checked by the caller); without `keep_moments` its
-    /// moments and step count restart from zero.
-    pub(crate) fn insert_saved_row(&mut self, row: &RowRef<'_>, keep_moments: bool) {
-        let table = &mut self.tables[row.table.index()];
-        if keep_moments {
-            table.insert_state(row);
-        } else {
-            table.insert_state(&RowRef { m: &[], v: &[], steps: 0, ..*row });
-        }
-    }
-
-    /// Adds a saved pending admission count.
-    pub(crate) fn insert_pending(&mut self, pending: &PendingRow) {
-        self.admission[pending.table.index()].insert_state(pending);
-    }
-
     /// Trains on one micro-batch, in order; forget events take effect where
     /// they stand. See [`crate::report`] for how events are counted.
     pub fn train_batch(&mut self, batch: &[Feedback]) -> BatchReport {
@@ -317,7 +258,7 @@ impl Trainer {
     }
 
     /// The progressive metrics now.
-    pub fn metrics(&self) -> MetricsSnapshot {
+    pub fn metrics(&self) -> MetricsReading {
         self.metrics.snapshot()
     }
 
@@ -374,56 +315,6 @@ impl Trainer {
     /// Sum of the update counters of a table's rows.
     pub fn update_count_sum(&self, kind: TableKind) -> u64 {
         self.tables[kind.index()].update_count_sum()
-    }
-
-    /// Rows and pending counts changed since the last drain, tombstones of
-    /// rows removed since then, and the dense state; clears the change record.
-    /// Costs a copy of the changed rows only.
-    pub fn drain_dirty(&mut self) -> Delta {
-        let (mut rows, mut tombstones) = (Vec::new(), Vec::new());
-        let (mut pending, mut pending_removed) = (Vec::new(), Vec::new());
-        for (table, admission) in self.tables.iter_mut().zip(&mut self.admission) {
-            table.drain(&mut rows, &mut tombstones);
-            admission.drain(&mut pending, &mut pending_removed);
-        }
-        Delta { rows, tombstones, pending, pending_removed, dense: self.dense_state() }
-    }
-
-    /// The whole state, for a full checkpoint. The change record is kept.
-    pub fn export_state(&self) -> TrainerState {
-        let (mut rows, mut pending) = (Vec::new(), Vec::new());
-        for (table, admission) in self.tables.iter().zip(&self.admission) {
-            table.export(&mut rows);
-            admission.export(&mut pending);
-        }
-        TrainerState { spec: self.spec.clone(), rows, pending, dense: self.dense_state() }
-    }
-
-    /// The parameters alone, for a full snapshot.
-    pub fn export_params(&self) -> ModelParams {
-        let mut rows = Vec::new();
-        for table in &self.tables {
-            table.export_params(&mut rows);
-        }
-        ModelParams {
-            spec: self.spec.clone(),
-            globals: self.globals.bias,
-            session_gap_ms: self.config.session_gap_ms,
-            rows,
-        }
-    }
-
-    fn dense_state(&self) -> DenseState {
-        DenseState {
-            algorithm: self.config.algorithm,
-            bias_algorithm: self.config.bias_algorithm,
-            globals: self.globals,
-            clock_ms: self.clock_ms,
-            last_sweep_ms: self.last_sweep_ms,
-            counters: self.counters,
-            metrics: self.metrics.clone(),
-            schedule: self.schedule.clone(),
-        }
     }
 
     /// One step over events without forgets: score all, sum gradients, update.

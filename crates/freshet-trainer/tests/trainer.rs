@@ -3,9 +3,8 @@
 
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Click, Features, Feedback, Forget, Rating, RowLayout, ScoreContext, hash_id};
-use freshet_trainer::{
-    Algorithm, Head, ModelSpec, Removal, TableKind, Tombstone, Trainer, TrainerConfig, TrainerState,
-};
+use freshet_core::{Head, ModelSpec, TableKind};
+use freshet_trainer::{Algorithm, Removal, Tombstone, Trainer, TrainerConfig, TrainerState};
 
 fn spec() -> ModelSpec {
     ModelSpec { dim: 16, rating_min: 1.0, rating_max: 5.0, context_features: true }

@@ -1,7 +1,8 @@
 //! Flag parsers shared by subcommands; their errors name the flag through clap.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use freshet_kafka::KafkaConfig;
 
 use crate::config::{FreshetConfig, ModelName};
 
@@ -12,7 +13,7 @@ pub struct ConfigArgs {
     /// Configuration file (TOML); see deploy/freshet.toml.
     #[arg(long, env = "FRESHET_CONFIG")]
     config: Option<PathBuf>,
-    /// Kafka bootstrap servers (overrides consumer.bootstrap).
+    /// Kafka bootstrap servers (overrides kafka.bootstrap).
     #[arg(long, env = "FRESHET_BOOTSTRAP")]
     bootstrap: Option<String>,
     /// Model name (overrides name).
@@ -25,7 +26,7 @@ impl ConfigArgs {
     pub fn load(&self) -> anyhow::Result<FreshetConfig> {
         let mut config = FreshetConfig::load(self.config.as_deref())?;
         if let Some(bootstrap) = &self.bootstrap {
-            config.consumer.bootstrap = bootstrap.clone();
+            config.kafka.bootstrap = bootstrap.clone();
         }
         if let Some(model) = &self.model {
             config.name = ModelName(model.clone());
@@ -43,9 +44,9 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// The settings as a map.
-    pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.settings.iter().cloned().collect()
+    /// A connection to `bootstrap` with these settings.
+    pub fn config(&self, bootstrap: &str) -> KafkaConfig {
+        KafkaConfig { bootstrap: bootstrap.to_owned(), settings: self.settings.iter().cloned().collect() }
     }
 }
 

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use freshet_consumer::ConsumerConfig;
+use freshet_core::ModelSpec;
 use freshet_core::{ConfigError, ValidationConfig};
+use freshet_kafka::KafkaConfig;
 use freshet_publisher::PublisherConfig;
 use freshet_subscriber::http::ServeConfig;
-use freshet_trainer::{ModelSpec, TrainerConfig};
+use freshet_trainer::TrainerConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything `freshet run` is configured with.
@@ -18,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub struct FreshetConfig {
     /// The model's name (one trainer per name).
     pub name: ModelName,
+    /// `[kafka]`: the connection every Kafka client of the process uses.
+    pub kafka: KafkaConfig,
     /// `[consumer]`: the Kafka source.
     pub consumer: ConsumerConfig,
     /// `[validation]`: limits events must respect.
@@ -105,16 +109,32 @@ impl Default for CheckpointSettings {
     }
 }
 
-/// Kafka settings whose values are secrets: shown as [`REDACTED`].
-const SECRET_MARKERS: [&str; 4] = ["password", "secret", "ssl.key.pem", "sasl.oauthbearer.config"];
-/// What a secret is shown as.
-pub const REDACTED: &str = "<redacted>";
+/// Keys of earlier releases, refused with where they went.
+const MOVED_KEYS: [(&str, &str, &str); 4] = [
+    ("validation", "rating_min", "model.rating_min (ratings are accepted in the model's range)"),
+    ("validation", "rating_max", "model.rating_max (ratings are accepted in the model's range)"),
+    ("consumer", "bootstrap", "kafka.bootstrap"),
+    ("consumer", "kafka", "the [kafka] table (shared by every Kafka client of the process)"),
+];
 
 impl FreshetConfig {
     /// Reads a TOML file; syntax errors and unknown keys name the line and key.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in configuration file {}", path.display()))
+        FreshetConfig::parse(&text).with_context(|| format!("in configuration file {}", path.display()))
+    }
+
+    /// Parses a configuration text; a key of an earlier release is an error
+    /// saying where it moved.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for (section, key, moved_to) in MOVED_KEYS {
+                if table.get(section).and_then(|s| s.get(key)).is_some() {
+                    anyhow::bail!("{section}.{key}: moved to {moved_to}");
+                }
+            }
+        }
+        Ok(toml::from_str(text)?)
     }
 
     /// The file (or the defaults) with the `FRESHET_<TABLE>__<KEY>`
@@ -129,16 +149,9 @@ impl FreshetConfig {
 
     /// A copy safe to print or log: secret Kafka settings are replaced.
     pub fn redacted(&self) -> FreshetConfig {
-        let hide = |settings: &mut std::collections::BTreeMap<String, String>| {
-            for (key, value) in settings.iter_mut() {
-                if SECRET_MARKERS.iter().any(|marker| key.contains(marker)) {
-                    *value = REDACTED.to_owned();
-                }
-            }
-        };
         let mut copy = self.clone();
-        hide(&mut copy.consumer.kafka);
-        hide(&mut copy.publisher.kafka);
+        copy.kafka = self.kafka.redacted();
+        freshet_kafka::redact(&mut copy.publisher.kafka);
         copy
     }
 
@@ -151,6 +164,7 @@ impl FreshetConfig {
         {
             return Err(ConfigError::new("name", "must be 1 to 200 of letters, digits, '.', '_' or '-'"));
         }
+        self.kafka.check()?;
         self.consumer.check()?;
         self.validation.check()?;
         self.model.check()?;
@@ -158,12 +172,6 @@ impl FreshetConfig {
         self.publisher.check()?;
         self.metrics.address()?;
         self.serve.check()?;
-        if (self.validation.rating_min, self.validation.rating_max) != (self.model.rating_min, self.model.rating_max) {
-            return Err(ConfigError::new(
-                "validation.rating_min",
-                "the validation rating range must equal the model's (model.rating_min, model.rating_max)",
-            ));
-        }
         let checkpoint = &self.checkpoint;
         if checkpoint.dir.as_os_str().is_empty() {
             return Err(ConfigError::new("checkpoint.dir", "must not be empty"));
@@ -181,9 +189,10 @@ impl FreshetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use freshet_kafka::REDACTED;
 
     fn parse(text: &str) -> anyhow::Result<FreshetConfig> {
-        Ok(toml::from_str(text)?)
+        FreshetConfig::parse(text)
     }
 
     #[test]
@@ -202,13 +211,23 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let config = parse(
-            "[consumer.kafka]\n\"sasl.password\" = \"p\"\n\"sasl.username\" = \"u\"\n[publisher.kafka]\n\"ssl.key.password\" = \"k\"\n",
+            "[kafka]\n\"sasl.password\" = \"p\"\n\"sasl.username\" = \"u\"\n[publisher.kafka]\n\"ssl.key.password\" = \"k\"\n",
         )
         .expect("parses");
         let shown = config.redacted();
-        assert_eq!(shown.consumer.kafka["sasl.password"], REDACTED);
-        assert_eq!(shown.consumer.kafka["sasl.username"], "u");
+        assert_eq!(shown.kafka.settings["sasl.password"], REDACTED);
+        assert_eq!(shown.kafka.settings["sasl.username"], "u");
         assert_eq!(shown.publisher.kafka["ssl.key.password"], REDACTED);
+    }
+
+    #[test]
+    fn keys_of_earlier_releases_say_where_they_moved() {
+        let error = parse("[consumer]\nbootstrap = \"b:9092\"\n").expect_err("moved");
+        assert_eq!(error.to_string(), "consumer.bootstrap: moved to kafka.bootstrap");
+        let error = parse("[consumer.kafka]\n\"security.protocol\" = \"SSL\"\n").expect_err("moved");
+        assert!(error.to_string().starts_with("consumer.kafka: moved to the [kafka] table"), "{error}");
+        let error = parse("[validation]\nrating_max = 10.0\n").expect_err("moved");
+        assert!(error.to_string().starts_with("validation.rating_max: moved to model.rating_max"), "{error}");
     }
 
     #[test]
@@ -226,7 +245,8 @@ mod tests {
         assert_eq!(key_of("[model]\ndim = 3\n"), "model.dim");
         assert_eq!(key_of("[checkpoint]\ninterval_ms = 0\n"), "checkpoint.interval_ms");
         assert_eq!(key_of("[consumer]\ntopics = []\n"), "consumer.topics");
-        assert_eq!(key_of("[model]\nrating_min = 1.0\n"), "validation.rating_min");
+        assert_eq!(key_of("[kafka]\n\"group.id\" = \"g\"\n"), "kafka.group.id");
+        assert_eq!(key_of("[kafka]\nbootstrap = \"\"\n"), "kafka.bootstrap");
         assert_eq!(key_of("[publisher]\nchunk_bytes = 1\n"), "publisher.chunk_bytes");
         assert_eq!(key_of("[metrics]\nlisten = \"nowhere\"\n"), "metrics.listen");
         assert_eq!(key_of("[serve]\nmax_rank_items = 0\n"), "serve.max_rank_items");

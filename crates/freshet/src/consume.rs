@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use freshet_consumer::{
-    ConsumerConfig, DEFAULT_CLICKS_TOPIC, DEFAULT_DLQ_TOPIC, DEFAULT_RATINGS_TOPIC, MicroBatch, NextOffsets, Source,
-    SourceEvent, StartFrom, TopicPartition, TopicSpec, ensure_topics,
+    ConsumerConfig, DEFAULT_CLICKS_TOPIC, DEFAULT_DLQ_TOPIC, DEFAULT_RATINGS_TOPIC, MicroBatch, Source, SourceEvent,
+    StartFrom,
 };
-use freshet_core::{Decoder, ValidationConfig};
+use freshet_core::{Decoder, NextOffsets, TopicPartition, ValidationConfig};
+use freshet_kafka::{TopicSpec, ensure_topics};
 use serde_json::{Value, json};
 
 use crate::cli_args::{KafkaSettings, parse_positive};
@@ -147,22 +148,20 @@ impl Tally {
 
 /// Runs `freshet consume`.
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    let kafka = args.kafka.config(&args.bootstrap);
     let config = ConsumerConfig {
-        bootstrap: args.bootstrap.clone(),
         group_id: args.group.clone(),
         topics: args.topics.clone(),
         dlq_topic: args.dlq_topic.clone(),
         start_from: args.start_from.into(),
-        kafka: args.kafka.to_map(),
         ..ConsumerConfig::default()
     };
+    kafka.check()?;
     config.check()?;
-    ensure_topics(&config.bootstrap, &config.kafka, &[TopicSpec::new(&config.dlq_topic, 1)])
-        .await
-        .context("creating the dead-letter topic")?;
+    ensure_topics(&kafka, &[TopicSpec::new(&config.dlq_topic, 1)]).await.context("creating the dead-letter topic")?;
     let start = args.start_offsets.clone().unwrap_or_default();
-    let (source, mut batches) =
-        Source::start(&config, Decoder::new(ValidationConfig::default()), start).context("starting the consumer")?;
+    let (source, mut batches) = Source::start(&kafka, &config, Decoder::new(ValidationConfig::default()), start)
+        .context("starting the consumer")?;
 
     let idle_exit = Duration::from_millis(args.idle_exit_ms);
     let started = Instant::now();

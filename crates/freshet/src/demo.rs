@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Head, ModelSpec, ScoreContext, now_ms};
+use freshet_kafka::KafkaConfig;
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
@@ -62,8 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cluster.create_topic(&snapshot_topic, 1, 1)?;
 
     // Subscribe before the first publish: the mock keeps only ~5 MiB per partition.
-    let subscriber =
-        Subscriber::start(&SubscriberConfig::new(config.consumer.bootstrap.clone(), snapshot_topic), |_| {})?;
+    let subscriber = Subscriber::start(&SubscriberConfig::new(config.kafka.clone(), snapshot_topic), |_| {})?;
     let producing = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicU64::new(0));
     let producer = spawn_producer(&config, args.rate, Arc::clone(&producing), Arc::clone(&sent))?;
@@ -108,7 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// A small model on the mock cluster: short checkpoint interval, no metrics port.
 fn demo_config(bootstrap: &str, dir: &std::path::Path) -> FreshetConfig {
     let mut config = FreshetConfig { name: ModelName("demo".to_owned()), ..FreshetConfig::default() };
-    config.consumer.bootstrap = bootstrap.to_owned();
+    config.kafka = KafkaConfig::new(bootstrap);
     config.consumer.group_id = "freshet-demo".to_owned();
     config.model = ModelSpec { dim: 16, ..ModelSpec::default() };
     config.checkpoint.dir = dir.join("checkpoint");
@@ -126,10 +126,7 @@ fn spawn_producer(
     producing: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        freshet_consumer::client_config(&config.consumer.bootstrap, &Default::default())
-            .set("linger.ms", "5")
-            .create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = config.kafka.client().set("linger.ms", "5").create()?;
     let (clicks, ratings) = (config.consumer.topics[0].clone(), config.consumer.topics[1].clone());
     let range = (config.model.rating_min, config.model.rating_max);
     Ok(std::thread::Builder::new().name("demo-producer".to_owned()).spawn(move || {

@@ -2,7 +2,7 @@
 //! configuration file: `__` separates levels, names are case-insensitive, and
 //! inside a `kafka` table `_` stands for `.` (librdkafka keys use dots), e.g.
 //! `FRESHET_CHECKPOINT__INTERVAL_MS=250` or
-//! `FRESHET_CONSUMER__KAFKA__SASL_PASSWORD=…`. Values are TOML literals
+//! `FRESHET_KAFKA__SASL_PASSWORD=…`. Values are TOML literals
 //! (`250`, `true`, `"text"`); anything that does not parse as one is a string.
 
 use anyhow::{Context, bail};
@@ -93,7 +93,8 @@ mod tests {
                 ("FRESHET_CHECKPOINT__INTERVAL_MS", "250"),
                 ("FRESHET_MODEL__DIM", "16"),
                 ("FRESHET_CONSUMER__TOPICS", r#"["a", "b"]"#),
-                ("FRESHET_CONSUMER__KAFKA__SASL_PASSWORD", "s3cret"),
+                ("FRESHET_KAFKA__SASL_PASSWORD", "s3cret"),
+                ("FRESHET_KAFKA__BOOTSTRAP", "b:9092"),
                 ("FRESHET_PUBLISHER__TOPIC", "snaps"),
                 ("FRESHET_NAME", "ignored: no separator"),
                 ("HOME", "/elsewhere"),
@@ -103,7 +104,8 @@ mod tests {
         assert_eq!(config.checkpoint.interval_ms, 250);
         assert_eq!(config.model.dim, 16);
         assert_eq!(config.consumer.topics, ["a", "b"]);
-        assert_eq!(config.consumer.kafka.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(config.kafka.settings.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(config.kafka.bootstrap, "b:9092");
         assert_eq!(config.publisher.topic.as_deref(), Some("snaps"));
         assert_eq!(config.name, FreshetConfig::default().name);
     }

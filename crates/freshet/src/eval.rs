@@ -12,7 +12,8 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use freshet_core::Feedback;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_trainer::{ModelSpec, TableKind, Trainer, TrainerConfig};
+use freshet_core::{ModelSpec, TableKind};
+use freshet_trainer::{Trainer, TrainerConfig};
 
 use crate::progress;
 use dataset::{Loaded, RatingRange, RatingsFormat};

@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use freshet_consumer::{
-    DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC, TopicSpec, client_config, ensure_topics, send_waiting_for_room,
-};
+use freshet_consumer::{DEFAULT_CLICKS_TOPIC, DEFAULT_RATINGS_TOPIC};
 use freshet_core::synth::{Expected, Stream, SynthConfig, SynthMessage, SynthStream};
 use freshet_core::{CONTENT_TYPE_HEADER, ValidationConfig, now_ms};
+use freshet_kafka::{KafkaConfig, TopicSpec, ensure_topics, send_threaded};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -112,16 +111,17 @@ async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     if args.clicks_topic == args.ratings_topic {
         bail!("--clicks-topic and --ratings-topic must differ");
     }
-    let kafka = args.kafka.to_map();
+    let kafka = args.kafka.config(&args.bootstrap);
     let topics = [&args.clicks_topic, &args.ratings_topic].map(|t| TopicSpec::new(t.as_str(), args.partitions));
-    ensure_topics(&args.bootstrap, &kafka, &topics).await.context("creating the input topics")?;
+    ensure_topics(&kafka, &topics).await.context("creating the input topics")?;
     // Sending paces itself with sleeps: keep it off the async workers.
     tokio::task::spawn_blocking(move || send_stream(&args, &kafka)).await?
 }
 
 /// Sends the stream and prints the JSON summary.
-fn send_stream(args: &SynthArgs, kafka: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<Deliveries> = client_config(&args.bootstrap, kafka)
+fn send_stream(args: &SynthArgs, kafka: &KafkaConfig) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<Deliveries> = kafka
+        .client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -202,7 +202,7 @@ pub fn send_synth<C: ProducerContext<DeliveryOpaque = ()>>(
             OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(content_type.as_str()) }),
         );
     }
-    send_waiting_for_room(producer, record).context("sending")
+    send_threaded(producer, record).context("sending")
 }
 
 /// Sleeps until message `index` is due at `rate` messages per second.

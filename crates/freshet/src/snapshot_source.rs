@@ -32,11 +32,10 @@ impl SnapshotSourceArgs {
         if let Some(topic) = &self.topic {
             config.publisher.topic = Some(topic.clone());
         }
-        config.consumer.kafka.extend(self.kafka.to_map());
+        config.kafka.settings.extend(self.kafka.settings.iter().cloned());
         config.check()?;
         let subscriber = SubscriberConfig {
-            bootstrap: config.consumer.bootstrap.clone(),
-            kafka: config.consumer.kafka.clone(),
+            kafka: config.kafka.clone(),
             topic: config.publisher.topic_for(&config.name.0),
             top_k_candidates: config.serve.top_k_candidates,
         };

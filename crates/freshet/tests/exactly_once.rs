@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use freshet_consumer::dlq::{HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 use freshet_core::RejectReason;
 use freshet_core::synth::{Expected, SynthConfig};
-use freshet_e2e::process::{Running, inspect, write_config};
+use freshet_e2e::process::{Running, get, inspect, metric, metrics_address, wait_until, write_config};
 use freshet_e2e::{TestTopics, bootstrap, header, produce_synth, read_topic};
 use serde_json::Value;
 
@@ -27,22 +27,26 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
     let work = tempfile::tempdir().expect("tempdir");
     let config = write_config(work.path(), &bootstrap, &topics, "");
     let checkpoint = work.path().join("checkpoint");
+    let metrics = metrics_address(&config);
 
-    // Six crashes: half right after a checkpoint write began, half after a
-    // (deterministically) random delay once training is under way.
+    // Six crashes: half right after a checkpoint of the run became durable
+    // (the next one, 150 ms later, is being prepared or written), half after
+    // a (deterministically) random delay once training is under way.
     let mut delays = [700u64, 1_900, 350, 1_200, 2_600, 90].into_iter();
     for crash in 0..6 {
         let running = Running::start(BIN, &["run", "--config"], &config);
         if crash % 2 == 0 {
-            assert!(
-                running.wait_for("checkpoint writing", 2, Duration::from_secs(120)),
-                "no checkpoint in run {crash}"
-            );
+            let mut first_seen = None;
+            let checkpointed = wait_until(Duration::from_secs(120), || {
+                let Some(version) = metric(&metrics, "freshet_checkpoint_version") else { return false };
+                *first_seen.get_or_insert(version) < version
+            });
+            assert!(checkpointed, "no checkpoint in run {crash}");
         } else {
-            assert!(
-                running.wait_for("partitions assigned", 1, Duration::from_secs(120)),
-                "no assignment in run {crash}"
-            );
+            let training = wait_until(Duration::from_secs(120), || {
+                metric(&metrics, "freshet_events_trained_total").is_some_and(|events| events > 0.0)
+            });
+            assert!(training, "no training in run {crash}");
             std::thread::sleep(Duration::from_millis(delays.next().unwrap_or(500)));
         }
         running.kill9();
@@ -105,10 +109,8 @@ fn a_second_trainer_on_the_same_checkpoint_is_refused() {
     let work = tempfile::tempdir().expect("tempdir");
     let config = write_config(work.path(), &bootstrap, &topics, "");
     let first = Running::start(BIN, &["run", "--config"], &config);
-    assert!(
-        first.wait_for("checkpoint store open", 1, Duration::from_secs(60)),
-        "first trainer did not open its store"
-    );
+    let ready = wait_until(Duration::from_secs(60), || get(&metrics_address(&config), "/readyz").0 == 200);
+    assert!(ready, "the first trainer did not get ready (its store open)");
     let second = Command::new(BIN).args(["run", "--config"]).arg(&config).output().expect("run the second");
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);

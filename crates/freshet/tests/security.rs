@@ -74,7 +74,7 @@ fn sasl_plaintext_carries_events_and_a_wrong_password_is_refused() {
 fn run_check_never_prints_secrets() {
     let work = tempfile::tempdir().expect("tempdir");
     let config = work.path().join("freshet.toml");
-    std::fs::write(&config, format!("[consumer.kafka]\n\"sasl.password\" = \"{PASSWORD}\"\n")).expect("write");
+    std::fs::write(&config, format!("[kafka]\n\"sasl.password\" = \"{PASSWORD}\"\n")).expect("write");
     let output = Command::new(BIN)
         .args(["run", "--check", "--config"])
         .arg(&config)
@@ -85,6 +85,6 @@ fn run_check_never_prints_secrets() {
     let shown = text(&output);
     assert!(!shown.contains(PASSWORD) && !shown.contains("another-secret"), "{shown}");
     let printed: Value = serde_json::from_slice(&output.stdout).expect("json");
-    assert_eq!(printed["config"]["consumer"]["kafka"]["sasl.password"], "<redacted>");
+    assert_eq!(printed["config"]["kafka"]["sasl.password"], "<redacted>");
     assert_eq!(printed["config"]["publisher"]["kafka"]["ssl.key.password"], "<redacted>");
 }

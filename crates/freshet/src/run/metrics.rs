@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use freshet_checkpoint::CommitStats;
-use freshet_consumer::{MicroBatch, NextOffsets, TopicPartition};
+use freshet_consumer::MicroBatch;
+use freshet_core::TableKind;
+use freshet_core::{NextOffsets, TopicPartition};
 use freshet_publisher::Published;
-use freshet_trainer::{Counters, MetricsSnapshot, TableKind, Trainer};
+use freshet_trainer::{Counters, MetricsReading, Trainer};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder, exponential_buckets,
@@ -144,7 +146,7 @@ impl RunMetrics {
         stats: &CommitStats,
         offsets: &NextOffsets,
         trainer: &Trainer,
-        progressive: &MetricsSnapshot,
+        progressive: &MetricsReading,
     ) {
         self.checkpoint_seconds.observe(stats.elapsed.as_secs_f64());
         self.checkpoint_bytes.set(stats.bytes as i64);
@@ -159,7 +161,7 @@ impl RunMetrics {
         }
     }
 
-    fn trainer(&self, counters: &Counters, metrics: &MetricsSnapshot) {
+    fn trainer(&self, counters: &Counters, metrics: &MetricsReading) {
         for (kind, total) in [("rating", counters.ratings), ("click", counters.clicks), ("forget", counters.forgets)] {
             set_total(&self.events.with_label_values(&[kind]), total);
         }

@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use freshet_checkpoint::CheckpointStore;
-use freshet_consumer::{NextOffsets, Source, TopicPartition, TopicSpec, ensure_topics};
+use freshet_consumer::Source;
 use freshet_core::Decoder;
+use freshet_core::NextOffsets;
+use freshet_kafka::{TopicSpec, ensure_topics};
 use freshet_publisher::{FullPolicy, PublisherHandle, SnapshotProducer};
 use freshet_trainer::Trainer;
 use serde_json::json;
@@ -84,19 +86,14 @@ pub async fn pipeline(
         topics.push(config.publisher.topic_spec(&config.name.0));
     }
     if create_topics {
-        ensure_topics(&consumer.bootstrap, &consumer.kafka, &topics).await.context("creating topics")?;
+        ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
     }
 
     let store = CheckpointStore::open(&config.checkpoint.dir, config.checkpoint.fsync)?;
     let (trainer, start) = match store.restore(&config.model, config.trainer.clone())? {
         Some(resumed) => {
-            let offsets: NextOffsets = resumed
-                .offsets
-                .iter()
-                .map(|((topic, partition), next)| (TopicPartition::new(topic, *partition), *next))
-                .collect();
             info!(version = resumed.version, "resuming from checkpoint");
-            (resumed.trainer, offsets)
+            (resumed.trainer, resumed.offsets)
         }
         None => {
             info!("no checkpoint yet: starting a new model");
@@ -113,8 +110,13 @@ pub async fn pipeline(
     }
     let publisher = start_publisher(config, &metrics)?;
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
-    let (source, events) = Source::start(consumer, Decoder::new(config.validation.clone()), start.clone())
-        .context("starting the consumer")?;
+    let (source, events) = Source::start(
+        &config.kafka,
+        consumer,
+        Decoder::new(config.validation.clone().for_model(&config.model)),
+        start.clone(),
+    )
+    .context("starting the consumer")?;
 
     let trainer_loop =
         TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), publisher, metrics, start);
@@ -150,14 +152,8 @@ fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> any
     if !settings.enabled {
         return Ok(None);
     }
-    let producer = SnapshotProducer::connect(
-        &config.consumer.bootstrap,
-        &config.consumer.kafka,
-        settings,
-        &config.name.0,
-        &config.model,
-    )
-    .context("connecting the snapshot publisher")?;
+    let producer = SnapshotProducer::connect(&config.kafka, settings, &config.name.0, &config.model)
+        .context("connecting the snapshot publisher")?;
     info!(topic = producer.topic(), "publishing snapshots");
     let policy = FullPolicy {
         every_deltas: settings.full_every_deltas,

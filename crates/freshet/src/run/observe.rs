@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use freshet_consumer::{TopicPartition, client_config};
+use freshet_core::TopicPartition;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tracing::{debug, info};
 
@@ -74,7 +74,7 @@ fn flag(up: bool, what: &str) -> (StatusCode, String) {
 
 /// Refreshes the lag gauges every few seconds from the partitions' high watermarks.
 pub fn spawn_lag_task(config: &FreshetConfig, metrics: RunMetrics) -> anyhow::Result<()> {
-    let watermarks: BaseConsumer = client_config(&config.consumer.bootstrap, &config.consumer.kafka).create()?;
+    let watermarks: BaseConsumer = config.kafka.client().create()?;
     let watermarks = Arc::new(watermarks);
     tokio::spawn(async move {
         loop {

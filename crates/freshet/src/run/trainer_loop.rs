@@ -6,11 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use freshet_checkpoint::{CheckpointStore, SourceOffsets};
-use freshet_consumer::{Acknowledger, MicroBatch, NextOffsets, SourceEvent};
-use freshet_core::snapshot::{PartitionOffset, Watermark};
+use freshet_checkpoint::CheckpointStore;
+use freshet_consumer::{Acknowledger, MicroBatch, SourceEvent};
+use freshet_core::ModelSpec;
+use freshet_core::NextOffsets;
+use freshet_core::snapshot::Watermark;
 use freshet_publisher::{Outgoing, PublisherHandle};
-use freshet_trainer::{Delta, MetricsSnapshot, ModelSpec, Trainer};
+use freshet_trainer::{MetricsReading, StateChanges, Trainer};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, info_span, warn};
@@ -145,9 +147,7 @@ impl TrainerLoop {
         }
         let _span = info_span!("checkpoint", version = self.store.version() + 1).entered();
         let delta = self.trainer.drain_dirty();
-        let offsets: SourceOffsets =
-            self.applied.iter().map(|(tp, next)| ((tp.topic.clone(), tp.partition), *next)).collect();
-        let stats = self.store.commit(&self.spec, &delta, &offsets)?;
+        let stats = self.store.commit(&self.spec, &delta, &self.applied)?;
         let progressive = self.trainer.metrics();
         self.metrics.checkpoint(&stats, &self.applied, &self.trainer, &progressive);
         self.hand_to_publisher(stats.version, delta, &progressive);
@@ -171,11 +171,12 @@ impl TrainerLoop {
     /// metrics) to the publisher as a delta on the previous version, and in
     /// full too when one is due (the delta first: subscribers following the
     /// chain take it and pass over the full snapshot).
-    fn hand_to_publisher(&self, version: u64, delta: Delta, progressive: &MetricsSnapshot) {
+    fn hand_to_publisher(&self, version: u64, delta: StateChanges, progressive: &MetricsReading) {
         let Some(publisher) = &self.publisher else { return };
         if publisher.has_chain() {
             let params = delta.into_params(self.trainer.config().session_gap_ms);
-            publisher.submit(Outgoing::delta(version - 1, version, params, self.watermark(), progressive));
+            let metrics = progressive.snapshot_metrics();
+            publisher.submit(Outgoing::delta(version - 1, version, params, self.watermark(), metrics));
         }
         if !publisher.has_chain() || publisher.full_due() {
             self.publish_full();
@@ -194,19 +195,14 @@ impl TrainerLoop {
             self.store.version(),
             self.trainer.export_params(),
             self.watermark(),
-            &self.trainer.metrics(),
+            self.trainer.metrics().snapshot_metrics(),
         );
         publisher.submit(outgoing);
     }
 
     /// The source offsets and newest event time of the trainer's state.
     fn watermark(&self) -> Watermark {
-        let offsets = self
-            .applied
-            .iter()
-            .map(|(tp, next)| PartitionOffset { topic: tp.topic.clone(), partition: tp.partition, next_offset: *next })
-            .collect();
-        Watermark { offsets, newest_event_ms: self.trainer.clock_ms() }
+        Watermark { offsets: self.applied.clone(), newest_event_ms: self.trainer.clock_ms() }
     }
 
     /// Records newly published versions durably; stops on a fatal publisher
@@ -246,7 +242,7 @@ impl TrainerLoop {
                 Ok(())
             }
             Err(failure) => {
-                warn!(failure, "publisher failed");
+                warn!(%failure, "publisher failed");
                 anyhow::bail!("snapshot publisher stopped: {failure}")
             }
         }

@@ -8,8 +8,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::client_config;
-use crate::error::ConsumerError;
+use crate::config::KafkaConfig;
+use crate::error::KafkaSetupError;
 
 /// How long [`check_connection`] waits for the cluster.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,9 +36,9 @@ impl TopicSpec {
 
 /// Checks that the cluster answers with these settings, failing fast and
 /// clearly on refused credentials (SASL/TLS) instead of timing out later.
-pub fn check_connection(bootstrap: &str, kafka: &BTreeMap<String, String>) -> Result<(), ConsumerError> {
-    let connect_error = |message: String| ConsumerError::Connect { bootstrap: bootstrap.to_owned(), message };
-    let probe: BaseConsumer = client_config(bootstrap, kafka).create()?;
+fn check_connection(kafka: &KafkaConfig) -> Result<(), KafkaSetupError> {
+    let connect_error = |message: String| KafkaSetupError::Connect { bootstrap: kafka.bootstrap.clone(), message };
+    let probe: BaseConsumer = kafka.client().create()?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     while Instant::now() < deadline {
         // Authentication and TLS failures arrive as error events.
@@ -64,16 +64,12 @@ pub fn check_connection(bootstrap: &str, kafka: &BTreeMap<String, String>) -> Re
 
 /// Creates the topics that do not exist yet; existing ones are left as they
 /// are. Checks the connection first ([`check_connection`]).
-pub async fn ensure_topics(
-    bootstrap: &str,
-    kafka: &BTreeMap<String, String>,
-    specs: &[TopicSpec],
-) -> Result<(), ConsumerError> {
-    let (owned_bootstrap, owned_kafka) = (bootstrap.to_owned(), kafka.clone());
-    tokio::task::spawn_blocking(move || check_connection(&owned_bootstrap, &owned_kafka))
-        .await
-        .map_err(|error| ConsumerError::Connect { bootstrap: bootstrap.to_owned(), message: error.to_string() })??;
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, kafka).create()?;
+pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {
+    let owned = kafka.clone();
+    tokio::task::spawn_blocking(move || check_connection(&owned)).await.map_err(|error| {
+        KafkaSetupError::Connect { bootstrap: kafka.bootstrap.clone(), message: error.to_string() }
+    })??;
+    let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {
@@ -87,9 +83,7 @@ pub async fn ensure_topics(
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(ConsumerError::Topic { topic, message: code.to_string() });
-            }
+            Err((topic, code)) => return Err(KafkaSetupError::Topic { topic, message: code.to_string() }),
         }
     }
     Ok(())
