@@ -80,12 +80,7 @@ pub struct Acknowledger {
 impl Acknowledger {
     /// See [`Source::acknowledge`].
     pub fn acknowledge(&self, offsets: &NextOffsets) {
-        let mut resume = lock(&self.shared.resume);
-        for (tp, &next) in offsets {
-            let entry = resume.entry(tp.clone()).or_insert(next);
-            *entry = (*entry).max(next);
-        }
-        drop(resume);
+        advance(&mut lock(&self.shared.resume), offsets);
         // The thread may already have stopped; the resume map is updated regardless.
         let _ = self.commits.send(offsets.clone());
     }
@@ -355,6 +350,16 @@ fn commit(consumer: &BaseConsumer<SourceContext>, offsets: &NextOffsets, mode: C
     }
 }
 
+/// Moves each partition's resume position to its acknowledged offset; a
+/// position never moves back (an acknowledgement that arrives late, after a
+/// newer one, changes nothing).
+fn advance(resume: &mut NextOffsets, acknowledged: &NextOffsets) {
+    for (tp, &next) in acknowledged {
+        let entry = resume.entry(tp.clone()).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+}
+
 /// Where an assigned partition starts: at the offset the caller knows for it
 /// (a checkpoint's, or one acknowledged since), else as `start_from` says;
 /// `None` leaves it to the group's committed offset.
@@ -458,6 +463,16 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_positions_only_move_forward() {
+        let tp = |partition| TopicPartition::new("t", partition);
+        let mut resume = NextOffsets::from([(tp(0), 10), (tp(1), 5)]);
+        advance(&mut resume, &NextOffsets::from([(tp(0), 12), (tp(1), 3), (tp(2), 7)]));
+        assert_eq!(resume, NextOffsets::from([(tp(0), 12), (tp(1), 5), (tp(2), 7)]));
+        advance(&mut resume, &NextOffsets::new());
+        assert_eq!(resume[&tp(0)], 12);
+    }
 
     #[test]
     fn a_known_offset_wins_over_every_start_policy() {
