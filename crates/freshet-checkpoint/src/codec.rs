@@ -68,8 +68,14 @@ const ROW_HEADER: usize = 36;
 /// The id length of a row without an id.
 const NO_ID: u32 = u32::MAX;
 
+/// Most bytes a bincode value of the store may claim when decoded (the dense
+/// state, with its metric windows, is the largest: well under a MiB at the
+/// default window). A damaged length prefix beyond it is an error, never an
+/// allocation of that size.
+const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -258,6 +264,40 @@ mod tests {
         for bad in [&bytes[..bytes.len() - 1], &bytes[..10], &[0xff; 7][..]] {
             assert!(matches!(decode_row(bad, at, &mut floats), Err(CheckpointError::Corrupt(_))));
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_a_record_decoder(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut floats = Vec::new();
+            let _ = decode_row(&bytes, (TableKind::User, 1), &mut floats);
+            let _ = decode::<freshet_trainer::DenseState>(&bytes, "dense");
+            let _ = decode::<freshet_trainer::PendingAdmission>(&bytes, "pending");
+            let _ = decode::<freshet_core::ModelSpec>(&bytes, "spec");
+            let _ = parse_row_key(&bytes);
+            let _ = parse_offset(&bytes, &bytes);
+            let _ = parse_u64(&bytes, "version");
+        }
+    }
+
+    #[test]
+    fn a_length_prefix_beyond_the_limit_is_an_error_not_an_allocation() {
+        // A Vec<u64> claiming 2^40 elements (varint: 0xfd then a u64), then
+        // nothing: an error, not an attempt at 8 TiB (which would abort the
+        // test process instead of returning).
+        let mut bytes = vec![0xfd];
+        bytes.extend((1u64 << 40).to_le_bytes());
+        let error = decode::<Vec<u64>>(&bytes, "values").expect_err("no such values");
+        assert!(matches!(error, CheckpointError::Corrupt(_)), "{error}");
+        // A claim within the bytes given but past the limit is refused up front.
+        let mut bytes = vec![0xfd];
+        bytes.extend(((DECODE_LIMIT as u64) + 1).to_le_bytes());
+        bytes.resize(64, 0);
+        assert!(decode::<String>(&bytes, "id").is_err());
+        // A string as long as the address space allows.
+        let mut bytes = vec![0xfd];
+        bytes.extend(u64::MAX.to_le_bytes());
+        assert!(decode::<String>(&bytes, "id").is_err());
     }
 
     #[test]

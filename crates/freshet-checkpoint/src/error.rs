@@ -34,6 +34,18 @@ pub enum CheckpointError {
         #[source]
         source: rocksdb::Error,
     },
+    /// The store was written with another layout version than this build
+    /// reads: not damage, an older or newer release's data.
+    #[error(
+        "checkpoint layout version {found}; this build reads layout version {supported}: open it with the \
+         freshet release that wrote it, or start a new checkpoint directory"
+    )]
+    Layout {
+        /// The store's layout version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// Stored bytes do not decode: the checkpoint is damaged.
     #[error("corrupt checkpoint: {0}")]
     Corrupt(String),

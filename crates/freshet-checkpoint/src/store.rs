@@ -158,10 +158,7 @@ impl CheckpointStore {
         if let Some(format) = meta_value::<u32>(&db, META_FORMAT)?
             && format != FORMAT_VERSION
         {
-            return Err(CheckpointError::Corrupt(format!(
-                "store layout version {format}, this build reads only version {FORMAT_VERSION}: \
-                 open it with the freshet release that wrote it, or start a new checkpoint directory"
-            )));
+            return Err(CheckpointError::Layout { found: format, supported: FORMAT_VERSION });
         }
         let version = meta_u64(&db, META_VERSION)?;
         let published = meta_u64(&db, META_PUBLISHED)?;

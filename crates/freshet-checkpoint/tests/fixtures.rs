@@ -1,0 +1,164 @@
+//! Old checkpoints stay readable: a store written by an earlier build is
+//! checked in as its records (every key and value of every column family,
+//! `tests/fixtures/checkpoint-v3.records`) with what restoring it must give
+//! (`checkpoint-v3.expected.json`). The test rebuilds a RocksDB directory from
+//! the records and restores it with this build, so a change that breaks the
+//! stored layout without a version bump (and a migration or a clear refusal)
+//! fails CI.
+//!
+//! A new layout version gets fixture files of its own, named after it, beside
+//! the old ones (which then test the migration or the refusal): with the names
+//! changed below, `FRESHET_WRITE_FIXTURES=1 cargo test --workspace --test
+//! fixtures` writes them (an existing file is never overwritten).
+//!
+//! Records file: `FCKR`, u32 LE fixture-file version (1), then per record:
+//! u8 column family (0 rows, 1 pending, 2 offsets, 3 meta), u32 LE key
+//! length, key, u32 LE value length, value.
+
+use std::path::{Path, PathBuf};
+
+use freshet_checkpoint::{CheckpointError, CheckpointStore, inspect};
+use freshet_core::synth::{SynthConfig, SynthStream};
+use freshet_core::{Feedback, ModelSpec, NextOffsets, TableKind, TopicPartition, hash_id};
+use freshet_trainer::{Trainer, TrainerConfig};
+use serde_json::{Value, json};
+
+const COLUMN_FAMILIES: [&str; 4] = ["rows", "pending", "offsets", "meta"];
+const MAGIC: &[u8; 4] = b"FCKR";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn spec() -> ModelSpec {
+    ModelSpec { dim: 8, ..ModelSpec::default() }
+}
+
+fn config() -> TrainerConfig {
+    TrainerConfig { min_count: 1, ..TrainerConfig::default() }
+}
+
+/// The rows whose stored values the expected file pins, bit for bit.
+const ROWS: [(TableKind, &str); 4] =
+    [(TableKind::User, "u1"), (TableKind::User, "u42"), (TableKind::Item, "i3"), (TableKind::Item, "i99")];
+
+fn pinned_rows(trainer: &Trainer) -> Vec<Value> {
+    ROWS.iter()
+        .map(|&(table, id)| {
+            let row = trainer.row(table, hash_id(id)).unwrap_or_else(|| panic!("{id} has a row"));
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            json!({
+                "id": id, "params": bits(&row.params), "m": bits(&row.m), "v": bits(&row.v),
+                "steps": row.steps, "updates": row.updates, "last_update_ms": row.last_update_ms,
+            })
+        })
+        .collect()
+}
+
+fn summary(trainer: &Trainer, version: u64, published: u64) -> Value {
+    json!({
+        "version": version,
+        "published_version": published,
+        "events_applied": trainer.counters().events_applied,
+        "rows": TableKind::ALL.map(|table| trainer.rows(table)),
+        "rows_pinned": pinned_rows(trainer),
+    })
+}
+
+/// Writes a small store the way `freshet run` does (two checkpoints, one
+/// published), then its records and expected summary.
+fn write_fixture(records: &Path, expected: &Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = CheckpointStore::open(dir.path(), true).expect("open");
+    let mut trainer = Trainer::new(spec(), config()).expect("trainer");
+    let mut stream =
+        SynthStream::new(SynthConfig { seed: 3, users: 60, items: 120, forget_share: 0.01, ..SynthConfig::default() });
+    for round in 0..2i64 {
+        let batch: Vec<Feedback> =
+            (0..300).map(|i| stream.next_event_at(1_764_400_000_000 + round * 1_000 + i)).collect();
+        trainer.train_batch(&batch);
+        let offsets = NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 300 * (round + 1))]);
+        store.commit(&spec(), &trainer.drain_dirty(), &offsets).expect("commit");
+    }
+    store.record_published(2).expect("published");
+    drop(store);
+
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw open");
+    let mut out = MAGIC.to_vec();
+    out.extend(1u32.to_le_bytes());
+    for (index, name) in COLUMN_FAMILIES.iter().enumerate() {
+        let cf = db.cf_handle(name).expect("column family");
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.expect("record");
+            out.push(index as u8);
+            for bytes in [&key[..], &value[..]] {
+                out.extend(u32::try_from(bytes.len()).expect("small").to_le_bytes());
+                out.extend(bytes);
+            }
+        }
+    }
+    std::fs::write(records, out).expect("write records");
+    let expected_text = serde_json::to_string_pretty(&summary(&trainer, 2, 2)).expect("json");
+    std::fs::write(expected, expected_text + "\n").expect("write expected");
+}
+
+/// A RocksDB directory holding exactly the records of `file`.
+fn rebuild(file: &Path, dir: &Path) {
+    let bytes = std::fs::read(file).expect("the records fixture");
+    assert_eq!(&bytes[..4], MAGIC, "a records file");
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")), 1, "fixture file version");
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    let db = rocksdb::DB::open_cf(&options, dir, COLUMN_FAMILIES).expect("create");
+    let mut rest = &bytes[8..];
+    while let Some((&family, after)) = rest.split_first() {
+        let (key, after) = length_prefixed(after);
+        let (value, after) = length_prefixed(after);
+        rest = after;
+        let cf = db.cf_handle(COLUMN_FAMILIES[usize::from(family)]).expect("column family");
+        db.put_cf(cf, key, value).expect("put");
+    }
+}
+
+/// A u32 LE length, that many bytes, and what follows them.
+fn length_prefixed(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let (len, rest) = bytes.split_at(4);
+    rest.split_at(u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)
+}
+
+#[test]
+fn a_layout_3_checkpoint_written_by_an_earlier_build_restores_exactly() {
+    let (records, expected) =
+        (fixtures().join("checkpoint-v3.records"), fixtures().join("checkpoint-v3.expected.json"));
+    if std::env::var_os("FRESHET_WRITE_FIXTURES").is_some() && !records.exists() {
+        write_fixture(&records, &expected);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    rebuild(&records, dir.path());
+    let expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
+
+    let report = inspect(dir.path()).expect("inspectable");
+    assert_eq!(report.version, expected["version"].as_u64().expect("version"));
+    let store = CheckpointStore::open(dir.path(), false).expect("opens");
+    let resumed = store.restore(&spec(), config()).expect("restores").expect("a checkpoint");
+    let trainer = resumed.trainer;
+    assert_eq!(summary(&trainer, resumed.version, resumed.published_version), expected);
+    assert_eq!(resumed.offsets, NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 600)]));
+}
+
+#[test]
+fn a_store_of_an_unknown_layout_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rebuild(&fixtures().join("checkpoint-v3.records"), dir.path());
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw");
+        // The layout version is a bincode u32 (varint): 99 is one byte.
+        db.put_cf(db.cf_handle("meta").expect("meta"), b"format", [99u8]).expect("put");
+    }
+    let error = CheckpointStore::open(dir.path(), false).expect_err("refused");
+    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 3 }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("layout version 99") && message.contains("version 3"), "{message}");
+    assert!(!message.contains("corrupt"), "an unknown layout is not damage: {message}");
+}

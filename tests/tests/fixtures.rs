@@ -1,0 +1,176 @@
+//! Old snapshots stay readable: a snapshot chain written by an earlier build
+//! (a full snapshot and a delta on it, with context features, a forgotten
+//! user and several chunks each) is checked in as its Kafka message values,
+//! `tests/fixtures/snapshots-v3.messages`, with the model it must give at each
+//! version (`snapshots-v3.expected.json`). The test decodes and applies it
+//! with this build's subscriber, so a change that breaks the snapshot format
+//! without a version bump fails CI; a reader refuses versions it does not
+//! know, by number.
+//!
+//! A new format version gets fixture files of its own, named after it, beside
+//! the old ones: with the names changed below, `FRESHET_WRITE_FIXTURES=1
+//! cargo test --workspace --test fixtures` writes them (an existing file is
+//! never overwritten).
+//!
+//! Messages file: `FSNM`, u32 LE fixture-file version (1), then per message
+//! its u32 LE length and value, in topic order (the position in the file is
+//! the message's offset).
+
+use std::path::{Path, PathBuf};
+
+use freshet_core::snapshot::{SnapshotChecksum, SnapshotFormatError, SnapshotKind, SnapshotMessage, decode_message};
+use freshet_core::{TableKind, hash_id};
+use freshet_e2e::snapshots::ModelUnderTest;
+use freshet_publisher::{HeaderContext, encode};
+use freshet_subscriber::{Builder, DEFAULT_CANDIDATES, ServingModel};
+use serde_json::{Value, json};
+
+const MAGIC: &[u8; 4] = b"FSNM";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// FNV-1a over every row (table, key, value bits) in key order: the whole
+/// model in one number.
+fn digest(model: &ServingModel) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &byte in bytes {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for table in TableKind::ALL {
+        let mut rows: Vec<_> = model.rows(table).map(|(key, _, values)| (key, values)).collect();
+        rows.sort_by_key(|(key, _)| *key);
+        for (key, values) in rows {
+            eat(&[table.index() as u8]);
+            eat(&key.to_le_bytes());
+            values.iter().for_each(|v| eat(&v.to_bits().to_le_bytes()));
+        }
+    }
+    hash
+}
+
+/// What a served version holds, as the expected file writes it.
+fn summary(model: &ServingModel) -> Value {
+    let row =
+        |table, id: &str| model.row(table, hash_id(id)).map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    json!({
+        "version": model.version(),
+        "rows": TableKind::ALL.map(|table| model.rows(table).count()),
+        "globals": model.globals().map(f32::to_bits),
+        "digest": digest(model).to_string(),
+        "user_u1": row(TableKind::User, "u1"),
+        "item_i7": row(TableKind::Item, "i7"),
+    })
+}
+
+/// Trains a small model with context features, publishes version 1 in full
+/// and version 2 as a delta (with a forgotten user), as message values.
+fn write_fixture(messages: &Path) {
+    let mut model = ModelUnderTest::with_context(11);
+    model.train(600);
+    let full = model.full(1);
+    model.train(300);
+    model.forget("u3");
+    let delta = model.delta(2);
+    let spec = model.trainer.spec().clone();
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    for (outgoing, chain_start) in [(&full, None), (&delta, Some(0))] {
+        let context = HeaderContext {
+            model: "fixture",
+            spec: &spec,
+            created_ms: 1_764_400_000_000,
+            chain_start_offset: chain_start,
+        };
+        let encoded = encode(outgoing, context, 4096);
+        values.push(encoded.header_value.clone());
+        values.extend(encoded.chunks.iter().cloned());
+        values.push(encoded.commit_value(0));
+    }
+    let mut out = MAGIC.to_vec();
+    out.extend(1u32.to_le_bytes());
+    for value in &values {
+        out.extend(u32::try_from(value.len()).expect("small").to_le_bytes());
+        out.extend(value);
+    }
+    std::fs::write(messages, out).expect("write messages");
+}
+
+/// The message values of a messages file, in order.
+fn read_messages(file: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(file).expect("the messages fixture");
+    assert_eq!(&bytes[..4], MAGIC, "a messages file");
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")), 1, "fixture file version");
+    let mut rest = &bytes[8..];
+    let mut values = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = rest.split_at(4);
+        let (value, after) = after.split_at(u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+        values.push(value.to_vec());
+        rest = after;
+    }
+    values
+}
+
+/// Applies the chain the way a subscriber does: each snapshot is served only
+/// once its commit arrived with a matching checksum and chunk count.
+fn apply_chain(values: &[Vec<u8>]) -> Vec<ServingModel> {
+    let mut served: Vec<ServingModel> = Vec::new();
+    let mut open: Option<(Builder, SnapshotChecksum, u32)> = None;
+    for (offset, value) in values.iter().enumerate() {
+        match decode_message(value).unwrap_or_else(|error| panic!("message {offset}: {error}")) {
+            SnapshotMessage::Header(header) => {
+                let builder = match header.kind {
+                    SnapshotKind::Full => Builder::full(&header, served.last(), DEFAULT_CANDIDATES),
+                    SnapshotKind::Delta { .. } => Builder::delta(&header, served.last().expect("a base")),
+                }
+                .expect("a servable header");
+                let mut checksum = SnapshotChecksum::new();
+                checksum.update(value);
+                open = Some((builder, checksum, 0));
+            }
+            SnapshotMessage::Chunk(chunk) => {
+                let (builder, checksum, chunks) = open.as_mut().expect("a header first");
+                checksum.update(value);
+                *chunks += 1;
+                builder.apply(&chunk).expect("the chunk applies");
+            }
+            SnapshotMessage::Commit(commit) => {
+                let (builder, checksum, chunks) = open.take().expect("a header first");
+                assert_eq!((checksum.digest(), chunks), (commit.checksum, commit.chunks), "commit {}", commit.version);
+                served.push(builder.finish(commit.chain_start_offset));
+            }
+        }
+    }
+    served
+}
+
+#[test]
+fn a_format_3_snapshot_chain_written_by_an_earlier_build_serves_the_same_model() {
+    let (messages, expected) =
+        (fixtures().join("snapshots-v3.messages"), fixtures().join("snapshots-v3.expected.json"));
+    if std::env::var_os("FRESHET_WRITE_FIXTURES").is_some() && !messages.exists() {
+        write_fixture(&messages);
+        let served = apply_chain(&read_messages(&messages));
+        let text = serde_json::to_string_pretty(&served.iter().map(summary).collect::<Vec<_>>()).expect("json");
+        std::fs::write(&expected, text + "\n").expect("write expected");
+    }
+    let values = read_messages(&messages);
+    assert!(values.len() > 6, "several chunks per snapshot");
+    let served = apply_chain(&values);
+    let expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
+    assert_eq!(Value::Array(served.iter().map(summary).collect()), expected);
+    assert!(served[0].row(TableKind::User, hash_id("u3")).is_some(), "u3 trained before version 1");
+    assert_eq!(served[1].row(TableKind::User, hash_id("u3")), None, "the forgotten user is gone at version 2");
+}
+
+#[test]
+fn a_snapshot_of_an_unknown_format_version_is_refused_by_number() {
+    let mut header = read_messages(&fixtures().join("snapshots-v3.messages")).remove(0);
+    header[4..6].copy_from_slice(&99u16.to_le_bytes());
+    let error = decode_message(&header).expect_err("refused");
+    assert_eq!(error, SnapshotFormatError::UnsupportedVersion(99));
+    assert!(error.to_string().contains("99"), "{error}");
+}
