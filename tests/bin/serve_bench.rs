@@ -484,7 +484,7 @@ fn topk(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Resu
         chain_start_offset: None,
         metrics: SnapshotMetrics::default(),
     };
-    let encoded: usize = rows.iter().map(freshet_core::snapshot::encoded_row_len).sum();
+    let encoded: usize = rows.iter().map(|row| freshet_core::snapshot::encoded_row_len(row, Default::default())).sum();
     let building = Instant::now();
     let mut builder = freshet_subscriber::Builder::full(&header, None, candidates)?;
     for (index, chunk) in rows.chunks(4096).enumerate() {

@@ -21,7 +21,13 @@ fn main() -> anyhow::Result<()> {
     trained.train(4_000);
     let outgoing = trained.full(1);
     let spec = trained.trainer.spec().clone();
-    let context = HeaderContext { model: &model, spec: &spec, created_ms: now_ms(), chain_start_offset: None };
+    let context = HeaderContext {
+        model: &model,
+        spec: &spec,
+        created_ms: now_ms(),
+        chain_start_offset: None,
+        value_encoding: Default::default(),
+    };
     let encoded = encode(&outgoing, context, config.chunk_bytes);
     anyhow::ensure!(encoded.chunks.len() >= 2, "the torn snapshot needs several chunks");
     let producer = raw_transactional(&bootstrap, &format!("freshet-publisher-{model}"))?;

@@ -336,8 +336,13 @@ impl Scenario {
         tamper: impl FnOnce(&mut EncodedSnapshot),
     ) -> Vec<Vec<u8>> {
         let spec = self.trained.trainer.spec();
-        let context =
-            HeaderContext { model: &self.model, spec, created_ms: now_ms(), chain_start_offset: Some(chain_start) };
+        let context = HeaderContext {
+            model: &self.model,
+            spec,
+            created_ms: now_ms(),
+            chain_start_offset: Some(chain_start),
+            value_encoding: Default::default(),
+        };
         let mut encoded = encode(outgoing, context, self.config.chunk_bytes);
         tamper(&mut encoded);
         let mut values = vec![encoded.header_value.clone()];

@@ -1,9 +1,10 @@
-//! Old snapshots stay readable: a snapshot chain written by an earlier build
+//! Old snapshots stay readable: snapshot chains written by earlier builds
 //! (a full snapshot and a delta on it, with context features, a forgotten
-//! user and several chunks each) is checked in as its Kafka message values,
-//! `tests/fixtures/snapshots-v3.messages`, with the model it must give at each
-//! version (`snapshots-v3.expected.json`). The test decodes and applies it
-//! with this build's subscriber, so a change that breaks the snapshot format
+//! user and several chunks each) are checked in as their Kafka message
+//! values, `tests/fixtures/snapshots-<format>.messages`, with the model each
+//! must give at each version (`snapshots-<format>.expected.json`): format 3,
+//! and format 4 with f32 and with f16 values. The tests decode and apply them
+//! with this build's subscriber, so a change that breaks a snapshot format
 //! without a version bump fails CI; a reader refuses versions it does not
 //! know, by number.
 //!
@@ -18,9 +19,12 @@
 
 use std::path::{Path, PathBuf};
 
-use freshet_core::snapshot::{SnapshotChecksum, SnapshotFormatError, SnapshotKind, SnapshotMessage, decode_message};
-use freshet_core::{TableKind, hash_id};
-use freshet_e2e::snapshots::ModelUnderTest;
+use freshet_core::snapshot::{
+    ChunkView, FORMAT_VERSION, SnapshotChecksum, SnapshotFormatError, SnapshotKind, SnapshotMessage, ValueEncoding,
+    decode_message,
+};
+use freshet_core::{Features, Head, ScoreContext, TableKind, hash_id};
+use freshet_e2e::snapshots::{CONTEXT, ModelUnderTest};
 use freshet_publisher::{HeaderContext, encode};
 use freshet_subscriber::{Builder, DEFAULT_CANDIDATES, ServingModel};
 use serde_json::{Value, json};
@@ -67,8 +71,9 @@ fn summary(model: &ServingModel) -> Value {
 }
 
 /// Trains a small model with context features, publishes version 1 in full
-/// and version 2 as a delta (with a forgotten user), as message values.
-fn write_fixture(messages: &Path) {
+/// and version 2 as a delta (with a forgotten user), as message values of
+/// this build's format with `value_encoding`.
+fn write_fixture(messages: &Path, value_encoding: ValueEncoding) {
     let mut model = ModelUnderTest::with_context(11);
     model.train(600);
     let full = model.full(1);
@@ -83,6 +88,7 @@ fn write_fixture(messages: &Path) {
             spec: &spec,
             created_ms: 1_764_400_000_000,
             chain_start_offset: chain_start,
+            value_encoding,
         };
         let encoded = encode(outgoing, context, 4096);
         values.push(encoded.header_value.clone());
@@ -115,8 +121,9 @@ fn read_messages(file: &Path) -> Vec<Vec<u8>> {
 }
 
 /// Applies the chain the way a subscriber does: each snapshot is served only
-/// once its commit arrived with a matching checksum and chunk count.
-fn apply_chain(values: &[Vec<u8>]) -> Vec<ServingModel> {
+/// once its commit arrived with a matching checksum and chunk count. Chunks
+/// are read in place (as `Subscriber` does) or, with `decoded`, decoded first.
+fn apply_chain(values: &[Vec<u8>], decoded: bool) -> Vec<ServingModel> {
     let mut served: Vec<ServingModel> = Vec::new();
     let mut open: Option<(Builder, SnapshotChecksum, u32)> = None;
     for (offset, value) in values.iter().enumerate() {
@@ -135,7 +142,11 @@ fn apply_chain(values: &[Vec<u8>]) -> Vec<ServingModel> {
                 let (builder, checksum, chunks) = open.as_mut().expect("a header first");
                 checksum.update(value);
                 *chunks += 1;
-                builder.apply(&chunk).expect("the chunk applies");
+                match decoded {
+                    true => builder.apply(&chunk),
+                    false => builder.apply_view(&ChunkView::parse(value).expect("a chunk in place")),
+                }
+                .expect("the chunk applies");
             }
             SnapshotMessage::Commit(commit) => {
                 let (builder, checksum, chunks) = open.take().expect("a header first");
@@ -147,23 +158,69 @@ fn apply_chain(values: &[Vec<u8>]) -> Vec<ServingModel> {
     served
 }
 
-#[test]
-fn a_format_3_snapshot_chain_written_by_an_earlier_build_serves_the_same_model() {
-    let (messages, expected) =
-        (fixtures().join("snapshots-v3.messages"), fixtures().join("snapshots-v3.expected.json"));
+/// Decodes and applies fixture `name` and compares it with its expected
+/// model; with `FRESHET_WRITE_FIXTURES` set, first writes a missing fixture
+/// of this build's format (`name` must then be of it).
+fn check_fixture(name: &str, value_encoding: ValueEncoding) -> Vec<ServingModel> {
+    let messages = fixtures().join(format!("{name}.messages"));
+    let expected = fixtures().join(format!("{name}.expected.json"));
     if std::env::var_os("FRESHET_WRITE_FIXTURES").is_some() && !messages.exists() {
-        write_fixture(&messages);
-        let served = apply_chain(&read_messages(&messages));
+        assert!(name.starts_with(&format!("snapshots-v{FORMAT_VERSION}")), "{name} is not of format {FORMAT_VERSION}");
+        write_fixture(&messages, value_encoding);
+        let served = apply_chain(&read_messages(&messages), false);
         let text = serde_json::to_string_pretty(&served.iter().map(summary).collect::<Vec<_>>()).expect("json");
         std::fs::write(&expected, text + "\n").expect("write expected");
     }
     let values = read_messages(&messages);
     assert!(values.len() > 6, "several chunks per snapshot");
-    let served = apply_chain(&values);
+    let served = apply_chain(&values, false);
+    let decoded = apply_chain(&values, true);
+    assert_eq!(served.iter().map(summary).collect::<Vec<_>>(), decoded.iter().map(summary).collect::<Vec<_>>());
     let expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
-    assert_eq!(Value::Array(served.iter().map(summary).collect()), expected);
+    assert_eq!(Value::Array(served.iter().map(summary).collect()), expected, "{name}");
     assert!(served[0].row(TableKind::User, hash_id("u3")).is_some(), "u3 trained before version 1");
     assert_eq!(served[1].row(TableKind::User, hash_id("u3")), None, "the forgotten user is gone at version 2");
+    served
+}
+
+#[test]
+fn a_format_3_snapshot_chain_written_by_an_earlier_build_serves_the_same_model() {
+    check_fixture("snapshots-v3", ValueEncoding::F32);
+}
+
+#[test]
+fn format_4_chains_with_f32_and_f16_values_serve_their_models() {
+    let exact = check_fixture("snapshots-v4-f32", ValueEncoding::F32);
+    let half = check_fixture("snapshots-v4-f16", ValueEncoding::F16);
+    let v3 = check_fixture("snapshots-v3", ValueEncoding::F32);
+    // Format 4 with f32 serves the very model format 3 did; f16 rounds each
+    // value, and moves served scores by less than 1e-3.
+    let mut worst = 0.0f32;
+    for ((exact, half), v3) in exact.iter().zip(&half).zip(&v3) {
+        for n in 0..1_000usize {
+            let (user, item) = (format!("u{}", n % 300), format!("i{}", (n * 7) % 200));
+            let features: Features = CONTEXT
+                .iter()
+                .enumerate()
+                .map(|(k, (name, values))| ((*name).to_owned(), values[(n + k) % values.len()].to_owned()))
+                .collect();
+            let context = ScoreContext::new(&features).at(exact.info().newest_event_ms);
+            for head in Head::ALL {
+                let (a, b) = (exact.score(head, &user, &item, &context), half.score(head, &user, &item, &context));
+                worst = worst.max((a - b).abs());
+            }
+        }
+        assert_eq!(summary(exact), summary(v3));
+        for table in TableKind::ALL {
+            for (key, _, values) in exact.rows(table) {
+                let rounded = half.row(table, key).expect("the same rows");
+                for (a, b) in values.iter().zip(&rounded) {
+                    assert!((a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-7, "{a} vs {b}");
+                }
+            }
+        }
+    }
+    assert!(worst < 1e-3, "an f16 snapshot moved a served score by {worst}");
 }
 
 #[test]

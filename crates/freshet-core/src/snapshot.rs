@@ -4,8 +4,11 @@
 //!
 //! A snapshot is one [`SnapshotHeader`], then [`SnapshotChunk`]s, then one
 //! [`SnapshotCommit`], all produced in one Kafka transaction. Every message
-//! value is [`MAGIC`], the format version (u16, little-endian) and the
-//! bincode form (fixed-width little-endian integers) of a [`SnapshotMessage`].
+//! value is [`MAGIC`], the format version (u16, little-endian) and a body:
+//! for a header or a commit the bincode form (fixed-width little-endian
+//! integers) of a [`SnapshotMessage`]; for a chunk (format 4) a compact row
+//! layout with values as f32 or, optionally, f16 ([`ValueEncoding`]).
+//! Format 3 (chunks as bincode too, values f32) is still read.
 //! The commit's checksum covers the header's and the chunks' message values
 //! in order, so a reader applies a snapshot only when all of it arrived intact.
 
@@ -18,8 +21,10 @@ use crate::offsets::{NextOffsets, TopicPartition};
 
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 3;
+/// The format version this code writes.
+pub const FORMAT_VERSION: u16 = 4;
+/// The format versions this code reads: 3 (bincode chunks) and 4.
+pub const READABLE_VERSIONS: [u16; 2] = [3, 4];
 /// Default largest chunk message, safely under Kafka's default 1 MiB limit.
 pub const DEFAULT_CHUNK_BYTES: usize = 512 * 1024;
 /// Decoding never claims more than this many bytes, whatever a corrupt length says.
@@ -40,6 +45,29 @@ pub enum SnapshotMessage {
     Chunk(SnapshotChunk),
     /// Closes the snapshot: chunk count and checksum.
     Commit(SnapshotCommit),
+}
+
+/// How a chunk holds parameter values: f32 (exact, the default) or f16
+/// (half the bytes; every value rounded to the nearest f16, a relative error
+/// of at most 2^-11, and a row with a value beyond f16's range sent in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueEncoding {
+    /// 4 bytes a value, bit for bit the trainer's.
+    #[default]
+    F32,
+    /// 2 bytes a value (IEEE 754 binary16, round to nearest even).
+    F16,
+}
+
+impl ValueEncoding {
+    /// The chunk byte that names it.
+    fn tag(self) -> u8 {
+        match self {
+            ValueEncoding::F32 => 0,
+            ValueEncoding::F16 => 1,
+        }
+    }
 }
 
 /// Full or incremental.
@@ -211,7 +239,7 @@ pub enum SnapshotFormatError {
     #[error("not a freshet snapshot message (no magic)")]
     NoMagic,
     /// A format version this code does not read.
-    #[error("snapshot format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error("snapshot format version {0} is not supported (this build reads versions 3 and 4)")]
     UnsupportedVersion(u16),
     /// The body does not decode.
     #[error("malformed snapshot message: {0}")]
@@ -221,33 +249,112 @@ pub enum SnapshotFormatError {
     TrailingBytes(usize),
 }
 
-/// Encodes a message value: magic, format version, body.
+/// Encodes a message value: magic, format version, body (chunks with f32 values).
 pub fn encode_message(message: &SnapshotMessage) -> Vec<u8> {
-    encode_with_prefix(message, 64)
+    match message {
+        SnapshotMessage::Chunk(chunk) => {
+            let rows: Vec<&SnapshotRow> = chunk.rows.iter().collect();
+            encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones, ValueEncoding::F32)
+        }
+        other => {
+            let mut bytes = Vec::with_capacity(64);
+            bytes.extend_from_slice(&MAGIC);
+            bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            // Encoding into a Vec fails only for types serde cannot represent, which these are not.
+            bincode::serde::encode_into_std_write(other, &mut bytes, bincode_config())
+                .expect("snapshot messages always encode");
+            bytes
+        }
+    }
 }
 
-/// Encodes a chunk message from borrowed rows: the same bytes as
-/// [`encode_message`] of the equal [`SnapshotMessage::Chunk`], without copying rows.
-pub fn encode_chunk(version: u64, index: u32, rows: &[&SnapshotRow], tombstones: &[SnapshotTombstone]) -> Vec<u8> {
-    /// Mirrors [`SnapshotMessage`] up to its chunk variant, by reference.
-    #[derive(Serialize)]
-    enum MessageRef<'a> {
-        _Header,
-        Chunk { version: u64, index: u32, rows: &'a [&'a SnapshotRow], tombstones: &'a [SnapshotTombstone] },
+/// Variant index of [`SnapshotMessage::Chunk`], the first u32 of its body.
+const CHUNK_VARIANT: u32 = 1;
+/// Variant index of [`SnapshotMessage::Commit`].
+const COMMIT_VARIANT: u32 = 2;
+/// The table byte's flag for a row whose values are f32 in an f16 chunk.
+const ROW_IN_F32: u8 = 0x80;
+/// The table byte's flag for a row of another width than its table's in the
+/// chunk header: a u16 width follows the id.
+const ROW_WIDTH: u8 = 0x40;
+
+/// Encodes a chunk message (format 4) from borrowed rows, values as
+/// `encoding` says (docs/snapshots.md gives the layout byte by byte). A
+/// table's width is its first row's; a row of another width says its own.
+pub fn encode_chunk(
+    version: u64,
+    index: u32,
+    rows: &[&SnapshotRow],
+    tombstones: &[SnapshotTombstone],
+    encoding: ValueEncoding,
+) -> Vec<u8> {
+    let mut widths = [0u16; 3];
+    for table in TableKind::ALL {
+        if let Some(row) = rows.iter().find(|row| row.table == table) {
+            widths[table.index()] = u16::try_from(row.values.len()).expect("rows are at most MAX_DIM + 4 wide");
+        }
     }
     let size = EMPTY_CHUNK_LEN
-        + rows.iter().map(|row| encoded_row_len(row)).sum::<usize>()
+        + rows.iter().map(|row| encoded_row_len(row, encoding)).sum::<usize>()
         + tombstones.len() * ENCODED_TOMBSTONE_LEN;
-    encode_with_prefix(&MessageRef::Chunk { version, index, rows, tombstones }, size)
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&CHUNK_VARIANT.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.push(encoding.tag());
+    widths.iter().for_each(|w| out.extend_from_slice(&w.to_le_bytes()));
+    out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    for row in rows {
+        let half = encoding == ValueEncoding::F16 && row.values.iter().all(|v| fits_f16(*v));
+        let own_width = row.values.len() != usize::from(widths[row.table.index()]);
+        let mut tag = row.table.index() as u8;
+        if encoding == ValueEncoding::F16 && !half {
+            tag |= ROW_IN_F32;
+        }
+        if own_width {
+            tag |= ROW_WIDTH;
+        }
+        out.push(tag);
+        out.extend_from_slice(&row.key.to_le_bytes());
+        out.extend_from_slice(&row.updated_ms.to_le_bytes());
+        match &row.id {
+            None => out.push(0),
+            Some(id) => {
+                write_varint(&mut out, id.len() as u64 + 1);
+                out.extend_from_slice(id.as_bytes());
+            }
+        }
+        if own_width {
+            out.extend_from_slice(&u16::try_from(row.values.len()).expect("rows are narrow").to_le_bytes());
+        }
+        if half {
+            out.extend(row.values.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()));
+        } else {
+            out.extend(row.values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    out.extend_from_slice(&(tombstones.len() as u64).to_le_bytes());
+    for tombstone in tombstones {
+        out.push(tombstone.table.index() as u8);
+        out.extend_from_slice(&tombstone.key.to_le_bytes());
+    }
+    out
 }
 
-fn encode_with_prefix(body: &impl Serialize, capacity: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(capacity);
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // Encoding into a Vec fails only for types serde cannot represent, which these are not.
-    bincode::serde::encode_into_std_write(body, &mut bytes, bincode_config()).expect("snapshot messages always encode");
-    bytes
+/// Whether `value` survives f16 as a finite number.
+fn fits_f16(value: f32) -> bool {
+    half::f16::from_f32(value).is_finite()
+}
+
+/// LEB128: 7 bits a byte, low first, the high bit set on all but the last.
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 /// Decodes a message value written by [`encode_message`].
@@ -256,10 +363,19 @@ pub fn decode_message(bytes: &[u8]) -> Result<SnapshotMessage, SnapshotFormatErr
         return Err(SnapshotFormatError::NoMagic);
     }
     let version = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
-    if version != FORMAT_VERSION {
+    if !READABLE_VERSIONS.contains(&version) {
         return Err(SnapshotFormatError::UnsupportedVersion(version));
     }
     let body = &bytes[PREFIX_LEN..];
+    if version >= 4 && body.get(..4) == Some(&CHUNK_VARIANT.to_le_bytes()[..]) {
+        let view = ChunkView::parse(bytes)?;
+        return Ok(SnapshotMessage::Chunk(SnapshotChunk {
+            version: view.version,
+            index: view.index,
+            rows: view.rows().map(|row| row.to_owned_row()).collect(),
+            tombstones: view.tombstones().collect(),
+        }));
+    }
     let (message, used) = bincode::serde::decode_from_slice(body, bincode_config())
         .map_err(|error| SnapshotFormatError::Malformed(error.to_string()))?;
     match body.len() - used {
@@ -272,8 +388,6 @@ pub fn decode_message(bytes: &[u8]) -> Result<SnapshotMessage, SnapshotFormatErr
 /// recognised by their variant index and not decoded, so scanning a topic for
 /// commit records does not decode its chunks.
 pub fn decode_commit(bytes: &[u8]) -> Option<SnapshotCommit> {
-    /// Variant index of [`SnapshotMessage::Commit`].
-    const COMMIT_VARIANT: u32 = 2;
     let variant = bytes.get(PREFIX_LEN..PREFIX_LEN + 4)?;
     if u32::from_le_bytes(variant.try_into().ok()?) != COMMIT_VARIANT {
         return None;
@@ -288,12 +402,10 @@ pub fn decode_commit(bytes: &[u8]) -> Option<SnapshotCommit> {
 /// without decoding its rows (for checking the sequence of a snapshot that
 /// is not applied).
 pub fn decode_chunk_position(bytes: &[u8]) -> Option<(u64, u32)> {
-    /// Variant index of [`SnapshotMessage::Chunk`].
-    const CHUNK_VARIANT: u32 = 1;
     if bytes.len() < PREFIX_LEN || bytes[..MAGIC.len()] != MAGIC {
         return None;
     }
-    if u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]) != FORMAT_VERSION {
+    if !READABLE_VERSIONS.contains(&u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]])) {
         return None;
     }
     let field = |at: usize, len: usize| bytes.get(PREFIX_LEN + at..PREFIX_LEN + at + len);
@@ -305,29 +417,33 @@ pub fn decode_chunk_position(bytes: &[u8]) -> Option<(u64, u32)> {
     Some((version, index))
 }
 
-/// The values of a row as a chunk message holds them: little-endian f32s.
+/// The values of a row as a chunk message holds them: little-endian f32s,
+/// or f16s read as f32s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeValues<'a>(&'a [u8]);
+pub struct LeValues<'a> {
+    bytes: &'a [u8],
+    half: bool,
+}
 
 impl<'a> LeValues<'a> {
     /// How many values.
     pub fn len(&self) -> usize {
-        self.0.len() / 4
+        self.bytes.len() / if self.half { 2 } else { 4 }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 
     /// The values, decoded one by one.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = f32> + 'a {
-        self.0.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// The raw little-endian bytes.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.0
+        let (bytes, half) = (self.bytes, self.half);
+        let width = if half { 2 } else { 4 };
+        bytes.chunks_exact(width).map(move |b| match half {
+            true => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+            false => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        })
     }
 
     /// Whether `values` hold exactly these values, bit for bit.
@@ -358,6 +474,19 @@ pub struct RowView<'a> {
     pub values: LeValues<'a>,
 }
 
+impl RowView<'_> {
+    /// The row, decoded.
+    pub fn to_owned_row(&self) -> SnapshotRow {
+        SnapshotRow {
+            table: self.table,
+            key: self.key,
+            id: self.id.map(str::to_owned),
+            updated_ms: self.updated_ms,
+            values: self.values.iter().collect(),
+        }
+    }
+}
+
 /// A chunk message checked and read in place: its rows and tombstones are
 /// decoded as they are iterated, without allocating, so a large snapshot
 /// streams through a reader at the speed of its bytes. It reads exactly
@@ -374,6 +503,16 @@ pub struct ChunkView<'a> {
     rows: &'a [u8],
     row_count: u64,
     tombstones: &'a [u8],
+    layout: ChunkLayout,
+}
+
+/// How a chunk's rows and tombstones are laid out.
+#[derive(Debug, Clone, Copy)]
+enum ChunkLayout {
+    /// Format 3: bincode rows (u32 table, option tag, u64 lengths), f32 values.
+    Bincode,
+    /// Format 4: compact rows of the given widths per table.
+    Compact { widths: [u16; 3], half: bool },
 }
 
 /// Reads fixed-width little-endian fields off the front of a byte slice.
@@ -435,49 +574,136 @@ impl<'a> Reader<'a> {
         };
         let updated_ms = self.u64()? as i64;
         let count = self.len(4)?;
-        let values = LeValues(self.take(4 * count)?);
+        let values = LeValues { bytes: self.take(4 * count)?, half: false };
         Ok(RowView { table, key, id, updated_ms, values })
+    }
+
+    /// A varint (LEB128) of at most 10 bytes.
+    fn varint(&mut self) -> Result<u64, SnapshotFormatError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(SnapshotFormatError::Malformed("a varint longer than 10 bytes".to_owned()))
+    }
+
+    /// A format-4 table byte (without its flag bits).
+    fn table_byte(byte: u8) -> Result<TableKind, SnapshotFormatError> {
+        match byte {
+            0 => Ok(TableKind::User),
+            1 => Ok(TableKind::Item),
+            2 => Ok(TableKind::Feature),
+            other => Err(SnapshotFormatError::Malformed(format!("table byte {other}"))),
+        }
+    }
+
+    /// A format-4 row of `widths` values per table, f16 where `half`.
+    fn compact_row(&mut self, widths: [u16; 3], half: bool) -> Result<RowView<'a>, SnapshotFormatError> {
+        let tag = self.u8()?;
+        let in_f32 = tag & ROW_IN_F32 != 0;
+        if in_f32 && !half {
+            return Err(SnapshotFormatError::Malformed("an f32 flag in an f32 chunk".to_owned()));
+        }
+        let table = Self::table_byte(tag & !(ROW_IN_F32 | ROW_WIDTH))?;
+        let key = self.u64()?;
+        let updated_ms = self.u64()? as i64;
+        let id = match self.varint()? {
+            0 => None,
+            len => {
+                let len = usize::try_from(len - 1).unwrap_or(usize::MAX);
+                let text = std::str::from_utf8(self.take(len)?)
+                    .map_err(|error| SnapshotFormatError::Malformed(format!("an id is not UTF-8: {error}")))?;
+                Some(text)
+            }
+        };
+        let width = match tag & ROW_WIDTH {
+            0 => widths[table.index()],
+            _ => u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")),
+        };
+        let half = half && !in_f32;
+        let width = usize::from(width) * if half { 2 } else { 4 };
+        let values = LeValues { bytes: self.take(width)?, half };
+        Ok(RowView { table, key, id, updated_ms, values })
+    }
+
+    /// The next row as `layout` lays rows out.
+    fn row_of(&mut self, layout: ChunkLayout) -> Result<RowView<'a>, SnapshotFormatError> {
+        match layout {
+            ChunkLayout::Bincode => self.row(),
+            ChunkLayout::Compact { widths, half } => self.compact_row(widths, half),
+        }
+    }
+
+    /// The next tombstone as `layout` lays them out.
+    fn tombstone_of(&mut self, layout: ChunkLayout) -> Result<SnapshotTombstone, SnapshotFormatError> {
+        let table = match layout {
+            ChunkLayout::Bincode => self.table()?,
+            ChunkLayout::Compact { .. } => Self::table_byte(self.u8()?)?,
+        };
+        Ok(SnapshotTombstone { table, key: self.u64()? })
     }
 }
 
 impl<'a> ChunkView<'a> {
-    /// Reads the chunk message value `bytes` in place, checking all of it.
+    /// Reads the chunk message value `bytes` (format 3 or 4) in place, checking all of it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, SnapshotFormatError> {
         if bytes.len() < PREFIX_LEN || bytes[..MAGIC.len()] != MAGIC {
             return Err(SnapshotFormatError::NoMagic);
         }
         let format = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
-        if format != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&format) {
             return Err(SnapshotFormatError::UnsupportedVersion(format));
         }
         let mut reader = Reader(&bytes[PREFIX_LEN..]);
-        if reader.u32()? != 1 {
+        if reader.u32()? != CHUNK_VARIANT {
             return Err(SnapshotFormatError::Malformed("not a chunk message".to_owned()));
         }
         let version = reader.u64()?;
         let index = reader.u32()?;
-        // A row takes at least 33 bytes (table, key, tag, time, value count).
-        let row_count = reader.len(33)? as u64;
+        let (layout, smallest_row, tombstone_len) = if format == 3 {
+            // A row takes at least 33 bytes (table, key, tag, time, value count).
+            (ChunkLayout::Bincode, 33, 12)
+        } else {
+            let half = match reader.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(SnapshotFormatError::Malformed(format!("value encoding {other}"))),
+            };
+            let mut widths = [0u16; 3];
+            for width in &mut widths {
+                *width = u16::from_le_bytes(reader.take(2)?.try_into().expect("2 bytes"));
+            }
+            // A row takes at least 18 bytes (table, key, time, id length).
+            (ChunkLayout::Compact { widths, half }, 18, ENCODED_TOMBSTONE_LEN)
+        };
+        let row_count = reader.len(smallest_row)? as u64;
         let rows = reader.0;
         let mut table_rows = [0u64; 3];
         for _ in 0..row_count {
-            table_rows[reader.row()?.table.index()] += 1;
+            table_rows[reader.row_of(layout)?.table.index()] += 1;
         }
         let rows = &rows[..rows.len() - reader.0.len()];
-        let tombstone_count = reader.len(ENCODED_TOMBSTONE_LEN)?;
-        let tombstones = reader.take(tombstone_count * ENCODED_TOMBSTONE_LEN)?;
-        Reader(tombstones).tombstones_check(tombstone_count)?;
+        let tombstone_count = reader.len(tombstone_len)?;
+        let tombstones = reader.take(tombstone_count * tombstone_len)?;
+        let mut check = Reader(tombstones);
+        for _ in 0..tombstone_count {
+            check.tombstone_of(layout)?;
+        }
         match reader.0.len() {
-            0 => Ok(ChunkView { version, index, table_rows, rows, row_count, tombstones }),
+            0 => Ok(ChunkView { version, index, table_rows, rows, row_count, tombstones, layout }),
             extra => Err(SnapshotFormatError::TrailingBytes(extra)),
         }
     }
 
     /// The rows, in order.
     pub fn rows(&self) -> impl Iterator<Item = RowView<'a>> + Clone + 'a {
-        let mut reader = Reader(self.rows);
+        let (mut reader, layout) = (Reader(self.rows), self.layout);
         // Checked in `parse`: every row reads.
-        (0..self.row_count).map_while(move |_| reader.row().ok())
+        (0..self.row_count).map_while(move |_| reader.row_of(layout).ok())
     }
 
     /// Rows in the chunk.
@@ -487,40 +713,39 @@ impl<'a> ChunkView<'a> {
 
     /// The tombstones, in order.
     pub fn tombstones(&self) -> impl Iterator<Item = SnapshotTombstone> + 'a {
-        let mut reader = Reader(self.tombstones);
-        std::iter::from_fn(move || {
-            let table = reader.table().ok()?;
-            Some(SnapshotTombstone { table, key: reader.u64().ok()? })
-        })
+        let (mut reader, layout) = (Reader(self.tombstones), self.layout);
+        std::iter::from_fn(move || reader.tombstone_of(layout).ok())
     }
 
     /// Tombstones in the chunk.
     pub fn tombstone_count(&self) -> u64 {
-        (self.tombstones.len() / ENCODED_TOMBSTONE_LEN) as u64
+        let len = match self.layout {
+            ChunkLayout::Bincode => 12,
+            ChunkLayout::Compact { .. } => ENCODED_TOMBSTONE_LEN,
+        };
+        (self.tombstones.len() / len) as u64
     }
 }
 
-impl Reader<'_> {
-    fn tombstones_check(&mut self, count: usize) -> Result<(), SnapshotFormatError> {
-        for _ in 0..count {
-            self.table()?;
-            self.u64()?;
-        }
-        Ok(())
-    }
+/// Bytes a row adds to a chunk [`encode_chunk`] writes with `encoding` (2
+/// more for a row whose width differs from its table's first row in the chunk).
+pub fn encoded_row_len(row: &SnapshotRow, encoding: ValueEncoding) -> usize {
+    let id = row.id.as_ref().map_or(0, |id| id.len() + varint_len(id.len() as u64 + 1) - 1);
+    let half = encoding == ValueEncoding::F16 && row.values.iter().all(|v| fits_f16(*v));
+    // table + key + updated + id length (1 byte for none) + id + values
+    1 + 8 + 8 + 1 + id + row.values.len() * if half { 2 } else { 4 }
 }
 
-/// Bytes a row adds to an encoded chunk.
-pub fn encoded_row_len(row: &SnapshotRow) -> usize {
-    // table (u32) + key (u64) + option tag + [len (u64) + id] + updated (i64) + len (u64) + floats
-    4 + 8 + 1 + row.id.as_ref().map_or(0, |id| 8 + id.len()) + 8 + 8 + 4 * row.values.len()
+fn varint_len(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).div_ceil(7).max(1)
 }
 
-/// Bytes a tombstone adds to an encoded chunk.
-pub const ENCODED_TOMBSTONE_LEN: usize = 4 + 8;
+/// Bytes a tombstone adds to an encoded chunk (table byte, key).
+pub const ENCODED_TOMBSTONE_LEN: usize = 1 + 8;
 
-/// Bytes of an encoded chunk message with no rows and no tombstones.
-pub const EMPTY_CHUNK_LEN: usize = PREFIX_LEN + 4 + 8 + 4 + 8 + 8;
+/// Bytes of an encoded chunk message with no rows and no tombstones:
+/// prefix, variant, version, index, encoding, widths, row count, tombstone count.
+pub const EMPTY_CHUNK_LEN: usize = PREFIX_LEN + 4 + 8 + 4 + 1 + 6 + 8 + 8;
 
 /// The commit checksum: XXH3-64 (seed 0) over the header's message value
 /// followed by every chunk's message value, in chunk order.
@@ -618,11 +843,126 @@ mod tests {
 
     #[test]
     fn the_encoded_chunk_length_is_predicted_exactly() {
+        let mut chunk = chunk();
+        chunk.rows.push(SnapshotRow { values: vec![1e6, 0.5, 0.25, 2.0], ..row(TableKind::User, 5, None) });
+        let rows: Vec<&SnapshotRow> = chunk.rows.iter().collect();
+        for encoding in [ValueEncoding::F32, ValueEncoding::F16] {
+            let predicted = EMPTY_CHUNK_LEN
+                + chunk.rows.iter().map(|row| encoded_row_len(row, encoding)).sum::<usize>()
+                + chunk.tombstones.len() * ENCODED_TOMBSTONE_LEN;
+            let bytes = encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones, encoding);
+            assert_eq!(bytes.len(), predicted, "{encoding:?}");
+        }
+    }
+
+    /// A chunk as format 3 wrote it: bincode of the whole message.
+    fn format_3_chunk(chunk: &SnapshotChunk) -> Vec<u8> {
+        let mut bytes = b"FSNP".to_vec();
+        bytes.extend_from_slice(&3u16.to_le_bytes());
+        let message = SnapshotMessage::Chunk(chunk.clone());
+        bincode::serde::encode_into_std_write(&message, &mut bytes, bincode_config()).expect("encodes");
+        bytes
+    }
+
+    #[test]
+    fn format_3_chunks_are_still_read_in_place_and_decoded() {
         let chunk = chunk();
-        let predicted = EMPTY_CHUNK_LEN
-            + chunk.rows.iter().map(encoded_row_len).sum::<usize>()
-            + chunk.tombstones.len() * ENCODED_TOMBSTONE_LEN;
-        assert_eq!(encode_message(&SnapshotMessage::Chunk(chunk)).len(), predicted);
+        let bytes = format_3_chunk(&chunk);
+        assert_eq!(decode_message(&bytes), Ok(SnapshotMessage::Chunk(chunk.clone())));
+        let view = ChunkView::parse(&bytes).expect("a format-3 chunk");
+        assert_eq!(view.rows().map(|r| r.to_owned_row()).collect::<Vec<_>>(), chunk.rows);
+        assert_eq!(view.tombstones().collect::<Vec<_>>(), chunk.tombstones);
+        assert_eq!((view.tombstone_count(), decode_chunk_position(&bytes)), (1, Some((7, 3))));
+    }
+
+    #[test]
+    fn an_f16_chunk_rounds_each_value_and_keeps_out_of_range_rows_in_f32() {
+        let mut chunk = chunk();
+        chunk.rows[0].values = vec![0.1, -3.3, 1e-3, 1234.5];
+        chunk.rows.push(SnapshotRow { values: vec![1e6, 0.1, 0.25, -7e4], ..row(TableKind::User, 5, None) });
+        let rows: Vec<&SnapshotRow> = chunk.rows.iter().collect();
+        let half = encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones, ValueEncoding::F16);
+        let exact = encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones, ValueEncoding::F32);
+        assert_eq!(exact.len() - half.len(), 2 * 8, "two rows of four values in f16, one kept in f32");
+        let Ok(SnapshotMessage::Chunk(decoded)) = decode_message(&half) else { panic!("a chunk") };
+        for (got, sent) in decoded.rows[..2].iter().zip(&chunk.rows) {
+            for (a, b) in got.values.iter().zip(&sent.values) {
+                assert_eq!(*a, half::f16::from_f32(*b).to_f32(), "rounded to the nearest f16");
+                assert!((a - b).abs() <= b.abs() * 2f32.powi(-11));
+            }
+        }
+        assert_eq!(decoded.rows[2], chunk.rows[2], "a value beyond f16's range keeps its row in f32");
+        assert_eq!(decoded.tombstones, chunk.tombstones);
+    }
+
+    #[test]
+    fn an_f16_delta_at_dim_32_is_under_half_what_format_3_sent() {
+        // A delta as ratings make them: a user row and an item row per event.
+        let spec = ModelSpec { dim: 32, ..ModelSpec::default() };
+        let rows: Vec<SnapshotRow> = (0..500u64)
+            .flat_map(|n| {
+                let values = |table: TableKind| {
+                    (0..spec.row_width(table)).map(|k| ((n + k as u64) % 17) as f32 * 0.03 - 0.2).collect()
+                };
+                [
+                    SnapshotRow {
+                        table: TableKind::User,
+                        key: n,
+                        id: None,
+                        updated_ms: 1_764_400_000_000,
+                        values: values(TableKind::User),
+                    },
+                    SnapshotRow {
+                        table: TableKind::Item,
+                        key: n,
+                        id: Some(format!("i{}", 10_000 + n)),
+                        updated_ms: 1_764_400_000_000,
+                        values: values(TableKind::Item),
+                    },
+                ]
+            })
+            .collect();
+        let chunk = SnapshotChunk { version: 2, index: 0, rows, tombstones: vec![] };
+        let refs: Vec<&SnapshotRow> = chunk.rows.iter().collect();
+        let v3 = format_3_chunk(&chunk).len() as f64;
+        let f32_bytes = encode_chunk(2, 0, &refs, &[], ValueEncoding::F32).len() as f64;
+        let f16_bytes = encode_chunk(2, 0, &refs, &[], ValueEncoding::F16).len() as f64;
+        assert!(v3 / f16_bytes >= 1.9, "format 3 {v3} B, f16 {f16_bytes} B: {:.2}x", v3 / f16_bytes);
+        assert!(f32_bytes / f16_bytes >= 1.75, "f32 {f32_bytes} B, f16 {f16_bytes} B");
+    }
+
+    #[test]
+    fn a_format_4_chunk_is_laid_out_as_docs_snapshots_md_says() {
+        let item = SnapshotRow {
+            table: TableKind::Item,
+            key: 9,
+            id: Some("i9".to_owned()),
+            updated_ms: 5,
+            values: vec![1.0, -2.0],
+        };
+        let tombstone = SnapshotTombstone { table: TableKind::User, key: 3 };
+        let bytes = encode_chunk(7, 1, &[&item], &[tombstone], ValueEncoding::F16);
+        let mut expected = b"FSNP".to_vec();
+        expected.extend_from_slice(&4u16.to_le_bytes());
+        expected.extend_from_slice(&1u32.to_le_bytes()); // chunk
+        expected.extend_from_slice(&7u64.to_le_bytes()); // version
+        expected.extend_from_slice(&1u32.to_le_bytes()); // index
+        expected.push(1); // f16
+        for width in [0u16, 2, 0] {
+            expected.extend_from_slice(&width.to_le_bytes());
+        }
+        expected.extend_from_slice(&1u64.to_le_bytes()); // rows
+        expected.push(1); // item
+        expected.extend_from_slice(&9u64.to_le_bytes());
+        expected.extend_from_slice(&5i64.to_le_bytes());
+        expected.push(3); // id length + 1
+        expected.extend_from_slice(b"i9");
+        expected.extend_from_slice(&0x3c00u16.to_le_bytes()); // 1.0
+        expected.extend_from_slice(&0xc000u16.to_le_bytes()); // -2.0
+        expected.extend_from_slice(&1u64.to_le_bytes()); // tombstones
+        expected.push(0);
+        expected.extend_from_slice(&3u64.to_le_bytes());
+        assert_eq!(bytes, expected);
     }
 
     #[test]
@@ -675,7 +1015,7 @@ mod tests {
     fn borrowed_chunks_encode_like_owned_ones() {
         let chunk = chunk();
         let rows: Vec<&SnapshotRow> = chunk.rows.iter().collect();
-        let borrowed = encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones);
+        let borrowed = encode_chunk(chunk.version, chunk.index, &rows, &chunk.tombstones, ValueEncoding::F32);
         assert_eq!(borrowed, encode_message(&SnapshotMessage::Chunk(chunk)));
     }
 

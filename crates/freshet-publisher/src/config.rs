@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use freshet_core::ConfigError;
-use freshet_core::snapshot::DEFAULT_CHUNK_BYTES;
+use freshet_core::snapshot::{DEFAULT_CHUNK_BYTES, ValueEncoding};
 use freshet_kafka::TopicSpec;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ pub struct PublisherConfig {
     pub topic: Option<String>,
     /// Largest chunk message in bytes (Kafka's default limit is 1 MiB).
     pub chunk_bytes: usize,
+    /// How chunks hold parameter values: `f32` (exact, the default) or `f16`
+    /// (about half the bytes; served scores within about 1e-3 of f32's).
+    /// Checkpoints always keep f32.
+    pub value_encoding: ValueEncoding,
     /// Publish a full snapshot after this many deltas...
     pub full_every_deltas: u32,
     /// ...or when the last full snapshot is this old (ms), even while idle,
@@ -44,6 +48,7 @@ impl Default for PublisherConfig {
             enabled: true,
             topic: None,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            value_encoding: ValueEncoding::F32,
             full_every_deltas: 600,
             full_interval_ms: 600_000,
             transaction_timeout_ms: 60_000,

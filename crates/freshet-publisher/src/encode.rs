@@ -3,7 +3,7 @@
 
 use freshet_core::snapshot::{
     EMPTY_CHUNK_LEN, ENCODED_TOMBSTONE_LEN, SnapshotChecksum, SnapshotCommit, SnapshotHeader, SnapshotKind,
-    SnapshotMessage, SnapshotRow, SnapshotTombstone, encode_chunk, encode_message, encoded_row_len,
+    SnapshotMessage, SnapshotRow, SnapshotTombstone, ValueEncoding, encode_chunk, encode_message, encoded_row_len,
 };
 use freshet_core::{ModelSpec, TableKind};
 
@@ -50,6 +50,8 @@ pub struct HeaderContext<'a> {
     pub created_ms: i64,
     /// The full snapshot a delta chains from (`None` for a full snapshot).
     pub chain_start_offset: Option<i64>,
+    /// How the chunks hold parameter values.
+    pub value_encoding: ValueEncoding,
 }
 
 /// Encodes `outgoing` into chunks of at most `chunk_bytes` each (a chunk
@@ -86,13 +88,13 @@ pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usiz
     checksum.update(&header_value);
     let mut chunks = Vec::new();
     let mut push = |rows: &[&SnapshotRow], tombstones: &[SnapshotTombstone]| {
-        let value = encode_chunk(outgoing.version, chunks.len() as u32, rows, tombstones);
+        let value = encode_chunk(outgoing.version, chunks.len() as u32, rows, tombstones, context.value_encoding);
         checksum.update(&value);
         chunks.push(value);
     };
     let (mut start, mut size) = (0, EMPTY_CHUNK_LEN);
     for (at, row) in rows.iter().enumerate() {
-        let len = encoded_row_len(row);
+        let len = encoded_row_len(row, context.value_encoding);
         if at > start && size + len > chunk_bytes {
             push(&rows[start..at], &[]);
             (start, size) = (at, EMPTY_CHUNK_LEN);
@@ -146,7 +148,7 @@ mod tests {
     }
 
     fn context(spec: &ModelSpec) -> HeaderContext<'_> {
-        HeaderContext { model: "m", spec, created_ms: 0, chain_start_offset: None }
+        HeaderContext { model: "m", spec, created_ms: 0, chain_start_offset: None, value_encoding: ValueEncoding::F32 }
     }
 
     /// Decodes every chunk, checking size, index and checksum.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use freshet_core::snapshot::ValueEncoding;
 use freshet_core::{ModelSpec, now_ms};
 use freshet_kafka::{KafkaConfig, send_future};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -78,6 +79,7 @@ pub struct SnapshotProducer {
     topic: String,
     spec: ModelSpec,
     chunk_bytes: usize,
+    value_encoding: ValueEncoding,
     timeout: Duration,
     /// Header offset of the newest full snapshot committed by this instance.
     chain_start: Option<i64>,
@@ -112,6 +114,7 @@ impl SnapshotProducer {
             topic: config.topic_for(model),
             spec: spec.clone(),
             chunk_bytes: config.chunk_bytes,
+            value_encoding: config.value_encoding,
             timeout,
             chain_start: None,
         };
@@ -139,6 +142,7 @@ impl SnapshotProducer {
             spec: &self.spec,
             created_ms: now_ms(),
             chain_start_offset: chain_start,
+            value_encoding: self.value_encoding,
         };
         let encoded = encode(outgoing, context, self.chunk_bytes);
         self.producer.begin_transaction().map_err(|error| self.classify(error))?;
