@@ -18,10 +18,11 @@ proptest! {
     }
 }
 
-/// A valid chunk message with rows of every table (some ids non-ASCII) and tombstones.
-fn chunk_bytes(rows: usize, tombstones: usize) -> Vec<u8> {
+/// A valid chunk message with rows of every table (some ids non-ASCII, some
+/// values beyond f16's range) and tombstones, values in f16 where `half`.
+fn chunk_bytes(rows: usize, tombstones: usize, half: bool) -> Vec<u8> {
     use freshet_core::TableKind;
-    use freshet_core::snapshot::{SnapshotChunk, SnapshotMessage, SnapshotRow, SnapshotTombstone, encode_message};
+    use freshet_core::snapshot::{SnapshotRow, SnapshotTombstone, ValueEncoding, encode_chunk};
     let rows = (0..rows)
         .map(|n| {
             let table = TableKind::ALL[n % 3];
@@ -31,13 +32,15 @@ fn chunk_bytes(rows: usize, tombstones: usize) -> Vec<u8> {
                 key: n as u64 * 7919,
                 id,
                 updated_ms: n as i64,
-                values: vec![n as f32 * 0.5; 3 + n % 4],
+                values: vec![if n % 5 == 4 { 1e6 } else { n as f32 * 0.5 }; 3 + n % 4],
             }
         })
         .collect();
-    let tombstones =
+    let rows: Vec<SnapshotRow> = rows;
+    let tombstones: Vec<SnapshotTombstone> =
         (0..tombstones).map(|n| SnapshotTombstone { table: TableKind::ALL[n % 3], key: n as u64 }).collect();
-    encode_message(&SnapshotMessage::Chunk(SnapshotChunk { version: 9, index: 2, rows, tombstones }))
+    let encoding = if half { ValueEncoding::F16 } else { ValueEncoding::F32 };
+    encode_chunk(9, 2, &rows.iter().collect::<Vec<_>>(), &tombstones, encoding)
 }
 
 proptest! {
@@ -53,9 +56,10 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
         cut in any::<Option<usize>>(),
         tail in proptest::collection::vec(any::<u8>(), 0..64),
+        half in any::<bool>(),
     ) {
         use freshet_core::snapshot::{ChunkView, SnapshotMessage, decode_message};
-        let mut bytes = chunk_bytes(rows, tombstones);
+        let mut bytes = chunk_bytes(rows, tombstones, half);
         for (at, value) in flips {
             let at = 6 + at % (bytes.len() - 6);
             bytes[at] = value;
@@ -81,5 +85,25 @@ proptest! {
             }
             _ => {}
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+    /// Arbitrary bodies behind a valid magic and either readable version:
+    /// every snapshot decoder answers, none panics (and no length read from
+    /// the body is allocated before the bytes it claims are there).
+    #[test]
+    fn arbitrary_snapshot_bodies(body in proptest::collection::vec(any::<u8>(), 0..256), version in 3u16..=4, variant in 0u32..4) {
+        use freshet_core::snapshot::{ChunkView, decode_chunk_position, decode_commit, decode_message};
+        let mut bytes = b"FSNP".to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&variant.to_le_bytes());
+        bytes.extend(body);
+        let _ = decode_message(&bytes);
+        let _ = ChunkView::parse(&bytes);
+        let _ = decode_commit(&bytes);
+        let _ = decode_chunk_position(&bytes);
     }
 }
