@@ -3,9 +3,9 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `rows` | table (1 byte: user 0, item 1, feature 2) + key (u64 big-endian) | flat row, below |
-//! | `pending` | same as `rows` | bincode `PendingAdmission` |
+//! | `pending` | same as `rows` | sightings (u32 LE), time of the latest (i64 LE) |
 //! | `offsets` | topic (UTF-8) + 0x00 + partition (i32 big-endian) | next offset (i64 big-endian) |
-//! | `meta` | a name below | bincode of the named value |
+//! | `meta` | a name below | the named value, as docs/checkpoint.md says |
 //!
 //! Big-endian keys make RocksDB's byte order equal the trainer's
 //! (table, key) order, so a scan restores rows already sorted.
@@ -26,12 +26,17 @@
 //! | id length | id, UTF-8 |
 //! | 4 × (width + m + v) | `params`, `m`, `v` as f32 |
 //!
-//! The layout is versioned as a whole by the `format` meta key: a store
-//! written by another layout is refused when it is opened.
+//! The layout is versioned as a whole by the `format` meta key. Layout 4
+//! writes every value explicitly (the dense state as a
+//! [`freshet_core::record`], field by field); a layout-3 store (the spec,
+//! the dense state and pending counts as bincode of the trainer's types) is
+//! migrated when opened; any other is refused, naming both versions.
 
+use freshet_core::ModelSpec;
 use freshet_core::TableKind;
 use freshet_core::TopicPartition;
-use freshet_trainer::RowRef;
+use freshet_core::record::{RecordReader, RecordWriter};
+use freshet_trainer::{DenseState, PendingAdmission, RowRef};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -59,9 +64,12 @@ pub(crate) const META_PUBLISHED: &[u8] = b"published_version";
 /// Meta key: the trainer's dense state.
 pub(crate) const META_DENSE: &[u8] = b"dense";
 
-/// The layout version written by this code (3: user rows carry the rating
-/// scale and session offsets; 2: flat rows; 1 had bincode rows).
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// The layout version written by this code (4: explicit spec, dense state
+/// and pending records; 3: those as bincode, user rows with the rating scale
+/// and session offsets; 2: flat rows; 1 had bincode rows).
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The older layout this code migrates when it opens a store.
+pub(crate) const MIGRATED_LAYOUT: u32 = 3;
 
 /// Bytes of a flat row's fixed header.
 const ROW_HEADER: usize = 36;
@@ -88,6 +96,76 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
         Ok((_, read)) => Err(CheckpointError::Corrupt(format!("{what}: {} trailing bytes", bytes.len() - read))),
         Err(error) => Err(CheckpointError::Corrupt(format!("{what}: {error}"))),
     }
+}
+
+/// The spec record: dim (u32), rating_min (f32), rating_max (f32),
+/// context_features (u8), little-endian.
+pub(crate) fn encode_spec(spec: &ModelSpec) -> Vec<u8> {
+    let ModelSpec { dim, rating_min, rating_max, context_features } = spec;
+    let mut w = RecordWriter::default();
+    w.u32(u32::try_from(*dim).expect("dims are at most MAX_DIM"));
+    w.f32(*rating_min);
+    w.f32(*rating_max);
+    w.bool(*context_features);
+    w.into_bytes()
+}
+
+/// The spec stored by a store of `layout`.
+pub(crate) fn decode_spec(bytes: &[u8], layout: u32) -> Result<ModelSpec, CheckpointError> {
+    if layout == MIGRATED_LAYOUT {
+        return decode(bytes, "spec");
+    }
+    let mut r = RecordReader::new(bytes, "spec");
+    let spec =
+        ModelSpec { dim: r.u32()? as usize, rating_min: r.f32()?, rating_max: r.f32()?, context_features: r.bool()? };
+    r.finish()?;
+    Ok(spec)
+}
+
+/// The dense-state record ([`DenseState::write_record`]).
+pub(crate) fn encode_dense(dense: &DenseState) -> Vec<u8> {
+    let mut w = RecordWriter::default();
+    dense.write_record(&mut w);
+    w.into_bytes()
+}
+
+/// The dense state stored by a store of `layout`.
+pub(crate) fn decode_dense(bytes: &[u8], layout: u32) -> Result<DenseState, CheckpointError> {
+    if layout == MIGRATED_LAYOUT {
+        return decode(bytes, "dense");
+    }
+    let mut r = RecordReader::new(bytes, "dense");
+    let dense = DenseState::read_record(&mut r)?;
+    r.finish()?;
+    Ok(dense)
+}
+
+/// A pending count's value: sightings (u32), time of the latest (i64).
+pub(crate) fn encode_pending(pending: &PendingAdmission) -> Vec<u8> {
+    let mut w = RecordWriter::default();
+    w.u32(pending.count);
+    w.i64(pending.last_seen_ms);
+    w.into_bytes()
+}
+
+/// The pending count stored under `key` by a store of `layout`.
+pub(crate) fn decode_pending(key: &[u8], value: &[u8], layout: u32) -> Result<PendingAdmission, CheckpointError> {
+    let (table, key) = parse_row_key(key)?;
+    if layout == MIGRATED_LAYOUT {
+        let pending: PendingAdmission = decode(value, "pending count")?;
+        if (pending.table, pending.key) != (table, key) {
+            return Err(CheckpointError::Corrupt(format!(
+                "pending count stored under {:?} is {:?}",
+                (table, key),
+                (pending.table, pending.key)
+            )));
+        }
+        return Ok(pending);
+    }
+    let mut r = RecordReader::new(value, "pending count");
+    let pending = PendingAdmission { table, key, count: r.u32()?, last_seen_ms: r.i64()? };
+    r.finish()?;
+    Ok(pending)
 }
 
 /// Appends the flat encoding of `row` to `out`.
@@ -271,9 +349,11 @@ mod tests {
         fn arbitrary_bytes_never_panic_a_record_decoder(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let mut floats = Vec::new();
             let _ = decode_row(&bytes, (TableKind::User, 1), &mut floats);
-            let _ = decode::<freshet_trainer::DenseState>(&bytes, "dense");
-            let _ = decode::<freshet_trainer::PendingAdmission>(&bytes, "pending");
-            let _ = decode::<freshet_core::ModelSpec>(&bytes, "spec");
+            for layout in [MIGRATED_LAYOUT, FORMAT_VERSION] {
+                let _ = decode_dense(&bytes, layout);
+                let _ = decode_spec(&bytes, layout);
+                let _ = decode_pending(&bytes[..bytes.len().min(9)], &bytes, layout);
+            }
             let _ = parse_row_key(&bytes);
             let _ = parse_offset(&bytes, &bytes);
             let _ = parse_u64(&bytes, "version");
@@ -298,6 +378,29 @@ mod tests {
         let mut bytes = vec![0xfd];
         bytes.extend(u64::MAX.to_le_bytes());
         assert!(decode::<String>(&bytes, "id").is_err());
+    }
+
+    #[test]
+    fn spec_pending_and_dense_records_round_trip() {
+        let spec = ModelSpec { dim: 16, rating_min: 1.0, rating_max: 10.0, context_features: false };
+        assert_eq!(decode_spec(&encode_spec(&spec), FORMAT_VERSION).expect("decodes"), spec);
+        let pending = PendingAdmission { table: TableKind::Feature, key: 77, count: 3, last_seen_ms: -5 };
+        let key = row_key(pending.table, pending.key);
+        assert_eq!(decode_pending(&key, &encode_pending(&pending), FORMAT_VERSION).expect("decodes"), pending);
+        let mut trainer =
+            freshet_trainer::Trainer::new(spec.clone(), freshet_trainer::TrainerConfig::default()).expect("trainer");
+        let mut stream = freshet_core::synth::SynthStream::new(freshet_core::synth::SynthConfig {
+            rating_range: (1.0, 10.0),
+            ..Default::default()
+        });
+        let batch: Vec<_> = (0..2_000).map(|i| stream.next_event_at(1_764_400_000_000 + i)).collect();
+        trainer.train_batch(&batch);
+        let dense = trainer.export_state().dense;
+        let bytes = encode_dense(&dense);
+        assert_eq!(decode_dense(&bytes, FORMAT_VERSION).expect("decodes"), dense);
+        assert!(decode_dense(&bytes[..bytes.len() - 1], FORMAT_VERSION).is_err());
+        assert!(decode_dense(&[bytes.as_slice(), &[0]].concat(), FORMAT_VERSION).is_err());
+        assert!(decode_spec(&encode_spec(&spec), MIGRATED_LAYOUT).is_err(), "layout 3 held bincode");
     }
 
     #[test]

@@ -80,3 +80,9 @@ impl CheckpointError {
         move |source| CheckpointError::Rocks { operation, source }
     }
 }
+
+impl From<freshet_core::record::RecordError> for CheckpointError {
+    fn from(error: freshet_core::record::RecordError) -> Self {
+        CheckpointError::Corrupt(error.to_string())
+    }
+}

@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use freshet_core::{ModelSpec, TableKind};
-use freshet_trainer::{Counters, DenseState, MetricsReading, PendingAdmission};
+use freshet_trainer::{Counters, DenseState, MetricsReading};
 use rocksdb::{DB, IteratorMode};
 use serde::Serialize;
 
 use crate::codec::{
-    CF_PENDING, CF_ROWS, META_DENSE, META_PUBLISHED, META_SPEC, META_VERSION, decode, decode_row_header, parse_row_key,
+    CF_PENDING, CF_ROWS, FORMAT_VERSION, META_PUBLISHED, META_VERSION, MIGRATED_LAYOUT, decode_pending,
+    decode_row_header, parse_row_key,
 };
 use crate::error::CheckpointError;
-use crate::store::{cf, db_options, descriptors, meta_u64, meta_value, read_offsets, scan_options};
+use crate::store::{
+    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_spec, scan_options, stored_layout,
+};
 
 /// A summary of a checkpoint directory.
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +63,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         .map_err(|error| CheckpointError::Open { dir: dir.to_owned(), message: error.to_string() })?;
     db.try_catch_up_with_primary().map_err(CheckpointError::rocks("catching up with the writer"))?;
 
-    let dense: Option<DenseState> = meta_value(&db, META_DENSE)?;
+    let layout = stored_layout(&db)?;
+    if ![FORMAT_VERSION, MIGRATED_LAYOUT].contains(&layout) {
+        return Err(CheckpointError::Layout { found: layout, supported: FORMAT_VERSION });
+    }
+    let dense: Option<DenseState> = read_dense(&db, layout)?;
     let mut rows_by_table = BTreeMap::new();
     let mut updates_by_table = BTreeMap::new();
     for item in db.iterator_cf_opt(cf(&db, CF_ROWS)?, scan_options(), IteratorMode::Start) {
@@ -72,8 +79,8 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
     }
     let mut pending_by_table = BTreeMap::new();
     for item in db.iterator_cf(cf(&db, CF_PENDING)?, IteratorMode::Start) {
-        let (_, value) = item.map_err(CheckpointError::rocks("read"))?;
-        let pending: PendingAdmission = decode(&value, "pending count")?;
+        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+        let pending = decode_pending(&key, &value, layout)?;
         *pending_by_table.entry(pending.table).or_insert(0) += 1;
     }
     for table in TableKind::ALL {
@@ -91,7 +98,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         pending_by_table,
         counters: dense.as_ref().map(|d| d.counters),
         metrics: dense.as_ref().map(|d| d.metrics.snapshot()),
-        spec: meta_value(&db, META_SPEC)?,
+        spec: read_spec(&db, layout)?,
         size_on_disk_bytes: directory_size(dir),
     })
 }

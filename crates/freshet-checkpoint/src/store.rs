@@ -21,8 +21,8 @@ use tracing::{debug, info};
 
 use crate::codec::{
     CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION, META_DENSE, META_FORMAT, META_PUBLISHED,
-    META_SPEC, META_VERSION, decode, decode_row, encode, encode_row, offset_key, parse_offset, parse_row_key,
-    parse_u64, row_key,
+    META_SPEC, META_VERSION, MIGRATED_LAYOUT, decode, decode_dense, decode_pending, decode_row, decode_spec, encode,
+    encode_dense, encode_pending, encode_row, encode_spec, offset_key, parse_offset, parse_row_key, parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 
@@ -119,6 +119,62 @@ pub(crate) fn meta_value<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) ->
     }
 }
 
+/// The layout of the store in `db`: its `format` key, or this build's for a
+/// store nothing was committed to yet.
+pub(crate) fn stored_layout(db: &DB) -> Result<u32, CheckpointError> {
+    Ok(meta_value::<u32>(db, META_FORMAT)?.unwrap_or(FORMAT_VERSION))
+}
+
+/// The spec a store of `layout` holds, if any.
+pub(crate) fn read_spec(db: &DB, layout: u32) -> Result<Option<ModelSpec>, CheckpointError> {
+    db.get_cf(cf(db, CF_META)?, META_SPEC)
+        .map_err(CheckpointError::rocks("read"))?
+        .map(|bytes| decode_spec(&bytes, layout))
+        .transpose()
+}
+
+/// The dense state a store of `layout` holds, if any.
+pub(crate) fn read_dense(db: &DB, layout: u32) -> Result<Option<DenseState>, CheckpointError> {
+    db.get_cf(cf(db, CF_META)?, META_DENSE)
+        .map_err(CheckpointError::rocks("read"))?
+        .map(|bytes| decode_dense(&bytes, layout))
+        .transpose()
+}
+
+/// Rewrites a layout-3 store's spec, dense state and pending counts as
+/// layout 4 in one atomic, synced batch (rows and offsets are the same in both).
+fn migrate(db: &DB, dir: &Path) -> Result<(), CheckpointError> {
+    let started = Instant::now();
+    let mut batch = WriteBatch::default();
+    let meta = cf(db, CF_META)?;
+    if let Some(spec) = read_spec(db, MIGRATED_LAYOUT)? {
+        batch.put_cf(meta, META_SPEC, encode_spec(&spec));
+    }
+    if let Some(dense) = read_dense(db, MIGRATED_LAYOUT)? {
+        batch.put_cf(meta, META_DENSE, encode_dense(&dense));
+    }
+    let pending_cf = cf(db, CF_PENDING)?;
+    let mut pending = 0u64;
+    for item in db.iterator_cf(pending_cf, IteratorMode::Start) {
+        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+        batch.put_cf(pending_cf, &key, encode_pending(&decode_pending(&key, &value, MIGRATED_LAYOUT)?));
+        pending += 1;
+    }
+    batch.put_cf(meta, META_FORMAT, encode(&FORMAT_VERSION));
+    let mut write = WriteOptions::default();
+    write.set_sync(true);
+    db.write_opt(batch, &write).map_err(CheckpointError::rocks("migrate"))?;
+    info!(
+        dir = %dir.display(),
+        from = MIGRATED_LAYOUT,
+        to = FORMAT_VERSION,
+        pending,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checkpoint layout migrated"
+    );
+    Ok(())
+}
+
 /// Read options of a full scan: one sequential pass, so read ahead, and
 /// leave the block cache to the point reads that follow.
 pub(crate) fn scan_options() -> rocksdb::ReadOptions {
@@ -155,14 +211,14 @@ impl CheckpointStore {
                 CheckpointError::Open { dir: dir.to_owned(), message }
             }
         })?;
-        if let Some(format) = meta_value::<u32>(&db, META_FORMAT)?
-            && format != FORMAT_VERSION
-        {
-            return Err(CheckpointError::Layout { found: format, supported: FORMAT_VERSION });
+        match stored_layout(&db)? {
+            FORMAT_VERSION => {}
+            MIGRATED_LAYOUT => migrate(&db, dir)?,
+            found => return Err(CheckpointError::Layout { found, supported: FORMAT_VERSION }),
         }
         let version = meta_u64(&db, META_VERSION)?;
         let published = meta_u64(&db, META_PUBLISHED)?;
-        let spec = meta_value(&db, META_SPEC)?;
+        let spec = read_spec(&db, FORMAT_VERSION)?;
         let mut write = WriteOptions::default();
         write.set_sync(fsync);
         info!(dir = %dir.display(), version, published, "checkpoint store open");
@@ -246,7 +302,7 @@ impl CheckpointStore {
     }
 
     fn dense(&self) -> Result<DenseState, CheckpointError> {
-        meta_value(&self.db, META_DENSE)?
+        read_dense(&self.db, FORMAT_VERSION)?
             .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))
     }
 
@@ -273,15 +329,7 @@ impl CheckpointStore {
     ) -> Result<(), CheckpointError> {
         for item in self.db.iterator_cf_opt(cf(&self.db, CF_PENDING)?, scan_options(), IteratorMode::Start) {
             let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
-            let at = parse_row_key(&key)?;
-            let pending: PendingAdmission = decode(&value, "pending count")?;
-            if (pending.table, pending.key) != at {
-                return Err(CheckpointError::Corrupt(format!(
-                    "pending count stored under {at:?} is {:?}",
-                    (pending.table, pending.key)
-                )));
-            }
-            each(pending)?;
+            each(decode_pending(&key, &value, FORMAT_VERSION)?)?;
         }
         Ok(())
     }
@@ -312,16 +360,16 @@ impl CheckpointStore {
             batch.delete_cf(pending, row_key(table, key));
         }
         for row in &delta.pending {
-            batch.put_cf(pending, row_key(row.table, row.key), encode(row));
+            batch.put_cf(pending, row_key(row.table, row.key), encode_pending(row));
         }
         for (tp, next) in offsets {
             batch.put_cf(offsets_cf, offset_key(&tp.topic, tp.partition), next.to_be_bytes());
         }
         let version = self.version + 1;
-        batch.put_cf(meta, META_DENSE, encode(&delta.dense));
+        batch.put_cf(meta, META_DENSE, encode_dense(&delta.dense));
         batch.put_cf(meta, META_VERSION, version.to_be_bytes());
         if self.spec.is_none() {
-            batch.put_cf(meta, META_SPEC, encode(spec));
+            batch.put_cf(meta, META_SPEC, encode_spec(spec));
             batch.put_cf(meta, META_FORMAT, encode(&FORMAT_VERSION));
         }
         let bytes = batch.size_in_bytes();

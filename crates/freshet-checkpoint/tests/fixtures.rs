@@ -1,10 +1,11 @@
-//! Old checkpoints stay readable: a store written by an earlier build is
-//! checked in as its records (every key and value of every column family,
-//! `tests/fixtures/checkpoint-v3.records`) with what restoring it must give
-//! (`checkpoint-v3.expected.json`). The test rebuilds a RocksDB directory from
-//! the records and restores it with this build, so a change that breaks the
-//! stored layout without a version bump (and a migration or a clear refusal)
-//! fails CI.
+//! Old checkpoints stay readable: stores written by earlier builds are
+//! checked in as their records (every key and value of every column family,
+//! `tests/fixtures/checkpoint-v<layout>.records`) with what restoring them
+//! must give (`checkpoint-v<layout>.expected.json`): layout 3, which this
+//! build migrates when it opens it, and layout 4, which it writes. The tests
+//! rebuild a RocksDB directory from the records and restore it with this
+//! build, so a change that breaks a stored layout without a version bump (and
+//! a migration or a clear refusal) fails CI.
 //!
 //! A new layout version gets fixture files of its own, named after it, beside
 //! the old ones (which then test the migration or the refusal): with the names
@@ -62,11 +63,13 @@ fn summary(trainer: &Trainer, version: u64, published: u64) -> Value {
         "events_applied": trainer.counters().events_applied,
         "rows": TableKind::ALL.map(|table| trainer.rows(table)),
         "rows_pinned": pinned_rows(trainer),
+        "metrics": serde_json::to_value(trainer.metrics()).expect("json"),
+        "lr_scale": trainer.lr_scale(),
     })
 }
 
 /// Writes a small store the way `freshet run` does (two checkpoints, one
-/// published), then its records and expected summary.
+/// published) with this build's layout, then its records and expected summary.
 fn write_fixture(records: &Path, expected: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = CheckpointStore::open(dir.path(), true).expect("open");
@@ -127,24 +130,71 @@ fn length_prefixed(bytes: &[u8]) -> (&[u8], &[u8]) {
     rest.split_at(u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)
 }
 
-#[test]
-fn a_layout_3_checkpoint_written_by_an_earlier_build_restores_exactly() {
+/// Rebuilds fixture `name` in a fresh directory (writing it first, with
+/// `FRESHET_WRITE_FIXTURES` set, when it is missing and of this build's
+/// layout), checks that `inspect` and a restore give its expected summary,
+/// and returns the directory.
+fn check_fixture(name: &str) -> tempfile::TempDir {
     let (records, expected) =
-        (fixtures().join("checkpoint-v3.records"), fixtures().join("checkpoint-v3.expected.json"));
+        (fixtures().join(format!("{name}.records")), fixtures().join(format!("{name}.expected.json")));
     if std::env::var_os("FRESHET_WRITE_FIXTURES").is_some() && !records.exists() {
+        assert_eq!(name, "checkpoint-v4", "only this build's layout can be written");
         write_fixture(&records, &expected);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     rebuild(&records, dir.path());
     let expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
-
-    let report = inspect(dir.path()).expect("inspectable");
+    let report = inspect(dir.path()).expect("inspectable as it is");
     assert_eq!(report.version, expected["version"].as_u64().expect("version"));
+    assert_eq!(serde_json::to_value(report.metrics).expect("json"), expected["metrics"], "{name}: metrics as stored");
+    assert_eq!(report.events_applied, expected["events_applied"].as_u64().expect("events"));
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let resumed = store.restore(&spec(), config()).expect("restores").expect("a checkpoint");
-    let trainer = resumed.trainer;
-    assert_eq!(summary(&trainer, resumed.version, resumed.published_version), expected);
+    assert_eq!(summary(&resumed.trainer, resumed.version, resumed.published_version), expected, "{name}");
     assert_eq!(resumed.offsets, NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 600)]));
+    dir
+}
+
+/// The layout version a store directory records.
+fn layout_of(dir: &Path) -> u8 {
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, COLUMN_FAMILIES).expect("raw open");
+    let format = db.get_cf(db.cf_handle("meta").expect("meta"), b"format").expect("read").expect("a format key");
+    assert_eq!(format.len(), 1, "a small bincode u32");
+    format[0]
+}
+
+#[test]
+fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_exactly() {
+    let dir = check_fixture("checkpoint-v3");
+    assert_eq!(layout_of(dir.path()), 4, "migrated when opened");
+    // Opened again, it restores the same (as layout 4 now), and keeps training.
+    let store = CheckpointStore::open(dir.path(), false).expect("opens");
+    let mut trainer = store.restore(&spec(), config()).expect("restores").expect("a checkpoint").trainer;
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("checkpoint-v3.expected.json")).expect("expected"))
+            .expect("json");
+    assert_eq!(summary(&trainer, 2, 2), expected);
+    let mut stream = SynthStream::new(SynthConfig { seed: 4, users: 60, items: 120, ..SynthConfig::default() });
+    let batch: Vec<Feedback> = (0..100).map(|i| stream.next_event_at(1_764_400_010_000 + i)).collect();
+    trainer.train_batch(&batch);
+    assert_eq!(trainer.counters().events_applied, 700);
+}
+
+#[test]
+fn a_layout_4_checkpoint_restores_exactly() {
+    let dir = check_fixture("checkpoint-v4");
+    assert_eq!(layout_of(dir.path()), 4);
+}
+
+#[test]
+fn layouts_3_and_4_hold_the_same_model_in_different_bytes() {
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}.expected.json"))).expect("expected"))
+            .expect("json")
+    };
+    assert_eq!(read("checkpoint-v3"), read("checkpoint-v4"), "the same model, written by either layout");
+    let records = |name: &str| std::fs::read(fixtures().join(format!("{name}.records"))).expect("records");
+    assert_ne!(records("checkpoint-v3"), records("checkpoint-v4"));
 }
 
 #[test]
@@ -157,8 +207,8 @@ fn a_store_of_an_unknown_layout_is_refused_naming_both_versions() {
         db.put_cf(db.cf_handle("meta").expect("meta"), b"format", [99u8]).expect("put");
     }
     let error = CheckpointStore::open(dir.path(), false).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 3 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 4 }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains("layout version 99") && message.contains("version 3"), "{message}");
+    assert!(message.contains("layout version 99") && message.contains("version 4"), "{message}");
     assert!(!message.contains("corrupt"), "an unknown layout is not damage: {message}");
 }

@@ -36,6 +36,7 @@ pub mod kernels;
 pub mod layout;
 pub mod model;
 pub mod offsets;
+pub mod record;
 pub mod reject;
 pub mod score;
 pub mod snapshot;

@@ -3,6 +3,7 @@
 //! all of it may change between a checkpoint and the run that restores it.
 
 use freshet_core::ConfigError;
+use freshet_core::record::{RecordError, RecordReader};
 use serde::{Deserialize, Serialize};
 
 /// The update rule applied to each touched row.
@@ -18,6 +19,25 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The byte a record stores for it.
+    pub(crate) fn record_tag(self) -> u8 {
+        match self {
+            Algorithm::Adam => 0,
+            Algorithm::Sgd => 1,
+            Algorithm::Adagrad => 2,
+        }
+    }
+
+    /// The algorithm a record's byte names.
+    pub(crate) fn from_record_tag(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        match r.u8()? {
+            0 => Ok(Algorithm::Adam),
+            1 => Ok(Algorithm::Sgd),
+            2 => Ok(Algorithm::Adagrad),
+            other => Err(r.error(format!("algorithm {other}"))),
+        }
+    }
+
     /// How many f32 moment slots per parameter the algorithm keeps
     /// (Adam: first and second; AdaGrad: second only; SGD: none).
     pub fn moments(self) -> usize {

@@ -1,6 +1,7 @@
 //! The adaptive learning rate: reduce on plateau of the windowed progressive
 //! loss, with a floor (see [`crate::LrScheduleConfig`]).
 
+use freshet_core::record::{RecordError, RecordReader, RecordWriter};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LrScheduleConfig;
@@ -23,6 +24,29 @@ impl PlateauSchedule {
     /// The current multiplier of the configured learning rates.
     pub fn scale(&self) -> f32 {
         self.scale
+    }
+
+    /// Writes the schedule's state field by field (see docs/checkpoint.md).
+    pub fn write_record(&self, w: &mut RecordWriter) {
+        let PlateauSchedule { scale, best, checks_without_improvement, next_check_at } = self;
+        w.f32(*scale);
+        w.option_f64(*best);
+        w.u32(*checks_without_improvement);
+        w.u64(*next_check_at);
+    }
+
+    /// Reads what [`PlateauSchedule::write_record`] wrote.
+    pub fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        let scale = r.f32()?;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(r.error(format!("a learning-rate scale of {scale}")));
+        }
+        Ok(PlateauSchedule {
+            scale,
+            best: r.option_f64()?,
+            checks_without_improvement: r.u32()?,
+            next_check_at: r.u64()?,
+        })
     }
 
     /// Called after each batch with the events seen so far and the windowed loss.

@@ -7,6 +7,7 @@
 //! kept exactly, in integers, with Fenwick trees, so adding or removing an
 //! event costs O(log bins) and the result never drifts.
 
+use freshet_core::record::{RecordError, RecordReader, RecordWriter};
 use freshet_core::snapshot::SnapshotMetrics;
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +115,113 @@ impl ProgressiveMetrics {
             (None, None) => None,
             (r, c) => Some(r.unwrap_or(0.0) + c.unwrap_or(0.0)),
         }
+    }
+}
+
+impl ProgressiveMetrics {
+    /// Writes the running sums field by field (see docs/checkpoint.md).
+    pub fn write_record(&self, w: &mut RecordWriter) {
+        let ProgressiveMetrics { rating, click } = self;
+        let RatingMetrics { count, sum_sq, sum_abs, window, window_sq, window_abs } = rating;
+        w.u64(*count);
+        w.f64(*sum_sq);
+        w.f64(*sum_abs);
+        w.f64(*window_sq);
+        w.f64(*window_abs);
+        window.write_record(w, |w, &error| w.f32(error));
+        let ClickMetrics { cumulative, window, ring } = click;
+        cumulative.write_record(w);
+        window.write_record(w);
+        ring.write_record(w, |w, entry| {
+            let ClickEntry { logloss, bin, clicked } = *entry;
+            w.f32(logloss);
+            w.u16(bin);
+            w.bool(clicked);
+        });
+    }
+
+    /// Reads what [`ProgressiveMetrics::write_record`] wrote, checking that
+    /// the windows and the AUC bins are consistent.
+    pub fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        let (count, sum_sq, sum_abs, window_sq, window_abs) = (r.u64()?, r.f64()?, r.f64()?, r.f64()?, r.f64()?);
+        let window = Ring::read_record(r, 4, |r| r.f32())?;
+        let rating = RatingMetrics { count, sum_sq, sum_abs, window, window_sq, window_abs };
+        let (cumulative, window) = (ClickSpan::read_record(r)?, ClickSpan::read_record(r)?);
+        let ring = Ring::read_record(r, 7, |r| {
+            let (logloss, bin, clicked) = (r.f32()?, r.u16()?, r.bool()?);
+            if usize::from(bin) >= AUC_BINS {
+                return Err(r.error(format!("AUC bin {bin} of {AUC_BINS}")));
+            }
+            Ok(ClickEntry { logloss, bin, clicked })
+        })?;
+        Ok(ProgressiveMetrics { rating, click: ClickMetrics { cumulative, window, ring } })
+    }
+}
+
+impl<T> Ring<T> {
+    fn write_record(&self, w: &mut RecordWriter, mut value: impl FnMut(&mut RecordWriter, &T)) {
+        let Ring { capacity, values, next } = self;
+        w.len(*capacity);
+        w.len(*next);
+        w.len(values.len());
+        values.iter().for_each(|v| value(w, v));
+    }
+
+    fn read_record(
+        r: &mut RecordReader<'_>,
+        unit: usize,
+        mut value: impl FnMut(&mut RecordReader<'_>) -> Result<T, RecordError>,
+    ) -> Result<Self, RecordError> {
+        let (capacity, next) = (r.u64()?, r.u64()?);
+        let len = r.len(unit)?;
+        let (Ok(capacity), Ok(next)) = (usize::try_from(capacity), usize::try_from(next)) else {
+            return Err(r.error("a window larger than memory"));
+        };
+        if capacity == 0 || next >= capacity || len > capacity || (len < capacity && next != len) {
+            return Err(r.error(format!("a window of {capacity} holding {len} with its next slot at {next}")));
+        }
+        let values = (0..len).map(|_| value(r)).collect::<Result<_, _>>()?;
+        Ok(Ring { capacity, values, next })
+    }
+}
+
+impl ClickSpan {
+    fn write_record(&self, w: &mut RecordWriter) {
+        let ClickSpan { count, logloss, auc } = self;
+        let BinnedAuc { positives, negatives, twice_pairs } = auc;
+        w.u64(*count);
+        w.f64(*logloss);
+        // Per class, the bins that hold events: (bin, count) pairs, most bins being empty.
+        for tree in [positives, negatives] {
+            let bins: Vec<(u16, u64)> =
+                (0..AUC_BINS).map(|bin| (bin as u16, tree.at(bin))).filter(|&(_, n)| n > 0).collect();
+            w.len(bins.len());
+            for (bin, n) in bins {
+                w.u16(bin);
+                w.u64(n);
+            }
+        }
+        w.u128(*twice_pairs);
+    }
+
+    fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        let (count, logloss) = (r.u64()?, r.f64()?);
+        let mut tree = || -> Result<Fenwick, RecordError> {
+            let mut tree = Fenwick::new(AUC_BINS);
+            let mut previous = None;
+            for _ in 0..r.len(10)? {
+                let (bin, n) = (r.u16()?, r.u64()?);
+                if usize::from(bin) >= AUC_BINS || previous.is_some_and(|p| p >= bin) || n == 0 {
+                    return Err(r.error(format!("AUC bin {bin} (count {n}) out of order or range")));
+                }
+                previous = Some(bin);
+                tree.add(usize::from(bin), n);
+            }
+            Ok(tree)
+        };
+        let (positives, negatives) = (tree()?, tree()?);
+        let twice_pairs = r.u128()?;
+        Ok(ClickSpan { count, logloss, auc: BinnedAuc { positives, negatives, twice_pairs } })
     }
 }
 

@@ -12,6 +12,7 @@
 //!   theirs. With `min_count = 1`, no expiry, budget or forget, the user
 //!   rows' counters therefore sum to the number of ratings and clicks.
 
+use freshet_core::record::{RecordError, RecordReader, RecordWriter};
 use serde::{Deserialize, Serialize};
 
 use freshet_core::TableKind;
@@ -56,6 +57,56 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Writes every counter (see docs/checkpoint.md for the order).
+    pub fn write_record(&self, w: &mut RecordWriter) {
+        let Counters {
+            events_applied,
+            ratings,
+            clicks,
+            forgets,
+            nonfinite_skipped,
+            sessions_restarted,
+            users,
+            items,
+            features,
+        } = self;
+        for value in [events_applied, ratings, clicks, forgets, nonfinite_skipped, sessions_restarted] {
+            w.u64(*value);
+        }
+        for table in [users, items, features] {
+            let TableCounters { admitted, expired, evicted, forgotten, pending_dropped } = table;
+            for value in [admitted, expired, evicted, forgotten, pending_dropped] {
+                w.u64(*value);
+            }
+        }
+    }
+
+    /// Reads what [`Counters::write_record`] wrote (fields are read in the
+    /// order written here, which is the order written above).
+    pub fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        let u64 = |r: &mut RecordReader<'_>| r.u64();
+        let table = |r: &mut RecordReader<'_>| -> Result<TableCounters, RecordError> {
+            Ok(TableCounters {
+                admitted: r.u64()?,
+                expired: r.u64()?,
+                evicted: r.u64()?,
+                forgotten: r.u64()?,
+                pending_dropped: r.u64()?,
+            })
+        };
+        Ok(Counters {
+            events_applied: u64(r)?,
+            ratings: u64(r)?,
+            clicks: u64(r)?,
+            forgets: u64(r)?,
+            nonfinite_skipped: u64(r)?,
+            sessions_restarted: u64(r)?,
+            users: table(r)?,
+            items: table(r)?,
+            features: table(r)?,
+        })
+    }
+
     /// The counters of one table.
     pub fn table(&self, kind: TableKind) -> &TableCounters {
         match kind {

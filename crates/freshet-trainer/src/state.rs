@@ -12,6 +12,7 @@ use crate::lr_schedule::PlateauSchedule;
 use crate::metrics::ProgressiveMetrics;
 use crate::report::Counters;
 use freshet_core::kernels::all_finite;
+use freshet_core::record::{RecordError, RecordReader, RecordWriter};
 use freshet_core::snapshot::{ParamsDelta, SnapshotRow, SnapshotTombstone};
 use freshet_core::{ModelSpec, TableKind};
 
@@ -272,6 +273,46 @@ impl TrainerState {
 }
 
 impl DenseState {
+    /// Writes the whole dense state as an explicit record (docs/checkpoint.md
+    /// lists every field in order).
+    pub fn write_record(&self, w: &mut RecordWriter) {
+        let DenseState { algorithm, bias_algorithm, globals, clock_ms, last_sweep_ms, counters, metrics, schedule } =
+            self;
+        w.u8(algorithm.record_tag());
+        w.u8(bias_algorithm.record_tag());
+        let GlobalParams { bias, m, v, steps, updates } = globals;
+        for values in [bias, m, v] {
+            values.iter().for_each(|&x| w.f32(x));
+        }
+        steps.iter().for_each(|&x| w.u32(x));
+        updates.iter().for_each(|&x| w.u64(x));
+        w.i64(*clock_ms);
+        w.i64(*last_sweep_ms);
+        counters.write_record(w);
+        metrics.write_record(w);
+        schedule.write_record(w);
+    }
+
+    /// Reads what [`DenseState::write_record`] wrote.
+    pub fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
+        let algorithm = Algorithm::from_record_tag(r)?;
+        let bias_algorithm = Algorithm::from_record_tag(r)?;
+        let pair = |r: &mut RecordReader<'_>| -> Result<[f32; 2], RecordError> { Ok([r.f32()?, r.f32()?]) };
+        let (bias, m, v) = (pair(r)?, pair(r)?, pair(r)?);
+        let steps = [r.u32()?, r.u32()?];
+        let updates = [r.u64()?, r.u64()?];
+        Ok(DenseState {
+            algorithm,
+            bias_algorithm,
+            globals: GlobalParams { bias, m, v, steps, updates },
+            clock_ms: r.i64()?,
+            last_sweep_ms: r.i64()?,
+            counters: Counters::read_record(r)?,
+            metrics: ProgressiveMetrics::read_record(r)?,
+            schedule: PlateauSchedule::read_record(r)?,
+        })
+    }
+
     /// Checks that the global biases and their optimizer state are finite.
     pub(crate) fn check(&self) -> Result<(), StateError> {
         let g = &self.globals;
