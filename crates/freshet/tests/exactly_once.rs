@@ -29,9 +29,10 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
     let checkpoint = work.path().join("checkpoint");
     let metrics = metrics_address(&config);
 
-    // Six crashes: half right after a checkpoint of the run became durable
-    // (the next one, 150 ms later, is being prepared or written), half after
-    // a (deterministically) random delay once training is under way.
+    // Six crashes: half at 0, 74 and 148 ms after a checkpoint of the run
+    // became durable (across the 150 ms until the next one, so the kill
+    // lands before, while and after a write), half after a
+    // (deterministically) random delay once training is under way.
     let mut delays = [700u64, 1_900, 350, 1_200, 2_600, 90].into_iter();
     for crash in 0..6 {
         let running = Running::start(BIN, &["run", "--config"], &config);
@@ -42,6 +43,7 @@ fn sigkill_at_any_moment_never_loses_or_repeats_an_update() {
                 *first_seen.get_or_insert(version) < version
             });
             assert!(checkpointed, "no checkpoint in run {crash}");
+            std::thread::sleep(Duration::from_millis((crash as u64 / 2) * 74));
         } else {
             let training = wait_until(Duration::from_secs(120), || {
                 metric(&metrics, "freshet_events_trained_total").is_some_and(|events| events > 0.0)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use freshet_core::TableKind;
 use freshet_core::synth::SynthConfig;
-use freshet_e2e::process::{Running, free_port, get, inspect, metrics_address, write_config};
+use freshet_e2e::process::{Running, free_port, get, inspect, metric, metrics_address, write_config};
 use freshet_e2e::{TestTopics, bootstrap, produce_synth};
 use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig};
 use serde_json::Value;
@@ -185,4 +185,72 @@ fn a_clean_restart_serves_bit_identical_parameters() {
     let after = served_version(&snapshots, version, before.info().chain_start_offset);
     assert!(restarted.terminate().success());
     assert!(identical(&before, &after), "the restored model differs from the one before shutdown");
+}
+
+/// The version `freshet serve` at `address` answers with, if it answers.
+fn served(address: &str) -> Option<u64> {
+    let (status, body) = get(address, "/version");
+    (status == 200).then(|| serde_json::from_str::<Value>(&body).ok()?["info"]["version"].as_u64()).flatten()
+}
+
+/// Starts `freshet serve` for `config` on a free port.
+fn serve(config: &std::path::Path) -> (Running, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    (Running::start(BIN, &["serve", "--listen", &address, "--config"], config), address)
+}
+
+#[test]
+fn a_serve_killed_mid_chain_comes_back_serving_the_newest_version() {
+    let bootstrap = bootstrap();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let topics = runtime.block_on(TestTopics::create(&bootstrap, 2)).expect("topics");
+    let produce = |seed: u64, events: usize| {
+        let synth = SynthConfig { seed, users: 400, items: 200, ..SynthConfig::default() };
+        runtime.block_on(produce_synth(&bootstrap, &topics, synth, events)).expect("produce").valid() as u64
+    };
+    let mut valid = produce(1, 6_000);
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = write_config(work.path(), &bootstrap, &topics, "");
+    let checkpoint = work.path().join("checkpoint");
+    let running = Running::start(BIN, &["run", "--config"], &config);
+    let published = || inspect(BIN, &checkpoint).and_then(|r| r["published_version"].as_u64()).unwrap_or(0);
+    let wait = |what: &str, mut condition: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("a first published version", Box::new(|| published() >= 1));
+
+    let (serving, address) = serve(&config);
+    wait("serve answers", Box::new(|| served(&address).is_some()));
+    let first = served(&address).expect("a version");
+    valid += produce(2, 4_000);
+    // Killed once it has applied a delta after its first version: mid-chain.
+    wait("serve follows the chain", Box::new(|| served(&address).is_some_and(|v| v > first)));
+    serving.kill9();
+    valid += produce(3, 4_000);
+
+    let (restarted, address) = serve(&config);
+    let started = Instant::now();
+    wait("serve answers again", Box::new(|| served(&address).is_some()));
+    let answering_after = started.elapsed();
+    // Once the trainer has applied every event and published it, the
+    // restarted serve serves that newest version.
+    let trained = || inspect(BIN, &checkpoint).and_then(|r| r["events_applied"].as_u64()) == Some(valid);
+    wait("the trainer applies every event", Box::new(trained));
+    // The trainer's own metrics: the newest checkpoint and the newest version published.
+    let run_metrics = metrics_address(&config);
+    let version_of = |name: &str| metric(&run_metrics, name).map(|v| v as u64);
+    let newest = || match (version_of("freshet_checkpoint_version"), version_of("freshet_snapshot_version")) {
+        (Some(checkpointed), Some(published)) if checkpointed == published => Some(published),
+        _ => None,
+    };
+    wait("the newest checkpoint is published", Box::new(|| newest().is_some()));
+    let newest_published = newest();
+    wait("the restarted serve reaches the newest version", Box::new(|| served(&address) == newest_published));
+    eprintln!("restarted serve answered after {answering_after:?}");
+    assert!(restarted.terminate().success(), "serve exits cleanly");
+    assert!(running.terminate().success(), "run exits cleanly");
 }
