@@ -194,7 +194,7 @@ impl ClickSpan {
         // Per class, the bins that hold events: (bin, count) pairs, most bins being empty.
         for tree in [positives, negatives] {
             let bins: Vec<(u16, u64)> =
-                (0..AUC_BINS).map(|bin| (bin as u16, tree.at(bin))).filter(|&(_, n)| n > 0).collect();
+                tree.counts().into_iter().enumerate().filter(|&(_, n)| n > 0).map(|(bin, n)| (bin as u16, n)).collect();
             w.len(bins.len());
             for (bin, n) in bins {
                 w.u16(bin);
@@ -207,7 +207,7 @@ impl ClickSpan {
     fn read_record(r: &mut RecordReader<'_>) -> Result<Self, RecordError> {
         let (count, logloss) = (r.u64()?, r.f64()?);
         let mut tree = || -> Result<Fenwick, RecordError> {
-            let mut tree = Fenwick::new(AUC_BINS);
+            let mut counts = vec![0u64; AUC_BINS];
             let mut previous = None;
             for _ in 0..r.len(10)? {
                 let (bin, n) = (r.u16()?, r.u64()?);
@@ -215,9 +215,9 @@ impl ClickSpan {
                     return Err(r.error(format!("AUC bin {bin} (count {n}) out of order or range")));
                 }
                 previous = Some(bin);
-                tree.add(usize::from(bin), n);
+                counts[usize::from(bin)] = n;
             }
-            Ok(tree)
+            Fenwick::from_counts(&counts).ok_or_else(|| r.error("AUC counts beyond u64"))
         };
         let (positives, negatives) = (tree()?, tree()?);
         let twice_pairs = r.u128()?;
@@ -454,6 +454,32 @@ impl Fenwick {
         Fenwick { tree: vec![0; size + 1], total: 0 }
     }
 
+    /// A tree holding `counts` (built in one pass; `None` if they overflow).
+    fn from_counts(counts: &[u64]) -> Option<Self> {
+        let mut tree = vec![0; counts.len() + 1];
+        tree[1..].copy_from_slice(counts);
+        let total = counts.iter().try_fold(0u64, |sum, &n| sum.checked_add(n))?;
+        for i in 1..tree.len() {
+            let parent = i + (i & i.wrapping_neg());
+            if parent < tree.len() {
+                tree[parent] = tree[parent].checked_add(tree[i])?;
+            }
+        }
+        Some(Fenwick { tree, total })
+    }
+
+    /// The count at every index (undoing [`Fenwick::from_counts`] in one pass).
+    fn counts(&self) -> Vec<u64> {
+        let mut tree = self.tree.clone();
+        for i in (1..tree.len()).rev() {
+            let parent = i + (i & i.wrapping_neg());
+            if parent < tree.len() {
+                tree[parent] -= tree[i];
+            }
+        }
+        tree.split_off(1)
+    }
+
     fn add(&mut self, index: usize, amount: u64) {
         self.total += amount;
         let mut i = index + 1;
@@ -495,6 +521,20 @@ impl Fenwick {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_built_from_counts_equals_one_built_by_adding_and_gives_them_back() {
+        let counts: Vec<u64> = (0..37u64).map(|i| (i * 7919) % 5).collect();
+        let mut added = Fenwick::new(counts.len());
+        for (i, &n) in counts.iter().enumerate() {
+            added.add(i, n);
+        }
+        let built = Fenwick::from_counts(&counts).expect("no overflow");
+        assert_eq!(built, added);
+        assert_eq!(built.counts(), counts);
+        assert!((0..counts.len()).all(|i| built.at(i) == counts[i]));
+        assert_eq!(Fenwick::from_counts(&[u64::MAX, 1]), None);
+    }
 
     /// Exact AUC by comparing every pair.
     fn exact_auc(samples: &[(f32, bool)]) -> f64 {

@@ -72,9 +72,14 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
     let address = format!("127.0.0.1:{}", free_port());
     let serving = Running::start(BIN, &["serve", "--listen", &address, "--config"], &config);
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Ready once it serves a model; caught up once it serves the last version.
     while std::net::TcpStream::connect(&address).is_err() || get(&address, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "serve never became ready");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    while served(&address) != Some(version) {
+        assert!(Instant::now() < deadline, "serve never reached version {version}");
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (status, body) = get(&address, "/recommend?user=u1&k=5");
     assert_eq!(status, 200, "{body}");
