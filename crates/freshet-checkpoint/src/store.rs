@@ -110,13 +110,18 @@ pub(crate) fn meta_u64(db: &DB, key: &[u8]) -> Result<u64, CheckpointError> {
     }
 }
 
+/// Reads a meta value and decodes it with `decode`.
+fn meta_with<T>(
+    db: &DB,
+    key: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<T, CheckpointError>,
+) -> Result<Option<T>, CheckpointError> {
+    db.get_cf(cf(db, CF_META)?, key).map_err(CheckpointError::rocks("read"))?.map(|bytes| decode(&bytes)).transpose()
+}
+
 /// Reads a bincode meta value.
 pub(crate) fn meta_value<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, CheckpointError> {
-    let what = String::from_utf8_lossy(key);
-    match db.get_cf(cf(db, CF_META)?, key).map_err(CheckpointError::rocks("read"))? {
-        Some(bytes) => decode(&bytes, &what).map(Some),
-        None => Ok(None),
-    }
+    meta_with(db, key, |bytes| decode(bytes, &String::from_utf8_lossy(key)))
 }
 
 /// The layout of the store in `db`: its `format` key, or this build's for a
@@ -127,18 +132,12 @@ pub(crate) fn stored_layout(db: &DB) -> Result<u32, CheckpointError> {
 
 /// The spec a store of `layout` holds, if any.
 pub(crate) fn read_spec(db: &DB, layout: u32) -> Result<Option<ModelSpec>, CheckpointError> {
-    db.get_cf(cf(db, CF_META)?, META_SPEC)
-        .map_err(CheckpointError::rocks("read"))?
-        .map(|bytes| decode_spec(&bytes, layout))
-        .transpose()
+    meta_with(db, META_SPEC, |bytes| decode_spec(bytes, layout))
 }
 
 /// The dense state a store of `layout` holds, if any.
 pub(crate) fn read_dense(db: &DB, layout: u32) -> Result<Option<DenseState>, CheckpointError> {
-    db.get_cf(cf(db, CF_META)?, META_DENSE)
-        .map_err(CheckpointError::rocks("read"))?
-        .map(|bytes| decode_dense(&bytes, layout))
-        .transpose()
+    meta_with(db, META_DENSE, |bytes| decode_dense(bytes, layout))
 }
 
 /// Rewrites a layout-3 store's spec, dense state and pending counts as

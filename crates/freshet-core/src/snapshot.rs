@@ -294,8 +294,9 @@ pub fn encode_chunk(
             widths[table.index()] = u16::try_from(row.values.len()).expect("rows are at most MAX_DIM + 4 wide");
         }
     }
+    // Room for f32 rows: at most a few bytes too many for f16 ones, without a pass to find out.
     let size = EMPTY_CHUNK_LEN
-        + rows.iter().map(|row| encoded_row_len(row, encoding)).sum::<usize>()
+        + rows.iter().map(|row| encoded_row_len(row, ValueEncoding::F32)).sum::<usize>()
         + tombstones.len() * ENCODED_TOMBSTONE_LEN;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&MAGIC);
@@ -307,7 +308,7 @@ pub fn encode_chunk(
     widths.iter().for_each(|w| out.extend_from_slice(&w.to_le_bytes()));
     out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
     for row in rows {
-        let half = encoding == ValueEncoding::F16 && row.values.iter().all(|v| fits_f16(*v));
+        let half = in_f16(row, encoding);
         let own_width = row.values.len() != usize::from(widths[row.table.index()]);
         let mut tag = row.table.index() as u8;
         if encoding == ValueEncoding::F16 && !half {
@@ -343,9 +344,10 @@ pub fn encode_chunk(
     out
 }
 
-/// Whether `value` survives f16 as a finite number.
-fn fits_f16(value: f32) -> bool {
-    half::f16::from_f32(value).is_finite()
+/// Whether `row`'s values travel as f16 in a chunk of `encoding`: when the
+/// chunk's are f16 and every value survives f16 as a finite number.
+fn in_f16(row: &SnapshotRow, encoding: ValueEncoding) -> bool {
+    encoding == ValueEncoding::F16 && row.values.iter().all(|&v| half::f16::from_f32(v).is_finite())
 }
 
 /// LEB128: 7 bits a byte, low first, the high bit set on all but the last.
@@ -551,12 +553,13 @@ impl<'a> Reader<'a> {
     }
 
     fn table(&mut self) -> Result<TableKind, SnapshotFormatError> {
-        match self.u32()? {
-            0 => Ok(TableKind::User),
-            1 => Ok(TableKind::Item),
-            2 => Ok(TableKind::Feature),
-            other => Err(SnapshotFormatError::Malformed(format!("table variant {other}"))),
-        }
+        Self::table_numbered(self.u32()?)
+    }
+
+    /// The table of number `n` ([`TableKind::index`]).
+    fn table_numbered(n: u32) -> Result<TableKind, SnapshotFormatError> {
+        let table = usize::try_from(n).ok().and_then(|n| TableKind::ALL.get(n));
+        table.copied().ok_or_else(|| SnapshotFormatError::Malformed(format!("table {n}")))
     }
 
     fn row(&mut self) -> Result<RowView<'a>, SnapshotFormatError> {
@@ -591,16 +594,6 @@ impl<'a> Reader<'a> {
         Err(SnapshotFormatError::Malformed("a varint longer than 10 bytes".to_owned()))
     }
 
-    /// A format-4 table byte (without its flag bits).
-    fn table_byte(byte: u8) -> Result<TableKind, SnapshotFormatError> {
-        match byte {
-            0 => Ok(TableKind::User),
-            1 => Ok(TableKind::Item),
-            2 => Ok(TableKind::Feature),
-            other => Err(SnapshotFormatError::Malformed(format!("table byte {other}"))),
-        }
-    }
-
     /// A format-4 row of `widths` values per table, f16 where `half`.
     fn compact_row(&mut self, widths: [u16; 3], half: bool) -> Result<RowView<'a>, SnapshotFormatError> {
         let tag = self.u8()?;
@@ -608,7 +601,7 @@ impl<'a> Reader<'a> {
         if in_f32 && !half {
             return Err(SnapshotFormatError::Malformed("an f32 flag in an f32 chunk".to_owned()));
         }
-        let table = Self::table_byte(tag & !(ROW_IN_F32 | ROW_WIDTH))?;
+        let table = Self::table_numbered(u32::from(tag & !(ROW_IN_F32 | ROW_WIDTH)))?;
         let key = self.u64()?;
         let updated_ms = self.u64()? as i64;
         let id = match self.varint()? {
@@ -642,7 +635,7 @@ impl<'a> Reader<'a> {
     fn tombstone_of(&mut self, layout: ChunkLayout) -> Result<SnapshotTombstone, SnapshotFormatError> {
         let table = match layout {
             ChunkLayout::Bincode => self.table()?,
-            ChunkLayout::Compact { .. } => Self::table_byte(self.u8()?)?,
+            ChunkLayout::Compact { .. } => Self::table_numbered(u32::from(self.u8()?))?,
         };
         Ok(SnapshotTombstone { table, key: self.u64()? })
     }
@@ -731,7 +724,7 @@ impl<'a> ChunkView<'a> {
 /// more for a row whose width differs from its table's first row in the chunk).
 pub fn encoded_row_len(row: &SnapshotRow, encoding: ValueEncoding) -> usize {
     let id = row.id.as_ref().map_or(0, |id| id.len() + varint_len(id.len() as u64 + 1) - 1);
-    let half = encoding == ValueEncoding::F16 && row.values.iter().all(|v| fits_f16(*v));
+    let half = in_f16(row, encoding);
     // table + key + updated + id length (1 byte for none) + id + values
     1 + 8 + 8 + 1 + id + row.values.len() * if half { 2 } else { 4 }
 }

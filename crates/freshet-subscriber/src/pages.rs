@@ -407,6 +407,15 @@ mod tests {
         table.lineage.lock().free.len()
     }
 
+    /// A sealed version of one page of two words, each `value`.
+    fn one_page(value: u32) -> PageTable {
+        let mut table = PageTable::new(2);
+        table.push();
+        write(&mut table, 0, value);
+        table.seal();
+        table
+    }
+
     #[test]
     fn a_version_never_changes_under_its_reader_and_its_pages_return_when_it_goes() {
         let mut table = PageTable::new(4);
@@ -436,10 +445,7 @@ mod tests {
 
     #[test]
     fn an_old_version_keeps_pages_a_newer_one_replaced_until_it_goes() {
-        let mut v1 = PageTable::new(2);
-        v1.push();
-        write(&mut v1, 0, 1);
-        v1.seal();
+        let v1 = one_page(1);
         let mut v2 = v1.clone();
         write(&mut v2, 0, 2);
         v2.seal();
@@ -461,10 +467,7 @@ mod tests {
 
     #[test]
     fn a_second_writer_or_an_old_version_written_gets_pages_of_its_own() {
-        let mut base = PageTable::new(2);
-        base.push();
-        write(&mut base, 0, 1);
-        base.seal();
+        let base = one_page(1);
         let mut first = base.clone();
         let mut second = base.clone();
         write(&mut first, 0, 10);
