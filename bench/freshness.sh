@@ -16,8 +16,9 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' E
 
 cat >"$work/freshet.toml" <<TOML
 name = "$base"
-[consumer]
+[kafka]
 bootstrap = "$bootstrap"
+[consumer]
 group_id = "$base"
 topics = ["$base.ratings"]
 dlq_topic = "$base.dlq"

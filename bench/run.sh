@@ -20,8 +20,9 @@ valid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["valid"]
 port=$(free_port)
 cat >"$work/freshet.toml" <<TOML
 name = "$base"
-[consumer]
+[kafka]
 bootstrap = "$bootstrap"
+[consumer]
 group_id = "$base"
 topics = ["$base.clicks", "$base.ratings"]
 dlq_topic = "$base.dlq"

@@ -53,8 +53,9 @@ cat "$work/publish.json"
 port=$(free_port)
 cat >"$work/freshet.toml" <<TOML
 name = "$base"
-[consumer]
+[kafka]
 bootstrap = "$bootstrap"
+[consumer]
 TOML
 taskset -c "$serve_cpu" "$bin/freshet" serve --config "$work/freshet.toml" --listen "127.0.0.1:$port" --threads 1 \
     2>"$work/serve.log" &

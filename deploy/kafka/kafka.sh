@@ -5,8 +5,14 @@
 #
 #   kafka.sh start [--fresh]  fetch (once), format (once), start, wait for a
 #                     metadata answer; --fresh first deletes the broker's data
-#   kafka.sh stop     stop the broker; no process is left behind
+#   kafka.sh stop [--clean]  stop the broker; no process is left behind;
+#                     --clean then deletes its data
+#   kafka.sh kill9    SIGKILL the broker (fault tests); `start` brings it back
+#                     on the same data
 #   kafka.sh status   running or not, and the bootstrap address
+#   kafka.sh configs ARGS...  Kafka's config command against this broker
+#                     (fault tests: e.g. a producer quota, `--alter --add-config
+#                     producer_byte_rate=1048576 --entity-type clients --entity-default`)
 #
 # Environment:
 #   FRESHET_KAFKA_PORT        client port              (default 9092)
@@ -16,6 +22,8 @@
 #   FRESHET_CACHE_DIR         jar cache + broker data  (default $HOME/.cache/freshet)
 #   FRESHET_KAFKA_HEAP        JVM heap                 (default 768m, at most 1g)
 #   FRESHET_KAFKA_START_TIMEOUT  seconds to wait       (default 90)
+#   FRESHET_KAFKA_EXTRA_PROPERTIES  lines appended to server.properties (fault
+#                             tests: e.g. log.retention.check.interval.ms=1000)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -72,6 +80,7 @@ transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+${FRESHET_KAFKA_EXTRA_PROPERTIES:-}
 EOF
     cat >"$run_dir/log4j2.properties" <<'EOF'
 status = warn
@@ -178,6 +187,20 @@ stop() {
     pkill -9 -f "$run_dir/server.properties" 2>/dev/null || true
     rm -f "$pid_file"
     say "stopped"
+    if [[ "${1:-}" == "--clean" ]]; then
+        rm -rf "$run_dir"
+    fi
+}
+
+kill9() {
+    local pid
+    if pid=$(running_pid); then
+        kill -9 "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+        say "killed (pid $pid, SIGKILL)"
+    else
+        say "not running"
+    fi
 }
 
 status() {
@@ -190,12 +213,19 @@ status() {
     fi
 }
 
+configs() {
+    running_pid >/dev/null || { say "not running"; return 1; }
+    "${jvm[@]}" kafka.admin.ConfigCommand --bootstrap-server "$bootstrap" "$@"
+}
+
 case "${1:-}" in
 start) start "${2:-}" ;;
-stop) stop ;;
+stop) stop "${2:-}" ;;
+kill9) kill9 ;;
 status) status ;;
+configs) shift && configs "$@" ;;
 *)
-    echo "usage: $0 start [--fresh] | stop | status" >&2
+    echo "usage: $0 start [--fresh] | stop [--clean] | kill9 | status | configs ARGS..." >&2
     exit 2
     ;;
 esac

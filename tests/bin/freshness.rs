@@ -46,6 +46,8 @@ struct Swap {
     watermark: Watermark,
     full: bool,
     bytes: usize,
+    /// From the publisher building it to its swap (ms).
+    publish_to_apply_ms: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +81,7 @@ fn follow(bootstrap: &str, model: &str) -> anyhow::Result<(Subscriber, Receiver<
                 watermark: report.watermark.clone(),
                 full: report.kind == SwapKind::Full,
                 bytes: report.bytes,
+                publish_to_apply_ms: report.publish_to_apply_ms,
             });
         }
     })?;
@@ -144,17 +147,27 @@ fn collect(
 }
 
 fn report(topic: &str, sent_ms: &BTreeMap<usize, i64>, landed: &BTreeMap<usize, (i32, i64)>, swaps: &[Swap]) {
-    let mut latencies: Vec<i64> = Vec::new();
+    // Each sample's latency, split at the moment the publisher built the
+    // snapshot that covers it: produce to built (consume, train, wait for
+    // and write the checkpoint, the publisher's queue) and built to swapped
+    // (encode, transaction, fetch, decode, apply).
+    let (mut latencies, mut to_built, mut built_to_swap) = (Vec::new(), Vec::new(), Vec::new());
     let mut uncovered = 0;
     for (sample, &(partition, offset)) in landed {
         let first = swaps.iter().find(|s| s.watermark.covers(topic, partition, offset));
         match (first, sent_ms.get(sample)) {
-            (Some(swap), Some(sent)) => latencies.push(swap.at_ms - sent),
+            (Some(swap), Some(sent)) => {
+                latencies.push(swap.at_ms - sent);
+                to_built.push(swap.at_ms - sent - swap.publish_to_apply_ms);
+                built_to_swap.push(swap.publish_to_apply_ms);
+            }
             _ => uncovered += 1,
         }
     }
-    latencies.sort_unstable();
-    let quantile = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(-1);
+    let quantile = |values: &mut Vec<i64>, q: f64| {
+        values.sort_unstable();
+        values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(-1)
+    };
     let mean_bytes = |full: bool| {
         let sizes: Vec<usize> = swaps.iter().filter(|s| s.full == full).map(|s| s.bytes).collect();
         if sizes.is_empty() { 0 } else { sizes.iter().sum::<usize>() / sizes.len() }
@@ -164,9 +177,13 @@ fn report(topic: &str, sent_ms: &BTreeMap<usize, i64>, landed: &BTreeMap<usize, 
         serde_json::json!({
             "samples": latencies.len(),
             "uncovered": uncovered,
-            "p50_ms": quantile(0.5),
-            "p99_ms": quantile(0.99),
+            "p50_ms": quantile(&mut latencies, 0.5),
+            "p99_ms": quantile(&mut latencies, 0.99),
             "max_ms": latencies.last().copied().unwrap_or(-1),
+            "produce_to_built_p50_ms": quantile(&mut to_built, 0.5),
+            "produce_to_built_p99_ms": quantile(&mut to_built, 0.99),
+            "built_to_swap_p50_ms": quantile(&mut built_to_swap, 0.5),
+            "built_to_swap_p99_ms": quantile(&mut built_to_swap, 0.99),
             "snapshots": swaps.len(),
             "mean_delta_bytes": mean_bytes(false),
             "mean_full_bytes": mean_bytes(true),

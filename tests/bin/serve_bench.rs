@@ -152,7 +152,15 @@ fn trained_rows(path: &Path, dim: usize) -> anyhow::Result<(Vec<SnapshotRow>, [f
 
 fn outgoing(version: u64, globals: [f32; 2], gap: i64, content: Content) -> Outgoing {
     let watermark = Watermark { offsets: freshet_core::NextOffsets::new(), newest_event_ms: freshet_core::now_ms() };
-    Outgoing { version, globals, session_gap_ms: gap, content, watermark, metrics: SnapshotMetrics::default() }
+    Outgoing {
+        version,
+        globals,
+        session_gap_ms: gap,
+        content,
+        watermark,
+        metrics: SnapshotMetrics::default(),
+        rollback_to: None,
+    }
 }
 
 fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Result<()> {
@@ -483,6 +491,7 @@ fn topk(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Resu
         tombstones: 0,
         chain_start_offset: None,
         metrics: SnapshotMetrics::default(),
+        rollback_to: None,
     };
     let encoded: usize = rows.iter().map(|row| freshet_core::snapshot::encoded_row_len(row, Default::default())).sum();
     let building = Instant::now();

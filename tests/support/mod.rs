@@ -3,6 +3,8 @@
 //! default `127.0.0.1:9092`). Every test works on its own uniquely named
 //! topics and groups, so tests run in parallel on one broker.
 
+pub mod broker;
+pub mod browser;
 pub mod process;
 pub mod snapshots;
 
@@ -141,6 +143,41 @@ pub async fn produce_synth(
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(produced)
+}
+
+/// Produces `events` as JSON (clicks to the clicks topic, the rest to the
+/// ratings topic) and returns how many were delivered.
+pub async fn produce_events(
+    bootstrap: &str,
+    topics: &TestTopics,
+    events: &[freshet_core::Feedback],
+) -> anyhow::Result<usize> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        let topic = match event {
+            freshet_core::Feedback::Click(_) => &topics.clicks,
+            _ => &topics.ratings,
+        };
+        let payload = freshet_core::encode(event, freshet_core::ContentType::Json);
+        let key = match event {
+            freshet_core::Feedback::Click(click) => click.user.clone(),
+            freshet_core::Feedback::Rating(rating) => rating.user.clone(),
+            freshet_core::Feedback::Forget(forget) => forget.user.clone(),
+        };
+        let record = FutureRecord::to(topic).key(&key).payload(&payload);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    let delivered = pending.len();
+    for delivery in pending {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(delivered)
 }
 
 /// Reads every message of `topic` once it holds at least `at_least` of them

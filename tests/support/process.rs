@@ -57,25 +57,89 @@ pub fn metrics_address(config: &Path) -> String {
     line["listen = ".len()..].trim_matches('"').to_owned()
 }
 
-/// A running `freshet` process; its stderr goes to a `.log` file beside its configuration.
+/// The model name a [`write_config`] file sets.
+pub fn model_name(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).expect("the configuration");
+    let line = text.lines().find(|line| line.starts_with("name = ")).expect("a name line");
+    line["name = ".len()..].trim_matches('"').to_owned()
+}
+
+/// The snapshot topic of the model a [`write_config`] file names.
+pub fn snapshot_topic(config: &Path) -> String {
+    freshet_core::snapshot::default_snapshot_topic(&model_name(config))
+}
+
+/// Sets the model's dimension in a [`write_config`] file.
+pub fn set_dim(config: &Path, dim: usize) {
+    let text = std::fs::read_to_string(config).expect("the configuration");
+    std::fs::write(config, text.replace("dim = 8\n", &format!("dim = {dim}\n"))).expect("the configuration");
+}
+
+/// Whether `run`'s `/metrics` at `metrics` shows its newest checkpoint published.
+pub fn published_all(metrics: &str) -> bool {
+    let published = metric(metrics, "freshet_snapshot_version");
+    published.is_some() && published == metric(metrics, "freshet_checkpoint_version")
+}
+
+/// Whether `run` at `metrics` applied `valid` events and published its newest checkpoint.
+pub fn trained_and_published(metrics: &str, valid: usize) -> bool {
+    metric(metrics, "freshet_events_applied") == Some(valid as f64) && published_all(metrics)
+}
+
+/// A running `freshet` process; its stderr goes to a `.log` file beside its
+/// configuration (at `RUST_LOG=info`, or `FRESHET_TEST_LOG` when set). When
+/// a test fails, the end of that log is printed with the failure.
 pub struct Running {
     child: Child,
+    /// What was started, for the failure output.
+    command: String,
+    log: PathBuf,
 }
 
 impl Running {
     /// Starts `BIN ARGS PATH`, e.g. `freshet run --config FILE`.
     pub fn start(bin: &str, args: &[&str], path: &Path) -> Running {
-        let log_dir = path.parent().unwrap_or(Path::new("."));
-        let log = std::fs::File::create(log_dir.join(format!("{}.log", unique("freshet")))).expect("log file");
+        Running::start_with_env(bin, args, path, &[])
+    }
+
+    /// [`Running::start`] with extra environment variables.
+    pub fn start_with_env(bin: &str, args: &[&str], path: &Path, env: &[(&str, &str)]) -> Running {
+        let mut all: Vec<&str> = args.to_vec();
+        let path = path.to_str().expect("a UTF-8 path");
+        all.push(path);
+        Running::spawn(bin, &all, Path::new(path).parent().unwrap_or(Path::new(".")), env)
+    }
+
+    /// Starts `BIN ARGS` with its stderr in a `.log` file in `log_dir`.
+    pub fn spawn(bin: &str, args: &[&str], log_dir: &Path, env: &[(&str, &str)]) -> Running {
+        let log = log_dir.join(format!("{}.log", unique("freshet")));
+        let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin)
             .args(args)
-            .arg(path)
-            .env("RUST_LOG", "info")
+            // FRESHET_TEST_LOG overrides the level, for a closer look at a failing test.
+            .env("RUST_LOG", std::env::var("FRESHET_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
+            .stderr(Stdio::from(file))
             .spawn()
             .expect("spawn freshet");
-        Running { child }
+        Running { child, command: args.join(" "), log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
     }
 
     /// Kills the process with SIGKILL.
@@ -89,6 +153,35 @@ impl Running {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
         self.child.wait().expect("wait")
+    }
+}
+
+/// How many lines of a process's log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
+impl Drop for Running {
+    /// A test that fails mid-way leaves no process behind, and prints the end
+    /// of the process's log (the temporary directory it is in goes away).
+    fn drop(&mut self) {
+        let exited = match self.child.try_wait() {
+            Ok(None) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                None
+            }
+            Ok(Some(status)) => Some(status),
+            Err(_) => None,
+        };
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            let how = exited.map_or_else(|| "killed by the test".to_owned(), |status| format!("had exited: {status}"));
+            eprintln!("--- freshet {} ({how}): the last {} lines of its log ---", self.command, tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -139,6 +232,18 @@ pub fn post_json(address: &str, path: &str, body: &str) -> (u16, String) {
         &format!(
             "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
+        ),
+    )
+}
+
+/// A plain HTTP/1.1 request with `Authorization: Bearer <token>` (none when
+/// `token` is `None`): status code and body.
+pub fn with_token(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    request(
+        address,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
         ),
     )
 }

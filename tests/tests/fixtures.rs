@@ -3,7 +3,8 @@
 //! user and several chunks each) are checked in as their Kafka message
 //! values, `tests/fixtures/snapshots-<format>.messages`, with the model each
 //! must give at each version (`snapshots-<format>.expected.json`): format 3,
-//! and format 4 with f32 and with f16 values. The tests decode and apply them
+//! format 4 with f32 and with f16 values, and format 5, whose chain goes on
+//! with a rollback's full snapshot (version 3 holding version 1 again). The tests decode and apply them
 //! with this build's subscriber, so a change that breaks a snapshot format
 //! without a version bump fails CI; a reader refuses versions it does not
 //! know, by number.
@@ -60,18 +61,23 @@ fn digest(model: &ServingModel) -> u64 {
 fn summary(model: &ServingModel) -> Value {
     let row =
         |table, id: &str| model.row(table, hash_id(id)).map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-    json!({
+    let mut summary = json!({
         "version": model.version(),
         "rows": TableKind::ALL.map(|table| model.rows(table).count()),
         "globals": model.globals().map(f32::to_bits),
         "digest": digest(model).to_string(),
         "user_u1": row(TableKind::User, "u1"),
         "item_i7": row(TableKind::Item, "i7"),
-    })
+    });
+    if let Some(to) = model.info().rollback_to {
+        summary["rollback_to"] = json!(to);
+    }
+    summary
 }
 
 /// Trains a small model with context features, publishes version 1 in full
-/// and version 2 as a delta (with a forgotten user), as message values of
+/// and version 2 as a delta (with a forgotten user), then version 3 in full
+/// as a rollback to version 1 (its parameters again), as message values of
 /// this build's format with `value_encoding`.
 fn write_fixture(messages: &Path, value_encoding: ValueEncoding) {
     let mut model = ModelUnderTest::with_context(11);
@@ -80,9 +86,10 @@ fn write_fixture(messages: &Path, value_encoding: ValueEncoding) {
     model.train(300);
     model.forget("u3");
     let delta = model.delta(2);
+    let rollback = freshet_publisher::Outgoing { version: 3, ..full.clone() }.rolling_back_to(1);
     let spec = model.trainer.spec().clone();
     let mut values: Vec<Vec<u8>> = Vec::new();
-    for (outgoing, chain_start) in [(&full, None), (&delta, Some(0))] {
+    for (outgoing, chain_start) in [(&full, None), (&delta, Some(0)), (&rollback, None)] {
         let context = HeaderContext {
             model: "fixture",
             spec: &spec,
@@ -91,9 +98,10 @@ fn write_fixture(messages: &Path, value_encoding: ValueEncoding) {
             value_encoding,
         };
         let encoded = encode(outgoing, context, 4096);
+        let header_offset = values.len() as i64;
         values.push(encoded.header_value.clone());
         values.extend(encoded.chunks.iter().cloned());
-        values.push(encoded.commit_value(0));
+        values.push(encoded.commit_value(chain_start.unwrap_or(header_offset)));
     }
     let mut out = MAGIC.to_vec();
     out.extend(1u32.to_le_bytes());
@@ -221,6 +229,25 @@ fn format_4_chains_with_f32_and_f16_values_serve_their_models() {
         }
     }
     assert!(worst < 1e-3, "an f16 snapshot moved a served score by {worst}");
+}
+
+#[test]
+fn a_format_5_chain_serves_a_rollback_as_a_new_version_of_the_old_parameters() {
+    let served = check_fixture("snapshots-v5-f32", ValueEncoding::F32);
+    let v4 = check_fixture("snapshots-v4-f32", ValueEncoding::F32);
+    assert_eq!(summary(&served[0]), summary(&v4[0]), "format 5 serves what format 4 did");
+    assert_eq!(summary(&served[1]), summary(&v4[1]));
+    let rollback = &served[2];
+    assert_eq!((rollback.version(), rollback.info().rollback_to), (3, Some(1)));
+    let (mut restored, mut original) = (summary(rollback), summary(&served[0]));
+    for fields in [&mut restored, &mut original] {
+        let fields = fields.as_object_mut().expect("an object");
+        fields.remove("version");
+        fields.remove("rollback_to");
+    }
+    assert_eq!(restored, original, "version 3 holds version 1's parameters bit for bit");
+    assert!(rollback.row(TableKind::User, hash_id("u3")).is_some(), "the forgotten user is back with version 1");
+    assert_eq!(served[0].info().rollback_to, None);
 }
 
 #[test]

@@ -224,7 +224,7 @@ fn a_damaged_chunk_is_rejected_and_the_model_kept() -> anyhow::Result<()> {
 fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() -> anyhow::Result<()> {
     let mut scenario = Scenario::new("gated", 7)?;
     let (subscriber, log) = scenario.subscribe()?;
-    let gate = QualityGate { max_rmse_increase: Some(0.05), max_logloss_increase: None };
+    let gate = QualityGate { max_rmse_increase: Some(0.05), ..QualityGate::default() };
     let policy = FullPolicy { every_deltas: 1_000, interval: Duration::from_secs(3_600) };
     let publisher = PublisherHandle::spawn(scenario.producer()?, gate, policy, |_| {})?;
     let with_rmse = |mut outgoing: Outgoing, rmse: f64| {
@@ -243,7 +243,7 @@ fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() ->
         std::thread::sleep(Duration::from_millis(20));
     }
     let held = publisher.stats();
-    assert!(held.holding && held.published_version == 1, "{held:?}");
+    assert!(held.holding() && held.published_version == 1, "{held:?}");
     assert!(applied_versions(&events_within(&log, Duration::from_secs(2))).is_empty(), "nothing new was served");
 
     scenario.trained.train(500);
@@ -251,7 +251,7 @@ fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() ->
     let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
     assert_eq!(applied_versions(&events), vec![3], "{events:?}");
     let stats = publisher.close(Duration::from_secs(10))?;
-    assert_eq!((stats.published_version, stats.holds, stats.holding, stats.deltas), (3, held.holds, false, 1));
+    assert_eq!((stats.published_version, stats.holds, stats.holding(), stats.deltas), (3, held.holds, false, 1));
     scenario.assert_served_and_stop(subscriber)
 }
 

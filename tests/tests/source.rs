@@ -84,6 +84,7 @@ async fn read_until(
                 seen.events.push(format!("revoked {}", revocation.partitions.len()));
                 revocation.acknowledge();
             }
+            Ok(Some(SourceEvent::Rewound)) => seen.events.push("rewound".to_owned()),
             Ok(None) => panic!("the source stopped early"),
             Err(_) => {}
         }
@@ -145,6 +146,38 @@ async fn consumes_exact_counts_and_dead_letters_every_reject() {
         positions.insert(key);
     }
     assert_eq!(positions.len(), produced.invalid(), "each reject dead-lettered once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewind_reads_again_from_the_offsets_given_after_its_marker() {
+    let bootstrap = bootstrap();
+    let topics = TestTopics::create(&bootstrap, 2).await.expect("topics");
+    let produced = produce_synth(&bootstrap, &topics, synth(0.0), 2_000).await.expect("produce");
+    let ends = produced.end_offsets();
+    let (source, mut events) = start_in_a_new_group(&bootstrap, &topics);
+    let mut seen = Seen::default();
+    read_until(&source, &mut events, &mut seen, reaches(&ends)).await;
+
+    // Back to offset 100 of every partition: after the marker, each reads from there to its end again.
+    let to: NextOffsets = ends.keys().map(|tp| (tp.clone(), 100)).collect();
+    source.acknowledger().rewind(&to);
+    let mut after = Seen::default();
+    read_until(&source, &mut events, &mut after, |s| s.events.iter().any(|e| e == "rewound")).await;
+    let marker = after.events.iter().position(|e| e == "rewound").expect("the marker");
+    assert_eq!(marker, after.batches.len(), "only batches read before the rewind come before its marker");
+    let mut replayed = Seen::default();
+    read_until(&source, &mut events, &mut replayed, reaches(&ends)).await;
+    let mut first_offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    for batch in &replayed.batches {
+        for (tp, range) in &batch.offsets {
+            let first = first_offsets.entry(tp.clone()).or_insert(range.first);
+            *first = (*first).min(range.first);
+        }
+    }
+    assert_eq!(first_offsets, to, "every partition reads again from the offset rewound to");
+    let expected: i64 = ends.values().map(|end| end - 100).sum();
+    assert_eq!(replayed.messages() as i64, expected, "each message after the offset once");
+    tokio::task::spawn_blocking(move || source.stop()).await.expect("join").expect("clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,7 +270,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
                 first_seen.batches.push(batch);
             }
             SourceEvent::Revoked(revocation) => break revocation,
-            SourceEvent::Assigned(_) => {}
+            SourceEvent::Assigned(_) | SourceEvent::Rewound => {}
         }
     };
     assert_eq!(revocation.partitions.len(), 8, "eager protocol revokes everything");
@@ -271,6 +304,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
                 }
                 SourceEvent::Assigned(partitions) => first_assigned = Some(partitions),
                 SourceEvent::Revoked(revocation) => revocation.acknowledge(),
+                SourceEvent::Rewound => unreachable!("nobody rewinds"),
             },
             Some(event) = second_events.recv() => match event {
                 SourceEvent::Batch(batch) => {
@@ -279,6 +313,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
                 }
                 SourceEvent::Revoked(revocation) => revocation.acknowledge(),
                 SourceEvent::Assigned(partitions) => second_assigned = Some(partitions),
+                SourceEvent::Rewound => unreachable!("nobody rewinds"),
             },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
@@ -314,7 +349,7 @@ async fn shutdown_is_bounded_even_with_a_stalled_reader() {
         match events.recv().await.expect("alive") {
             SourceEvent::Batch(_) => break,
             SourceEvent::Revoked(r) => r.acknowledge(),
-            SourceEvent::Assigned(_) => {}
+            SourceEvent::Assigned(_) | SourceEvent::Rewound => {}
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -26,11 +26,12 @@
 //! | id length | id, UTF-8 |
 //! | 4 × (width + m + v) | `params`, `m`, `v` as f32 |
 //!
-//! The layout is versioned as a whole by the `format` meta key. Layout 4
+//! The layout is versioned as a whole by the `format` meta key. Layout 5
 //! writes every value explicitly (the dense state as a
-//! [`freshet_core::record`], field by field); a layout-3 store (the spec,
-//! the dense state and pending counts as bincode of the trainer's types) is
-//! migrated when opened; any other is refused, naming both versions.
+//! [`freshet_core::record`], field by field) and keeps the rollback audit;
+//! a layout-4 store (the same without rollbacks) or layout-3 store (the
+//! spec, the dense state and pending counts as bincode of the trainer's
+//! types) is migrated when opened; any other is refused, naming both versions.
 
 use freshet_core::ModelSpec;
 use freshet_core::TableKind;
@@ -63,13 +64,22 @@ pub(crate) const META_VERSION: &[u8] = b"version";
 pub(crate) const META_PUBLISHED: &[u8] = b"published_version";
 /// Meta key: the trainer's dense state.
 pub(crate) const META_DENSE: &[u8] = b"dense";
+/// Meta key: events read but not applied, left out by skip rollbacks (u64).
+pub(crate) const META_SKIPPED: &[u8] = b"events_skipped";
+/// Meta key: the audit records of the rollbacks.
+pub(crate) const META_ROLLBACKS: &[u8] = b"rollbacks";
 
-/// The layout version written by this code (4: explicit spec, dense state
-/// and pending records; 3: those as bincode, user rows with the rating scale
-/// and session offsets; 2: flat rows; 1 had bincode rows).
-pub(crate) const FORMAT_VERSION: u32 = 4;
-/// The older layout this code migrates when it opens a store.
-pub(crate) const MIGRATED_LAYOUT: u32 = 3;
+/// The layout version written by this code (5: the skipped-event count and
+/// rollback records; 4: explicit spec, dense state and pending records; 3:
+/// those as bincode, user rows with the rating scale and session offsets;
+/// 2: flat rows; 1 had bincode rows).
+pub(crate) const FORMAT_VERSION: u32 = 5;
+/// Layout 4: layout 5 without rollbacks (so without their two meta keys).
+pub(crate) const LAYOUT_WITHOUT_ROLLBACKS: u32 = 4;
+/// Layout 3: the spec, dense state and pending counts as bincode.
+pub(crate) const BINCODE_LAYOUT: u32 = 3;
+/// The layouts this code reads (and migrates to [`FORMAT_VERSION`] when it opens a store).
+pub(crate) const READABLE_LAYOUTS: [u32; 3] = [BINCODE_LAYOUT, LAYOUT_WITHOUT_ROLLBACKS, FORMAT_VERSION];
 
 /// Bytes of a flat row's fixed header.
 const ROW_HEADER: usize = 36;
@@ -112,7 +122,7 @@ pub(crate) fn encode_spec(spec: &ModelSpec) -> Vec<u8> {
 
 /// The spec stored by a store of `layout`.
 pub(crate) fn decode_spec(bytes: &[u8], layout: u32) -> Result<ModelSpec, CheckpointError> {
-    if layout == MIGRATED_LAYOUT {
+    if layout == BINCODE_LAYOUT {
         return decode(bytes, "spec");
     }
     let mut r = RecordReader::new(bytes, "spec");
@@ -131,7 +141,7 @@ pub(crate) fn encode_dense(dense: &DenseState) -> Vec<u8> {
 
 /// The dense state stored by a store of `layout`.
 pub(crate) fn decode_dense(bytes: &[u8], layout: u32) -> Result<DenseState, CheckpointError> {
-    if layout == MIGRATED_LAYOUT {
+    if layout == BINCODE_LAYOUT {
         return decode(bytes, "dense");
     }
     let mut r = RecordReader::new(bytes, "dense");
@@ -151,7 +161,7 @@ pub(crate) fn encode_pending(pending: &PendingAdmission) -> Vec<u8> {
 /// The pending count stored under `key` by a store of `layout`.
 pub(crate) fn decode_pending(key: &[u8], value: &[u8], layout: u32) -> Result<PendingAdmission, CheckpointError> {
     let (table, key) = parse_row_key(key)?;
-    if layout == MIGRATED_LAYOUT {
+    if layout == BINCODE_LAYOUT {
         let pending: PendingAdmission = decode(value, "pending count")?;
         if (pending.table, pending.key) != (table, key) {
             return Err(CheckpointError::Corrupt(format!(
@@ -349,7 +359,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_a_record_decoder(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let mut floats = Vec::new();
             let _ = decode_row(&bytes, (TableKind::User, 1), &mut floats);
-            for layout in [MIGRATED_LAYOUT, FORMAT_VERSION] {
+            for layout in [BINCODE_LAYOUT, FORMAT_VERSION] {
                 let _ = decode_dense(&bytes, layout);
                 let _ = decode_spec(&bytes, layout);
                 let _ = decode_pending(&bytes[..bytes.len().min(9)], &bytes, layout);
@@ -357,6 +367,7 @@ mod tests {
             let _ = parse_row_key(&bytes);
             let _ = parse_offset(&bytes, &bytes);
             let _ = parse_u64(&bytes, "version");
+            let _ = crate::rollback::decode_records(&bytes);
         }
     }
 
@@ -400,7 +411,7 @@ mod tests {
         assert_eq!(decode_dense(&bytes, FORMAT_VERSION).expect("decodes"), dense);
         assert!(decode_dense(&bytes[..bytes.len() - 1], FORMAT_VERSION).is_err());
         assert!(decode_dense(&[bytes.as_slice(), &[0]].concat(), FORMAT_VERSION).is_err());
-        assert!(decode_spec(&encode_spec(&spec), MIGRATED_LAYOUT).is_err(), "layout 3 held bincode");
+        assert!(decode_spec(&encode_spec(&spec), BINCODE_LAYOUT).is_err(), "layout 3 held bincode");
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub enum CheckpointError {
     /// The stored state does not form a valid model.
     #[error("checkpoint state is invalid: {0}")]
     InvalidState(#[from] StateError),
+    /// A rollback to a version no copy is retained of.
+    #[error("version {version} is not retained (retained: {retained:?})")]
+    NotRetained {
+        /// The version asked for.
+        version: u64,
+        /// The versions retained.
+        retained: Vec<u64>,
+    },
+    /// A rollback the store's state does not allow.
+    #[error("rollback refused: {0}")]
+    Rollback(String),
     /// A file-system operation failed.
     #[error("{operation} {path}: {source}")]
     Io {

@@ -10,12 +10,15 @@ use rocksdb::{DB, IteratorMode};
 use serde::Serialize;
 
 use crate::codec::{
-    CF_PENDING, CF_ROWS, FORMAT_VERSION, META_PUBLISHED, META_VERSION, MIGRATED_LAYOUT, decode_pending,
+    CF_PENDING, CF_ROWS, FORMAT_VERSION, META_PUBLISHED, META_SKIPPED, META_VERSION, READABLE_LAYOUTS, decode_pending,
     decode_row_header, parse_row_key,
 };
 use crate::error::CheckpointError;
+use crate::retain::{self, RetainedDisk, RetainedVersion};
+use crate::rollback::RollbackRecord;
 use crate::store::{
-    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_spec, scan_options, stored_layout,
+    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_rollbacks, read_spec, scan_options,
+    stored_layout,
 };
 
 /// A summary of a checkpoint directory.
@@ -44,6 +47,14 @@ pub struct Inspection {
     pub spec: Option<ModelSpec>,
     /// Bytes of all files in the directory.
     pub size_on_disk_bytes: u64,
+    /// Events read but left out by skip rollbacks.
+    pub events_skipped: u64,
+    /// The retained versions (rollback targets), oldest first.
+    pub retained: Vec<RetainedVersion>,
+    /// What the retained versions cost on disk.
+    pub retained_disk: RetainedDisk,
+    /// The audit records of every rollback, oldest first.
+    pub rollbacks: Vec<RollbackRecord>,
 }
 
 /// Inspects the store in `dir` without taking it from its writer.
@@ -64,7 +75,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
     db.try_catch_up_with_primary().map_err(CheckpointError::rocks("catching up with the writer"))?;
 
     let layout = stored_layout(&db)?;
-    if ![FORMAT_VERSION, MIGRATED_LAYOUT].contains(&layout) {
+    if !READABLE_LAYOUTS.contains(&layout) {
         return Err(CheckpointError::Layout { found: layout, supported: FORMAT_VERSION });
     }
     let dense: Option<DenseState> = read_dense(&db, layout)?;
@@ -88,6 +99,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
             map.entry(table).or_insert(0);
         }
     }
+    let retained = retain::list(dir)?;
     Ok(Inspection {
         version: meta_u64(&db, META_VERSION)?,
         published_version: meta_u64(&db, META_PUBLISHED)?,
@@ -100,6 +112,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         metrics: dense.as_ref().map(|d| d.metrics.snapshot()),
         spec: read_spec(&db, layout)?,
         size_on_disk_bytes: directory_size(dir),
+        events_skipped: meta_u64(&db, META_SKIPPED)?,
+        retained_disk: retain::disk_use(dir, &retained)?,
+        retained,
+        rollbacks: read_rollbacks(&db)?,
     })
 }
 

@@ -36,8 +36,12 @@
 mod codec;
 mod error;
 mod inspect;
+mod retain;
+mod rollback;
 mod store;
 
 pub use error::CheckpointError;
 pub use inspect::{Inspection, inspect};
+pub use retain::{RetainPolicy, RetainedDisk, RetainedVersion, to_prune};
+pub use rollback::{RollbackMode, RollbackRecord, SkippedRange};
 pub use store::{CheckpointStore, CommitStats, Resumed, SavedState};

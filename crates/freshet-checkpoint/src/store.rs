@@ -5,6 +5,7 @@
 //! store holds either all of a checkpoint or none of it. Cost is proportional
 //! to the delta, not to the model.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::codec::{
-    CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION, META_DENSE, META_FORMAT, META_PUBLISHED,
-    META_SPEC, META_VERSION, MIGRATED_LAYOUT, decode, decode_dense, decode_pending, decode_row, decode_spec, encode,
+    BINCODE_LAYOUT, CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION,
+    LAYOUT_WITHOUT_ROLLBACKS, META_DENSE, META_FORMAT, META_PUBLISHED, META_ROLLBACKS, META_SKIPPED, META_SPEC,
+    META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending, decode_row, decode_spec, encode,
     encode_dense, encode_pending, encode_row, encode_spec, offset_key, parse_offset, parse_row_key, parse_u64, row_key,
 };
 use crate::error::CheckpointError;
+use crate::retain::{self, RetainPolicy, RetainedDisk, RetainedVersion, VERSIONS_DIR};
+use crate::rollback::{Position, RollbackMode, RollbackRecord, counts_after, decode_records, encode_records};
 
 /// A checkpoint as loaded for restore.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +79,8 @@ pub struct CheckpointStore {
     version: u64,
     published: u64,
     spec: Option<ModelSpec>,
+    events_skipped: u64,
+    rollbacks: Vec<RollbackRecord>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -140,24 +146,34 @@ pub(crate) fn read_dense(db: &DB, layout: u32) -> Result<Option<DenseState>, Che
     meta_with(db, META_DENSE, |bytes| decode_dense(bytes, layout))
 }
 
-/// Rewrites a layout-3 store's spec, dense state and pending counts as
-/// layout 4 in one atomic, synced batch (rows and offsets are the same in both).
-fn migrate(db: &DB, dir: &Path) -> Result<(), CheckpointError> {
+/// The rollback audit records of the store in `db` (none before layout 5).
+pub(crate) fn read_rollbacks(db: &DB) -> Result<Vec<RollbackRecord>, CheckpointError> {
+    Ok(meta_with(db, META_ROLLBACKS, decode_records)?.unwrap_or_default())
+}
+
+/// Migrates a store of layout `from` to this build's in one atomic, synced
+/// batch: a layout-3 store's spec, dense state and pending counts are
+/// rewritten as records (rows and offsets are the same in every readable
+/// layout); layout 4 differs only in lacking the rollback keys, whose
+/// absence means none.
+fn migrate(db: &DB, dir: &Path, from: u32) -> Result<(), CheckpointError> {
     let started = Instant::now();
     let mut batch = WriteBatch::default();
     let meta = cf(db, CF_META)?;
-    if let Some(spec) = read_spec(db, MIGRATED_LAYOUT)? {
-        batch.put_cf(meta, META_SPEC, encode_spec(&spec));
-    }
-    if let Some(dense) = read_dense(db, MIGRATED_LAYOUT)? {
-        batch.put_cf(meta, META_DENSE, encode_dense(&dense));
-    }
-    let pending_cf = cf(db, CF_PENDING)?;
     let mut pending = 0u64;
-    for item in db.iterator_cf(pending_cf, IteratorMode::Start) {
-        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
-        batch.put_cf(pending_cf, &key, encode_pending(&decode_pending(&key, &value, MIGRATED_LAYOUT)?));
-        pending += 1;
+    if from == BINCODE_LAYOUT {
+        if let Some(spec) = read_spec(db, BINCODE_LAYOUT)? {
+            batch.put_cf(meta, META_SPEC, encode_spec(&spec));
+        }
+        if let Some(dense) = read_dense(db, BINCODE_LAYOUT)? {
+            batch.put_cf(meta, META_DENSE, encode_dense(&dense));
+        }
+        let pending_cf = cf(db, CF_PENDING)?;
+        for item in db.iterator_cf(pending_cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+            batch.put_cf(pending_cf, &key, encode_pending(&decode_pending(&key, &value, BINCODE_LAYOUT)?));
+            pending += 1;
+        }
     }
     batch.put_cf(meta, META_FORMAT, encode(&FORMAT_VERSION));
     let mut write = WriteOptions::default();
@@ -165,7 +181,7 @@ fn migrate(db: &DB, dir: &Path) -> Result<(), CheckpointError> {
     db.write_opt(batch, &write).map_err(CheckpointError::rocks("migrate"))?;
     info!(
         dir = %dir.display(),
-        from = MIGRATED_LAYOUT,
+        from,
         to = FORMAT_VERSION,
         pending,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -212,16 +228,35 @@ impl CheckpointStore {
         })?;
         match stored_layout(&db)? {
             FORMAT_VERSION => {}
-            MIGRATED_LAYOUT => migrate(&db, dir)?,
+            found @ (BINCODE_LAYOUT | LAYOUT_WITHOUT_ROLLBACKS) => migrate(&db, dir, found)?,
             found => return Err(CheckpointError::Layout { found, supported: FORMAT_VERSION }),
         }
+        retain::remove_unfinished(dir)?;
         let version = meta_u64(&db, META_VERSION)?;
         let published = meta_u64(&db, META_PUBLISHED)?;
         let spec = read_spec(&db, FORMAT_VERSION)?;
+        let events_skipped = meta_u64(&db, META_SKIPPED)?;
+        let rollbacks = read_rollbacks(&db)?;
         let mut write = WriteOptions::default();
         write.set_sync(fsync);
         info!(dir = %dir.display(), version, published, "checkpoint store open");
-        Ok(CheckpointStore { db, dir: dir.to_owned(), write, version, published, spec })
+        Ok(CheckpointStore { db, dir: dir.to_owned(), write, version, published, spec, events_skipped, rollbacks })
+    }
+
+    /// Events read but not applied: left out by skip rollbacks.
+    pub fn events_skipped(&self) -> u64 {
+        self.events_skipped
+    }
+
+    /// The audit records of every rollback, oldest first.
+    pub fn rollbacks(&self) -> &[RollbackRecord] {
+        &self.rollbacks
+    }
+
+    /// The rollback that wrote the current version, if one did (no
+    /// checkpoint since): its full snapshot names the version rolled back to.
+    pub fn current_rollback(&self) -> Option<&RollbackRecord> {
+        self.rollbacks.last().filter(|record| record.version == self.version)
     }
 
     /// The newest durable checkpoint version (0 before the first).
@@ -255,12 +290,12 @@ impl CheckpointStore {
         self.check_spec(spec)?;
         let dense = self.dense()?;
         let mut rows = Vec::new();
-        self.scan_rows(|row| {
+        scan_rows(&self.db, |row| {
             rows.push(RowState::from(row));
             Ok(())
         })?;
         let mut pending = Vec::new();
-        self.scan_pending(|row| {
+        scan_pending(&self.db, FORMAT_VERSION, |row| {
             pending.push(row);
             Ok(())
         })?;
@@ -279,58 +314,18 @@ impl CheckpointStore {
             return Ok(None);
         }
         self.check_spec(spec)?;
-        let started = Instant::now();
-        let mut restorer = Restorer::new(spec.clone(), config, self.dense()?)?;
-        let mut rows = 0u64;
-        self.scan_rows(|row| {
-            rows += 1;
-            Ok(restorer.push_row(&row)?)
-        })?;
-        self.scan_pending(|row| {
-            restorer.push_pending(&row);
-            Ok(())
-        })?;
-        let offsets = read_offsets(&self.db)?;
-        info!(version = self.version, rows, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
+        let trainer = restore_from(&self.db, FORMAT_VERSION, spec, config, self.dense()?)?;
         Ok(Some(Resumed {
             version: self.version,
             published_version: self.published,
-            trainer: restorer.finish(),
-            offsets,
+            trainer,
+            offsets: read_offsets(&self.db)?,
         }))
     }
 
     fn dense(&self) -> Result<DenseState, CheckpointError> {
         read_dense(&self.db, FORMAT_VERSION)?
             .ok_or_else(|| CheckpointError::Corrupt("the dense state is missing".to_owned()))
-    }
-
-    /// Calls `each` with every row, in (table, key) order, decoded from the
-    /// iterator's own buffers (a raw iterator: no copy of each key and value).
-    fn scan_rows(
-        &self,
-        mut each: impl FnMut(RowRef<'_>) -> Result<(), CheckpointError>,
-    ) -> Result<(), CheckpointError> {
-        let mut floats = Vec::new();
-        let mut rows = self.db.raw_iterator_cf_opt(cf(&self.db, CF_ROWS)?, scan_options());
-        rows.seek_to_first();
-        while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
-            each(decode_row(value, parse_row_key(key)?, &mut floats)?)?;
-            rows.next();
-        }
-        rows.status().map_err(CheckpointError::rocks("read"))
-    }
-
-    /// Calls `each` with every pending admission count, in (table, key) order.
-    fn scan_pending(
-        &self,
-        mut each: impl FnMut(PendingAdmission) -> Result<(), CheckpointError>,
-    ) -> Result<(), CheckpointError> {
-        for item in self.db.iterator_cf_opt(cf(&self.db, CF_PENDING)?, scan_options(), IteratorMode::Start) {
-            let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
-            each(decode_pending(&key, &value, FORMAT_VERSION)?)?;
-        }
-        Ok(())
     }
 
     /// Writes one checkpoint: the delta, the offsets it reflects and the next
@@ -395,6 +390,240 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Keeps a copy of the current version under `versions/` as a rollback
+    /// target (RocksDB's checkpoint API: the memtables are flushed and the
+    /// SST files hard-linked, so the copy costs what changed since the last
+    /// one). Does nothing before the first checkpoint or when a copy of this
+    /// version exists.
+    pub fn retain(&self, now_ms: i64) -> Result<Option<RetainedVersion>, CheckpointError> {
+        if self.version == 0 {
+            return Ok(None);
+        }
+        if let Some(existing) = self.retained()?.into_iter().find(|r| r.version == self.version) {
+            return Ok(Some(existing));
+        }
+        let versions = self.dir.join(VERSIONS_DIR);
+        std::fs::create_dir_all(&versions).map_err(|source| CheckpointError::Io {
+            operation: "creating",
+            path: versions.clone(),
+            source,
+        })?;
+        let started = Instant::now();
+        let path = versions.join(retain::dir_name(self.version, now_ms));
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(&path))
+            .map_err(CheckpointError::rocks("retaining a version"))?;
+        debug!(version = self.version, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "version retained");
+        Ok(retain::list(&self.dir)?.into_iter().find(|r| r.version == self.version))
+    }
+
+    /// The retained copies, oldest first.
+    pub fn retained(&self) -> Result<Vec<RetainedVersion>, CheckpointError> {
+        retain::list(&self.dir)
+    }
+
+    /// What the `retained` copies (from [`CheckpointStore::retained`]) cost on disk.
+    pub fn retained_disk(&self, retained: &[RetainedVersion]) -> Result<RetainedDisk, CheckpointError> {
+        retain::disk_use(&self.dir, retained)
+    }
+
+    /// Deletes the copies `policy` no longer keeps ([`retain::to_prune`]);
+    /// returns their versions.
+    pub fn prune(&self, policy: RetainPolicy, now_ms: i64) -> Result<Vec<u64>, CheckpointError> {
+        let retained = self.retained()?;
+        let pairs: Vec<(u64, i64)> = retained.iter().map(|r| (r.version, r.created_ms)).collect();
+        let prune = retain::to_prune(&pairs, self.published, now_ms, policy);
+        for copy in retained.iter().filter(|r| prune.contains(&r.version)) {
+            std::fs::remove_dir_all(&copy.path).map_err(|source| CheckpointError::Io {
+                operation: "removing a retained version",
+                path: copy.path.clone(),
+                source,
+            })?;
+        }
+        Ok(prune)
+    }
+
+    /// Rolls the store back to retained version `to` as a new version
+    /// (`version() + 1`) in ONE synced `WriteBatch`: the rows and pending
+    /// counts that differ from `to`'s, `to`'s dense state (optimizer,
+    /// counters, metrics), the offsets (`to`'s for a replay, unchanged for
+    /// a skip), the skipped-event count and the audit record. Cost: one
+    /// pass over both stores' rows, and writes proportional to what changed
+    /// since `to`. [`CheckpointStore::rollback_and_restore`] also restores
+    /// a trainer.
+    pub fn rollback(
+        &mut self,
+        to: u64,
+        mode: RollbackMode,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<RollbackRecord, CheckpointError> {
+        Ok(self.roll_back(to, mode, reason, now_ms, None)?.0)
+    }
+
+    /// [`CheckpointStore::rollback`], and the trainer (of `spec` and
+    /// `config`) of the rolled-back state with its offsets, restored from
+    /// the retained copy on a second thread while the write batch is built
+    /// and written (the two passes take about as long each). A failed
+    /// rollback returns no trainer and leaves the store as it was.
+    pub fn rollback_and_restore(
+        &mut self,
+        to: u64,
+        mode: RollbackMode,
+        reason: &str,
+        now_ms: i64,
+        spec: &ModelSpec,
+        config: TrainerConfig,
+    ) -> Result<(RollbackRecord, Resumed), CheckpointError> {
+        self.check_spec(spec)?;
+        let (record, trainer) = self.roll_back(to, mode, reason, now_ms, Some((spec, config)))?;
+        let trainer = trainer.expect("a restore was asked for")?;
+        let resumed = Resumed {
+            version: self.version,
+            published_version: self.published,
+            trainer,
+            offsets: read_offsets(&self.db)?,
+        };
+        Ok((record, resumed))
+    }
+
+    #[allow(clippy::type_complexity)] // the record, and the restore's own outcome when one was asked for
+    fn roll_back(
+        &mut self,
+        to: u64,
+        mode: RollbackMode,
+        reason: &str,
+        now_ms: i64,
+        restore: Option<(&ModelSpec, TrainerConfig)>,
+    ) -> Result<(RollbackRecord, Option<Result<Trainer, CheckpointError>>), CheckpointError> {
+        let started = Instant::now();
+        let retained = self.retained()?;
+        let Some(copy) = retained.iter().find(|r| r.version == to) else {
+            return Err(CheckpointError::NotRetained {
+                version: to,
+                retained: retained.iter().map(|r| r.version).collect(),
+            });
+        };
+        let target = DB::open_cf_descriptors_read_only(&db_options(), &copy.path, descriptors(), false)
+            .map_err(|error| CheckpointError::Open { dir: copy.path.clone(), message: error.to_string() })?;
+        let layout = stored_layout(&target)?;
+        if !READABLE_LAYOUTS.contains(&layout) {
+            return Err(CheckpointError::Layout { found: layout, supported: FORMAT_VERSION });
+        }
+        let stored = meta_u64(&target, META_VERSION)?;
+        if stored != to {
+            return Err(CheckpointError::Corrupt(format!("the copy of version {to} holds version {stored}")));
+        }
+        if read_spec(&target, layout)? != self.spec {
+            return Err(CheckpointError::Rollback(format!("version {to} was trained under another model spec")));
+        }
+        let target_dense = read_dense(&target, layout)?
+            .ok_or_else(|| CheckpointError::Corrupt(format!("version {to}: the dense state is missing")))?;
+        let now = Position {
+            applied: self.dense()?.counters.events_applied,
+            skipped: self.events_skipped,
+            offsets: read_offsets(&self.db)?,
+        };
+        let then = Position {
+            applied: target_dense.counters.events_applied,
+            skipped: meta_u64(&target, META_SKIPPED)?,
+            offsets: read_offsets(&target)?,
+        };
+        let counts = counts_after(&now, &then, mode).map_err(CheckpointError::Rollback)?;
+
+        std::thread::scope(|scope| {
+            let restoring = restore.map(|(spec, config)| {
+                let (target, dense) = (&target, target_dense.clone());
+                scope.spawn(move || restore_from(target, layout, spec, config, dense))
+            });
+            let record =
+                self.write_rollback(&target, layout, target_dense, to, mode, reason, now_ms, now, then, counts);
+            let restored = restoring.map(|thread| {
+                thread.join().unwrap_or_else(|_| Err(CheckpointError::Corrupt("the restore thread panicked".into())))
+            });
+            let record = record?;
+            info!(
+                version = record.version,
+                to,
+                %mode,
+                reason,
+                events_skipped = record.events_skipped_after,
+                skipped_ranges = ?record.ranges,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "checkpoint rolled back"
+            );
+            Ok((record, restored))
+        })
+    }
+
+    /// The rollback's one write batch: what differs from `target`, its dense
+    /// state, the offsets and counts, the audit record and the version.
+    #[allow(clippy::too_many_arguments)] // the rollback's parts, gathered by `roll_back`
+    fn write_rollback(
+        &mut self,
+        target: &DB,
+        layout: u32,
+        target_dense: DenseState,
+        to: u64,
+        mode: RollbackMode,
+        reason: &str,
+        now_ms: i64,
+        now: Position,
+        then: Position,
+        counts: crate::rollback::RolledCounts,
+    ) -> Result<RollbackRecord, CheckpointError> {
+        let started = Instant::now();
+        let mut batch = WriteBatch::default();
+        let rows = diff_into(&mut batch, (&self.db, CF_ROWS), (target, CF_ROWS), None)?;
+        // Pending counts of layouts 4 and 5 are the same bytes; layout 3's are re-encoded.
+        let reencode = |key: &[u8], value: &[u8]| Ok(encode_pending(&decode_pending(key, value, layout)?));
+        let convert: Convert<'_> = (layout == BINCODE_LAYOUT).then_some(&reencode);
+        let pending = diff_into(&mut batch, (&self.db, CF_PENDING), (target, CF_PENDING), convert)?;
+        let offsets_cf = cf(&self.db, CF_OFFSETS)?;
+        for tp in now.offsets.keys().filter(|tp| !counts.offsets.contains_key(*tp)) {
+            batch.delete_cf(offsets_cf, offset_key(&tp.topic, tp.partition));
+        }
+        for (tp, next) in &counts.offsets {
+            batch.put_cf(offsets_cf, offset_key(&tp.topic, tp.partition), next.to_be_bytes());
+        }
+        let version = self.version + 1;
+        let record = RollbackRecord {
+            version,
+            to_version: to,
+            from_version: self.version,
+            mode,
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+            events_applied_before: now.applied,
+            events_applied_after: then.applied,
+            events_skipped_after: counts.events_skipped,
+            ranges: counts.ranges,
+        };
+        let mut rollbacks = self.rollbacks.clone();
+        rollbacks.push(record.clone());
+        let meta = cf(&self.db, CF_META)?;
+        batch.put_cf(meta, META_DENSE, encode_dense(&target_dense));
+        batch.put_cf(meta, META_SKIPPED, counts.events_skipped.to_be_bytes());
+        batch.put_cf(meta, META_ROLLBACKS, encode_records(&rollbacks));
+        batch.put_cf(meta, META_VERSION, version.to_be_bytes());
+        let mut write = WriteOptions::default();
+        write.set_sync(true);
+        let bytes = batch.size_in_bytes();
+        self.db.write_opt(batch, &write).map_err(CheckpointError::rocks("rollback"))?;
+        self.version = version;
+        self.events_skipped = counts.events_skipped;
+        self.rollbacks = rollbacks;
+        debug!(
+            version,
+            rows_changed = rows,
+            pending_changed = pending,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rollback written"
+        );
+        Ok(record)
+    }
+
     /// Writes a consistent copy of the store to `to` (which must not exist),
     /// with RocksDB's checkpoint API. Restore by opening the copy (or moving
     /// it in place of the original directory).
@@ -406,6 +635,136 @@ impl CheckpointStore {
         info!(to = %to.display(), version = self.version, "checkpoint backed up");
         Ok(())
     }
+}
+
+/// Calls `each` with every row of `db`, in (table, key) order, decoded from
+/// the iterator's own buffers (a raw iterator: no copy of each key and value).
+fn scan_rows(db: &DB, mut each: impl FnMut(RowRef<'_>) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
+    let mut floats = Vec::new();
+    let mut rows = db.raw_iterator_cf_opt(cf(db, CF_ROWS)?, scan_options());
+    rows.seek_to_first();
+    while let (Some(key), Some(value)) = (rows.key(), rows.value()) {
+        each(decode_row(value, parse_row_key(key)?, &mut floats)?)?;
+        rows.next();
+    }
+    rows.status().map_err(CheckpointError::rocks("read"))
+}
+
+/// Calls `each` with every pending admission count of `db` (a store of
+/// `layout`), in (table, key) order.
+fn scan_pending(
+    db: &DB,
+    layout: u32,
+    mut each: impl FnMut(PendingAdmission) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
+    for item in db.iterator_cf_opt(cf(db, CF_PENDING)?, scan_options(), IteratorMode::Start) {
+        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+        each(decode_pending(&key, &value, layout)?)?;
+    }
+    Ok(())
+}
+
+/// A trainer of `spec` and `config` restored from the rows and pending
+/// counts of `db` (a store of `layout`) and `dense`. Rows go from RocksDB
+/// straight into the trainer's tables ([`Restorer`]).
+fn restore_from(
+    db: &DB,
+    layout: u32,
+    spec: &ModelSpec,
+    config: TrainerConfig,
+    dense: DenseState,
+) -> Result<Trainer, CheckpointError> {
+    let started = Instant::now();
+    let mut restorer = Restorer::new(spec.clone(), config, dense)?;
+    let mut rows = 0u64;
+    scan_rows(db, |row| {
+        rows += 1;
+        Ok(restorer.push_row(&row)?)
+    })?;
+    scan_pending(db, layout, |row| {
+        restorer.push_pending(&row);
+        Ok(())
+    })?;
+    info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint restored");
+    Ok(restorer.finish())
+}
+
+/// How a value of the target store becomes one of the current store's
+/// layout (key, value); `None`: as it is.
+type Convert<'c> = Option<&'c dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, CheckpointError>>;
+
+/// Adds to `batch` what makes column family `current.1` of `current.0`
+/// equal to `target`'s: puts of the keys whose value differs or that only
+/// the target has (its value as it is, or through `convert`), deletes of
+/// the keys only the current store has. One merged pass over both, in key
+/// order; returns the keys changed.
+fn diff_into(
+    batch: &mut WriteBatch,
+    current: (&DB, &str),
+    target: (&DB, &str),
+    convert: Convert<'_>,
+) -> Result<u64, CheckpointError> {
+    fn converted<'v>(convert: Convert<'_>, key: &[u8], value: &'v [u8]) -> Result<Cow<'v, [u8]>, CheckpointError> {
+        Ok(match convert {
+            Some(convert) => Cow::Owned(convert(key, value)?),
+            None => Cow::Borrowed(value),
+        })
+    }
+    enum Step {
+        Current,
+        Target,
+        Both,
+    }
+    let family = cf(current.0, current.1)?;
+    let mut now = current.0.raw_iterator_cf_opt(family, scan_options());
+    let mut then = target.0.raw_iterator_cf_opt(cf(target.0, target.1)?, scan_options());
+    now.seek_to_first();
+    then.seek_to_first();
+    let mut changed = 0u64;
+    loop {
+        let step = match (now.key(), then.key()) {
+            (None, None) => break,
+            (Some(key), None) => {
+                batch.delete_cf(family, key);
+                changed += 1;
+                Step::Current
+            }
+            (Some(key), Some(other)) if key < other => {
+                batch.delete_cf(family, key);
+                changed += 1;
+                Step::Current
+            }
+            (None, Some(key)) => {
+                batch.put_cf(family, key, converted(convert, key, then.value().unwrap_or_default())?);
+                changed += 1;
+                Step::Target
+            }
+            (Some(key), Some(other)) if key > other => {
+                batch.put_cf(family, other, converted(convert, other, then.value().unwrap_or_default())?);
+                changed += 1;
+                Step::Target
+            }
+            (Some(key), Some(_)) => {
+                let value = converted(convert, key, then.value().unwrap_or_default())?;
+                if now.value() != Some(&*value) {
+                    batch.put_cf(family, key, value);
+                    changed += 1;
+                }
+                Step::Both
+            }
+        };
+        match step {
+            Step::Current => now.next(),
+            Step::Target => then.next(),
+            Step::Both => {
+                now.next();
+                then.next();
+            }
+        }
+    }
+    now.status().map_err(CheckpointError::rocks("read"))?;
+    then.status().map_err(CheckpointError::rocks("read"))?;
+    Ok(changed)
 }
 
 impl Drop for CheckpointStore {

@@ -1,8 +1,9 @@
 //! Old checkpoints stay readable: stores written by earlier builds are
 //! checked in as their records (every key and value of every column family,
 //! `tests/fixtures/checkpoint-v<layout>.records`) with what restoring them
-//! must give (`checkpoint-v<layout>.expected.json`): layout 3, which this
-//! build migrates when it opens it, and layout 4, which it writes. The tests
+//! must give (`checkpoint-v<layout>.expected.json`): layouts 3 and 4, which
+//! this build migrates when it opens them, and layout 5, which it writes
+//! (with a skip rollback in it, so its audit record and count are pinned too). The tests
 //! rebuild a RocksDB directory from the records and restore it with this
 //! build, so a change that breaks a stored layout without a version bump (and
 //! a migration or a clear refusal) fails CI.
@@ -18,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use freshet_checkpoint::{CheckpointError, CheckpointStore, inspect};
+use freshet_checkpoint::{CheckpointError, CheckpointStore, RollbackMode, inspect};
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Feedback, ModelSpec, NextOffsets, TableKind, TopicPartition, hash_id};
 use freshet_trainer::{Trainer, TrainerConfig};
@@ -68,8 +69,21 @@ fn summary(trainer: &Trainer, version: u64, published: u64) -> Value {
     })
 }
 
-/// Writes a small store the way `freshet run` does (two checkpoints, one
-/// published) with this build's layout, then its records and expected summary.
+/// The newest layout, which [`write_fixture`] writes.
+const NEWEST: &str = "checkpoint-v5";
+
+/// What a store holds beside the model: offsets, skipped events, rollbacks.
+fn store_summary(store: &CheckpointStore, offsets: &NextOffsets) -> Value {
+    json!({
+        "offsets": freshet_core::offsets::by_name(offsets),
+        "events_skipped": store.events_skipped(),
+        "rollbacks": serde_json::to_value(store.rollbacks()).expect("json"),
+    })
+}
+
+/// Writes a small store the way `freshet run` does with this build's layout
+/// (two checkpoints, published; a third, then a skip rollback to the second
+/// as version 4), then its records and expected summary.
 fn write_fixture(records: &Path, expected: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = CheckpointStore::open(dir.path(), true).expect("open");
@@ -83,7 +97,17 @@ fn write_fixture(records: &Path, expected: &Path) {
         let offsets = NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 300 * (round + 1))]);
         store.commit(&spec(), &trainer.drain_dirty(), &offsets).expect("commit");
     }
+    store.retain(1_764_400_001_000).expect("retain");
     store.record_published(2).expect("published");
+    let model = summary(&trainer, 2, 2);
+    let batch: Vec<Feedback> = (0..300).map(|i| stream.next_event_at(1_764_400_002_000 + i)).collect();
+    trainer.train_batch(&batch);
+    let offsets = NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 900)]);
+    store.commit(&spec(), &trainer.drain_dirty(), &offsets).expect("commit");
+    store.rollback(2, RollbackMode::Skip, "cli", 1_764_400_003_000).expect("rollback");
+    let mut expected_summary = model;
+    expected_summary["version"] = json!(4);
+    expected_summary["store"] = store_summary(&store, &offsets);
     drop(store);
 
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw open");
@@ -101,7 +125,7 @@ fn write_fixture(records: &Path, expected: &Path) {
         }
     }
     std::fs::write(records, out).expect("write records");
-    let expected_text = serde_json::to_string_pretty(&summary(&trainer, 2, 2)).expect("json");
+    let expected_text = serde_json::to_string_pretty(&expected_summary).expect("json");
     std::fs::write(expected, expected_text + "\n").expect("write expected");
 }
 
@@ -138,12 +162,13 @@ fn check_fixture(name: &str) -> tempfile::TempDir {
     let (records, expected) =
         (fixtures().join(format!("{name}.records")), fixtures().join(format!("{name}.expected.json")));
     if std::env::var_os("FRESHET_WRITE_FIXTURES").is_some() && !records.exists() {
-        assert_eq!(name, "checkpoint-v4", "only this build's layout can be written");
+        assert_eq!(name, NEWEST, "only this build's layout can be written");
         write_fixture(&records, &expected);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     rebuild(&records, dir.path());
-    let expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
+    let mut expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
+    let store_expected = expected.as_object_mut().expect("an object").remove("store");
     let report = inspect(dir.path()).expect("inspectable as it is");
     assert_eq!(report.version, expected["version"].as_u64().expect("version"));
     assert_eq!(serde_json::to_value(report.metrics).expect("json"), expected["metrics"], "{name}: metrics as stored");
@@ -151,7 +176,17 @@ fn check_fixture(name: &str) -> tempfile::TempDir {
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let resumed = store.restore(&spec(), config()).expect("restores").expect("a checkpoint");
     assert_eq!(summary(&resumed.trainer, resumed.version, resumed.published_version), expected, "{name}");
-    assert_eq!(resumed.offsets, NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 600)]));
+    match store_expected {
+        Some(store_expected) => assert_eq!(store_summary(&store, &resumed.offsets), store_expected, "{name}"),
+        None => {
+            assert_eq!(resumed.offsets, NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 600)]));
+            assert_eq!(
+                (store.events_skipped(), store.rollbacks().len()),
+                (0, 0),
+                "{name}: no rollbacks before layout 5"
+            );
+        }
+    }
     dir
 }
 
@@ -166,8 +201,8 @@ fn layout_of(dir: &Path) -> u8 {
 #[test]
 fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v3");
-    assert_eq!(layout_of(dir.path()), 4, "migrated when opened");
-    // Opened again, it restores the same (as layout 4 now), and keeps training.
+    assert_eq!(layout_of(dir.path()), 5, "migrated when opened");
+    // Opened again, it restores the same (as layout 5 now), and keeps training.
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let mut trainer = store.restore(&spec(), config()).expect("restores").expect("a checkpoint").trainer;
     let expected: Value =
@@ -181,20 +216,36 @@ fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_ex
 }
 
 #[test]
-fn a_layout_4_checkpoint_restores_exactly() {
+fn a_layout_4_checkpoint_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v4");
-    assert_eq!(layout_of(dir.path()), 4);
+    assert_eq!(layout_of(dir.path()), 5, "migrated when opened");
 }
 
 #[test]
-fn layouts_3_and_4_hold_the_same_model_in_different_bytes() {
+fn a_layout_5_checkpoint_with_a_rollback_restores_exactly() {
+    let dir = check_fixture(NEWEST);
+    assert_eq!(layout_of(dir.path()), 5);
+    let store = CheckpointStore::open(dir.path(), false).expect("opens");
+    let rollback = store.current_rollback().expect("version 4 is the rollback's");
+    assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
+}
+
+#[test]
+fn every_layout_holds_the_same_model_in_different_bytes() {
     let read = |name: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}.expected.json"))).expect("expected"))
-            .expect("json")
+        let mut summary: Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join(format!("{name}.expected.json"))).expect("expected"))
+                .expect("json");
+        let fields = summary.as_object_mut().expect("an object");
+        fields.remove("store");
+        fields.remove("version");
+        summary
     };
     assert_eq!(read("checkpoint-v3"), read("checkpoint-v4"), "the same model, written by either layout");
+    assert_eq!(read("checkpoint-v4"), read(NEWEST), "version 2's model again, after the rollback");
     let records = |name: &str| std::fs::read(fixtures().join(format!("{name}.records"))).expect("records");
     assert_ne!(records("checkpoint-v3"), records("checkpoint-v4"));
+    assert_ne!(records("checkpoint-v4"), records(NEWEST));
 }
 
 #[test]
@@ -207,8 +258,8 @@ fn a_store_of_an_unknown_layout_is_refused_naming_both_versions() {
         db.put_cf(db.cf_handle("meta").expect("meta"), b"format", [99u8]).expect("put");
     }
     let error = CheckpointStore::open(dir.path(), false).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 4 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 5 }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains("layout version 99") && message.contains("version 4"), "{message}");
+    assert!(message.contains("layout version 99") && message.contains("version 5"), "{message}");
     assert!(!message.contains("corrupt"), "an unknown layout is not damage: {message}");
 }

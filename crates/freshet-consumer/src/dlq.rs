@@ -2,14 +2,15 @@
 //! (key and payload untouched) with headers saying why and where from.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use freshet_core::{CONTENT_TYPE_HEADER, Rejection};
 use freshet_kafka::{KafkaConfig, send_threaded};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tracing::warn;
 
 use crate::config::ConsumerConfig;
 use crate::error::ConsumerError;
@@ -26,6 +27,13 @@ pub const HEADER_SOURCE_PARTITION: &str = "source_partition";
 pub const HEADER_SOURCE_OFFSET: &str = "source_offset";
 
 const DETAIL_MAX_BYTES: usize = 512;
+/// How long one wait of [`DeadLetters::flush`] lasts before it looks at the
+/// stop flag again.
+const FLUSH_SLICE: Duration = Duration::from_millis(200);
+/// How long [`DeadLetters::flush`] still waits once shutdown is asked for.
+const FLUSH_GRACE_AT_STOP: Duration = Duration::from_secs(5);
+/// How often a long wait for the broker says so in the log.
+const FLUSH_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Where a rejected message came from.
 #[derive(Debug, Clone, Copy)]
@@ -69,13 +77,16 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// A producer for the configured dead-letter topic (idempotent, acks=all).
+    /// A message has no local deadline (`message.timeout.ms = 0`): while the
+    /// broker is away librdkafka keeps retrying it, and only an error that
+    /// retrying cannot cure (an unknown topic, a denied write) fails it.
     pub fn new(kafka: &KafkaConfig, config: &ConsumerConfig) -> Result<Self, ConsumerError> {
         let producer = kafka
             .client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", "0")
             .create_with_context(DeliveryWatch::default())?;
         Ok(DeadLetters { producer, topic: config.dlq_topic.clone(), unflushed: 0 })
     }
@@ -115,24 +126,55 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Waits until every queued message is acknowledged by the broker.
-    pub fn flush(&mut self, timeout: Duration) -> Result<(), ConsumerError> {
+    /// Waits until every queued message is acknowledged by the broker, for
+    /// as long as the broker is away (its offsets are not acknowledged
+    /// before, so nothing is lost by waiting), saying so in the log every
+    /// few seconds. Once `stop` is set it waits a few seconds more, then
+    /// gives up with an error: the messages will be read again.
+    pub fn flush(&mut self, stop: &AtomicBool) -> Result<(), ConsumerError> {
         if self.unflushed == 0 {
             return Ok(());
         }
-        self.producer.flush(timeout).map_err(|e| self.failure(e.to_string()))?;
-        let watch = self.producer.context();
-        if watch.failures.swap(0, Ordering::Relaxed) > 0 {
-            let message = watch
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|mut last| last.take())
-                .unwrap_or_else(|| "unknown delivery error".to_owned());
-            return Err(self.failure(message));
+        let started = Instant::now();
+        let mut next_report = started + FLUSH_REPORT_EVERY;
+        let mut stop_seen: Option<Instant> = None;
+        loop {
+            let acknowledged = self.producer.flush(FLUSH_SLICE).is_ok();
+            self.take_delivery_failure()?;
+            if acknowledged {
+                self.unflushed = 0;
+                return Ok(());
+            }
+            let now = Instant::now();
+            if stop.load(Ordering::Acquire) && now - *stop_seen.get_or_insert(now) >= FLUSH_GRACE_AT_STOP {
+                let pending = self.producer.in_flight_count();
+                return Err(self.failure(format!("shutting down with {pending} messages not yet acknowledged")));
+            }
+            if now >= next_report {
+                warn!(
+                    topic = %self.topic,
+                    pending = self.producer.in_flight_count(),
+                    waited_s = started.elapsed().as_secs(),
+                    "waiting for the broker to acknowledge dead letters; reading is paused until it does"
+                );
+                next_report = now + FLUSH_REPORT_EVERY;
+            }
         }
-        self.unflushed = 0;
-        Ok(())
+    }
+
+    /// The error of a delivery the producer gave up on since the last call.
+    fn take_delivery_failure(&self) -> Result<(), ConsumerError> {
+        let watch = self.producer.context();
+        if watch.failures.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let message = watch
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|mut last| last.take())
+            .unwrap_or_else(|| "unknown delivery error".to_owned());
+        Err(self.failure(message))
     }
 
     fn failure(&self, message: String) -> ConsumerError {

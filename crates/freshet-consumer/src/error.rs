@@ -21,6 +21,10 @@ pub enum ConsumerError {
         /// The delivery error.
         message: String,
     },
+    /// librdkafka gave up on the consumer (a fatal error); the source
+    /// replaces it unless it is stopping.
+    #[error("the kafka consumer failed for good: {0}")]
+    Fatal(KafkaError),
     /// Connecting or creating a topic failed.
     #[error(transparent)]
     Setup(#[from] freshet_kafka::KafkaSetupError),

@@ -24,6 +24,7 @@
 //!             source.acknowledge(&batch.next_offsets());
 //!         }
 //!         SourceEvent::Revoked(revocation) => revocation.acknowledge(),
+//!         SourceEvent::Rewound => {} // only after Acknowledger::rewind, which this reader never calls
 //!     }
 //! }
 //! source.stop()

@@ -10,8 +10,11 @@
 //! resumes after a rebalance and commits them to the group for lag tools.
 //! A revocation first hands over the open batch, then a [`Revocation`] the
 //! reader acknowledges (after checkpointing) before the partitions are let go.
+//! A consumer librdkafka gives up on (a fatal error) is replaced the same
+//! way: its partitions are handed back as revoked, then a new member joins.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,10 +23,10 @@ use freshet_core::offsets::{NextOffsets, TopicPartition, describe};
 use freshet_core::{CONTENT_TYPE_HEADER, Decoder, now_ms};
 use freshet_kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -34,8 +37,6 @@ use crate::error::ConsumerError;
 
 /// How long a poll waits when no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How long dead-letter deliveries may take before a batch is handed over.
-const DEAD_LETTER_FLUSH: Duration = Duration::from_secs(30);
 /// How often a blocked hand-over re-checks for shutdown.
 const HANDOVER_RETRY: Duration = Duration::from_millis(5);
 
@@ -49,6 +50,10 @@ pub enum SourceEvent {
     /// These partitions are being taken away; every batch of theirs was
     /// handed over before this. Acknowledge once their state is durable.
     Revoked(Revocation),
+    /// A [`Acknowledger::rewind`] took effect: every batch before this one
+    /// was read before it (drop them), every batch after it reads from the
+    /// offsets rewound to.
+    Rewound,
 }
 
 /// A pending revocation; the partitions are let go once it is acknowledged
@@ -84,6 +89,21 @@ impl Acknowledger {
         // The thread may already have stopped; the resume map is updated regardless.
         let _ = self.commits.send(offsets.clone());
     }
+
+    /// Moves reading back (or anywhere) to `to`, for a rollback that trains
+    /// events again: the consumer thread drops its open batch, seeks each
+    /// assigned partition of `to` there (one not assigned starts there when
+    /// it is) and then sends [`SourceEvent::Rewound`]. A seek that fails
+    /// stops the source with the error.
+    pub fn rewind(&self, to: &NextOffsets) {
+        *lock(&self.shared.rewind) = Some(to.clone());
+    }
+
+    /// How many consumers the source replaced after librdkafka gave up on
+    /// one (a fatal error), since it started.
+    pub fn consumers_replaced(&self) -> u64 {
+        self.shared.replaced.load(Ordering::Relaxed)
+    }
 }
 
 /// A running Kafka source.
@@ -117,35 +137,16 @@ impl Source {
         let shared = Arc::new(Shared {
             pipeline: Mutex::new(pipeline),
             resume: Mutex::new(start),
+            rewind: Mutex::new(None),
             start_from: config.start_from,
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
             revoke_timeout: Duration::from_millis(config.revoke_timeout_ms),
+            assigned: Mutex::new(BTreeSet::new()),
+            replaced: AtomicU64::new(0),
         });
-        let auto_offset_reset = match config.start_from {
-            StartFrom::Latest => "latest",
-            StartFrom::Committed | StartFrom::Earliest => "earliest",
-        };
-        let mut client = kafka.client();
-        if let Some(instance) = &config.group_instance_id {
-            client.set("group.instance.id", instance);
-        }
-        // Larger fetches keep the fetch pipeline ahead of decoding (measured:
-        // ~265k msgs/s at librdkafka's 1 MiB default, ~400k at 4 MiB).
-        if client.get("max.partition.fetch.bytes").is_none() {
-            client.set("max.partition.fetch.bytes", "4194304");
-        }
-        let consumer: BaseConsumer<SourceContext> = client
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", auto_offset_reset)
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false")
-            .create_with_context(SourceContext { shared: Arc::clone(&shared) })?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
-        info!(group = %config.group_id, topics = ?config.topics, "kafka source subscribed");
+        let connector = Connector::new(kafka, config);
+        let consumer = connector.connect(&shared)?;
 
         let (acknowledged, commits) = std_mpsc::channel();
         let (finish, finished) = std_mpsc::channel();
@@ -153,7 +154,7 @@ impl Source {
         let thread = std::thread::Builder::new()
             .name("freshet-source".to_owned())
             .spawn(move || {
-                let result = consume_loop(&consumer, &thread_shared, &commits);
+                let (result, consumer) = consume(consumer, &connector, &thread_shared, &commits);
                 let closing = Instant::now();
                 drop(consumer);
                 debug!(elapsed_ms = closing.elapsed().as_millis() as u64, "consumer closed");
@@ -216,10 +217,16 @@ impl Drop for Source {
 struct Shared {
     pipeline: Mutex<Pipeline>,
     resume: Mutex<NextOffsets>,
+    /// A rewind asked for and not done yet.
+    rewind: Mutex<Option<NextOffsets>>,
     start_from: StartFrom,
     stop: AtomicBool,
     failure: Mutex<Option<ConsumerError>>,
     revoke_timeout: Duration,
+    /// The partitions assigned and not handed back yet (as the reader was told).
+    assigned: Mutex<BTreeSet<TopicPartition>>,
+    /// Consumers replaced after a fatal error.
+    replaced: AtomicU64,
 }
 
 impl Shared {
@@ -270,7 +277,7 @@ impl Pipeline {
         if self.builder.is_empty() {
             return Ok(());
         }
-        self.dead_letters.flush(DEAD_LETTER_FLUSH)?;
+        self.dead_letters.flush(stop)?;
         let batch = self.builder.take();
         debug!(events = batch.events.len(), rejected = batch.rejected_count(), "batch ready");
         self.hand_over(SourceEvent::Batch(batch), stop);
@@ -303,6 +310,95 @@ impl Pipeline {
     }
 }
 
+/// How a consumer of the source is made: the same settings each time.
+struct Connector {
+    client: ClientConfig,
+    group_id: String,
+    topics: Vec<String>,
+}
+
+impl Connector {
+    fn new(kafka: &KafkaConfig, config: &ConsumerConfig) -> Self {
+        let auto_offset_reset = match config.start_from {
+            StartFrom::Latest => "latest",
+            StartFrom::Committed | StartFrom::Earliest => "earliest",
+        };
+        let mut client = kafka.client();
+        if let Some(instance) = &config.group_instance_id {
+            client.set("group.instance.id", instance);
+        }
+        // Larger fetches keep the fetch pipeline ahead of decoding (measured:
+        // ~265k msgs/s at librdkafka's 1 MiB default, ~400k at 4 MiB).
+        if client.get("max.partition.fetch.bytes").is_none() {
+            client.set("max.partition.fetch.bytes", "4194304");
+        }
+        client
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", auto_offset_reset)
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false");
+        Connector { client, group_id: config.group_id.clone(), topics: config.topics.clone() }
+    }
+
+    /// A new group member subscribed to the topics.
+    fn connect(&self, shared: &Arc<Shared>) -> Result<BaseConsumer<SourceContext>, ConsumerError> {
+        let context = SourceContext { shared: Arc::clone(shared), retired: AtomicBool::new(false) };
+        let consumer: BaseConsumer<SourceContext> = self.client.create_with_context(context)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        info!(group = %self.group_id, topics = ?self.topics, "kafka source subscribed");
+        Ok(consumer)
+    }
+}
+
+/// How long to wait before trying again to make a consumer.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs [`consume_loop`] until it ends; a consumer librdkafka gives up on
+/// (a fatal error: e.g. a static member fenced after a broker outage longer
+/// than the session timeout) is replaced: its partitions are handed over as
+/// revoked first (the reader checkpoints them, so the new member resumes
+/// exactly where the state is), then a new member joins. Returns the result
+/// and the consumer to close.
+fn consume(
+    mut consumer: BaseConsumer<SourceContext>,
+    connector: &Connector,
+    shared: &Arc<Shared>,
+    commits: &std_mpsc::Receiver<NextOffsets>,
+) -> (Result<(), ConsumerError>, BaseConsumer<SourceContext>) {
+    loop {
+        let error = match consume_loop(&consumer, shared, commits) {
+            Err(ConsumerError::Fatal(error)) if !shared.stopping() => error,
+            other => return (other, consumer),
+        };
+        warn!(%error, "the Kafka consumer failed for good; handing its partitions back and joining with a new one");
+        consumer.context().retire();
+        let fresh = loop {
+            match connector.connect(shared) {
+                Ok(fresh) => break fresh,
+                Err(error) if !shared.stopping() => {
+                    warn!(%error, "a new consumer could not be made; trying again");
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Err(error) => return (Err(error), consumer),
+            }
+        };
+        close_in_background(std::mem::replace(&mut consumer, fresh));
+        shared.replaced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes a replaced consumer on a thread of its own: closing a member of a
+/// group can take long (or hang) and nothing waits for it.
+fn close_in_background(consumer: BaseConsumer<SourceContext>) {
+    let closing = std::thread::Builder::new().name("freshet-source-close".to_owned()).spawn(move || drop(consumer));
+    if let Err(error) = closing {
+        warn!(%error, "no thread to close the replaced consumer on; it is leaked");
+    }
+}
+
 fn consume_loop(
     consumer: &BaseConsumer<SourceContext>,
     shared: &Shared,
@@ -315,11 +411,16 @@ fn consume_loop(
         while let Ok(offsets) = commits.try_recv() {
             commit(consumer, &offsets, CommitMode::Async);
         }
+        let rewind = lock(&shared.rewind).take();
+        if let Some(to) = rewind {
+            rewind_to(consumer, shared, &to)?;
+        }
         let wait = lock(&shared.pipeline).builder.time_left(Instant::now(), IDLE_POLL);
         let polled = consumer.poll(wait);
         let mut pipeline = lock(&shared.pipeline);
         match polled {
             Some(Ok(message)) => pipeline.handle(&message)?,
+            Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => return Err(ConsumerError::Fatal(error)),
             Some(Err(error)) => warn!(%error, "kafka consumer error"),
             None => {}
         }
@@ -335,6 +436,31 @@ fn consume_loop(
     for offsets in commits.try_iter() {
         commit(consumer, &offsets, CommitMode::Sync);
     }
+    Ok(())
+}
+
+/// How long one partition's seek may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Drops the open batch, seeks the assigned partitions of `to` (the others
+/// start there when assigned), and tells the reader with [`SourceEvent::Rewound`].
+fn rewind_to(consumer: &BaseConsumer<SourceContext>, shared: &Shared, to: &NextOffsets) -> Result<(), ConsumerError> {
+    let mut pipeline = lock(&shared.pipeline);
+    let dropped = pipeline.builder.take();
+    let assigned = consumer.assignment()?;
+    for (tp, &next) in to {
+        if assigned.find_partition(&tp.topic, tp.partition).is_some() {
+            consumer.seek(&tp.topic, tp.partition, Offset::Offset(next), SEEK_TIMEOUT)?;
+        }
+        lock(&shared.resume).insert(tp.clone(), next);
+    }
+    info!(
+        partitions = to.len(),
+        dropped_events = dropped.events.len(),
+        to = %describe(&to.keys().cloned().collect::<Vec<_>>()),
+        "source rewound"
+    );
+    pipeline.hand_over(SourceEvent::Rewound, &shared.stop);
     Ok(())
 }
 
@@ -375,6 +501,8 @@ fn start_offset(known: Option<i64>, start_from: StartFrom) -> Option<Offset> {
 /// Rebalance callbacks, run by librdkafka inside `poll` on the consumer thread.
 struct SourceContext {
     shared: Arc<Shared>,
+    /// Set once the consumer is replaced: its callbacks then only let go.
+    retired: AtomicBool,
 }
 
 impl ClientContext for SourceContext {}
@@ -383,11 +511,13 @@ impl ConsumerContext for SourceContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
+            _ if self.retired.load(Ordering::Acquire) => consumer.unassign(),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.position(tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 let partitions = partitions_of(tpl);
                 info!(partitions = %describe(&partitions), "partitions assigned");
+                lock(&self.shared.assigned).extend(partitions.iter().cloned());
                 let mut pipeline = lock(&self.shared.pipeline);
                 pipeline.hand_over(SourceEvent::Assigned(partitions), &self.shared.stop);
                 assigned
@@ -397,7 +527,8 @@ impl ConsumerContext for SourceContext {
                 if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
             other => {
-                warn!(error = ?other, "rebalance error; dropping the assignment");
+                warn!(error = ?other, "rebalance error; handing the assignment back");
+                self.hand_back_all();
                 consumer.unassign()
             }
         };
@@ -414,6 +545,21 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Hands back every partition still assigned (as revoked) and makes the
+    /// consumer's callbacks only let go from now on: it is being replaced.
+    fn retire(&self) {
+        self.hand_back_all();
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Hands over a revocation of every partition the reader holds.
+    fn hand_back_all(&self) {
+        let partitions: Vec<TopicPartition> = lock(&self.shared.assigned).iter().cloned().collect();
+        if !partitions.is_empty() {
+            self.hand_over_revocation(partitions);
+        }
+    }
+
     /// Sets each assigned partition's start: the explicit offset if known,
     /// else as `start_from` says.
     fn position(&self, tpl: &mut TopicPartitionList) {
@@ -432,6 +578,12 @@ impl SourceContext {
     /// checkpoints after the channel closes).
     fn hand_over_revocation(&self, partitions: Vec<TopicPartition>) {
         info!(partitions = %describe(&partitions), "partitions revoked");
+        {
+            let mut assigned = lock(&self.shared.assigned);
+            for tp in &partitions {
+                assigned.remove(tp);
+            }
+        }
         let stop = &self.shared.stop;
         let mut pipeline = lock(&self.shared.pipeline);
         if let Err(error) = pipeline.flush(stop) {

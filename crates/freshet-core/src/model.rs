@@ -90,7 +90,7 @@ impl TableKind {
     }
 
     /// Floats before the factors in a row: the head biases, and in user rows
-    /// the rating scale offset and the session offset (see [`RowLayout`]).
+    /// the rating scale offset and the session offset (see [`crate::layout::RowLayout`]).
     pub const fn scalars(self) -> usize {
         match self {
             TableKind::User => Head::ALL.len() + 2,

@@ -61,7 +61,7 @@ macro_rules! fixed {
     };
 }
 
-fixed!(u8: u8, u16: u16, u32: u32, u64: u64, i64: i64, u128: u128, f32: f32, f64: f64);
+fixed!(u8: u8, u16: u16, u32: u32, u64: u64, i32: i32, i64: i64, u128: u128, f32: f32, f64: f64);
 
 impl RecordWriter {
     /// Appends a bool as one byte, 0 or 1.
@@ -98,6 +98,12 @@ impl RecordWriter {
     pub fn u64s(&mut self, values: &[u64]) {
         self.len(values.len());
         values.iter().for_each(|&v| self.u64(v));
+    }
+
+    /// Appends a length, then the string's UTF-8 bytes.
+    pub fn str(&mut self, value: &str) {
+        self.len(value.len());
+        self.bytes.extend_from_slice(value.as_bytes());
     }
 
     /// The record's bytes.
@@ -174,6 +180,13 @@ impl<'a> RecordReader<'a> {
         (0..len).map(|_| self.u64()).collect()
     }
 
+    /// Reads a length, then as many bytes of UTF-8.
+    pub fn string(&mut self) -> Result<String, RecordError> {
+        let len = self.len(1)?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| self.error("a string that is not UTF-8"))
+    }
+
     /// Checks that the whole record was read.
     pub fn finish(self) -> Result<(), RecordError> {
         match self.bytes.len() {
@@ -198,13 +211,17 @@ mod tests {
         writer.option_f64(None);
         writer.option_f64(Some(2.5));
         writer.f32s(&[1.5]);
+        writer.str("päge");
+        writer.i32(-7);
         writer.u64s(&[4, 5]);
         let bytes = writer.into_bytes();
         let mut reader = RecordReader::new(&bytes, "r");
         assert_eq!((reader.u8(), reader.u16(), reader.i64()), (Ok(1), Ok(2), Ok(-3)));
         assert_eq!((reader.u128(), reader.bool()), (Ok(u128::MAX), Ok(true)));
         assert_eq!((reader.option_f64(), reader.option_f64()), (Ok(None), Ok(Some(2.5))));
-        assert_eq!((reader.f32s(), reader.u64s()), (Ok(vec![1.5]), Ok(vec![4, 5])));
+        assert_eq!(reader.f32s(), Ok(vec![1.5]));
+        assert_eq!((reader.string(), reader.i32()), (Ok("päge".to_owned()), Ok(-7)));
+        assert_eq!(reader.u64s(), Ok(vec![4, 5]));
         assert_eq!(reader.finish(), Ok(()));
 
         let mut short = RecordReader::new(&bytes[..3], "r");
@@ -216,5 +233,9 @@ mod tests {
         let huge = u64::MAX.to_le_bytes();
         assert!(RecordReader::new(&huge, "r").f64s().is_err());
         assert!(RecordReader::new(&[2], "r").bool().is_err());
+        let mut not_utf8 = RecordWriter::default();
+        not_utf8.len(1);
+        not_utf8.u8(0xff);
+        assert!(RecordReader::new(&not_utf8.into_bytes(), "r").string().is_err());
     }
 }

@@ -6,9 +6,10 @@
 //! [`SnapshotCommit`], all produced in one Kafka transaction. Every message
 //! value is [`MAGIC`], the format version (u16, little-endian) and a body:
 //! for a header or a commit the bincode form (fixed-width little-endian
-//! integers) of a [`SnapshotMessage`]; for a chunk (format 4) a compact row
+//! integers) of a [`SnapshotMessage`]; for a chunk (formats 4 and 5) a compact row
 //! layout with values as f32 or, optionally, f16 ([`ValueEncoding`]).
-//! Format 3 (chunks as bincode too, values f32) is still read.
+//! Format 5 adds [`SnapshotHeader::rollback_to`]; format 4 (headers without
+//! it) and format 3 (chunks as bincode too, values f32) are still read.
 //! The commit's checksum covers the header's and the chunks' message values
 //! in order, so a reader applies a snapshot only when all of it arrived intact.
 
@@ -22,9 +23,17 @@ use crate::offsets::{NextOffsets, TopicPartition};
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
 /// The format version this code writes.
-pub const FORMAT_VERSION: u16 = 4;
-/// The format versions this code reads: 3 (bincode chunks) and 4.
-pub const READABLE_VERSIONS: [u16; 2] = [3, 4];
+pub const FORMAT_VERSION: u16 = 5;
+/// The format versions this code reads: 3 (bincode chunks), 4 (headers
+/// without [`SnapshotHeader::rollback_to`]) and 5.
+pub const READABLE_VERSIONS: [u16; 3] = [3, 4, 5];
+
+/// The snapshot topic of a model unless its `[publisher] topic` names
+/// another: the one name publishers and subscribers in any language agree on.
+pub fn default_snapshot_topic(model: &str) -> String {
+    format!("freshet.snapshots.{model}")
+}
+
 /// Default largest chunk message, safely under Kafka's default 1 MiB limit.
 pub const DEFAULT_CHUNK_BYTES: usize = 512 * 1024;
 /// Decoding never claims more than this many bytes, whatever a corrupt length says.
@@ -39,8 +48,9 @@ fn bincode_config() -> impl bincode::config::Config {
 /// One message of the snapshot topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SnapshotMessage {
-    /// Opens a snapshot.
-    Header(SnapshotHeader),
+    /// Opens a snapshot (boxed: the other messages are far smaller; the
+    /// same bytes on the wire).
+    Header(Box<SnapshotHeader>),
     /// Rows and tombstones of the open snapshot.
     Chunk(SnapshotChunk),
     /// Closes the snapshot: chunk count and checksum.
@@ -151,6 +161,79 @@ pub struct SnapshotHeader {
     pub chain_start_offset: Option<i64>,
     /// Progressive metrics at this version.
     pub metrics: SnapshotMetrics,
+    /// For a full snapshot a rollback published: the version whose
+    /// parameters it holds again (its own version is new and higher, so
+    /// versions never go down). `None` otherwise, and in formats 3 and 4.
+    pub rollback_to: Option<u64>,
+}
+
+/// A header of formats 3 and 4: a [`SnapshotHeader`] without `rollback_to`.
+#[derive(Deserialize)]
+struct HeaderBeforeRollbacks {
+    model: String,
+    version: u64,
+    kind: SnapshotKind,
+    created_ms: i64,
+    watermark: Watermark,
+    spec: ModelSpec,
+    globals: [f32; 2],
+    session_gap_ms: i64,
+    rows: [u64; 3],
+    tombstones: u64,
+    chain_start_offset: Option<i64>,
+    metrics: SnapshotMetrics,
+}
+
+impl From<HeaderBeforeRollbacks> for SnapshotHeader {
+    fn from(old: HeaderBeforeRollbacks) -> Self {
+        let HeaderBeforeRollbacks {
+            model,
+            version,
+            kind,
+            created_ms,
+            watermark,
+            spec,
+            globals,
+            session_gap_ms,
+            rows,
+            tombstones,
+            chain_start_offset,
+            metrics,
+        } = old;
+        SnapshotHeader {
+            model,
+            version,
+            kind,
+            created_ms,
+            watermark,
+            spec,
+            globals,
+            session_gap_ms,
+            rows,
+            tombstones,
+            chain_start_offset,
+            metrics,
+            rollback_to: None,
+        }
+    }
+}
+
+/// A message of formats 3 and 4, as their bincode bodies hold it.
+#[derive(Deserialize)]
+enum MessageBeforeRollbacks {
+    Header(HeaderBeforeRollbacks),
+    Chunk(SnapshotChunk),
+    Commit(SnapshotCommit),
+}
+
+impl From<MessageBeforeRollbacks> for SnapshotMessage {
+    fn from(old: MessageBeforeRollbacks) -> Self {
+        match old {
+            MessageBeforeRollbacks::Header(header) => SnapshotMessage::Header(Box::new(header.into())),
+            MessageBeforeRollbacks::Chunk(chunk) => SnapshotMessage::Chunk(chunk),
+            MessageBeforeRollbacks::Commit(commit) => SnapshotMessage::Commit(commit),
+        }
+    }
 }
 
 /// One row's parameters, laid out as [`crate::RowLayout`] says.
@@ -239,7 +322,7 @@ pub enum SnapshotFormatError {
     #[error("not a freshet snapshot message (no magic)")]
     NoMagic,
     /// A format version this code does not read.
-    #[error("snapshot format version {0} is not supported (this build reads versions 3 and 4)")]
+    #[error("snapshot format version {0} is not supported (this build reads versions 3, 4 and 5)")]
     UnsupportedVersion(u16),
     /// The body does not decode.
     #[error("malformed snapshot message: {0}")]
@@ -278,7 +361,7 @@ const ROW_IN_F32: u8 = 0x80;
 /// chunk header: a u16 width follows the id.
 const ROW_WIDTH: u8 = 0x40;
 
-/// Encodes a chunk message (format 4) from borrowed rows, values as
+/// Encodes a chunk message (the layout of formats 4 and 5) from borrowed rows, values as
 /// `encoding` says (docs/snapshots.md gives the layout byte by byte). A
 /// table's width is its first row's; a row of another width says its own.
 pub fn encode_chunk(
@@ -378,8 +461,14 @@ pub fn decode_message(bytes: &[u8]) -> Result<SnapshotMessage, SnapshotFormatErr
             tombstones: view.tombstones().collect(),
         }));
     }
-    let (message, used) = bincode::serde::decode_from_slice(body, bincode_config())
-        .map_err(|error| SnapshotFormatError::Malformed(error.to_string()))?;
+    let malformed = |error: bincode::error::DecodeError| SnapshotFormatError::Malformed(error.to_string());
+    let (message, used) = if version >= 5 {
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(malformed)?
+    } else {
+        let (old, used) = bincode::serde::decode_from_slice::<MessageBeforeRollbacks, _>(body, bincode_config())
+            .map_err(malformed)?;
+        (SnapshotMessage::from(old), used)
+    };
     match body.len() - used {
         0 => Ok(message),
         extra => Err(SnapshotFormatError::TrailingBytes(extra)),
@@ -825,11 +914,14 @@ mod tests {
             tombstones: 1,
             chain_start_offset: Some(11),
             metrics: SnapshotMetrics { rating_events: 4, rating_rmse: Some(0.9), ..SnapshotMetrics::default() },
+            rollback_to: Some(4),
         };
         let commit = SnapshotCommit { version: 7, chunks: 1, checksum: 99, chain_start_offset: 11 };
-        for message in
-            [SnapshotMessage::Header(header), SnapshotMessage::Chunk(chunk()), SnapshotMessage::Commit(commit)]
-        {
+        for message in [
+            SnapshotMessage::Header(Box::new(header)),
+            SnapshotMessage::Chunk(chunk()),
+            SnapshotMessage::Commit(commit),
+        ] {
             assert_eq!(decode_message(&encode_message(&message)), Ok(message));
         }
     }
@@ -925,7 +1017,7 @@ mod tests {
     }
 
     #[test]
-    fn a_format_4_chunk_is_laid_out_as_docs_snapshots_md_says() {
+    fn a_format_5_chunk_is_laid_out_as_docs_snapshots_md_says() {
         let item = SnapshotRow {
             table: TableKind::Item,
             key: 9,
@@ -936,7 +1028,7 @@ mod tests {
         let tombstone = SnapshotTombstone { table: TableKind::User, key: 3 };
         let bytes = encode_chunk(7, 1, &[&item], &[tombstone], ValueEncoding::F16);
         let mut expected = b"FSNP".to_vec();
-        expected.extend_from_slice(&4u16.to_le_bytes());
+        expected.extend_from_slice(&5u16.to_le_bytes()); // the chunk layout of formats 4 and 5
         expected.extend_from_slice(&1u32.to_le_bytes()); // chunk
         expected.extend_from_slice(&7u64.to_le_bytes()); // version
         expected.extend_from_slice(&1u32.to_le_bytes()); // index

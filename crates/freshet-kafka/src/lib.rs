@@ -1,8 +1,9 @@
 //! What every Kafka client of freshet shares, in one place: the `[kafka]`
 //! settings of a process (bootstrap servers and librdkafka settings passed
 //! through, secrets redacted for display), the topics freshet creates and
-//! how, and producing without dropping (a full local queue means wait:
-//! [`send_threaded`], [`send_future`]).
+//! how, producing without dropping (a full local queue means wait:
+//! [`send_threaded`], [`send_future`]), and whether the cluster answers
+//! ([`ClusterProbe`], for readiness).
 //!
 //! The consumer (the source and its dead-letter producer), the publisher's
 //! transactional producer and the subscriber's snapshot reader all build
@@ -34,10 +35,12 @@
 
 mod config;
 mod error;
+mod probe;
 mod send;
 mod topics;
 
 pub use config::{KafkaConfig, REDACTED, redact};
 pub use error::KafkaSetupError;
+pub use probe::{ClusterProbe, ClusterStatus};
 pub use send::{send_future, send_threaded};
 pub use topics::{TopicSpec, ensure_topics};

@@ -63,7 +63,7 @@ fn check_connection(kafka: &KafkaConfig) -> Result<(), KafkaSetupError> {
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they
-/// are. Checks the connection first ([`check_connection`]).
+/// are. Checks the connection first (`check_connection`).
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     let owned = kafka.clone();
     tokio::task::spawn_blocking(move || check_connection(&owned)).await.map_err(|error| {

@@ -59,10 +59,7 @@ impl Default for PublisherConfig {
     }
 }
 
-/// The default snapshot topic of a model.
-pub fn default_snapshot_topic(model: &str) -> String {
-    format!("freshet.snapshots.{model}")
-}
+pub use freshet_core::snapshot::default_snapshot_topic;
 
 impl PublisherConfig {
     /// The snapshot topic for `model`.

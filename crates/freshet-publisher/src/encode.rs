@@ -82,8 +82,9 @@ pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usiz
         tombstones: tombstones.len() as u64,
         chain_start_offset: context.chain_start_offset,
         metrics: outgoing.metrics,
+        rollback_to: outgoing.rollback_to,
     };
-    let header_value = encode_message(&SnapshotMessage::Header(header.clone()));
+    let header_value = encode_message(&SnapshotMessage::Header(Box::new(header.clone())));
     let mut checksum = SnapshotChecksum::new();
     checksum.update(&header_value);
     let mut chunks = Vec::new();
@@ -132,6 +133,7 @@ mod tests {
             content,
             watermark: Watermark::default(),
             metrics: SnapshotMetrics::default(),
+            rollback_to: None,
         }
     }
 

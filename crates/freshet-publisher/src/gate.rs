@@ -14,6 +14,11 @@ pub struct QualityGate {
     pub max_rmse_increase: Option<f64>,
     /// Largest allowed rise of the click head's windowed log loss.
     pub max_logloss_increase: Option<f64>,
+    /// Once a publish has been held this long (ms), the trainer rolls back
+    /// (skip mode) to the last published version and trains on what
+    /// follows; the events since that version are skipped, not trained.
+    /// Off (`None`) by default.
+    pub rollback_after_ms: Option<u64>,
 }
 
 /// Why a publish is held.
@@ -37,6 +42,9 @@ impl QualityGate {
             if margin.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
                 return Err(ConfigError::new(key, "must be a finite number ≥ 0"));
             }
+        }
+        if self.rollback_after_ms == Some(0) {
+            return Err(ConfigError::new("publisher.quality_gate.rollback_after_ms", "must be positive (or unset)"));
         }
         Ok(())
     }
@@ -67,7 +75,8 @@ mod tests {
 
     #[test]
     fn holds_only_past_the_margin() {
-        let gate = QualityGate { max_rmse_increase: Some(0.1), max_logloss_increase: Some(0.05) };
+        let gate =
+            QualityGate { max_rmse_increase: Some(0.1), max_logloss_increase: Some(0.05), rollback_after_ms: None };
         let published = metrics(Some(0.9), Some(0.4));
         assert_eq!(gate.judge(&published, &metrics(Some(1.0), Some(0.45))), None);
         let hold = gate.judge(&published, &metrics(Some(1.01), Some(0.4))).expect("rmse degraded");
@@ -79,7 +88,8 @@ mod tests {
     fn without_margins_or_metrics_nothing_is_held() {
         let worse = metrics(Some(9.0), Some(9.0));
         assert_eq!(QualityGate::default().judge(&metrics(Some(0.1), Some(0.1)), &worse), None);
-        let gate = QualityGate { max_rmse_increase: Some(0.0), max_logloss_increase: Some(0.0) };
+        let gate =
+            QualityGate { max_rmse_increase: Some(0.0), max_logloss_increase: Some(0.0), rollback_after_ms: None };
         assert_eq!(gate.judge(&metrics(None, None), &worse), None);
     }
 

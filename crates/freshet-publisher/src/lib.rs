@@ -46,4 +46,4 @@ pub use encode::{EncodedSnapshot, HeaderContext, encode};
 pub use gate::{Hold, QualityGate};
 pub use outgoing::{ChainGap, Content, Outgoing};
 pub use producer::{PublishError, Published, SnapshotProducer};
-pub use worker::{FullPolicy, PublisherHandle, PublisherStats};
+pub use worker::{FullPolicy, PublisherEvent, PublisherHandle, PublisherStats};

@@ -24,6 +24,9 @@ pub struct Outgoing {
     pub watermark: Watermark,
     /// Progressive metrics at this version.
     pub metrics: SnapshotMetrics,
+    /// Set on the full snapshot of a rollback: the version it restores.
+    /// The quality gate never holds it (the rollback is the remedy).
+    pub rollback_to: Option<u64>,
 }
 
 /// All rows, or the changes since a version.
@@ -60,6 +63,7 @@ impl Outgoing {
             content: Content::Full(params.rows),
             watermark,
             metrics,
+            rollback_to: None,
         }
     }
 
@@ -85,7 +89,13 @@ impl Outgoing {
             content: Content::Delta { base_version, changes },
             watermark,
             metrics,
+            rollback_to: None,
         }
+    }
+
+    /// This full snapshot marked as restoring `version` (a rollback's).
+    pub fn rolling_back_to(self, version: u64) -> Self {
+        Outgoing { rollback_to: Some(version), ..self }
     }
 
     /// Whether this is a full snapshot.
@@ -93,7 +103,9 @@ impl Outgoing {
         matches!(self.content, Content::Full(_))
     }
 
-    /// `self` followed by `later`: one hand-off with the same effect.
+    /// `self` followed by `later`: one hand-off with the same effect. A
+    /// rollback's full snapshot merged with the deltas after it stays a
+    /// rollback (to the same version).
     pub fn merge(self, later: Outgoing) -> Result<Outgoing, ChainGap> {
         let base = match &later.content {
             Content::Full(_) => return Ok(later),
@@ -110,7 +122,8 @@ impl Outgoing {
                 Content::Delta { base_version, changes }
             }
         };
-        Ok(Outgoing { content, ..later })
+        let rollback_to = later.rollback_to.or(self.rollback_to);
+        Ok(Outgoing { content, rollback_to, ..later })
     }
 }
 
@@ -148,6 +161,7 @@ mod tests {
             content,
             watermark: Watermark::default(),
             metrics: SnapshotMetrics::default(),
+            rollback_to: None,
         }
     }
 
@@ -191,5 +205,16 @@ mod tests {
         let full = outgoing(9, Content::Full(vec![]));
         assert_eq!(delta(1, 2, &[]).merge(full.clone()), Ok(full));
         assert_eq!(delta(1, 2, &[]).merge(delta(3, 4, &[])), Err(ChainGap { version: 2, base: 3 }));
+    }
+
+    #[test]
+    fn a_rollback_stays_one_when_deltas_follow_it() {
+        let rollback = outgoing(7, Content::Full(vec![row(TableKind::User, 1, 0.0)])).rolling_back_to(3);
+        let merged = rollback.merge(delta(7, 8, &[(2, Some(2.0))])).expect("contiguous");
+        assert_eq!((merged.version, merged.rollback_to), (8, Some(3)));
+        // A later rollback replaces an earlier one; a plain full snapshot is no rollback.
+        let again = delta(8, 9, &[]).merge(outgoing(10, Content::Full(vec![])).rolling_back_to(5)).expect("full");
+        assert_eq!(again.rollback_to, Some(5));
+        assert_eq!(delta(1, 2, &[]).merge(outgoing(3, Content::Full(vec![]))).expect("full").rollback_to, None);
     }
 }

@@ -1,6 +1,7 @@
 //! The transactional producer: one Kafka transaction per snapshot, a
-//! transactional id per model (so a second instance fences the first), and
-//! the chain bookkeeping (where the current full snapshot starts).
+//! transactional id per model (so a second instance fences the first), the
+//! chain bookkeeping (where the current full snapshot starts), and the
+//! recovery from transactions a broker outage broke ([`SnapshotProducer`]).
 
 use std::future::Future;
 use std::pin::pin;
@@ -31,9 +32,6 @@ pub enum PublishError {
         /// The contested transactional id.
         transactional_id: String,
     },
-    /// The producer can no longer be used.
-    #[error("fatal Kafka producer error: {0}")]
-    Fatal(KafkaError),
     /// The transaction was aborted; publishing it again may succeed.
     #[error("snapshot transaction aborted: {0}")]
     Aborted(KafkaError),
@@ -69,11 +67,30 @@ pub struct Published {
     pub entries: u64,
     /// From the start of encoding to the committed transaction.
     pub latency: Duration,
+    /// The newest event time the snapshot reflects (ms since the epoch).
+    pub newest_event_ms: i64,
 }
 
 /// Publishes snapshots of one model to its topic.
+///
+/// A failed transaction is aborted and the snapshot published again. When
+/// the producer cannot go on (its abort failed, librdkafka gave up on it, or
+/// the transaction coordinator fenced it after a transaction outlived the
+/// transaction timeout, which a broker outage that long causes), the next
+/// publish starts a new producer with the same transactional id first: its
+/// initialisation completes or aborts whatever the old one left open, so a
+/// version may go out twice, never half. A fence without such a transaction
+/// before it means another instance took over: that stops the publisher.
 pub struct SnapshotProducer {
     producer: FutureProducer,
+    /// The producer's settings, for a new one.
+    client: rdkafka::ClientConfig,
+    /// The producer must be replaced before the next transaction.
+    replace: bool,
+    /// A transaction failed after being open the whole transaction timeout
+    /// (the coordinator aborts such a one and bumps the epoch): a fence that
+    /// follows is its doing, not another instance's.
+    outlived: bool,
     model: String,
     transactional_id: String,
     topic: String,
@@ -109,6 +126,9 @@ impl SnapshotProducer {
         let timeout = Duration::from_millis(config.transaction_timeout_ms);
         let this = SnapshotProducer {
             producer,
+            client,
+            replace: false,
+            outlived: false,
             model: model.to_owned(),
             transactional_id,
             topic: config.topic_for(model),
@@ -118,7 +138,7 @@ impl SnapshotProducer {
             timeout,
             chain_start: None,
         };
-        this.producer.init_transactions(timeout).map_err(|error| this.classify(error))?;
+        this.producer.init_transactions(timeout).map_err(|error| this.init_failed(error))?;
         Ok(this)
     }
 
@@ -137,6 +157,10 @@ impl SnapshotProducer {
             (false, Some(offset)) => Some(offset),
             (false, None) => return Err(PublishError::NoChain),
         };
+        // Before encoding: while the broker is away this fails, and often.
+        if self.replace {
+            self.replace_producer()?;
+        }
         let context = HeaderContext {
             model: &self.model,
             spec: &self.spec,
@@ -145,9 +169,11 @@ impl SnapshotProducer {
             value_encoding: self.value_encoding,
         };
         let encoded = encode(outgoing, context, self.chunk_bytes);
-        self.producer.begin_transaction().map_err(|error| self.classify(error))?;
-        match self.write(&encoded, chain_start) {
+        let opened = Instant::now();
+        let written = self.producer.begin_transaction().and_then(|()| self.write(&encoded, chain_start));
+        match written {
             Ok(header_offset) => {
+                self.outlived = false;
                 if outgoing.is_full() {
                     self.chain_start = Some(header_offset);
                 }
@@ -159,21 +185,45 @@ impl SnapshotProducer {
                     bytes: encoded.bytes(),
                     entries: encoded.header.rows.iter().sum::<u64>() + encoded.header.tombstones,
                     latency: started.elapsed(),
+                    newest_event_ms: outgoing.watermark.newest_event_ms,
                 };
                 debug!(?published, "snapshot published");
                 Ok(published)
             }
             Err(error) => {
-                let error = self.classify(error);
-                if !error.is_fatal() {
-                    warn!(%error, "aborting the snapshot transaction");
-                    if let Err(abort) = self.producer.abort_transaction(self.timeout) {
-                        return Err(self.classify(abort));
+                if opened.elapsed() >= self.timeout {
+                    self.outlived = true;
+                }
+                match self.verdict(&error) {
+                    Verdict::Stop => return Err(self.fenced()),
+                    Verdict::Replace => self.replace = true,
+                    Verdict::Retry => {
+                        warn!(%error, "aborting the snapshot transaction");
+                        if let Err(abort) = self.producer.abort_transaction(self.timeout) {
+                            if self.verdict(&abort) == Verdict::Stop {
+                                return Err(self.fenced());
+                            }
+                            warn!(error = %abort, "the abort failed too; a new producer takes over before the next try");
+                            self.replace = true;
+                        }
                     }
                 }
-                Err(error)
+                Err(PublishError::Aborted(error))
             }
         }
+    }
+
+    /// Starts a new producer with the same transactional id in place of the
+    /// current one (see [`SnapshotProducer`]).
+    fn replace_producer(&mut self) -> Result<(), PublishError> {
+        let producer: FutureProducer = self.client.create().map_err(PublishError::Setup)?;
+        // Initialising may wait for the coordinator to finish the old transaction.
+        producer.init_transactions(self.timeout).map_err(|error| self.init_failed(error))?;
+        self.producer = producer;
+        self.replace = false;
+        self.outlived = false;
+        warn!(transactional_id = %self.transactional_id, "a new snapshot producer took over");
+        Ok(())
     }
 
     /// Produces the header (waiting for its offset), the chunks and the
@@ -188,8 +238,19 @@ impl SnapshotProducer {
         for delivery in deliveries {
             wait(delivery)?;
         }
-        self.producer.commit_transaction(self.timeout)?;
-        Ok(header_offset)
+        // A commit that timed out is still under way: it must be called again
+        // (an abort then is refused), until the coordinator settles it.
+        let deadline = Instant::now() + self.timeout * 2;
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Err(KafkaError::Transaction(error))
+                    if error.is_retriable() && !error.txn_requires_abort() && Instant::now() < deadline =>
+                {
+                    warn!(%error, "the snapshot commit is not settled yet; calling it again");
+                }
+                other => break other.map(|()| header_offset),
+            }
+        }
     }
 
     /// Queues one message, waiting while the local queue is full.
@@ -198,22 +259,50 @@ impl SnapshotProducer {
         send_future(&self.producer, record)
     }
 
-    fn classify(&self, error: KafkaError) -> PublishError {
-        let fenced = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        );
-        let fatal = match &error {
-            KafkaError::Transaction(inner) => inner.is_fatal(),
-            _ => false,
-        };
-        if fenced {
-            PublishError::Fenced { model: self.model.clone(), transactional_id: self.transactional_id.clone() }
-        } else if fatal {
-            PublishError::Fatal(error)
-        } else {
-            PublishError::Aborted(error)
-        }
+    /// What to do after `error` ([`decide`] with this producer's history).
+    fn verdict(&self, error: &KafkaError) -> Verdict {
+        let fatal = matches!(error, KafkaError::Transaction(inner) if inner.is_fatal());
+        decide(is_fenced(error), fatal, self.outlived)
+    }
+
+    /// A failed `init_transactions`: fenced even then, another instance did
+    /// take over; anything else (the broker is away) may pass on a later try.
+    fn init_failed(&self, error: KafkaError) -> PublishError {
+        if is_fenced(&error) { self.fenced() } else { PublishError::Aborted(error) }
+    }
+
+    fn fenced(&self) -> PublishError {
+        PublishError::Fenced { model: self.model.clone(), transactional_id: self.transactional_id.clone() }
+    }
+}
+
+/// Whether the producer's epoch was taken by a newer one.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+/// What the publisher does after a failed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Another instance took over the transactional id.
+    Stop,
+    /// A new producer, then publish again.
+    Replace,
+    /// Abort and publish again with this producer.
+    Retry,
+}
+
+/// [`Verdict`] of an error: `fenced` (the epoch was taken), `fatal` (the
+/// producer cannot go on), `outlived` (a transaction failed after being
+/// open the whole transaction timeout since the last commit).
+fn decide(fenced: bool, fatal: bool, outlived: bool) -> Verdict {
+    match (fenced, fatal, outlived) {
+        (true, _, false) => Verdict::Stop,
+        (true, _, true) | (false, true, _) => Verdict::Replace,
+        (false, false, _) => Verdict::Retry,
     }
 }
 
@@ -242,5 +331,25 @@ fn block_on<F: Future>(future: F) -> F::Output {
             Poll::Ready(output) => return output,
             Poll::Pending => std::thread::park(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_stops_the_publisher_unless_a_transaction_outlived_the_timeout_before_it() {
+        // Another instance took the transactional id: stop, fatal or not.
+        assert_eq!(decide(true, false, false), Verdict::Stop);
+        assert_eq!(decide(true, true, false), Verdict::Stop);
+        // The coordinator aborted an outlived transaction and bumped the epoch.
+        assert_eq!(decide(true, false, true), Verdict::Replace);
+        // librdkafka gave up on the producer: a new one.
+        assert_eq!(decide(false, true, false), Verdict::Replace);
+        assert_eq!(decide(false, true, true), Verdict::Replace);
+        // Anything else: abort and try again.
+        assert_eq!(decide(false, false, false), Verdict::Retry);
+        assert_eq!(decide(false, false, true), Verdict::Retry);
     }
 }

@@ -23,6 +23,26 @@ use crate::producer::{PublishError, Published, SnapshotProducer};
 /// Pause after an aborted transaction before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// What the publisher thread reports as it goes (on that thread): for
+/// metrics that must be current while a long transaction is open.
+#[derive(Debug, Clone, Copy)]
+pub enum PublisherEvent<'a> {
+    /// A snapshot transaction opens for this version.
+    Started {
+        /// The version.
+        version: u64,
+        /// Whether it is a full snapshot.
+        full: bool,
+    },
+    /// The transaction committed.
+    Published(&'a Published),
+    /// The transaction was aborted; the version is tried again.
+    Aborted {
+        /// The version.
+        version: u64,
+    },
+}
+
 /// Counters and the latest publish, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PublisherStats {
@@ -34,8 +54,8 @@ pub struct PublisherStats {
     pub deltas: u64,
     /// Publishes held by the quality gate.
     pub holds: u64,
-    /// Whether the newest hand-off is held now.
-    pub holding: bool,
+    /// Since when the quality gate holds the newest hand-off (`None`: not held).
+    pub held_since: Option<Instant>,
     /// Aborted transactions.
     pub aborts: u64,
     /// The newest publish.
@@ -51,7 +71,41 @@ pub struct FullPolicy {
     pub interval: Duration,
 }
 
+/// [`PublisherHandle::full_due_in`] of `state` under `policy`.
+fn full_due_in(state: &State, policy: &FullPolicy) -> Duration {
+    let handed_full = state.pending.as_ref().is_some_and(Outgoing::is_full) || state.full_after.is_some();
+    if handed_full {
+        return policy.interval;
+    }
+    if state.wants_full || state.deltas_since_full >= policy.every_deltas {
+        return Duration::ZERO;
+    }
+    state.last_full.map_or(Duration::ZERO, |at| policy.interval.saturating_sub(at.elapsed()))
+}
+
+impl PublisherStats {
+    /// Whether the quality gate holds the newest hand-off now.
+    pub fn holding(&self) -> bool {
+        self.held_since.is_some()
+    }
+}
+
 impl State {
+    /// Nothing handed over or published yet.
+    fn new() -> Self {
+        State {
+            pending: None,
+            full_after: None,
+            fresh: false,
+            closing: false,
+            wants_full: false,
+            deltas_since_full: 0,
+            last_full: None,
+            failure: None,
+            stats: PublisherStats::default(),
+        }
+    }
+
     /// `earlier` then `later` as one hand-off. On a gap between them both
     /// are dropped (with any full snapshot waiting to follow) and a full
     /// snapshot is wanted instead.
@@ -104,35 +158,17 @@ pub struct PublisherHandle {
 
 impl PublisherHandle {
     /// Starts the publisher thread around a connected producer;
-    /// `on_published` runs on that thread after each committed snapshot.
+    /// `on_event` runs on that thread when a snapshot transaction opens,
+    /// commits or aborts.
     pub fn spawn(
         producer: SnapshotProducer,
         gate: QualityGate,
         policy: FullPolicy,
-        on_published: impl Fn(&Published) + Send + 'static,
+        on_event: impl Fn(PublisherEvent<'_>) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: None,
-                full_after: None,
-                fresh: false,
-                closing: false,
-                wants_full: false,
-                deltas_since_full: 0,
-                last_full: None,
-                failure: None,
-                stats: PublisherStats::default(),
-            }),
-            wake: Condvar::new(),
-            policy,
-        });
-        let worker = Worker {
-            shared: Arc::clone(&shared),
-            producer,
-            gate,
-            baseline: None,
-            on_published: Box::new(on_published),
-        };
+        let shared = Arc::new(Shared { state: Mutex::new(State::new()), wake: Condvar::new(), policy });
+        let worker =
+            Worker { shared: Arc::clone(&shared), producer, gate, baseline: None, on_event: Box::new(on_event) };
         let thread = std::thread::Builder::new().name("freshet-publisher".to_owned()).spawn(move || worker.run())?;
         Ok(PublisherHandle { shared, thread: Some(thread) })
     }
@@ -167,22 +203,16 @@ impl PublisherHandle {
 
     /// Whether the next hand-off should be a full snapshot.
     pub fn full_due(&self) -> bool {
-        self.full_due_in() == Some(Duration::ZERO)
+        self.full_due_in() == Duration::ZERO
     }
 
-    /// How long until a full snapshot is due by age (`ZERO` when due now);
-    /// `None` before the first full snapshot was handed over.
-    pub fn full_due_in(&self) -> Option<Duration> {
+    /// How long until a full snapshot is due by age (`ZERO` when due now).
+    /// While one is handed over and not yet taken, the interval: the caller
+    /// asks again then (a caller that slept until the next hand-off instead
+    /// would stop sending full snapshots of an idle model).
+    pub fn full_due_in(&self) -> Duration {
         let state = self.shared.lock();
-        let handed_full = state.pending.as_ref().is_some_and(Outgoing::is_full) || state.full_after.is_some();
-        if state.wants_full || state.deltas_since_full >= self.shared.policy.every_deltas {
-            return Some(Duration::ZERO).filter(|_| !handed_full);
-        }
-        match (state.last_full, handed_full) {
-            (_, true) => None,
-            (None, false) => Some(Duration::ZERO),
-            (Some(at), false) => Some(self.shared.policy.interval.saturating_sub(at.elapsed())),
-        }
+        full_due_in(&state, &self.shared.policy)
     }
 
     /// The counters now.
@@ -227,15 +257,15 @@ struct Worker {
     gate: QualityGate,
     /// Metrics of the newest published version.
     baseline: Option<SnapshotMetrics>,
-    on_published: Box<dyn Fn(&Published) + Send>,
+    on_event: Box<dyn Fn(PublisherEvent<'_>) + Send>,
 }
 
 impl Worker {
     fn run(mut self) {
         while let Some((outgoing, closing)) = self.next() {
-            if let Some(hold) =
-                self.baseline.as_ref().and_then(|published| self.gate.judge(published, &outgoing.metrics))
-            {
+            // A rollback is the remedy for what the gate holds: never held itself.
+            let judged = outgoing.rollback_to.is_none().then_some(()).and(self.baseline.as_ref());
+            if let Some(hold) = judged.and_then(|published| self.gate.judge(published, &outgoing.metrics)) {
                 warn!(
                     version = outgoing.version,
                     metric = hold.metric,
@@ -245,20 +275,22 @@ impl Worker {
                 );
                 self.put_back(outgoing, |stats| {
                     stats.holds += 1;
-                    stats.holding = true;
+                    stats.held_since.get_or_insert_with(Instant::now);
                 });
                 if closing {
                     return;
                 }
                 continue;
             }
+            (self.on_event)(PublisherEvent::Started { version: outgoing.version, full: outgoing.is_full() });
             match self.producer.publish(&outgoing) {
                 Ok(published) => {
-                    (self.on_published)(&published);
+                    (self.on_event)(PublisherEvent::Published(&published));
                     self.record(published, outgoing.metrics);
                 }
                 Err(error) if !error.is_fatal() => {
                     warn!(%error, version = outgoing.version, "publish failed; retrying");
+                    (self.on_event)(PublisherEvent::Aborted { version: outgoing.version });
                     self.put_back(outgoing, |stats| stats.aborts += 1);
                     if closing {
                         return;
@@ -310,7 +342,7 @@ impl Worker {
         let mut state = self.shared.lock();
         let stats = &mut state.stats;
         stats.published_version = published.version;
-        stats.holding = false;
+        stats.held_since = None;
         stats.last = Some(published);
         if published.full {
             stats.fulls += 1;
@@ -327,5 +359,40 @@ impl Worker {
         state.failure = Some(error.clone());
         state.closing = true;
         info!(topic = self.producer.topic(), "publisher thread exits");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshet_core::snapshot::{ModelParams, Watermark};
+
+    fn full() -> Outgoing {
+        let params = ModelParams {
+            spec: freshet_core::ModelSpec::default(),
+            globals: [0.0; 2],
+            session_gap_ms: 1,
+            rows: Vec::new(),
+        };
+        Outgoing::full(1, params, Watermark::default(), SnapshotMetrics::default())
+    }
+
+    #[test]
+    fn a_full_snapshot_is_due_by_count_age_or_need_and_never_forgotten_while_one_waits() {
+        let policy = FullPolicy { every_deltas: 10, interval: Duration::from_secs(60) };
+        let mut state = State::new();
+        assert_eq!(full_due_in(&state, &policy), Duration::ZERO, "none yet");
+        state.last_full = Some(Instant::now());
+        let left = full_due_in(&state, &policy);
+        assert!(left > Duration::from_secs(59) && left <= policy.interval, "{left:?}");
+        state.deltas_since_full = 10;
+        assert_eq!(full_due_in(&state, &policy), Duration::ZERO, "after every_deltas deltas");
+        state.deltas_since_full = 0;
+        state.wants_full = true;
+        assert_eq!(full_due_in(&state, &policy), Duration::ZERO, "after a chain gap");
+        // Handed over, not taken yet: not due, but ask again after an interval
+        // (an idle trainer sleeping "until further notice" sent no more full snapshots).
+        state.pending = Some(full());
+        assert_eq!(full_due_in(&state, &policy), policy.interval);
     }
 }

@@ -163,14 +163,14 @@ impl Assembler {
                 let mut checksum = SnapshotChecksum::new();
                 checksum.update(value);
                 self.open = Some(Open {
-                    header: header.clone(),
+                    header: (*header).clone(),
                     header_offset: offset,
                     checksum,
                     chunks: 0,
                     counted: Some(([0; 3], 0)),
                     bytes: value.len(),
                 });
-                Ok(Fed::Header(header))
+                Ok(Fed::Header(*header))
             }
             // Chunks were read in place above; one that decodes here did not parse there.
             SnapshotMessage::Chunk(chunk) => {
@@ -238,7 +238,7 @@ mod tests {
     /// A whole snapshot's message values (header, two chunks, commit).
     fn snapshot(version: u64) -> Vec<Vec<u8>> {
         let header = header(version, SnapshotKind::Full, ModelSpec::default(), [2, 0, 0], 0);
-        let mut values = vec![encode_message(&SnapshotMessage::Header(header))];
+        let mut values = vec![encode_message(&SnapshotMessage::Header(Box::new(header)))];
         values.push(chunk(version, 0, 1));
         values.push(chunk(version, 1, 2));
         let mut checksum = SnapshotChecksum::new();
@@ -304,7 +304,7 @@ mod tests {
     fn counts_that_disagree_with_the_header_are_damage() {
         let mut values = snapshot(5);
         let header = header(5, SnapshotKind::Full, ModelSpec::default(), [1, 1, 0], 0);
-        values[0] = encode_message(&SnapshotMessage::Header(header));
+        values[0] = encode_message(&SnapshotMessage::Header(Box::new(header)));
         let mut checksum = SnapshotChecksum::new();
         values[..3].iter().for_each(|value| checksum.update(value));
         let commit = SnapshotCommit { version: 5, chunks: 2, checksum: checksum.digest(), chain_start_offset: 0 };

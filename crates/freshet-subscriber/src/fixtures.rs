@@ -18,5 +18,6 @@ pub fn header(version: u64, kind: SnapshotKind, spec: ModelSpec, rows: [u64; 3],
         tombstones,
         chain_start_offset: None,
         metrics: SnapshotMetrics::default(),
+        rollback_to: None,
     }
 }

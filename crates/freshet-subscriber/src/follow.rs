@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use freshet_core::snapshot::{SnapshotKind, Watermark, decode_commit};
 use freshet_core::threads::join_within;
-use freshet_kafka::KafkaConfig;
+use freshet_kafka::{ClusterProbe, ClusterStatus, KafkaConfig};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -159,6 +159,8 @@ pub struct Subscriber {
     view: SubscriberView,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Asks the cluster whether it answers, for [`SubscriberView::cluster_answers`].
+    _probe: ClusterProbe,
 }
 
 /// A cheap, cloneable read-only view of a subscription, for request handlers.
@@ -167,12 +169,28 @@ pub struct SubscriberView {
     live: Arc<LiveModel>,
     stats: Arc<Mutex<SubscriberStats>>,
     in_flight: InFlight,
+    /// `None` when no Kafka cluster feeds the model.
+    cluster: Option<ClusterStatus>,
 }
 
 impl SubscriberView {
     /// A view of `live`, which something other than a [`Subscriber`] updates.
     pub fn of(live: Arc<LiveModel>) -> Self {
-        SubscriberView { live, stats: Arc::default(), in_flight: InFlight::default() }
+        SubscriberView { live, stats: Arc::default(), in_flight: InFlight::default(), cluster: None }
+    }
+
+    /// The same view, with readiness following `cluster`.
+    #[cfg(test)]
+    pub(crate) fn fed_by(mut self, cluster: ClusterStatus) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Whether the Kafka cluster the snapshots come from answered its newest
+    /// metadata request (asked every second); `None` for a view that no
+    /// cluster feeds ([`SubscriberView::of`]).
+    pub fn cluster_answers(&self) -> Option<bool> {
+        self.cluster.as_ref().map(ClusterStatus::answers)
     }
 
     /// The model served now (`None` until the first full snapshot applies).
@@ -204,7 +222,19 @@ impl Subscriber {
         let stop = Arc::new(AtomicBool::new(false));
         let (topic, candidates) = (config.topic.clone(), config.top_k_candidates);
         let in_flight = InFlight::default();
-        let view = SubscriberView { live: Arc::clone(&live), stats: Arc::clone(&stats), in_flight: in_flight.clone() };
+        let probe = ClusterProbe::start(&config.kafka, |answers| {
+            if answers {
+                info!("the Kafka cluster of the snapshots answers");
+            } else {
+                warn!("the Kafka cluster of the snapshots does not answer: serving the version held, not ready");
+            }
+        })?;
+        let view = SubscriberView {
+            live: Arc::clone(&live),
+            stats: Arc::clone(&stats),
+            in_flight: in_flight.clone(),
+            cluster: Some(probe.status()),
+        };
         let config = config.clone();
         let (created, creation) = std::sync::mpsc::sync_channel(1);
         let stopping = Arc::clone(&stop);
@@ -243,7 +273,7 @@ impl Subscriber {
             let _ = thread.join();
             return Err(error.into());
         }
-        Ok(Subscriber { view, stop, thread: Some(thread) })
+        Ok(Subscriber { view, stop, thread: Some(thread), _probe: probe })
     }
 
     /// The model served now (`None` until the first full snapshot applies).

@@ -42,11 +42,22 @@ pub struct ServeConfig {
     /// Whether the process may use transparent huge pages: faster random
     /// row lookups (`POST /rank`), at ~10% more resident memory.
     pub huge_pages: bool,
+    /// Whether `/readyz` stays 200 while the Kafka cluster does not answer.
+    /// Off: a replica that cannot follow the model leaves the load
+    /// balancer's rotation (its version goes stale). On: every replica keeps
+    /// serving the version it holds through a Kafka outage (an outage of
+    /// Kafka never becomes an outage of serving).
+    pub ready_without_kafka: bool,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { max_rank_items: 10_000, top_k_candidates: DEFAULT_CANDIDATES, huge_pages: false }
+        ServeConfig {
+            max_rank_items: 10_000,
+            top_k_candidates: DEFAULT_CANDIDATES,
+            huge_pages: false,
+            ready_without_kafka: false,
+        }
     }
 }
 
@@ -74,6 +85,7 @@ pub struct ServeMetrics {
     version: IntGauge,
     newest_event_ms: IntGauge,
     rows: IntGaugeVec,
+    cluster: IntGauge,
 }
 
 impl ServeMetrics {
@@ -102,6 +114,10 @@ impl ServeMetrics {
         let newest_event_ms =
             IntGauge::new("freshet_subscriber_newest_event_ms", "Newest event time the served model reflects")?;
         let rows = IntGaugeVec::new(Opts::new("freshet_subscriber_rows", "Rows served per table"), &["table"])?;
+        let cluster = IntGauge::new(
+            "freshet_subscriber_kafka_answers",
+            "1 while the Kafka cluster of the snapshots answers metadata requests",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(snapshots.clone()))?;
@@ -109,6 +125,7 @@ impl ServeMetrics {
         registry.register(Box::new(version.clone()))?;
         registry.register(Box::new(newest_event_ms.clone()))?;
         registry.register(Box::new(rows.clone()))?;
+        registry.register(Box::new(cluster.clone()))?;
         Ok(ServeMetrics {
             registry,
             requests,
@@ -118,6 +135,7 @@ impl ServeMetrics {
             version,
             newest_event_ms,
             rows,
+            cluster,
         })
     }
 
@@ -136,6 +154,9 @@ impl ServeMetrics {
     }
 
     fn render(&self, view: &SubscriberView) -> String {
+        if let Some(answers) = view.cluster_answers() {
+            self.cluster.set(i64::from(answers));
+        }
         if let Some(model) = view.model() {
             let info = model.info();
             self.version.set(info.version as i64);
@@ -169,15 +190,24 @@ pub struct RouterOptions {
     pub validation: ValidationConfig,
     /// Most items one `POST /rank` may score.
     pub max_rank_items: usize,
+    /// `/readyz` is 200 while the Kafka cluster does not answer
+    /// ([`ServeConfig::ready_without_kafka`]).
+    pub ready_without_kafka: bool,
 }
 
 impl RouterOptions {
     /// Options for `head`, with the default validation and limits.
     pub fn new(head: Head) -> Self {
+        RouterOptions::of(head, ValidationConfig::default(), &ServeConfig::default())
+    }
+
+    /// Options for `head` under the `[validation]` and `[serve]` tables.
+    pub fn of(head: Head, validation: ValidationConfig, serve: &ServeConfig) -> Self {
         RouterOptions {
             head,
-            validation: ValidationConfig::default(),
-            max_rank_items: ServeConfig::default().max_rank_items,
+            validation,
+            max_rank_items: serve.max_rank_items,
+            ready_without_kafka: serve.ready_without_kafka,
         }
     }
 }
@@ -444,10 +474,13 @@ async fn readyz(State(state): State<AppState>, Query(params): Params) -> Respons
     if let Err(error) = Request::parse(&params, &[], false, &state.options.validation) {
         return error.into_response();
     }
-    match state.view.model() {
-        Some(model) => axum::Json(json!({"ready": true, "version": model.version()})).into_response(),
-        None => no_model().into_response(),
+    let Some(model) = state.view.model() else { return no_model().into_response() };
+    if state.view.cluster_answers() == Some(false) && !state.options.ready_without_kafka {
+        let reason = "the Kafka cluster of the snapshots does not answer";
+        let body = json!({"ready": false, "version": model.version(), "reason": reason});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
+    axum::Json(json!({"ready": true, "version": model.version()})).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>, Query(params): Params) -> Response {
@@ -480,6 +513,14 @@ mod tests {
 
     /// An endpoint over a small model (or none), with a limit of 3 ranked items.
     fn app(with_model: bool) -> (Router, Arc<LiveModel>) {
+        let live = live(with_model);
+        let options = RouterOptions { max_rank_items: 3, ..RouterOptions::new(Head::Rating) };
+        let app = router(SubscriberView::of(Arc::clone(&live)), ServeMetrics::new().expect("metrics"), options);
+        (app, live)
+    }
+
+    /// A small model (or none).
+    fn live(with_model: bool) -> Arc<LiveModel> {
         let live = Arc::new(LiveModel::default());
         if with_model {
             let rows = vec![
@@ -495,9 +536,7 @@ mod tests {
             builder.apply(&SnapshotChunk { version: 1, index: 0, rows, tombstones: vec![] }).expect("applies");
             live.store(builder.finish(0));
         }
-        let options = RouterOptions { max_rank_items: 3, ..RouterOptions::new(Head::Rating) };
-        let app = router(SubscriberView::of(Arc::clone(&live)), ServeMetrics::new().expect("metrics"), options);
-        (app, live)
+        live
     }
 
     fn call(app: &Router, request: HttpRequest<Body>) -> (StatusCode, String) {
@@ -616,5 +655,23 @@ mod tests {
         assert_eq!(get(&app, "/healthz").0, StatusCode::OK);
         let (status, body) = post(&app, r#"{"user":"u1","items":["i1"]}"#, Some("application/json"));
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[test]
+    fn readiness_follows_the_kafka_cluster_unless_told_otherwise() {
+        // A status no probe has confirmed: the cluster does not answer.
+        let silent = freshet_kafka::ClusterStatus::default();
+        let view = SubscriberView::of(live(true)).fed_by(silent);
+        let app = router(view.clone(), ServeMetrics::new().expect("metrics"), RouterOptions::new(Head::Rating));
+        let (status, body) = get(&app, "/readyz");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("does not answer") && body.contains(r#""version":1"#), "{body}");
+        assert_eq!(get(&app, "/score?user=u1&item=i1").0, StatusCode::OK, "it keeps serving its version");
+        assert!(get(&app, "/metrics").1.contains("freshet_subscriber_kafka_answers 0"));
+
+        let serve = ServeConfig { ready_without_kafka: true, ..ServeConfig::default() };
+        let options = RouterOptions::of(Head::Rating, ValidationConfig::default(), &serve);
+        let app = router(view, ServeMetrics::new().expect("metrics"), options);
+        assert_eq!(get(&app, "/readyz").0, StatusCode::OK);
     }
 }

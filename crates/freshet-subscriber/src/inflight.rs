@@ -29,7 +29,7 @@ impl Default for InFlight {
     }
 }
 
-/// One request being answered (see [`InFlight::enter`]).
+/// One request being answered (see `InFlight::enter`).
 #[derive(Debug)]
 pub struct Answering(Arc<AtomicUsize>);
 

@@ -48,6 +48,9 @@ pub struct VersionInfo {
     pub session_gap_ms: i64,
     /// Progressive metrics when the version was published.
     pub metrics: SnapshotMetrics,
+    /// When the newest applied snapshot is a rollback's full snapshot: the
+    /// version whose parameters it holds again.
+    pub rollback_to: Option<u64>,
 }
 
 /// One item of a top-k answer.
@@ -479,6 +482,7 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
         rows: BTreeMap::new(),
         session_gap_ms: header.session_gap_ms,
         metrics: header.metrics,
+        rollback_to: header.rollback_to,
     }
 }
 

@@ -38,7 +38,34 @@ pub struct FreshetConfig {
     pub metrics: MetricsSettings,
     /// `[serve]`: how `freshet serve` answers.
     pub serve: ServeConfig,
+    /// `[admin]`: operator requests (rollback, backup) on the metrics listener.
+    pub admin: AdminSettings,
 }
+
+/// `[admin]` settings: `POST /admin/rollback`, `POST /admin/backup` and
+/// `GET /admin/versions` on the metrics listener, for requests bearing the
+/// token. Off by default.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Serve the admin endpoints.
+    pub enabled: bool,
+    /// The bearer token requests must carry (at least 16 characters); best
+    /// given as `FRESHET_ADMIN__TOKEN` rather than in the file. Never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("enabled", &self.enabled)
+            .field("token", &freshet_kafka::REDACTED)
+            .finish()
+    }
+}
+
+/// Fewest characters of an admin token.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// `[metrics]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,12 +117,27 @@ impl std::fmt::Display for ModelName {
 pub struct CheckpointSettings {
     /// The RocksDB directory.
     pub dir: PathBuf,
-    /// Checkpoint at least this often while events arrive (ms)...
+    /// Checkpoint at least this often while events arrive (ms, from one
+    /// checkpoint's start to the next's)...
     pub interval_ms: u64,
     /// ...or after this many applied events, whichever comes first.
     pub interval_events: u64,
     /// fsync each checkpoint (the WAL is always on).
     pub fsync: bool,
+    /// Published versions kept as rollback targets (copies under
+    /// `<dir>/versions/`, sharing unchanged files by hard links); 0 keeps
+    /// none, which leaves nothing to roll back to.
+    pub retain_versions: usize,
+    /// A retained version older than this (ms) is pruned, except the newest
+    /// published one.
+    pub retain_ms: u64,
+}
+
+impl CheckpointSettings {
+    /// What to keep as rollback targets.
+    pub fn retain_policy(&self) -> freshet_checkpoint::RetainPolicy {
+        freshet_checkpoint::RetainPolicy { versions: self.retain_versions, max_age_ms: Some(self.retain_ms) }
+    }
 }
 
 impl Default for CheckpointSettings {
@@ -105,6 +147,8 @@ impl Default for CheckpointSettings {
             interval_ms: 1_000,
             interval_events: 500_000,
             fsync: true,
+            retain_versions: 10,
+            retain_ms: 24 * 3_600_000,
         }
     }
 }
@@ -144,7 +188,21 @@ impl FreshetConfig {
             Some(path) => FreshetConfig::from_file(path)?,
             None => FreshetConfig::default(),
         };
-        crate::env_overrides::apply(&config, std::env::vars())
+        FreshetConfig::with_overrides(&config, std::env::vars().collect())
+    }
+
+    /// `config` with the overrides among `vars` applied; a variable for a
+    /// key of an earlier release is an error saying where it moved.
+    fn with_overrides(config: &FreshetConfig, vars: Vec<(String, String)>) -> anyhow::Result<Self> {
+        for (name, _) in &vars {
+            let Some(path) = crate::env_overrides::key_path_of(name) else { continue };
+            if let Some((section, key, moved_to)) =
+                MOVED_KEYS.iter().find(|(section, key, _)| path.len() == 2 && path[0] == *section && path[1] == *key)
+            {
+                anyhow::bail!("environment variable {name}: {section}.{key} moved to {moved_to}");
+            }
+        }
+        crate::env_overrides::apply(config, vars)
     }
 
     /// A copy safe to print or log: secret Kafka settings are replaced.
@@ -152,6 +210,9 @@ impl FreshetConfig {
         let mut copy = self.clone();
         copy.kafka = self.kafka.redacted();
         freshet_kafka::redact(&mut copy.publisher.kafka);
+        if !copy.admin.token.is_empty() {
+            copy.admin.token = freshet_kafka::REDACTED.to_owned();
+        }
         copy
     }
 
@@ -181,6 +242,31 @@ impl FreshetConfig {
         }
         if checkpoint.interval_events == 0 {
             return Err(ConfigError::new("checkpoint.interval_events", "must be positive"));
+        }
+        if checkpoint.retain_ms == 0 {
+            return Err(ConfigError::new("checkpoint.retain_ms", "must be positive"));
+        }
+        if self.publisher.quality_gate.rollback_after_ms.is_some() && checkpoint.retain_versions == 0 {
+            return Err(ConfigError::new(
+                "publisher.quality_gate.rollback_after_ms",
+                "needs checkpoint.retain_versions > 0 (a version to roll back to)",
+            ));
+        }
+        if self.admin.enabled {
+            if self.admin.token.chars().count() < MIN_TOKEN_LEN {
+                return Err(ConfigError::new(
+                    "admin.token",
+                    format!(
+                        "must be at least {MIN_TOKEN_LEN} characters when admin.enabled (or set FRESHET_ADMIN__TOKEN)"
+                    ),
+                ));
+            }
+            if self.metrics.listen.is_empty() {
+                return Err(ConfigError::new(
+                    "admin.enabled",
+                    "needs metrics.listen (the admin endpoints are served there)",
+                ));
+            }
         }
         Ok(())
     }
@@ -218,6 +304,10 @@ mod tests {
         assert_eq!(shown.kafka.settings["sasl.password"], REDACTED);
         assert_eq!(shown.kafka.settings["sasl.username"], "u");
         assert_eq!(shown.publisher.kafka["ssl.key.password"], REDACTED);
+        let config = parse("[admin]\nenabled = true\ntoken = \"0123456789abcdef-secret\"\n").expect("parses");
+        assert_eq!(config.check(), Ok(()));
+        assert_eq!(config.redacted().admin.token, REDACTED);
+        assert!(!format!("{config:?}").contains("0123456789abcdef-secret"), "Debug never shows the token");
     }
 
     #[test]
@@ -228,6 +318,13 @@ mod tests {
         assert!(error.to_string().starts_with("consumer.kafka: moved to the [kafka] table"), "{error}");
         let error = parse("[validation]\nrating_max = 10.0\n").expect_err("moved");
         assert!(error.to_string().starts_with("validation.rating_max: moved to model.rating_max"), "{error}");
+        let vars = vec![("FRESHET_VALIDATION__RATING_MIN".to_owned(), "0".to_owned())];
+        let error = FreshetConfig::with_overrides(&FreshetConfig::default(), vars).expect_err("moved");
+        assert_eq!(
+            error.to_string(),
+            "environment variable FRESHET_VALIDATION__RATING_MIN: validation.rating_min moved to model.rating_min \
+             (ratings are accepted in the model's range)"
+        );
     }
 
     #[test]
@@ -250,5 +347,16 @@ mod tests {
         assert_eq!(key_of("[publisher]\nchunk_bytes = 1\n"), "publisher.chunk_bytes");
         assert_eq!(key_of("[metrics]\nlisten = \"nowhere\"\n"), "metrics.listen");
         assert_eq!(key_of("[serve]\nmax_rank_items = 0\n"), "serve.max_rank_items");
+        assert_eq!(key_of("[checkpoint]\nretain_ms = 0\n"), "checkpoint.retain_ms");
+        assert_eq!(key_of("[admin]\nenabled = true\ntoken = \"short\"\n"), "admin.token");
+        assert_eq!(key_of("[admin]\nenabled = true\n"), "admin.token");
+        assert_eq!(
+            key_of("[checkpoint]\nretain_versions = 0\n[publisher.quality_gate]\nrollback_after_ms = 5000\n"),
+            "publisher.quality_gate.rollback_after_ms"
+        );
+        assert_eq!(
+            key_of("[publisher.quality_gate]\nrollback_after_ms = 0\n"),
+            "publisher.quality_gate.rollback_after_ms"
+        );
     }
 }

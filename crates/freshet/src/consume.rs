@@ -182,6 +182,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                 last_activity = Instant::now();
             }
             Ok(Some(SourceEvent::Revoked(revocation))) => revocation.acknowledge(),
+            Ok(Some(SourceEvent::Rewound)) => {} // this reader never rewinds
             Ok(None) => break,
             Err(_elapsed) => {}
         }

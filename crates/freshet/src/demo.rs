@@ -1,8 +1,8 @@
 //! `freshet demo`: the whole loop in one process, nothing to install. An
 //! in-process Kafka-protocol broker (librdkafka's mock cluster), a synthetic
 //! stream, `freshet run`'s pipeline (train, checkpoint to a temp dir, publish
-//! snapshots) and a subscriber, with a live one-screen summary and a top-10
-//! for a sample user at the end.
+//! snapshots) and a subscriber, with a live one-screen summary, the live page
+//! of the loop on `--listen`, and a top-10 for a sample user at the end.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -34,6 +34,9 @@ pub struct DemoArgs {
     /// Synthetic events per second.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
     rate: u64,
+    /// Address of the live page of the loop (and of /metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
 }
 
 /// Parses `20s`, `2m`, `500ms` or plain seconds.
@@ -53,7 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut shutdown = ShutdownSignal::install()?;
     let cluster = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
     let work = tempfile::tempdir().context("a temporary checkpoint directory")?;
-    let config = demo_config(&cluster.bootstrap_servers(), work.path());
+    let config = demo_config(&cluster.bootstrap_servers(), work.path(), args.listen);
     // The mock cluster does not implement the admin API: create topics directly.
     for topic in &config.consumer.topics {
         cluster.create_topic(topic, 4, 1)?;
@@ -69,12 +72,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let producer = spawn_producer(&config, args.rate, Arc::clone(&producing), Arc::clone(&sent))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<&'static str>();
     let pipeline_config = config.clone();
+    let options = crate::run::PipelineOptions { create_topics: false, served: Some(subscriber.view()) };
     let pipeline = tokio::spawn(async move {
-        crate::run::pipeline(&pipeline_config, false, async move { stopped.await.unwrap_or("stop") }).await
+        crate::run::pipeline(&pipeline_config, options, async move { stopped.await.unwrap_or("stop") }).await
     });
+    println!("freshet demo: the live page of the loop is at http://{}/ (Ctrl-C stops)", args.listen);
 
     let started = Instant::now();
-    let mut screen = Screen::new(args.rate);
+    let mut screen = Screen::new(args.rate, args.listen);
     let reason = loop {
         tokio::select! {
             signal = shutdown.recv() => break signal,
@@ -105,8 +110,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small model on the mock cluster: short checkpoint interval, no metrics port.
-fn demo_config(bootstrap: &str, dir: &std::path::Path) -> FreshetConfig {
+/// A small model on the mock cluster: short checkpoint interval, the
+/// metrics listener (and the live page) on `listen`.
+fn demo_config(bootstrap: &str, dir: &std::path::Path, listen: std::net::SocketAddr) -> FreshetConfig {
     let mut config = FreshetConfig { name: ModelName("demo".to_owned()), ..FreshetConfig::default() };
     config.kafka = KafkaConfig::new(bootstrap);
     config.consumer.group_id = "freshet-demo".to_owned();
@@ -115,7 +121,7 @@ fn demo_config(bootstrap: &str, dir: &std::path::Path) -> FreshetConfig {
     config.checkpoint.interval_ms = 500;
     config.checkpoint.fsync = false;
     config.publisher.full_every_deltas = 10_000;
-    config.metrics.listen = String::new();
+    config.metrics.listen = listen.to_string();
     config
 }
 
@@ -148,6 +154,8 @@ fn spawn_producer(
 /// The live summary: redrawn in place on a terminal, one line per second otherwise.
 struct Screen {
     rate: u64,
+    /// The live page's address.
+    page: std::net::SocketAddr,
     terminal: bool,
     last_sent: u64,
     /// Events scored by the newest served version, and when it was shown.
@@ -155,8 +163,8 @@ struct Screen {
 }
 
 impl Screen {
-    fn new(rate: u64) -> Self {
-        Screen { rate, terminal: std::io::stdout().is_terminal(), last_sent: 0, last_trained: None }
+    fn new(rate: u64, page: std::net::SocketAddr) -> Self {
+        Screen { rate, page, terminal: std::io::stdout().is_terminal(), last_sent: 0, last_trained: None }
     }
 
     fn show(&mut self, elapsed: Duration, sent: u64, model: Option<&ServingModel>) {
@@ -191,7 +199,9 @@ impl Screen {
         );
         if self.terminal {
             print!(
-                "\x1b[2J\x1b[Hfreshet demo: the online-update loop on an in-process Kafka (Ctrl-C stops)\n\n{line}\n"
+                "\x1b[2J\x1b[Hfreshet demo: the online-update loop on an in-process Kafka (Ctrl-C stops)\n\
+                 live page: http://{}/\n\n{line}\n",
+                self.page
             );
         } else {
             println!("{line}");

@@ -21,8 +21,7 @@ pub fn apply<T: Serialize + DeserializeOwned + Clone>(
     config: &T,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> anyhow::Result<T> {
-    let mut overrides: Vec<(String, String)> =
-        vars.into_iter().filter(|(name, _)| name.starts_with(PREFIX) && name.contains(SEPARATOR)).collect();
+    let mut overrides: Vec<(String, String)> = vars.into_iter().filter(|(name, _)| is_override(name)).collect();
     if overrides.is_empty() {
         return Ok(config.clone());
     }
@@ -36,6 +35,16 @@ pub fn apply<T: Serialize + DeserializeOwned + Clone>(
             .with_context(|| format!("environment variable {name} (key {})", path.join(".")))?;
     }
     Ok(T::deserialize(table)?)
+}
+
+/// Whether variable `name` overrides a key.
+fn is_override(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.contains(SEPARATOR)
+}
+
+/// The key path an override variable stands for (`None`: not an override).
+pub fn key_path_of(name: &str) -> Option<Vec<String>> {
+    is_override(name).then(|| key_path(name).ok()).flatten()
 }
 
 /// The dotted key a variable name stands for.

@@ -1,6 +1,7 @@
 //! The `freshet` command: CLI, configuration and pipeline wiring. Model and
 //! format logic live in the library crates.
 
+mod admin_client;
 mod backup;
 mod cli_args;
 mod config;
@@ -10,8 +11,10 @@ mod env_overrides;
 mod eval;
 mod inspect;
 mod logging;
+mod page;
 mod produce;
 mod progress;
+mod rollback;
 mod run;
 mod serve;
 mod shutdown;
@@ -57,8 +60,10 @@ enum Command {
     Run(run::RunArgs),
     /// Show what a checkpoint holds (works while `freshet run` holds it).
     Inspect(inspect::InspectArgs),
-    /// Copy a checkpoint directory consistently.
+    /// Copy a checkpoint directory consistently (of a running trainer with --online).
     Backup(backup::BackupArgs),
+    /// Roll the model back to a retained version, as a new version (on a running trainer with --admin).
+    Rollback(rollback::RollbackArgs),
     /// Serve recommendations over HTTP from the newest snapshot, hot-swapped.
     Serve(serve::ServeArgs),
     /// Follow a model's snapshots and print each one applied.
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Inspect(args) => inspect::run(args),
             Command::Backup(args) => backup::run(args),
+            Command::Rollback(args) => rollback::run(args),
             Command::Serve(args) => serve::run(args).await,
             Command::Subscribe(args) => subscribe::run(args).await,
         }

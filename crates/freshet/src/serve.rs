@@ -74,9 +74,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         HeadArg::Rating => Head::Rating,
         HeadArg::Click => Head::Click,
     };
-    let options =
-        RouterOptions { head, validation: file.validation.clone(), max_rank_items: file.serve.max_rank_items };
-    let app = router(subscriber.view(), metrics, options);
+    let options = RouterOptions::of(head, file.validation.clone(), &file.serve);
+    let app = router(subscriber.view(), metrics, options).merge(crate::page::serve_routes());
     serve(args.listen, app, async move {
         let signal = shutdown.recv().await;
         tracing::info!(signal, "shutting down");

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_freshet");
 
+/// A free loopback address for the demo's page (tests run in parallel).
+fn listen() -> String {
+    format!("127.0.0.1:{}", freshet_e2e::process::free_port())
+}
+
 /// The ranked lines of the final top-10 (`  1. i184     4.762`).
 fn top_10(stdout: &str) -> Vec<String> {
     let after = stdout.split("top 10 for u1").nth(1).unwrap_or_default();
@@ -20,9 +25,12 @@ fn top_10(stdout: &str) -> Vec<String> {
 
 #[test]
 fn the_demo_trains_publishes_and_serves_within_its_duration() {
-    let output = Command::new(BIN).args(["demo", "--duration", "6s"]).output().expect("run the demo");
+    let address = listen();
+    let output =
+        Command::new(BIN).args(["demo", "--duration", "6s", "--listen", &address]).output().expect("run the demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.lines().next().is_some_and(|line| line.contains(&format!("http://{address}/"))), "{stdout}");
     assert!(stdout.contains("snapshot v"), "a snapshot was served: {stdout}");
     assert!(stdout.contains("progressive RMSE 0."), "{stdout}");
     assert_eq!(top_10(&stdout).len(), 10, "{stdout}");
@@ -30,7 +38,12 @@ fn the_demo_trains_publishes_and_serves_within_its_duration() {
 
 #[test]
 fn ctrl_c_stops_the_demo_cleanly() {
-    let mut demo = Command::new(BIN).arg("demo").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", &listen()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = String::new();

@@ -113,6 +113,7 @@ fn a_second_trainer_on_the_same_checkpoint_is_refused() {
     let first = Running::start(BIN, &["run", "--config"], &config);
     let ready = wait_until(Duration::from_secs(60), || get(&metrics_address(&config), "/readyz").0 == 200);
     assert!(ready, "the first trainer did not get ready (its store open)");
+    assert_eq!(get(&metrics_address(&config), "/admin/versions").0, 404, "admin endpoints are off unless configured");
     let second = Command::new(BIN).args(["run", "--config"]).arg(&config).output().expect("run the second");
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);

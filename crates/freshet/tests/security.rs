@@ -79,11 +79,20 @@ fn run_check_never_prints_secrets() {
         .args(["run", "--check", "--config"])
         .arg(&config)
         .env("FRESHET_PUBLISHER__KAFKA__SSL_KEY_PASSWORD", "another-secret")
+        .env("FRESHET_ADMIN__ENABLED", "true")
+        .env("FRESHET_ADMIN__TOKEN", "the-admin-token-secret")
+        .env("RUST_LOG", "debug")
         .output()
         .expect("run --check");
     assert!(output.status.success(), "{}", text(&output));
     let shown = text(&output);
-    assert!(!shown.contains(PASSWORD) && !shown.contains("another-secret"), "{shown}");
+    for secret in [PASSWORD, "another-secret", "the-admin-token-secret"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+    assert_eq!(
+        serde_json::from_slice::<Value>(&output.stdout).expect("json")["config"]["admin"]["token"],
+        "<redacted>"
+    );
     let printed: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(printed["config"]["kafka"]["sasl.password"], "<redacted>");
     assert_eq!(printed["config"]["publisher"]["kafka"]["ssl.key.password"], "<redacted>");

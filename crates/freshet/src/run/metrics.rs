@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use freshet_checkpoint::CommitStats;
+use freshet_checkpoint::{CommitStats, RetainedDisk, RetainedVersion};
 use freshet_consumer::MicroBatch;
 use freshet_core::TableKind;
 use freshet_core::{NextOffsets, TopicPartition};
-use freshet_publisher::Published;
+use freshet_publisher::{Published, PublisherEvent};
 use freshet_trainer::{Counters, MetricsReading, Trainer};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -25,20 +25,36 @@ pub struct RunMetrics {
     batch_seconds: Histogram,
     progressive: GaugeVec,
     checkpoint_seconds: Histogram,
+    trainer_handoff_seconds: HistogramVec,
     checkpoint_bytes: IntGauge,
     checkpoint_version: IntGauge,
     snapshots: IntCounterVec,
     snapshot_version: IntGauge,
     snapshot_bytes: IntGaugeVec,
+    snapshot_in_flight: IntGaugeVec,
+    snapshot_freshness: IntGauge,
     publish_seconds: HistogramVec,
     publish_holds: IntCounter,
     publish_aborts: IntCounter,
+    consumers_replaced: IntCounter,
     rows: IntGaugeVec,
     row_changes: IntCounterVec,
     applied_offset: IntGaugeVec,
     lag: IntGaugeVec,
+    events_applied: IntGauge,
+    events_skipped: IntGauge,
+    rollbacks: IntCounterVec,
+    rollback_seconds: Histogram,
+    retained_versions: IntGauge,
+    retained_bytes: IntGauge,
+    retained_version: IntGaugeVec,
     /// The newest checkpoint's offsets, for the lag.
     checkpointed: Arc<Mutex<NextOffsets>>,
+}
+
+/// The `kind` label of a snapshot.
+fn kind(full: bool) -> &'static str {
+    if full { "full" } else { "delta" }
 }
 
 /// Makes `counter` equal a running total kept elsewhere (totals restored
@@ -85,12 +101,19 @@ impl RunMetrics {
             &["head", "metric", "span"],
         )?;
         registry.register(Box::new(progressive.clone()))?;
-        let publish_seconds = HistogramVec::new(
-            HistogramOpts::new("freshet_snapshot_publish_seconds", "Snapshot encoding to committed transaction")
-                .buckets(exponential_buckets(0.001, 2.0, 16)?),
+        let histogram_vec = |name: &str, help: &str, start: f64, count: usize, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(exponential_buckets(start, 2.0, count)?);
+            let metric = HistogramVec::new(opts, labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok::<_, prometheus::Error>(metric)
+        };
+        let publish_seconds = histogram_vec(
+            "freshet_snapshot_publish_seconds",
+            "Snapshot encoding to committed transaction",
+            0.001,
+            16,
             &["kind"],
         )?;
-        registry.register(Box::new(publish_seconds.clone()))?;
         Ok(RunMetrics {
             events: counter_vec("freshet_events_trained_total", "Valid events trained on, by kind", &["kind"])?,
             rejected: counter_vec("freshet_events_rejected_total", "Messages sent to the DLQ, by reason", &["reason"])?,
@@ -102,14 +125,34 @@ impl RunMetrics {
             batch_seconds: histogram("freshet_batch_seconds", "Time to train one micro-batch", 0.000_05)?,
             progressive,
             checkpoint_seconds: histogram("freshet_checkpoint_seconds", "Time to write one checkpoint", 0.000_5)?,
+            trainer_handoff_seconds: histogram_vec(
+                "freshet_trainer_handoff_seconds",
+                "Time the trainer thread spends after a checkpoint, by step: the snapshot hand-off (delta, full) and the retained copy",
+                0.000_1,
+                18,
+                &["step"],
+            )?,
             checkpoint_bytes: gauge("freshet_checkpoint_bytes", "Bytes of the newest checkpoint's write batch")?,
             checkpoint_version: gauge("freshet_checkpoint_version", "Newest durable checkpoint version")?,
             snapshots: counter_vec("freshet_snapshots_published_total", "Snapshots published, by kind", &["kind"])?,
             snapshot_version: gauge("freshet_snapshot_version", "Newest published snapshot version")?,
             snapshot_bytes: gauge_vec("freshet_snapshot_bytes", "Bytes of the newest snapshot, by kind", &["kind"])?,
+            snapshot_in_flight: gauge_vec(
+                "freshet_snapshot_in_flight",
+                "Version whose snapshot transaction is open now, by kind (0: none)",
+                &["kind"],
+            )?,
+            snapshot_freshness: gauge(
+                "freshet_snapshot_freshness_ms",
+                "Newest snapshot: from its newest event's time to its committed transaction (ms)",
+            )?,
             publish_seconds,
             publish_holds: counter("freshet_snapshot_holds_total", "Publishes held by the quality gate")?,
             publish_aborts: counter("freshet_snapshot_aborts_total", "Snapshot transactions aborted")?,
+            consumers_replaced: counter(
+                "freshet_consumer_replaced_total",
+                "Kafka consumers replaced after librdkafka gave up on them (their partitions handed back first)",
+            )?,
             rows: gauge_vec("freshet_rows", "Rows per table", &["table"])?,
             row_changes: counter_vec(
                 "freshet_row_changes_total",
@@ -125,6 +168,26 @@ impl RunMetrics {
                 "freshet_consumer_lag",
                 "Messages behind the newest checkpoint, per source partition",
                 &["topic", "partition"],
+            )?,
+            events_applied: gauge(
+                "freshet_events_applied",
+                "Valid events the model reflects (a rollback takes it back to its version's count)",
+            )?,
+            events_skipped: gauge(
+                "freshet_events_skipped",
+                "Valid events read but not applied: left out by skip rollbacks",
+            )?,
+            rollbacks: counter_vec("freshet_rollbacks_total", "Rollbacks, by reason", &["reason"])?,
+            rollback_seconds: histogram("freshet_rollback_seconds", "Time of one rollback, restore included", 0.001)?,
+            retained_versions: gauge("freshet_retained_versions", "Checkpoint versions retained as rollback targets")?,
+            retained_bytes: gauge(
+                "freshet_retained_bytes",
+                "Bytes on disk only the retained versions hold (beyond the live checkpoint)",
+            )?,
+            retained_version: gauge_vec(
+                "freshet_retained_version_created_ms",
+                "When each retained version was copied (ms since the epoch), by version",
+                &["version"],
             )?,
             checkpointed: Arc::default(),
             registry,
@@ -150,7 +213,7 @@ impl RunMetrics {
     ) {
         self.checkpoint_seconds.observe(stats.elapsed.as_secs_f64());
         self.checkpoint_bytes.set(stats.bytes as i64);
-        self.checkpoint_version.set(stats.version as i64);
+        self.checkpoint_version(stats.version);
         for (tp, next) in offsets {
             self.applied_offset.with_label_values(&[tp.topic.as_str(), &tp.partition.to_string()]).set(*next);
         }
@@ -161,7 +224,39 @@ impl RunMetrics {
         }
     }
 
+    /// The newest durable checkpoint version.
+    pub fn checkpoint_version(&self, version: u64) {
+        self.checkpoint_version.set(version as i64);
+    }
+
+    /// What the restored checkpoint holds, at start.
+    pub fn restored(&self, version: u64, events_applied: u64, events_skipped: u64) {
+        self.checkpoint_version(version);
+        self.events_applied.set(events_applied as i64);
+        self.events_skipped.set(events_skipped as i64);
+    }
+
+    /// After a rollback for `reason` that took `seconds`, leaving the model
+    /// at `events_applied`, with `events_skipped` in all.
+    pub fn rolled_back(&self, reason: &str, seconds: f64, events_applied: u64, events_skipped: u64) {
+        self.rollbacks.with_label_values(&[reason]).inc();
+        self.events_applied.set(events_applied as i64);
+        self.rollback_seconds.observe(seconds);
+        self.events_skipped.set(events_skipped as i64);
+    }
+
+    /// The retained versions and what they cost on disk.
+    pub fn retained(&self, retained: &[RetainedVersion], disk: &RetainedDisk) {
+        self.retained_versions.set(retained.len() as i64);
+        self.retained_bytes.set(disk.retained_only_bytes as i64);
+        self.retained_version.reset();
+        for copy in retained {
+            self.retained_version.with_label_values(&[&copy.version.to_string()]).set(copy.created_ms);
+        }
+    }
+
     fn trainer(&self, counters: &Counters, metrics: &MetricsReading) {
+        self.events_applied.set(counters.events_applied as i64);
         for (kind, total) in [("rating", counters.ratings), ("click", counters.clicks), ("forget", counters.forgets)] {
             set_total(&self.events.with_label_values(&[kind]), total);
         }
@@ -195,19 +290,48 @@ impl RunMetrics {
         }
     }
 
-    /// After a snapshot transaction committed.
-    pub fn published(&self, published: &Published) {
-        let kind = if published.full { "full" } else { "delta" };
+    /// What the publisher thread reports, on that thread.
+    pub fn publisher_event(&self, event: PublisherEvent<'_>) {
+        match event {
+            PublisherEvent::Started { version, full } => {
+                self.snapshot_in_flight.with_label_values(&[kind(full)]).set(version as i64);
+            }
+            PublisherEvent::Published(published) => self.published(published),
+            PublisherEvent::Aborted { .. } => {
+                for kind in ["full", "delta"] {
+                    self.snapshot_in_flight.with_label_values(&[kind]).set(0);
+                }
+            }
+        }
+    }
+
+    fn published(&self, published: &Published) {
+        let kind = kind(published.full);
+        self.snapshot_in_flight.with_label_values(&[kind]).set(0);
         self.snapshots.with_label_values(&[kind]).inc();
         self.snapshot_version.set(published.version as i64);
         self.snapshot_bytes.with_label_values(&[kind]).set(published.bytes as i64);
         self.publish_seconds.with_label_values(&[kind]).observe(published.latency.as_secs_f64());
+        if published.newest_event_ms > 0 {
+            self.snapshot_freshness.set(freshet_core::now_ms().saturating_sub(published.newest_event_ms).max(0));
+        }
     }
 
     /// The publisher's hold and abort totals.
     pub fn publisher_totals(&self, holds: u64, aborts: u64) {
         set_total(&self.publish_holds, holds);
         set_total(&self.publish_aborts, aborts);
+    }
+
+    /// Time the trainer thread spent on one post-checkpoint `step`
+    /// (`delta`, `full`, `retain`).
+    pub fn trainer_handoff(&self, step: &str, elapsed: std::time::Duration) {
+        self.trainer_handoff_seconds.with_label_values(&[step]).observe(elapsed.as_secs_f64());
+    }
+
+    /// How many consumers the source replaced so far.
+    pub fn consumers_replaced(&self, total: u64) {
+        set_total(&self.consumers_replaced, total);
     }
 
     /// The newest checkpoint's next offset per partition.
@@ -222,6 +346,11 @@ impl RunMetrics {
             let next = checkpointed.get(tp).copied().unwrap_or(0);
             self.lag.with_label_values(&[tp.topic.as_str(), &tp.partition.to_string()]).set((high - next).max(0));
         }
+    }
+
+    /// Every metric now, for the live page's samples.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The text exposition format.

@@ -2,6 +2,7 @@
 //! snapshot publisher (its own thread), resuming from the offsets in the
 //! checkpoint, never from the group's.
 
+mod admin;
 mod metrics;
 mod observe;
 mod trainer_loop;
@@ -62,16 +63,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut shutdown = ShutdownSignal::install()?;
-    pipeline(&config, true, async move { shutdown.recv().await }).await
+    let options = PipelineOptions { create_topics: true, served: None };
+    pipeline(&config, options, async move { shutdown.recv().await }).await
+}
+
+/// How [`pipeline`] runs beyond its configuration.
+pub struct PipelineOptions {
+    /// Create missing topics through the admin API.
+    pub create_topics: bool,
+    /// A subscriber in the same process (the demo's), whose served version
+    /// and freshness the live page charts too.
+    pub served: Option<freshet_subscriber::SubscriberView>,
 }
 
 /// The training pipeline until `shutdown` resolves (naming why) or the
 /// trainer stops: topics (created through the admin API when
-/// `create_topics`), restore, metrics, publisher, source and trainer thread;
-/// then a drain and a final checkpoint.
+/// `options.create_topics`), restore, metrics and the live page, publisher,
+/// source and trainer thread; then a drain and a final checkpoint.
 pub async fn pipeline(
     config: &FreshetConfig,
-    create_topics: bool,
+    options: PipelineOptions,
     shutdown: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let mut consumer = config.consumer.clone();
@@ -85,7 +96,7 @@ pub async fn pipeline(
     if config.publisher.enabled {
         topics.push(config.publisher.topic_spec(&config.name.0));
     }
-    if create_topics {
+    if options.create_topics {
         ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
     }
 
@@ -101,12 +112,25 @@ pub async fn pipeline(
         }
     };
     let metrics = metrics::RunMetrics::new().context("registering metrics")?;
-    let health = std::sync::Arc::new(observe::Health::default());
+    // Kept for the whole run: readiness follows the cluster's answers.
+    let cluster = observe::watch_cluster(config)?;
+    let health = std::sync::Arc::new(observe::Health::new(cluster.status()));
+    let history = crate::page::History::default();
+    let mut routes = crate::page::loop_routes(history.clone(), &config.name.0);
+    let admin_requests = if config.admin.enabled {
+        let (requests, receiver) = tokio::sync::mpsc::channel(8);
+        routes = routes.merge(admin::routes(&config.admin.token, requests));
+        Some(receiver)
+    } else {
+        None
+    };
     if let Some(listen) = config.metrics.address()? {
-        observe::start(listen, metrics.clone(), std::sync::Arc::clone(&health))
+        let address = observe::start(listen, metrics.clone(), std::sync::Arc::clone(&health), routes)
             .await
             .with_context(|| format!("metrics.listen {listen}"))?;
+        info!(page = %format!("http://{address}/"), "the live page of the loop");
         observe::spawn_lag_task(config, metrics.clone())?;
+        observe::spawn_sampler(metrics.clone(), history, options.served);
     }
     let publisher = start_publisher(config, &metrics)?;
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
@@ -118,14 +142,27 @@ pub async fn pipeline(
     )
     .context("starting the consumer")?;
 
-    let trainer_loop =
-        TrainerLoop::new(trainer, store, source.acknowledger(), config.checkpoint.clone(), publisher, metrics, start);
+    let rollback_after = config.publisher.quality_gate.rollback_after_ms.map(std::time::Duration::from_millis);
+    let trainer_loop = TrainerLoop::new(
+        trainer,
+        store,
+        source.acknowledger(),
+        config.checkpoint.clone(),
+        publisher,
+        metrics,
+        start,
+        rollback_after.filter(|_| config.publisher.enabled),
+        admin_requests,
+    );
     let runtime = tokio::runtime::Handle::current();
     let (finished, trainer_done) = oneshot::channel();
     let trainer_health = std::sync::Arc::clone(&health);
     let thread = std::thread::Builder::new().name("freshet-trainer".to_owned()).spawn(move || {
         trainer_health.alive.store(true, Ordering::Relaxed);
         let result = trainer_loop.run(&runtime, events);
+        if let Err(error) = &result {
+            *trainer_health.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{error:#}"));
+        }
         trainer_health.alive.store(false, Ordering::Relaxed);
         let _ = finished.send(());
         result
@@ -160,6 +197,6 @@ fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> any
         interval: std::time::Duration::from_millis(settings.full_interval_ms),
     };
     let metrics = metrics.clone();
-    let on_published = move |published: &freshet_publisher::Published| metrics.published(published);
-    Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy, on_published)?))
+    let on_event = move |event: freshet_publisher::PublisherEvent<'_>| metrics.publisher_event(event);
+    Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy, on_event)?))
 }

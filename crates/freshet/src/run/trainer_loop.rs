@@ -1,24 +1,31 @@
 //! The trainer thread of `freshet run`: applies micro-batches in order,
 //! checkpoints every interval (and before letting revoked partitions go), and
 //! only then acknowledges the offsets to the source and hands the
-//! checkpointed version to the publisher.
+//! checkpointed version to the publisher. After each checkpoint it retains a
+//! copy of the version (a rollback target) and prunes old copies; between
+//! batches it serves admin requests (rollback, backup) and, when the quality
+//! gate has held too long, rolls back on its own.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use freshet_checkpoint::CheckpointStore;
+use freshet_checkpoint::{CheckpointError, CheckpointStore, RollbackMode, RollbackRecord};
 use freshet_consumer::{Acknowledger, MicroBatch, SourceEvent};
-use freshet_core::ModelSpec;
-use freshet_core::NextOffsets;
 use freshet_core::snapshot::Watermark;
+use freshet_core::{ModelSpec, NextOffsets, now_ms};
 use freshet_publisher::{Outgoing, PublisherHandle};
 use freshet_trainer::{MetricsReading, StateChanges, Trainer};
+use serde_json::json;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, info_span, warn};
 
+use super::admin::{AdminError, AdminRequest, Answer};
 use super::metrics::RunMetrics;
 use crate::config::CheckpointSettings;
+
+/// How long a rewound source may take to confirm.
+const REWIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to wait for when nothing is pending.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
@@ -41,11 +48,28 @@ pub struct TrainerLoop {
     events_pending: u64,
     /// Whether offsets moved since the last checkpoint (rejects move them too).
     offsets_pending: bool,
+    /// When the newest checkpoint started: the next is due `interval_ms`
+    /// after it, so the time a checkpoint (and the retained copy after it)
+    /// takes does not stretch the cadence.
     last_checkpoint: Instant,
+    /// Roll back (skip) once the quality gate has held a publish this long.
+    rollback_after: Option<Duration>,
+    /// The hold the last automatic rollback answered (one per hold).
+    rolled_back_hold: Option<Instant>,
+    /// Operator requests, when the admin endpoints are on.
+    admin: Option<Receiver<AdminRequest>>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Source(Option<SourceEvent>),
+    Admin(AdminRequest),
+    Timer,
 }
 
 impl TrainerLoop {
     /// A loop resuming after `applied` (the restored checkpoint's offsets).
+    #[allow(clippy::too_many_arguments)] // the loop's parts, each from its own setup step
     pub fn new(
         trainer: Trainer,
         store: CheckpointStore,
@@ -54,9 +78,14 @@ impl TrainerLoop {
         publisher: Option<PublisherHandle>,
         metrics: RunMetrics,
         applied: NextOffsets,
+        rollback_after: Option<Duration>,
+        admin: Option<Receiver<AdminRequest>>,
     ) -> Self {
         let spec = trainer.spec().clone();
         TrainerLoop {
+            rollback_after,
+            rolled_back_hold: None,
+            admin,
             trainer,
             store,
             spec,
@@ -75,29 +104,47 @@ impl TrainerLoop {
     /// checkpoint and publishes it. A restored model is published in full first.
     pub fn run(mut self, runtime: &Handle, mut events: Receiver<SourceEvent>) -> anyhow::Result<()> {
         if self.store.version() > 0 {
-            self.publish_full();
+            // A rollback written while stopped (`freshet rollback`) goes out marked as one.
+            self.publish_full_of(self.store.current_rollback().map(|r| r.to_version));
+            self.retain()?;
         }
+        let applied = self.trainer.counters().events_applied;
+        self.metrics.restored(self.store.version(), applied, self.store.events_skipped());
         loop {
             let checkpoint_wait = if self.pending() {
                 Duration::from_millis(self.settings.interval_ms).saturating_sub(self.last_checkpoint.elapsed())
             } else {
                 IDLE_WAIT
             };
-            let full_wait = self.publisher.as_ref().and_then(PublisherHandle::full_due_in).unwrap_or(IDLE_WAIT);
-            let wait = checkpoint_wait.min(full_wait);
-            match runtime.block_on(async { tokio::time::timeout(wait, events.recv()).await }) {
-                Ok(Some(SourceEvent::Batch(batch))) => self.apply(&batch),
-                Ok(Some(SourceEvent::Assigned(partitions))) => debug!(count = partitions.len(), "assigned"),
-                Ok(Some(SourceEvent::Revoked(revocation))) => {
+            let full_wait = self.publisher.as_ref().map_or(IDLE_WAIT, PublisherHandle::full_due_in);
+            let wait = checkpoint_wait.min(full_wait).min(self.hold_check_in());
+            let admin = &mut self.admin;
+            let wake = runtime.block_on(async {
+                tokio::select! {
+                    event = events.recv() => Wake::Source(event),
+                    Some(request) = async { match admin { Some(admin) => admin.recv().await, None => None } } => {
+                        Wake::Admin(request)
+                    }
+                    () = tokio::time::sleep(wait) => Wake::Timer,
+                }
+            });
+            match wake {
+                Wake::Source(Some(SourceEvent::Batch(batch))) => self.apply(&batch),
+                Wake::Source(Some(SourceEvent::Assigned(partitions))) => {
+                    debug!(count = partitions.len(), "assigned");
+                }
+                Wake::Source(Some(SourceEvent::Revoked(revocation))) => {
                     self.checkpoint().context("checkpoint before revocation")?;
                     revocation.acknowledge();
                 }
-                Ok(None) => {
+                Wake::Source(Some(SourceEvent::Rewound)) => warn!("a rewind nobody waits for"),
+                Wake::Source(None) => {
                     self.checkpoint().context("final checkpoint")?;
                     info!(version = self.store.version(), "trainer stopped after a final checkpoint");
                     return self.close_publisher();
                 }
-                Err(_timer) => {}
+                Wake::Admin(request) => self.serve(request, runtime, &mut events)?,
+                Wake::Timer => {}
             }
             if self.due() {
                 self.checkpoint()?;
@@ -107,7 +154,191 @@ impl TrainerLoop {
                 self.publish_full();
             }
             self.check_publisher()?;
+            self.metrics.consumers_replaced(self.acknowledger.consumers_replaced());
+            self.roll_back_if_held(runtime, &mut events)?;
         }
+    }
+
+    /// How long until an automatic rollback may be due (a long wait when
+    /// none can be).
+    fn hold_check_in(&self) -> Duration {
+        let (Some(after), Some(publisher)) = (self.rollback_after, &self.publisher) else { return IDLE_WAIT };
+        match publisher.stats().held_since {
+            Some(since) if Some(since) != self.rolled_back_hold => after.saturating_sub(since.elapsed()),
+            _ => IDLE_WAIT.min(after),
+        }
+    }
+
+    /// Rolls back (skip) to the last published version once the quality
+    /// gate has held a publish for `rollback_after`, once per hold.
+    fn roll_back_if_held(&mut self, runtime: &Handle, events: &mut Receiver<SourceEvent>) -> anyhow::Result<()> {
+        let (Some(after), Some(publisher)) = (self.rollback_after, &self.publisher) else { return Ok(()) };
+        let Some(since) = publisher.stats().held_since else { return Ok(()) };
+        if since.elapsed() < after || self.rolled_back_hold == Some(since) {
+            return Ok(());
+        }
+        self.rolled_back_hold = Some(since);
+        let to = self.store.published_version();
+        warn!(to, held_ms = since.elapsed().as_millis() as u64, "quality gate held too long: rolling back");
+        match self.rollback(to, RollbackMode::Skip, "quality_gate", runtime, events)? {
+            Ok(_) => Ok(()),
+            Err(refused) => {
+                warn!(refused = %refused.message, "automatic rollback refused; the gate keeps holding");
+                Ok(())
+            }
+        }
+    }
+
+    /// Does what an operator asked and answers.
+    fn serve(
+        &mut self,
+        request: AdminRequest,
+        runtime: &Handle,
+        events: &mut Receiver<SourceEvent>,
+    ) -> anyhow::Result<()> {
+        match request {
+            AdminRequest::Rollback { to, mode, reason, reply } => {
+                let to = to.unwrap_or(self.store.published_version());
+                let answer =
+                    self.rollback(to, mode, reason, runtime, events)?.map(|record| json!({"rollback": record}));
+                let _ = reply.send(answer);
+            }
+            AdminRequest::Backup { to, reply } => {
+                let _ = reply.send(self.backup(&to));
+            }
+            AdminRequest::Versions { reply } => {
+                let _ = reply.send(self.versions());
+            }
+        }
+        Ok(())
+    }
+
+    /// A consistent copy of the checkpoint, taken between batches after a
+    /// checkpoint of everything applied (so it holds the newest version).
+    fn backup(&mut self, to: &std::path::Path) -> Answer {
+        if to.exists() {
+            return Err(AdminError::bad(format!("{} exists: give a directory that does not", to.display())));
+        }
+        self.checkpoint().map_err(|error| AdminError::internal(format!("checkpoint before the backup: {error:#}")))?;
+        self.store.backup(to).map_err(|error| AdminError::internal(error.to_string()))?;
+        info!(to = %to.display(), version = self.store.version(), "online backup written");
+        Ok(json!({"backup": to, "version": self.store.version()}))
+    }
+
+    /// The retained versions, their cost on disk and the rollbacks so far.
+    fn versions(&self) -> Answer {
+        let internal = |error: CheckpointError| AdminError::internal(error.to_string());
+        let retained = self.store.retained().map_err(internal)?;
+        Ok(json!({
+            "version": self.store.version(),
+            "published_version": self.store.published_version(),
+            "retained_disk": self.store.retained_disk(&retained).map_err(internal)?,
+            "retained": retained,
+            "events_skipped": self.store.events_skipped(),
+            "rollbacks": self.store.rollbacks(),
+        }))
+    }
+
+    /// Rolls back to retained version `to`: checkpoints what is applied,
+    /// rewrites the store as `to` in one batch ([`CheckpointStore::rollback`]),
+    /// restores the trainer from it, rewinds the source for a replay, retains
+    /// the new version and publishes it in full, naming `to`. The outer error
+    /// is fatal (the process restarts from the store, which holds the state
+    /// before or after); the inner one is the request's answer.
+    fn rollback(
+        &mut self,
+        to: u64,
+        mode: RollbackMode,
+        reason: &'static str,
+        runtime: &Handle,
+        events: &mut Receiver<SourceEvent>,
+    ) -> anyhow::Result<Result<RollbackRecord, AdminError>> {
+        let _span = info_span!("rollback", to, %mode, reason).entered();
+        let started = Instant::now();
+        self.checkpoint().context("checkpoint before a rollback")?;
+        let version_before = self.store.version();
+        let config = self.trainer.config().clone();
+        let (record, resumed) = match self.store.rollback_and_restore(to, mode, reason, now_ms(), &self.spec, config) {
+            Ok(done) => done,
+            // Written but not restored: the process restarts from the store, which holds the rollback.
+            Err(error) if self.store.version() != version_before => {
+                return Err(anyhow::Error::new(error).context("restoring the rolled-back checkpoint"));
+            }
+            Err(error @ (CheckpointError::NotRetained { .. } | CheckpointError::Rollback(_))) => {
+                return Ok(Err(AdminError::bad(error.to_string())));
+            }
+            Err(error) => return Ok(Err(AdminError::internal(error.to_string()))),
+        };
+        let before = std::mem::replace(&mut self.applied, resumed.offsets);
+        self.trainer = resumed.trainer;
+        if mode == RollbackMode::Replay {
+            // Partitions the version had not read at all are read again from their start.
+            let mut to_offsets = self.applied.clone();
+            for tp in before.keys() {
+                to_offsets.entry(tp.clone()).or_insert(0);
+            }
+            self.rewind(&to_offsets, runtime, events)?;
+        }
+        self.retain()?;
+        self.publish_full_of(Some(to));
+        let applied = self.trainer.counters().events_applied;
+        self.metrics.rolled_back(reason, started.elapsed().as_secs_f64(), applied, self.store.events_skipped());
+        self.metrics.checkpoint_version(self.store.version());
+        warn!(
+            version = record.version,
+            to,
+            %mode,
+            reason,
+            events_applied = record.events_applied_after,
+            events_skipped = record.events_skipped_after,
+            skipped_ranges = ?record.ranges,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rolled back"
+        );
+        Ok(Ok(record))
+    }
+
+    /// Moves the source back to `to` and drops every batch read before the
+    /// move (they are read again after it).
+    fn rewind(&mut self, to: &NextOffsets, runtime: &Handle, events: &mut Receiver<SourceEvent>) -> anyhow::Result<()> {
+        self.acknowledger.rewind(to);
+        let mut dropped = 0usize;
+        let deadline = Instant::now() + REWIND_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match runtime.block_on(async { tokio::time::timeout(left, events.recv()).await }) {
+                Ok(Some(SourceEvent::Rewound)) => break,
+                Ok(Some(SourceEvent::Batch(batch))) => dropped += batch.events.len(),
+                Ok(Some(SourceEvent::Revoked(revocation))) => revocation.acknowledge(), // nothing pending
+                Ok(Some(SourceEvent::Assigned(_))) => {}
+                Ok(None) => anyhow::bail!("the source stopped during a rewind"),
+                Err(_) => anyhow::bail!("the source did not rewind within {} s", REWIND_TIMEOUT.as_secs()),
+            }
+        }
+        info!(dropped, "source rewound; events read before it are read again");
+        Ok(())
+    }
+
+    /// Retains a copy of the current version and prunes the copies the policy drops.
+    fn retain(&mut self) -> anyhow::Result<()> {
+        let policy = self.settings.retain_policy();
+        if policy.versions == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        let started = Instant::now();
+        self.store.retain(now).context("retaining a version")?;
+        let pruned = self.store.prune(policy, now).context("pruning retained versions")?;
+        if !pruned.is_empty() {
+            debug!(?pruned, "retained versions pruned");
+        }
+        self.metrics.trainer_handoff("retain", started.elapsed());
+        // Only for the metrics: a failure to measure is logged, never fatal.
+        match self.store.retained().and_then(|retained| Ok((self.store.retained_disk(&retained)?, retained))) {
+            Ok((disk, retained)) => self.metrics.retained(&retained, &disk),
+            Err(error) => warn!(%error, "measuring the retained versions"),
+        }
+        Ok(())
     }
 
     fn apply(&mut self, batch: &MicroBatch) {
@@ -146,6 +377,7 @@ impl TrainerLoop {
             return Ok(());
         }
         let _span = info_span!("checkpoint", version = self.store.version() + 1).entered();
+        let started = Instant::now();
         let delta = self.trainer.drain_dirty();
         let stats = self.store.commit(&self.spec, &delta, &self.applied)?;
         let progressive = self.trainer.metrics();
@@ -163,8 +395,8 @@ impl TrainerLoop {
         self.acknowledger.acknowledge(&self.applied);
         self.events_pending = 0;
         self.offsets_pending = false;
-        self.last_checkpoint = Instant::now();
-        Ok(())
+        self.last_checkpoint = started;
+        self.retain()
     }
 
     /// Hands checkpoint `version` (the state after `delta`, with `progressive`
@@ -174,9 +406,11 @@ impl TrainerLoop {
     fn hand_to_publisher(&self, version: u64, delta: StateChanges, progressive: &MetricsReading) {
         let Some(publisher) = &self.publisher else { return };
         if publisher.has_chain() {
+            let started = Instant::now();
             let params = delta.into_params(self.trainer.config().session_gap_ms);
             let metrics = progressive.snapshot_metrics();
             publisher.submit(Outgoing::delta(version - 1, version, params, self.watermark(), metrics));
+            self.metrics.trainer_handoff("delta", started.elapsed());
         }
         if !publisher.has_chain() || publisher.full_due() {
             self.publish_full();
@@ -186,18 +420,28 @@ impl TrainerLoop {
     /// Hands the trainer's parameters over as a full snapshot of the
     /// current checkpoint version (nothing may be pending).
     fn publish_full(&self) {
+        self.publish_full_of(None);
+    }
+
+    /// [`Self::publish_full`], marked as a rollback to `rollback_to` if given.
+    fn publish_full_of(&self, rollback_to: Option<u64>) {
         let Some(publisher) = &self.publisher else { return };
         if self.store.version() == 0 {
             return; // nothing checkpointed yet: the first checkpoint goes out in full
         }
         let _span = info_span!("export_full", version = self.store.version()).entered();
-        let outgoing = Outgoing::full(
+        let started = Instant::now();
+        let mut outgoing = Outgoing::full(
             self.store.version(),
             self.trainer.export_params(),
             self.watermark(),
             self.trainer.metrics().snapshot_metrics(),
         );
+        if let Some(to) = rollback_to {
+            outgoing = outgoing.rolling_back_to(to);
+        }
         publisher.submit(outgoing);
+        self.metrics.trainer_handoff("full", started.elapsed());
     }
 
     /// The source offsets and newest event time of the trainer's state.
