@@ -71,6 +71,20 @@ pub struct CommitStats {
     pub elapsed: Duration,
 }
 
+/// Memory RocksDB holds for the store, in bytes, summed over its column
+/// families. Each part is bounded by RocksDB's options (the write buffers,
+/// the block cache's capacity) or by the files on disk (table readers), so
+/// a process's growth beyond these is its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Memtables, active and immutable (`rocksdb.cur-size-all-mem-tables`).
+    pub memtables: u64,
+    /// Index and filter blocks of open table files (`rocksdb.estimate-table-readers-mem`).
+    pub table_readers: u64,
+    /// Blocks in the block caches (`rocksdb.block-cache-usage`).
+    pub block_cache: u64,
+}
+
 /// The checkpoint store of one model, held by one process at a time.
 pub struct CheckpointStore {
     db: DB,
@@ -378,6 +392,20 @@ impl CheckpointStore {
             bytes,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// What RocksDB holds in memory for this store now. A property RocksDB
+    /// cannot give counts as 0.
+    pub fn memory(&self) -> StoreMemory {
+        let mut memory = StoreMemory::default();
+        for name in COLUMN_FAMILIES {
+            let Ok(family) = cf(&self.db, name) else { continue };
+            let read = |property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
+            memory.memtables += read("rocksdb.cur-size-all-mem-tables");
+            memory.table_readers += read("rocksdb.estimate-table-readers-mem");
+            memory.block_cache += read("rocksdb.block-cache-usage");
+        }
+        memory
     }
 
     /// Records that snapshot `version` was published (durably, with the same

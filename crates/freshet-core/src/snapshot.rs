@@ -275,6 +275,65 @@ pub struct ModelParams {
     pub rows: Vec<SnapshotRow>,
 }
 
+/// A model's parameters at one version in columns, one set per table: what
+/// the trainer copies out for a full snapshot in a few bulk copies, so the
+/// rows of [`ModelParams`] ([`ParamColumns::into_params`]: an allocation
+/// and a sort per row) are built on the publisher's thread, not the
+/// trainer's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamColumns {
+    /// The model's shape.
+    pub spec: ModelSpec,
+    /// Global bias per head (indexed by [`crate::Head::index`]).
+    pub globals: [f32; 2],
+    /// The session gap trained under (ms).
+    pub session_gap_ms: i64,
+    /// One per table, in [`TableKind::ALL`] order.
+    pub tables: Vec<TableColumns>,
+}
+
+/// One table's rows as columns, in the trainer's own row order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableColumns {
+    /// The table.
+    pub table: TableKind,
+    /// Floats per row ([`ModelSpec::row_width`] of the table).
+    pub width: usize,
+    /// Each row's key.
+    pub keys: Vec<u64>,
+    /// Each row's last update (trainer clock, ms).
+    pub updated_ms: Vec<i64>,
+    /// Each row's original id, for a table that keeps them (items); empty
+    /// for one that does not.
+    pub ids: Vec<Box<str>>,
+    /// `keys.len() × width` floats, row after row.
+    pub values: Vec<f32>,
+}
+
+impl ParamColumns {
+    /// The parameters as rows sorted by (table, key).
+    pub fn into_params(self) -> ModelParams {
+        let mut rows = Vec::with_capacity(self.tables.iter().map(|t| t.keys.len()).sum());
+        for columns in self.tables {
+            let start = rows.len();
+            let width = columns.width.max(1);
+            rows.extend(
+                columns.keys.iter().zip(&columns.updated_ms).zip(columns.values.chunks_exact(width)).enumerate().map(
+                    |(r, ((&key, &updated_ms), values))| SnapshotRow {
+                        table: columns.table,
+                        key,
+                        id: columns.ids.get(r).map(|id| id.to_string()),
+                        updated_ms,
+                        values: values.to_vec(),
+                    },
+                ),
+            );
+            rows[start..].sort_unstable_by_key(|row| row.key);
+        }
+        ModelParams { spec: self.spec, globals: self.globals, session_gap_ms: self.session_gap_ms, rows }
+    }
+}
+
 /// The parameters changed between two versions: what a delta snapshot carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamsDelta {

@@ -56,9 +56,20 @@ pub struct HeaderContext<'a> {
 
 /// Encodes `outgoing` into chunks of at most `chunk_bytes` each (a chunk
 /// always holds at least one entry, so one oversized row still travels).
+/// A full snapshot whose rows are not built yet is built first (a copy:
+/// the publisher builds it when it takes the hand-off, [`Outgoing::build`]).
 pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usize) -> EncodedSnapshot {
+    let built;
+    let outgoing = match outgoing.content {
+        Content::Columns { .. } => {
+            built = outgoing.clone().build();
+            &built
+        }
+        _ => outgoing,
+    };
     let (kind, rows, tombstones): (SnapshotKind, Vec<&SnapshotRow>, Vec<SnapshotTombstone>) = match &outgoing.content {
         Content::Full(rows) => (SnapshotKind::Full, rows.iter().collect(), Vec::new()),
+        Content::Columns { .. } => unreachable!("built above"),
         Content::Delta { base_version, changes } => {
             let rows = changes.values().flatten().collect();
             let tombstones = changes

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use freshet_core::TableKind;
-use freshet_core::snapshot::{ModelParams, ParamsDelta, SnapshotMetrics, SnapshotRow, Watermark};
+use freshet_core::snapshot::{ModelParams, ParamColumns, ParamsDelta, SnapshotMetrics, SnapshotRow, Watermark};
 use thiserror::Error;
 
 /// A model version ready to publish.
@@ -34,6 +34,15 @@ pub struct Outgoing {
 pub enum Content {
     /// Every row, sorted by (table, key).
     Full(Vec<SnapshotRow>),
+    /// Every row too, not built yet: the trainer's parameter columns at an
+    /// earlier version and the changes since, made into [`Content::Full`]
+    /// by [`Outgoing::build`] on the publisher's thread.
+    Columns {
+        /// The columns as the trainer copied them.
+        columns: Box<ParamColumns>,
+        /// Per (table, key): the rows set or removed since.
+        changes: BTreeMap<(TableKind, u64), Option<SnapshotRow>>,
+    },
     /// Rows set or removed since `base_version`.
     Delta {
         /// The version the changes apply to.
@@ -64,6 +73,32 @@ impl Outgoing {
             watermark,
             metrics,
             rollback_to: None,
+        }
+    }
+
+    /// A full snapshot of the trainer's parameter columns, its rows built
+    /// later, off the trainer's thread ([`Outgoing::build`]).
+    pub fn full_columns(version: u64, columns: ParamColumns, watermark: Watermark, metrics: SnapshotMetrics) -> Self {
+        Outgoing {
+            version,
+            globals: columns.globals,
+            session_gap_ms: columns.session_gap_ms,
+            content: Content::Columns { columns: Box::new(columns), changes: BTreeMap::new() },
+            watermark,
+            metrics,
+            rollback_to: None,
+        }
+    }
+
+    /// The same hand-off with a full snapshot's rows built
+    /// ([`Content::Columns`] made [`Content::Full`]); anything else as it is.
+    pub fn build(self) -> Self {
+        match self.content {
+            Content::Columns { columns, changes } => {
+                let rows = apply_changes(columns.into_params().rows, changes);
+                Outgoing { content: Content::Full(rows), ..self }
+            }
+            _ => self,
         }
     }
 
@@ -100,7 +135,7 @@ impl Outgoing {
 
     /// Whether this is a full snapshot.
     pub fn is_full(&self) -> bool {
-        matches!(self.content, Content::Full(_))
+        matches!(self.content, Content::Full(_) | Content::Columns { .. })
     }
 
     /// `self` followed by `later`: one hand-off with the same effect. A
@@ -108,7 +143,7 @@ impl Outgoing {
     /// rollback (to the same version).
     pub fn merge(self, later: Outgoing) -> Result<Outgoing, ChainGap> {
         let base = match &later.content {
-            Content::Full(_) => return Ok(later),
+            Content::Full(_) | Content::Columns { .. } => return Ok(later),
             Content::Delta { base_version, .. } => *base_version,
         };
         if base != self.version {
@@ -117,6 +152,10 @@ impl Outgoing {
         let Content::Delta { changes: later_changes, .. } = later.content else { unreachable!("matched above") };
         let content = match self.content {
             Content::Full(rows) => Content::Full(apply_changes(rows, later_changes)),
+            Content::Columns { columns, mut changes } => {
+                changes.extend(later_changes);
+                Content::Columns { columns, changes }
+            }
             Content::Delta { base_version, mut changes } => {
                 changes.extend(later_changes);
                 Content::Delta { base_version, changes }
@@ -198,6 +237,45 @@ mod tests {
         ];
         assert_eq!(merged.content, Content::Full(expected));
         assert_eq!((merged.version, merged.globals[0]), (6, 6.0));
+    }
+
+    /// Columns in the trainer's row order (unsorted), with deltas merged
+    /// before they are built: the same rows as the built full snapshot
+    /// with the deltas applied, and the same hand-off once built.
+    #[test]
+    fn columns_take_deltas_and_build_the_rows_a_full_snapshot_has() {
+        use freshet_core::ModelSpec;
+        use freshet_core::snapshot::TableColumns;
+        let table = |table: TableKind, keys: Vec<u64>, values: Vec<f32>| TableColumns {
+            table,
+            width: 1,
+            updated_ms: vec![0; keys.len()],
+            keys,
+            ids: Vec::new(),
+            values,
+        };
+        let columns = ParamColumns {
+            spec: ModelSpec::default(),
+            globals: [5.0, 0.0],
+            session_gap_ms: 1,
+            tables: vec![
+                table(TableKind::User, vec![4, 2], vec![0.0, 0.0]),
+                table(TableKind::Item, vec![1], vec![0.0]),
+            ],
+        };
+        let full = Outgoing::full_columns(5, columns, Watermark::default(), SnapshotMetrics::default());
+        assert!(full.is_full());
+        let built = full.clone().build();
+        let rows = vec![row(TableKind::User, 2, 0.0), row(TableKind::User, 4, 0.0), row(TableKind::Item, 1, 0.0)];
+        assert_eq!(built.content, Content::Full(rows.clone()));
+        assert_eq!(built.clone().build(), built, "building twice changes nothing");
+
+        let later = delta(5, 6, &[(1, Some(1.0)), (2, None)]).merge(delta(6, 7, &[(4, Some(4.0)), (9, Some(9.0))]));
+        let later = later.expect("contiguous");
+        let merged = full.merge(later.clone()).expect("ok");
+        assert!(matches!(merged.content, Content::Columns { .. }), "merged without building");
+        let expected = outgoing(5, Content::Full(rows)).merge(later).expect("ok");
+        assert_eq!(merged.build(), expected);
     }
 
     #[test]

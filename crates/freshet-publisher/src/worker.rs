@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use freshet_core::snapshot::SnapshotMetrics;
 use freshet_core::threads::join_within;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use crate::gate::QualityGate;
 use crate::outgoing::Outgoing;
@@ -263,6 +263,8 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         while let Some((outgoing, closing)) = self.next() {
+            // A full snapshot's rows are built here, off the trainer's thread.
+            let outgoing = info_span!("build_full", version = outgoing.version).in_scope(|| outgoing.build());
             // A rollback is the remedy for what the gate holds: never held itself.
             let judged = outgoing.rollback_to.is_none().then_some(()).and(self.baseline.as_ref());
             if let Some(hold) = judged.and_then(|published| self.gate.judge(published, &outgoing.metrics)) {

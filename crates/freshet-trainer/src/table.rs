@@ -5,7 +5,7 @@
 //! moves the last row into its place, so the arena stays dense.
 
 use freshet_core::score::session_active;
-use freshet_core::snapshot::SnapshotRow;
+use freshet_core::snapshot::TableColumns;
 use freshet_core::{RowLayout, TableKind};
 use ndarray::{ArrayView2, ShapeBuilder};
 
@@ -346,17 +346,22 @@ impl Table {
         rows[start..].sort_unstable_by_key(|row| row.key);
     }
 
-    /// Appends the parameters of every row, sorted by key.
-    pub(crate) fn export_params(&self, rows: &mut Vec<SnapshotRow>) {
-        let start = rows.len();
-        rows.extend((0..self.len()).map(|r| SnapshotRow {
+    /// Every row's parameters as columns, in arena order: bulk copies of
+    /// the keys, update times, ids and the parameter floats of each row
+    /// (not its optimizer moments).
+    pub(crate) fn param_columns(&self) -> TableColumns {
+        let mut values = Vec::with_capacity(self.len() * self.width);
+        for row in 0..self.len() as u32 {
+            values.extend_from_slice(self.params(row));
+        }
+        TableColumns {
             table: self.kind,
-            key: self.meta[r].key,
-            id: self.id(r),
-            updated_ms: self.meta[r].last_update,
-            values: self.params(r as u32).to_vec(),
-        }));
-        rows[start..].sort_unstable_by_key(|row| row.key);
+            width: self.width,
+            keys: self.meta.iter().map(|meta| meta.key).collect(),
+            updated_ms: self.meta.iter().map(|meta| meta.last_update).collect(),
+            ids: self.ids.clone(),
+            values,
+        }
     }
 
     /// Every row's `[scalars..., factors...]`, one row per table row, in arena

@@ -4,10 +4,11 @@
 //! [`crate::Restorer`] feeds them). Training itself is the parent module's.
 
 use freshet_core::TableKind;
-use freshet_core::snapshot::ModelParams;
+use freshet_core::snapshot::{ModelParams, ParamColumns};
 
 use super::Trainer;
 use crate::state::{DenseState, GlobalParams, PendingAdmission, RowRef, StateChanges, TrainerState};
+use crate::table::Table;
 
 impl Trainer {
     /// Rows and pending counts changed since the last drain, tombstones of
@@ -35,15 +36,18 @@ impl Trainer {
 
     /// The parameters alone, for a full snapshot.
     pub fn export_params(&self) -> ModelParams {
-        let mut rows = Vec::new();
-        for table in &self.tables {
-            table.export_params(&mut rows);
-        }
-        ModelParams {
+        self.param_columns().into_params()
+    }
+
+    /// The parameters alone as columns: what the trainer thread copies for
+    /// a full snapshot (a few bulk copies), leaving the rows to be built
+    /// elsewhere ([`ParamColumns::into_params`]).
+    pub fn param_columns(&self) -> ParamColumns {
+        ParamColumns {
             spec: self.spec.clone(),
             globals: self.globals.bias,
             session_gap_ms: self.config.session_gap_ms,
-            rows,
+            tables: self.tables.iter().map(Table::param_columns).collect(),
         }
     }
 

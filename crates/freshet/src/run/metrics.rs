@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use freshet_checkpoint::{CommitStats, RetainedDisk, RetainedVersion};
+use freshet_checkpoint::{CommitStats, RetainedDisk, RetainedVersion, StoreMemory};
 use freshet_consumer::MicroBatch;
 use freshet_core::TableKind;
 use freshet_core::{NextOffsets, TopicPartition};
@@ -28,6 +28,7 @@ pub struct RunMetrics {
     trainer_handoff_seconds: HistogramVec,
     checkpoint_bytes: IntGauge,
     checkpoint_version: IntGauge,
+    store_memory: IntGaugeVec,
     snapshots: IntCounterVec,
     snapshot_version: IntGauge,
     snapshot_bytes: IntGaugeVec,
@@ -134,6 +135,11 @@ impl RunMetrics {
             )?,
             checkpoint_bytes: gauge("freshet_checkpoint_bytes", "Bytes of the newest checkpoint's write batch")?,
             checkpoint_version: gauge("freshet_checkpoint_version", "Newest durable checkpoint version")?,
+            store_memory: gauge_vec(
+                "freshet_checkpoint_memory_bytes",
+                "Memory RocksDB holds for the checkpoint store, by kind (memtables, table_readers, block_cache)",
+                &["kind"],
+            )?,
             snapshots: counter_vec("freshet_snapshots_published_total", "Snapshots published, by kind", &["kind"])?,
             snapshot_version: gauge("freshet_snapshot_version", "Newest published snapshot version")?,
             snapshot_bytes: gauge_vec("freshet_snapshot_bytes", "Bytes of the newest snapshot, by kind", &["kind"])?,
@@ -202,17 +208,23 @@ impl RunMetrics {
         }
     }
 
-    /// After a checkpoint: its cost, the offsets it holds and the trainer's
-    /// state with its `progressive` metrics.
+    /// After a checkpoint: its cost, the offsets it holds, the store's
+    /// `memory` and the trainer's state with its `progressive` metrics.
     pub fn checkpoint(
         &self,
         stats: &CommitStats,
         offsets: &NextOffsets,
+        memory: StoreMemory,
         trainer: &Trainer,
         progressive: &MetricsReading,
     ) {
         self.checkpoint_seconds.observe(stats.elapsed.as_secs_f64());
         self.checkpoint_bytes.set(stats.bytes as i64);
+        let StoreMemory { memtables, table_readers, block_cache } = memory;
+        for (kind, bytes) in [("memtables", memtables), ("table_readers", table_readers), ("block_cache", block_cache)]
+        {
+            self.store_memory.with_label_values(&[kind]).set(bytes as i64);
+        }
         self.checkpoint_version(stats.version);
         for (tp, next) in offsets {
             self.applied_offset.with_label_values(&[tp.topic.as_str(), &tp.partition.to_string()]).set(*next);

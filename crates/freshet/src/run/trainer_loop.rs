@@ -381,7 +381,7 @@ impl TrainerLoop {
         let delta = self.trainer.drain_dirty();
         let stats = self.store.commit(&self.spec, &delta, &self.applied)?;
         let progressive = self.trainer.metrics();
-        self.metrics.checkpoint(&stats, &self.applied, &self.trainer, &progressive);
+        self.metrics.checkpoint(&stats, &self.applied, self.store.memory(), &self.trainer, &progressive);
         self.hand_to_publisher(stats.version, delta, &progressive);
         debug!(
             version = stats.version,
@@ -431,9 +431,9 @@ impl TrainerLoop {
         }
         let _span = info_span!("export_full", version = self.store.version()).entered();
         let started = Instant::now();
-        let mut outgoing = Outgoing::full(
+        let mut outgoing = Outgoing::full_columns(
             self.store.version(),
-            self.trainer.export_params(),
+            self.trainer.param_columns(),
             self.watermark(),
             self.trainer.metrics().snapshot_metrics(),
         );
