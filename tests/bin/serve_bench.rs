@@ -139,7 +139,7 @@ fn trained_rows(path: &Path, dim: usize) -> anyhow::Result<(Vec<SnapshotRow>, [f
         }));
     }
     events.sort_by_key(Feedback::ts);
-    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true };
+    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true, shards: 1 };
     let config = TrainerConfig { min_count: 1, ..TrainerConfig::default() };
     let mut trainer = Trainer::new(spec, config)?;
     for batch in events.chunks(64) {
@@ -169,7 +169,7 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     };
     let (users, items): (usize, usize) = (users.parse().context("USERS")?, items.parse().context("ITEMS")?);
     let dim: usize = flag(flags, "dim", 32)?;
-    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true };
+    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true, shards: 1 };
     let mut draw = Draw(7);
     let (mut rows, globals, gap) = match flags.get("ratings") {
         Some(path) => trained_rows(Path::new(path), dim)?,
@@ -179,7 +179,8 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     let config = PublisherConfig { full_interval_ms: 86_400_000, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model)]))?;
-    let mut producer = SnapshotProducer::connect(&KafkaConfig::new(bootstrap), &config, model, &spec)?;
+    let mut producer =
+        SnapshotProducer::connect(&KafkaConfig::new(bootstrap), &config, model, &spec, freshet_core::Shard::SOLE)?;
     let started = Instant::now();
     let published = producer.publish(&outgoing(1, globals, gap, Content::Full(rows.clone())))?;
     let param_bytes: usize = rows.iter().map(|row| 4 * row.values.len()).sum();
@@ -473,7 +474,7 @@ fn topk(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Resu
         (users.parse().context("USERS")?, items.parse().context("ITEMS")?, queries.parse().context("QUERIES")?);
     let dim: usize = flag(flags, "dim", 32)?;
     let candidates: usize = flag(flags, "candidates", freshet_subscriber::DEFAULT_CANDIDATES)?;
-    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true };
+    let spec = ModelSpec { dim, rating_min: 0.5, rating_max: 5.0, context_features: true, shards: 1 };
     let mut draw = Draw(7);
     let mut rows = synthetic_rows(users, items, dim, &mut draw);
     rows.sort_by_key(|row| (row.table, row.key));
@@ -492,6 +493,7 @@ fn topk(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::Resu
         chain_start_offset: None,
         metrics: SnapshotMetrics::default(),
         rollback_to: None,
+        shard: 0,
     };
     let encoded: usize = rows.iter().map(|row| freshet_core::snapshot::encoded_row_len(row, Default::default())).sum();
     let building = Instant::now();

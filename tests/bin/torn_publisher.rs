@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     let context = HeaderContext {
         model: &model,
         spec: &spec,
+        shard: 0,
         created_ms: now_ms(),
         chain_start_offset: None,
         value_encoding: Default::default(),

@@ -38,7 +38,7 @@ pub const CONTEXT: [(&str, &[&str]); 3] = [
 impl ModelUnderTest {
     /// A fresh dim-8 model; `seed` picks the stream.
     pub fn new(seed: u64) -> Self {
-        let spec = ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true };
+        let spec = ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true, shards: 1 };
         let trainer = Trainer::new(spec, TrainerConfig::default()).expect("a valid trainer");
         let stream = SynthStream::new(SynthConfig { seed, users: 300, items: 200, ..SynthConfig::default() });
         ModelUnderTest { trainer, stream, ts: 1_764_400_000_000, step_ms: 1, context: false }
@@ -318,7 +318,13 @@ impl Scenario {
     /// A publisher instance of the model (fencing any earlier one).
     pub fn producer(&self) -> anyhow::Result<SnapshotProducer> {
         let spec = self.trained.trainer.spec();
-        Ok(SnapshotProducer::connect(&KafkaConfig::new(&self.bootstrap), &self.config, &self.model, spec)?)
+        Ok(SnapshotProducer::connect(
+            &KafkaConfig::new(&self.bootstrap),
+            &self.config,
+            &self.model,
+            spec,
+            freshet_core::Shard::SOLE,
+        )?)
     }
 
     /// A subscriber on the topic and its event log.
@@ -339,6 +345,7 @@ impl Scenario {
         let context = HeaderContext {
             model: &self.model,
             spec,
+            shard: 0,
             created_ms: now_ms(),
             chain_start_offset: Some(chain_start),
             value_encoding: Default::default(),

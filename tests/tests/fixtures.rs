@@ -3,8 +3,9 @@
 //! user and several chunks each) are checked in as their Kafka message
 //! values, `tests/fixtures/snapshots-<format>.messages`, with the model each
 //! must give at each version (`snapshots-<format>.expected.json`): format 3,
-//! format 4 with f32 and with f16 values, and format 5, whose chain goes on
-//! with a rollback's full snapshot (version 3 holding version 1 again). The tests decode and apply them
+//! format 4 with f32 and with f16 values, and formats 5 and 6 (which adds
+//! the shard count and the shard), whose chains go on with a rollback's
+//! full snapshot (version 3 holding version 1 again). The tests decode and apply them
 //! with this build's subscriber, so a change that breaks a snapshot format
 //! without a version bump fails CI; a reader refuses versions it does not
 //! know, by number.
@@ -93,6 +94,7 @@ fn write_fixture(messages: &Path, value_encoding: ValueEncoding) {
         let context = HeaderContext {
             model: "fixture",
             spec: &spec,
+            shard: 0,
             created_ms: 1_764_400_000_000,
             chain_start_offset: chain_start,
             value_encoding,
@@ -248,6 +250,29 @@ fn a_format_5_chain_serves_a_rollback_as_a_new_version_of_the_old_parameters() {
     assert_eq!(restored, original, "version 3 holds version 1's parameters bit for bit");
     assert!(rollback.row(TableKind::User, hash_id("u3")).is_some(), "the forgotten user is back with version 1");
     assert_eq!(served[0].info().rollback_to, None);
+}
+
+/// The header (the first message) of fixture `name`, decoded.
+fn first_header(name: &str) -> freshet_core::snapshot::SnapshotHeader {
+    match decode_message(&read_messages(&fixtures().join(format!("{name}.messages"))).remove(0)) {
+        Ok(SnapshotMessage::Header(header)) => *header,
+        other => panic!("{name}: the first message is not a header: {other:?}"),
+    }
+}
+
+#[test]
+fn a_format_6_chain_names_its_shard_and_serves_what_format_5_did() {
+    let served = check_fixture("snapshots-v6-f32", ValueEncoding::F32);
+    let v5 = check_fixture("snapshots-v5-f32", ValueEncoding::F32);
+    assert_eq!(served.len(), v5.len());
+    for (new, old) in served.iter().zip(&v5) {
+        assert_eq!(summary(new), summary(old), "version {}", new.version());
+    }
+    let header = first_header("snapshots-v6-f32");
+    assert_eq!((header.spec.shards, header.shard), (1, 0), "an unsharded model is shard 0 of 1");
+    let old = first_header("snapshots-v5-f32");
+    assert_eq!((old.spec.shards, old.shard), (1, 0), "format 5 read as shard 0 of 1");
+    assert_eq!(header.spec, old.spec);
 }
 
 #[test]

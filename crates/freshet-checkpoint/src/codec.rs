@@ -26,12 +26,14 @@
 //! | id length | id, UTF-8 |
 //! | 4 × (width + m + v) | `params`, `m`, `v` as f32 |
 //!
-//! The layout is versioned as a whole by the `format` meta key. Layout 5
+//! The layout is versioned as a whole by the `format` meta key. Layout 6
 //! writes every value explicitly (the dense state as a
-//! [`freshet_core::record`], field by field) and keeps the rollback audit;
-//! a layout-4 store (the same without rollbacks) or layout-3 store (the
-//! spec, the dense state and pending counts as bincode of the trainer's
-//! types) is migrated when opened; any other is refused, naming both versions.
+//! [`freshet_core::record`], field by field), keeps the rollback audit and
+//! records the model's shard count in its spec; a layout-5 store (a spec
+//! without the count: one shard), layout-4 store (that, without rollbacks)
+//! or layout-3 store (the spec, the dense state and pending counts as
+//! bincode of the trainer's types) is migrated when opened; any other is
+//! refused, naming both versions.
 
 use freshet_core::ModelSpec;
 use freshet_core::TableKind;
@@ -69,17 +71,22 @@ pub(crate) const META_SKIPPED: &[u8] = b"events_skipped";
 /// Meta key: the audit records of the rollbacks.
 pub(crate) const META_ROLLBACKS: &[u8] = b"rollbacks";
 
-/// The layout version written by this code (5: the skipped-event count and
-/// rollback records; 4: explicit spec, dense state and pending records; 3:
-/// those as bincode, user rows with the rating scale and session offsets;
-/// 2: flat rows; 1 had bincode rows).
-pub(crate) const FORMAT_VERSION: u32 = 5;
+/// The layout version written by this code (6: the spec record with the
+/// shard count; 5: the skipped-event count and rollback records; 4:
+/// explicit spec, dense state and pending records; 3: those as bincode,
+/// user rows with the rating scale and session offsets; 2: flat rows; 1 had
+/// bincode rows).
+pub(crate) const FORMAT_VERSION: u32 = 6;
+/// Layout 5: layout 6 with a spec record without the shard count (a model
+/// of one shard).
+pub(crate) const LAYOUT_WITHOUT_SHARDS: u32 = 5;
 /// Layout 4: layout 5 without rollbacks (so without their two meta keys).
 pub(crate) const LAYOUT_WITHOUT_ROLLBACKS: u32 = 4;
 /// Layout 3: the spec, dense state and pending counts as bincode.
 pub(crate) const BINCODE_LAYOUT: u32 = 3;
 /// The layouts this code reads (and migrates to [`FORMAT_VERSION`] when it opens a store).
-pub(crate) const READABLE_LAYOUTS: [u32; 3] = [BINCODE_LAYOUT, LAYOUT_WITHOUT_ROLLBACKS, FORMAT_VERSION];
+pub(crate) const READABLE_LAYOUTS: [u32; 4] =
+    [BINCODE_LAYOUT, LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, FORMAT_VERSION];
 
 /// Bytes of a flat row's fixed header.
 const ROW_HEADER: usize = 36;
@@ -109,27 +116,40 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 /// The spec record: dim (u32), rating_min (f32), rating_max (f32),
-/// context_features (u8), little-endian.
+/// context_features (u8), shards (u32; layouts 4 and 5 end before it),
+/// little-endian.
 pub(crate) fn encode_spec(spec: &ModelSpec) -> Vec<u8> {
-    let ModelSpec { dim, rating_min, rating_max, context_features } = spec;
+    let ModelSpec { dim, rating_min, rating_max, context_features, shards } = spec;
     let mut w = RecordWriter::default();
     w.u32(u32::try_from(*dim).expect("dims are at most MAX_DIM"));
     w.f32(*rating_min);
     w.f32(*rating_max);
     w.bool(*context_features);
+    w.u32(*shards);
     w.into_bytes()
 }
 
-/// The spec stored by a store of `layout`.
+/// Layout 3's spec: bincode of the spec as it was before shards.
+#[derive(serde::Deserialize)]
+struct BincodeSpec {
+    dim: usize,
+    rating_min: f32,
+    rating_max: f32,
+    context_features: bool,
+}
+
+/// The spec stored by a store of `layout`; a layout before 6 holds a model
+/// of one shard.
 pub(crate) fn decode_spec(bytes: &[u8], layout: u32) -> Result<ModelSpec, CheckpointError> {
     if layout == BINCODE_LAYOUT {
-        return decode(bytes, "spec");
+        let BincodeSpec { dim, rating_min, rating_max, context_features } = decode(bytes, "spec")?;
+        return Ok(ModelSpec { dim, rating_min, rating_max, context_features, shards: 1 });
     }
     let mut r = RecordReader::new(bytes, "spec");
-    let spec =
-        ModelSpec { dim: r.u32()? as usize, rating_min: r.f32()?, rating_max: r.f32()?, context_features: r.bool()? };
+    let (dim, rating_min, rating_max, context_features) = (r.u32()? as usize, r.f32()?, r.f32()?, r.bool()?);
+    let shards = if layout >= FORMAT_VERSION { r.u32()? } else { 1 };
     r.finish()?;
-    Ok(spec)
+    Ok(ModelSpec { dim, rating_min, rating_max, context_features, shards })
 }
 
 /// The dense-state record ([`DenseState::write_record`]).
@@ -393,8 +413,14 @@ mod tests {
 
     #[test]
     fn spec_pending_and_dense_records_round_trip() {
-        let spec = ModelSpec { dim: 16, rating_min: 1.0, rating_max: 10.0, context_features: false };
+        let spec = ModelSpec { dim: 16, rating_min: 1.0, rating_max: 10.0, context_features: false, shards: 1 };
         assert_eq!(decode_spec(&encode_spec(&spec), FORMAT_VERSION).expect("decodes"), spec);
+        let sharded = ModelSpec { shards: 3, ..spec.clone() };
+        let bytes = encode_spec(&sharded);
+        assert_eq!(bytes[13..], 3u32.to_le_bytes(), "the shard count after context_features");
+        assert_eq!(decode_spec(&bytes, FORMAT_VERSION).expect("decodes"), sharded);
+        assert_eq!(decode_spec(&bytes[..13], LAYOUT_WITHOUT_SHARDS).expect("decodes"), spec, "layout 5: one shard");
+        assert!(decode_spec(&bytes[..13], FORMAT_VERSION).is_err(), "layout 6 has the count");
         let pending = PendingAdmission { table: TableKind::Feature, key: 77, count: 3, last_seen_ms: -5 };
         let key = row_key(pending.table, pending.key);
         assert_eq!(decode_pending(&key, &encode_pending(&pending), FORMAT_VERSION).expect("decodes"), pending);

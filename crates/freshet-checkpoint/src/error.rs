@@ -59,6 +59,18 @@ pub enum CheckpointError {
         /// The spec in the configuration.
         configured: Box<ModelSpec>,
     },
+    /// The checkpoint is of a model sharded differently from the
+    /// configuration: its rows belong to other shards than configured.
+    #[error(
+        "the checkpoint holds a model of {stored} shard(s) but model.shards = {configured}: the shard count is fixed \
+         when a model is created (see docs/scaling.md, Resharding); configure {stored}, or start a new checkpoint directory"
+    )]
+    ShardsChanged {
+        /// The shard count in the checkpoint.
+        stored: u32,
+        /// The configured shard count.
+        configured: u32,
+    },
     /// The stored state does not form a valid model.
     #[error("checkpoint state is invalid: {0}")]
     InvalidState(#[from] StateError),

@@ -22,9 +22,10 @@ use tracing::{debug, info};
 
 use crate::codec::{
     BINCODE_LAYOUT, CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION,
-    LAYOUT_WITHOUT_ROLLBACKS, META_DENSE, META_FORMAT, META_PUBLISHED, META_ROLLBACKS, META_SKIPPED, META_SPEC,
-    META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending, decode_row, decode_spec, encode,
-    encode_dense, encode_pending, encode_row, encode_spec, offset_key, parse_offset, parse_row_key, parse_u64, row_key,
+    LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, META_DENSE, META_FORMAT, META_PUBLISHED, META_ROLLBACKS,
+    META_SKIPPED, META_SPEC, META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending, decode_row,
+    decode_spec, encode, encode_dense, encode_pending, encode_row, encode_spec, offset_key, parse_offset,
+    parse_row_key, parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 use crate::retain::{self, RetainPolicy, RetainedDisk, RetainedVersion, VERSIONS_DIR};
@@ -166,19 +167,19 @@ pub(crate) fn read_rollbacks(db: &DB) -> Result<Vec<RollbackRecord>, CheckpointE
 }
 
 /// Migrates a store of layout `from` to this build's in one atomic, synced
-/// batch: a layout-3 store's spec, dense state and pending counts are
-/// rewritten as records (rows and offsets are the same in every readable
-/// layout); layout 4 differs only in lacking the rollback keys, whose
-/// absence means none.
+/// batch: the spec is rewritten with its shard count (1); a layout-3
+/// store's dense state and pending counts are rewritten as records (rows
+/// and offsets are the same in every readable layout); layout 4 differs
+/// from 5 only in lacking the rollback keys, whose absence means none.
 fn migrate(db: &DB, dir: &Path, from: u32) -> Result<(), CheckpointError> {
     let started = Instant::now();
     let mut batch = WriteBatch::default();
     let meta = cf(db, CF_META)?;
     let mut pending = 0u64;
+    if let Some(spec) = read_spec(db, from)? {
+        batch.put_cf(meta, META_SPEC, encode_spec(&spec));
+    }
     if from == BINCODE_LAYOUT {
-        if let Some(spec) = read_spec(db, BINCODE_LAYOUT)? {
-            batch.put_cf(meta, META_SPEC, encode_spec(&spec));
-        }
         if let Some(dense) = read_dense(db, BINCODE_LAYOUT)? {
             batch.put_cf(meta, META_DENSE, encode_dense(&dense));
         }
@@ -242,7 +243,7 @@ impl CheckpointStore {
         })?;
         match stored_layout(&db)? {
             FORMAT_VERSION => {}
-            found @ (BINCODE_LAYOUT | LAYOUT_WITHOUT_ROLLBACKS) => migrate(&db, dir, found)?,
+            found @ (BINCODE_LAYOUT | LAYOUT_WITHOUT_ROLLBACKS | LAYOUT_WITHOUT_SHARDS) => migrate(&db, dir, found)?,
             found => return Err(CheckpointError::Layout { found, supported: FORMAT_VERSION }),
         }
         retain::remove_unfinished(dir)?;
@@ -285,6 +286,9 @@ impl CheckpointStore {
 
     fn check_spec(&self, configured: &ModelSpec) -> Result<(), CheckpointError> {
         match &self.spec {
+            Some(stored) if stored.shards != configured.shards => {
+                Err(CheckpointError::ShardsChanged { stored: stored.shards, configured: configured.shards })
+            }
             Some(stored) if stored != configured => Err(CheckpointError::SpecMismatch {
                 stored: Box::new(stored.clone()),
                 configured: Box::new(configured.clone()),

@@ -1,9 +1,10 @@
 //! Old checkpoints stay readable: stores written by earlier builds are
 //! checked in as their records (every key and value of every column family,
 //! `tests/fixtures/checkpoint-v<layout>.records`) with what restoring them
-//! must give (`checkpoint-v<layout>.expected.json`): layouts 3 and 4, which
-//! this build migrates when it opens them, and layout 5, which it writes
-//! (with a skip rollback in it, so its audit record and count are pinned too). The tests
+//! must give (`checkpoint-v<layout>.expected.json`): layouts 3, 4 and 5,
+//! which this build migrates when it opens them, and layout 6, which it
+//! writes (layouts 5 and 6 with a skip rollback in them, so its audit record
+//! and count are pinned too). The tests
 //! rebuild a RocksDB directory from the records and restore it with this
 //! build, so a change that breaks a stored layout without a version bump (and
 //! a migration or a clear refusal) fails CI.
@@ -70,7 +71,7 @@ fn summary(trainer: &Trainer, version: u64, published: u64) -> Value {
 }
 
 /// The newest layout, which [`write_fixture`] writes.
-const NEWEST: &str = "checkpoint-v5";
+const NEWEST: &str = "checkpoint-v6";
 
 /// What a store holds beside the model: offsets, skipped events, rollbacks.
 fn store_summary(store: &CheckpointStore, offsets: &NextOffsets) -> Value {
@@ -201,8 +202,8 @@ fn layout_of(dir: &Path) -> u8 {
 #[test]
 fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v3");
-    assert_eq!(layout_of(dir.path()), 5, "migrated when opened");
-    // Opened again, it restores the same (as layout 5 now), and keeps training.
+    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
+    // Opened again, it restores the same (as layout 6 now), and keeps training.
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let mut trainer = store.restore(&spec(), config()).expect("restores").expect("a checkpoint").trainer;
     let expected: Value =
@@ -218,16 +219,30 @@ fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_ex
 #[test]
 fn a_layout_4_checkpoint_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v4");
-    assert_eq!(layout_of(dir.path()), 5, "migrated when opened");
+    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
 }
 
 #[test]
-fn a_layout_5_checkpoint_with_a_rollback_restores_exactly() {
-    let dir = check_fixture(NEWEST);
-    assert_eq!(layout_of(dir.path()), 5);
+fn a_layout_5_checkpoint_with_a_rollback_is_migrated_as_one_shard_and_restores_exactly() {
+    let dir = check_fixture("checkpoint-v5");
+    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let rollback = store.current_rollback().expect("version 4 is the rollback's");
     assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
+    assert_eq!(inspect(dir.path()).expect("inspects").spec.map(|spec| spec.shards), Some(1));
+    let resharded = ModelSpec { shards: 2, ..spec() };
+    let error = store.restore(&resharded, config()).map(|_| ()).expect_err("of one shard");
+    assert!(matches!(error, CheckpointError::ShardsChanged { stored: 1, configured: 2 }), "{error:?}");
+}
+
+#[test]
+fn a_layout_6_checkpoint_with_a_rollback_restores_exactly() {
+    let dir = check_fixture(NEWEST);
+    assert_eq!(layout_of(dir.path()), 6);
+    let store = CheckpointStore::open(dir.path(), false).expect("opens");
+    let rollback = store.current_rollback().expect("version 4 is the rollback's");
+    assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
+    assert_eq!(inspect(dir.path()).expect("inspects").spec.map(|spec| spec.shards), Some(1));
 }
 
 #[test]
@@ -242,10 +257,12 @@ fn every_layout_holds_the_same_model_in_different_bytes() {
         summary
     };
     assert_eq!(read("checkpoint-v3"), read("checkpoint-v4"), "the same model, written by either layout");
-    assert_eq!(read("checkpoint-v4"), read(NEWEST), "version 2's model again, after the rollback");
+    assert_eq!(read("checkpoint-v4"), read("checkpoint-v5"), "version 2's model again, after the rollback");
+    assert_eq!(read("checkpoint-v5"), read(NEWEST));
     let records = |name: &str| std::fs::read(fixtures().join(format!("{name}.records"))).expect("records");
     assert_ne!(records("checkpoint-v3"), records("checkpoint-v4"));
-    assert_ne!(records("checkpoint-v4"), records(NEWEST));
+    assert_ne!(records("checkpoint-v4"), records("checkpoint-v5"));
+    assert_ne!(records("checkpoint-v5"), records(NEWEST));
 }
 
 #[test]
@@ -258,8 +275,8 @@ fn a_store_of_an_unknown_layout_is_refused_naming_both_versions() {
         db.put_cf(db.cf_handle("meta").expect("meta"), b"format", [99u8]).expect("put");
     }
     let error = CheckpointStore::open(dir.path(), false).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 5 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 6 }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains("layout version 99") && message.contains("version 5"), "{message}");
+    assert!(message.contains("layout version 99") && message.contains("version 6"), "{message}");
     assert!(!message.contains("corrupt"), "an unknown layout is not damage: {message}");
 }

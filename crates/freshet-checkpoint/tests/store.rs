@@ -104,7 +104,7 @@ fn a_store_of_another_layout_version_is_refused_clearly() {
         db.put_cf(db.cf_handle("meta").expect("meta cf"), b"format", [1u8]).expect("write");
     }
     let error = CheckpointStore::open(dir.path(), true).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 1, supported: 5 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 1, supported: 6 }), "{error:?}");
     assert!(error.to_string().contains("layout version 1"), "{error}");
 }
 
@@ -123,6 +123,14 @@ fn another_spec_is_refused() {
     ));
     let message = store.load(&other).expect_err("refused").to_string();
     assert!(message.contains("dim: 16") && message.contains("dim: 8"), "{message}");
+    // Another shard count is refused as such, naming the key to set.
+    let resharded = ModelSpec { shards: 2, ..spec() };
+    let error = store.restore(&resharded, config()).map(|_| ()).expect_err("refused");
+    assert!(matches!(error, CheckpointError::ShardsChanged { stored: 1, configured: 2 }), "{error:?}");
+    assert!(error.to_string().contains("model.shards = 2"), "{error}");
+    drop(store);
+    let reopened = CheckpointStore::open(dir.path(), false).expect("open");
+    assert!(matches!(reopened.load(&resharded), Err(CheckpointError::ShardsChanged { .. })), "kept across opens");
 }
 
 #[test]

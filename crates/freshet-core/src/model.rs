@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MIN_DIM: usize = 8;
 /// Largest supported embedding dimension.
 pub const MAX_DIM: usize = 256;
+/// Largest number of shards a model may have ([`ModelSpec::shards`]).
+pub const MAX_SHARDS: u32 = 1024;
 /// The model's shape. Deserialised from the `[model]` table; unknown keys are
 /// an error. A checkpoint restores only into a trainer with an equal spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,11 +25,15 @@ pub struct ModelSpec {
     /// Whether context features get rows (a linear weight and a factor vector
     /// that interacts with the item). When false, events' features are ignored.
     pub context_features: bool,
+    /// How many shards hold the model's rows (docs/scaling.md): fixed when
+    /// the model is created, so a checkpoint or snapshot of another count
+    /// is refused. 1: one trainer holds every row.
+    pub shards: u32,
 }
 
 impl Default for ModelSpec {
     fn default() -> Self {
-        ModelSpec { dim: 32, rating_min: 0.5, rating_max: 5.0, context_features: true }
+        ModelSpec { dim: 32, rating_min: 0.5, rating_max: 5.0, context_features: true, shards: 1 }
     }
 }
 
@@ -45,6 +51,12 @@ impl ModelSpec {
         }
         if !self.rating_max.is_finite() || self.rating_max <= self.rating_min {
             return Err(ConfigError::new("model.rating_max", "must be finite and greater than rating_min"));
+        }
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(ConfigError::new(
+                "model.shards",
+                format!("must be between 1 and {MAX_SHARDS}, got {}", self.shards),
+            ));
         }
         Ok(())
     }
@@ -162,6 +174,11 @@ mod tests {
         assert_eq!(bad_dim.check().map_err(|e| e.key), Err("model.dim".to_owned()));
         let bad_range = ModelSpec { rating_max: 0.0, ..ModelSpec::default() };
         assert_eq!(bad_range.check().map_err(|e| e.key), Err("model.rating_max".to_owned()));
+        for shards in [0, 1025] {
+            let bad_shards = ModelSpec { shards, ..ModelSpec::default() };
+            assert_eq!(bad_shards.check().map_err(|e| e.key), Err("model.shards".to_owned()), "{shards}");
+        }
+        assert_eq!(ModelSpec { shards: 1024, ..ModelSpec::default() }.check(), Ok(()));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! [`SnapshotCommit`], all produced in one Kafka transaction. Every message
 //! value is [`MAGIC`], the format version (u16, little-endian) and a body:
 //! for a header or a commit the bincode form (fixed-width little-endian
-//! integers) of a [`SnapshotMessage`]; for a chunk (formats 4 and 5) a compact row
+//! integers) of a [`SnapshotMessage`]; for a chunk (formats 4 to 6) a compact row
 //! layout with values as f32 or, optionally, f16 ([`ValueEncoding`]).
-//! Format 5 adds [`SnapshotHeader::rollback_to`]; format 4 (headers without
-//! it) and format 3 (chunks as bincode too, values f32) are still read.
+//! Format 6 adds [`ModelSpec::shards`] and [`SnapshotHeader::shard`];
+//! format 5 (without them, read as shard 0 of 1), format 4 (without
+//! [`SnapshotHeader::rollback_to`] too) and format 3 (chunks as bincode
+//! too, values f32) are still read.
 //! The commit's checksum covers the header's and the chunks' message values
 //! in order, so a reader applies a snapshot only when all of it arrived intact.
 
@@ -23,10 +25,11 @@ use crate::offsets::{NextOffsets, TopicPartition};
 /// First bytes of every snapshot message.
 pub const MAGIC: [u8; 4] = *b"FSNP";
 /// The format version this code writes.
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// The format versions this code reads: 3 (bincode chunks), 4 (headers
-/// without [`SnapshotHeader::rollback_to`]) and 5.
-pub const READABLE_VERSIONS: [u16; 3] = [3, 4, 5];
+/// without [`SnapshotHeader::rollback_to`]), 5 (headers without
+/// [`SnapshotHeader::shard`] and specs without [`ModelSpec::shards`]) and 6.
+pub const READABLE_VERSIONS: [u16; 4] = [3, 4, 5, 6];
 
 /// The snapshot topic of a model unless its `[publisher] topic` names
 /// another: the one name publishers and subscribers in any language agree on.
@@ -165,28 +168,70 @@ pub struct SnapshotHeader {
     /// parameters it holds again (its own version is new and higher, so
     /// versions never go down). `None` otherwise, and in formats 3 and 4.
     pub rollback_to: Option<u64>,
+    /// The shard whose rows this snapshot holds (each shard of a sharded
+    /// model publishes its own chain; docs/scaling.md), below
+    /// `spec.shards`; 0 for an unsharded model, and in formats 3 to 5.
+    pub shard: u32,
 }
 
-/// A header of formats 3 and 4: a [`SnapshotHeader`] without `rollback_to`.
+/// A model spec of formats 3 to 5: a [`ModelSpec`] without `shards` (so of
+/// an unsharded model).
 #[derive(Deserialize)]
-struct HeaderBeforeRollbacks {
+struct SpecBeforeShards {
+    dim: usize,
+    rating_min: f32,
+    rating_max: f32,
+    context_features: bool,
+}
+
+impl From<SpecBeforeShards> for ModelSpec {
+    fn from(old: SpecBeforeShards) -> Self {
+        let SpecBeforeShards { dim, rating_min, rating_max, context_features } = old;
+        ModelSpec { dim, rating_min, rating_max, context_features, shards: 1 }
+    }
+}
+
+/// A header of formats 3 to 5: a [`SnapshotHeader`] whose spec has no
+/// `shards`, without `shard`, and whose `rollback_to` is `()` (formats 3
+/// and 4, which have none: bincode reads a unit from no bytes) or
+/// `Option<u64>` (format 5).
+#[derive(Deserialize)]
+struct HeaderBeforeShards<RollbackTo> {
     model: String,
     version: u64,
     kind: SnapshotKind,
     created_ms: i64,
     watermark: Watermark,
-    spec: ModelSpec,
+    spec: SpecBeforeShards,
     globals: [f32; 2],
     session_gap_ms: i64,
     rows: [u64; 3],
     tombstones: u64,
     chain_start_offset: Option<i64>,
     metrics: SnapshotMetrics,
+    rollback_to: RollbackTo,
 }
 
-impl From<HeaderBeforeRollbacks> for SnapshotHeader {
-    fn from(old: HeaderBeforeRollbacks) -> Self {
-        let HeaderBeforeRollbacks {
+/// The `rollback_to` of an old header: none before format 5.
+trait OldRollbackTo {
+    fn version(self) -> Option<u64>;
+}
+
+impl OldRollbackTo for () {
+    fn version(self) -> Option<u64> {
+        None
+    }
+}
+
+impl OldRollbackTo for Option<u64> {
+    fn version(self) -> Option<u64> {
+        self
+    }
+}
+
+impl<R: OldRollbackTo> From<HeaderBeforeShards<R>> for SnapshotHeader {
+    fn from(old: HeaderBeforeShards<R>) -> Self {
+        let HeaderBeforeShards {
             model,
             version,
             kind,
@@ -199,6 +244,7 @@ impl From<HeaderBeforeRollbacks> for SnapshotHeader {
             tombstones,
             chain_start_offset,
             metrics,
+            rollback_to,
         } = old;
         SnapshotHeader {
             model,
@@ -206,32 +252,33 @@ impl From<HeaderBeforeRollbacks> for SnapshotHeader {
             kind,
             created_ms,
             watermark,
-            spec,
+            spec: spec.into(),
             globals,
             session_gap_ms,
             rows,
             tombstones,
             chain_start_offset,
             metrics,
-            rollback_to: None,
+            rollback_to: rollback_to.version(),
+            shard: 0,
         }
     }
 }
 
-/// A message of formats 3 and 4, as their bincode bodies hold it.
+/// A message of formats 3 to 5, as their bincode bodies hold it.
 #[derive(Deserialize)]
-enum MessageBeforeRollbacks {
-    Header(HeaderBeforeRollbacks),
+enum MessageBeforeShards<RollbackTo> {
+    Header(HeaderBeforeShards<RollbackTo>),
     Chunk(SnapshotChunk),
     Commit(SnapshotCommit),
 }
 
-impl From<MessageBeforeRollbacks> for SnapshotMessage {
-    fn from(old: MessageBeforeRollbacks) -> Self {
+impl<R: OldRollbackTo> From<MessageBeforeShards<R>> for SnapshotMessage {
+    fn from(old: MessageBeforeShards<R>) -> Self {
         match old {
-            MessageBeforeRollbacks::Header(header) => SnapshotMessage::Header(Box::new(header.into())),
-            MessageBeforeRollbacks::Chunk(chunk) => SnapshotMessage::Chunk(chunk),
-            MessageBeforeRollbacks::Commit(commit) => SnapshotMessage::Commit(commit),
+            MessageBeforeShards::Header(header) => SnapshotMessage::Header(Box::new(header.into())),
+            MessageBeforeShards::Chunk(chunk) => SnapshotMessage::Chunk(chunk),
+            MessageBeforeShards::Commit(commit) => SnapshotMessage::Commit(commit),
         }
     }
 }
@@ -420,7 +467,7 @@ const ROW_IN_F32: u8 = 0x80;
 /// chunk header: a u16 width follows the id.
 const ROW_WIDTH: u8 = 0x40;
 
-/// Encodes a chunk message (the layout of formats 4 and 5) from borrowed rows, values as
+/// Encodes a chunk message (the layout of formats 4 to 6) from borrowed rows, values as
 /// `encoding` says (docs/snapshots.md gives the layout byte by byte). A
 /// table's width is its first row's; a row of another width says its own.
 pub fn encode_chunk(
@@ -521,13 +568,26 @@ pub fn decode_message(bytes: &[u8]) -> Result<SnapshotMessage, SnapshotFormatErr
         }));
     }
     let malformed = |error: bincode::error::DecodeError| SnapshotFormatError::Malformed(error.to_string());
-    let (message, used) = if version >= 5 {
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(malformed)?
-    } else {
-        let (old, used) = bincode::serde::decode_from_slice::<MessageBeforeRollbacks, _>(body, bincode_config())
-            .map_err(malformed)?;
-        (SnapshotMessage::from(old), used)
-    };
+    fn old<R: OldRollbackTo + serde::de::DeserializeOwned>(
+        body: &[u8],
+    ) -> Result<(SnapshotMessage, usize), bincode::error::DecodeError> {
+        let (old, used) = bincode::serde::decode_from_slice::<MessageBeforeShards<R>, _>(body, bincode_config())?;
+        Ok((SnapshotMessage::from(old), used))
+    }
+    let (message, used) = match version {
+        3 | 4 => old::<()>(body),
+        5 => old::<Option<u64>>(body),
+        _ => bincode::serde::decode_from_slice(body, bincode_config()),
+    }
+    .map_err(malformed)?;
+    if let SnapshotMessage::Header(header) = &message
+        && (!(1..=crate::shard::MAX_SHARDS).contains(&header.spec.shards) || header.shard >= header.spec.shards)
+    {
+        return Err(SnapshotFormatError::Malformed(format!(
+            "header of shard {} of a model of {} shards",
+            header.shard, header.spec.shards
+        )));
+    }
     match body.len() - used {
         0 => Ok(message),
         extra => Err(SnapshotFormatError::TrailingBytes(extra)),
@@ -955,9 +1015,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn messages_round_trip() {
-        let header = SnapshotHeader {
+    fn header() -> SnapshotHeader {
+        SnapshotHeader {
             model: "m".to_owned(),
             version: 7,
             kind: SnapshotKind::Delta { base_version: 6 },
@@ -974,10 +1033,17 @@ mod tests {
             chain_start_offset: Some(11),
             metrics: SnapshotMetrics { rating_events: 4, rating_rmse: Some(0.9), ..SnapshotMetrics::default() },
             rollback_to: Some(4),
-        };
+            shard: 0,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
         let commit = SnapshotCommit { version: 7, chunks: 1, checksum: 99, chain_start_offset: 11 };
+        let sharded = SnapshotHeader { spec: ModelSpec { shards: 3, ..ModelSpec::default() }, shard: 2, ..header() };
         for message in [
-            SnapshotMessage::Header(Box::new(header)),
+            SnapshotMessage::Header(Box::new(header())),
+            SnapshotMessage::Header(Box::new(sharded)),
             SnapshotMessage::Chunk(chunk()),
             SnapshotMessage::Commit(commit),
         ] {
@@ -1087,7 +1153,7 @@ mod tests {
         let tombstone = SnapshotTombstone { table: TableKind::User, key: 3 };
         let bytes = encode_chunk(7, 1, &[&item], &[tombstone], ValueEncoding::F16);
         let mut expected = b"FSNP".to_vec();
-        expected.extend_from_slice(&5u16.to_le_bytes()); // the chunk layout of formats 4 and 5
+        expected.extend_from_slice(&FORMAT_VERSION.to_le_bytes()); // the chunk layout of formats 4 to 6
         expected.extend_from_slice(&1u32.to_le_bytes()); // chunk
         expected.extend_from_slice(&7u64.to_le_bytes()); // version
         expected.extend_from_slice(&1u32.to_le_bytes()); // index
@@ -1175,6 +1241,33 @@ mod tests {
         expected.extend_from_slice(&3u64.to_le_bytes());
         expected.extend_from_slice(&(-1i64).to_le_bytes());
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_format_6_header_carries_the_shard_count_in_its_spec_and_the_shard_last() {
+        let spec = ModelSpec { dim: 16, rating_min: 1.0, rating_max: 5.0, context_features: true, shards: 3 };
+        let bytes = encode_message(&SnapshotMessage::Header(Box::new(SnapshotHeader { spec, shard: 2, ..header() })));
+        let mut spec_then_globals = 16u64.to_le_bytes().to_vec();
+        spec_then_globals.extend(1f32.to_le_bytes());
+        spec_then_globals.extend(5f32.to_le_bytes());
+        spec_then_globals.push(1);
+        spec_then_globals.extend(3u32.to_le_bytes());
+        spec_then_globals.extend(3.5f32.to_le_bytes());
+        spec_then_globals.extend((-2f32).to_le_bytes());
+        assert!(bytes.windows(spec_then_globals.len()).any(|w| w == spec_then_globals), "spec, then globals");
+        let mut tail = vec![1u8]; // rollback_to: Some(4)
+        tail.extend(4u64.to_le_bytes());
+        tail.extend(2u32.to_le_bytes());
+        assert!(bytes.ends_with(&tail), "rollback_to, then shard");
+    }
+
+    #[test]
+    fn a_header_of_a_shard_the_model_does_not_have_is_malformed() {
+        for (shards, shard) in [(2, 2), (0, 0), (1, 1), (1025, 0)] {
+            let header = SnapshotHeader { spec: ModelSpec { shards, ..ModelSpec::default() }, shard, ..header() };
+            let bytes = encode_message(&SnapshotMessage::Header(Box::new(header)));
+            assert!(matches!(decode_message(&bytes), Err(SnapshotFormatError::Malformed(_))), "{shard} of {shards}");
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct HeaderContext<'a> {
     pub model: &'a str,
     /// The model's shape.
     pub spec: &'a ModelSpec,
+    /// The shard whose rows these are (0 for an unsharded model).
+    pub shard: u32,
     /// When the snapshot is built (ms since the epoch).
     pub created_ms: i64,
     /// The full snapshot a delta chains from (`None` for a full snapshot).
@@ -94,6 +96,7 @@ pub fn encode(outgoing: &Outgoing, context: HeaderContext<'_>, chunk_bytes: usiz
         chain_start_offset: context.chain_start_offset,
         metrics: outgoing.metrics,
         rollback_to: outgoing.rollback_to,
+        shard: context.shard,
     };
     let header_value = encode_message(&SnapshotMessage::Header(Box::new(header.clone())));
     let mut checksum = SnapshotChecksum::new();
@@ -161,7 +164,14 @@ mod tests {
     }
 
     fn context(spec: &ModelSpec) -> HeaderContext<'_> {
-        HeaderContext { model: "m", spec, created_ms: 0, chain_start_offset: None, value_encoding: ValueEncoding::F32 }
+        HeaderContext {
+            model: "m",
+            spec,
+            shard: 0,
+            created_ms: 0,
+            chain_start_offset: None,
+            value_encoding: ValueEncoding::F32,
+        }
     }
 
     /// Decodes every chunk, checking size, index and checksum.

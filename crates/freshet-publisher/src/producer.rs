@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use freshet_core::snapshot::ValueEncoding;
-use freshet_core::{ModelSpec, now_ms};
+use freshet_core::{ModelSpec, Shard, now_ms};
 use freshet_kafka::{KafkaConfig, send_future};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -41,6 +41,16 @@ pub enum PublishError {
     /// Kafka client setup failed.
     #[error("creating the snapshot producer: {0}")]
     Setup(KafkaError),
+    /// The shard to publish is not one of the model's.
+    #[error("shard {shard} of {count} cannot publish a model of model.shards = {shards}")]
+    ShardMismatch {
+        /// The shard's index.
+        shard: u32,
+        /// The shard count it was given.
+        count: u32,
+        /// The model's shard count.
+        shards: u32,
+    },
 }
 
 impl PublishError {
@@ -95,6 +105,7 @@ pub struct SnapshotProducer {
     transactional_id: String,
     topic: String,
     spec: ModelSpec,
+    shard: Shard,
     chunk_bytes: usize,
     value_encoding: ValueEncoding,
     timeout: Duration,
@@ -103,15 +114,29 @@ pub struct SnapshotProducer {
 }
 
 impl SnapshotProducer {
-    /// Connects and initialises the transactional id `freshet-publisher-<model>`,
-    /// fencing any earlier instance of the model.
+    /// Connects and initialises the transactional id `freshet-publisher-<model>`
+    /// (`freshet-publisher-<model>-shard-<k>` for shard k of a sharded
+    /// model), fencing any earlier instance of the model (or of the shard).
+    /// `shard` is the one whose chain this publishes: [`Shard::SOLE`] for
+    /// an unsharded model; its count must be `spec.shards`.
     pub fn connect(
         kafka: &KafkaConfig,
         config: &PublisherConfig,
         model: &str,
         spec: &ModelSpec,
+        shard: Shard,
     ) -> Result<Self, PublishError> {
-        let transactional_id = format!("freshet-publisher-{model}");
+        if shard.count() != spec.shards {
+            return Err(PublishError::ShardMismatch {
+                shard: shard.index(),
+                count: shard.count(),
+                shards: spec.shards,
+            });
+        }
+        let transactional_id = match shard.is_sharded() {
+            false => format!("freshet-publisher-{model}"),
+            true => format!("freshet-publisher-{model}-shard-{}", shard.index()),
+        };
         let mut client = kafka.client();
         for (key, value) in &config.kafka {
             client.set(key, value);
@@ -133,6 +158,7 @@ impl SnapshotProducer {
             transactional_id,
             topic: config.topic_for(model),
             spec: spec.clone(),
+            shard,
             chunk_bytes: config.chunk_bytes,
             value_encoding: config.value_encoding,
             timeout,
@@ -164,6 +190,7 @@ impl SnapshotProducer {
         let context = HeaderContext {
             model: &self.model,
             spec: &self.spec,
+            shard: self.shard.index(),
             created_ms: now_ms(),
             chain_start_offset: chain_start,
             value_encoding: self.value_encoding,

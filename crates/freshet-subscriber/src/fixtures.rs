@@ -19,5 +19,6 @@ pub fn header(version: u64, kind: SnapshotKind, spec: ModelSpec, rows: [u64; 3],
         chain_start_offset: None,
         metrics: SnapshotMetrics::default(),
         rollback_to: None,
+        shard: 0,
     }
 }

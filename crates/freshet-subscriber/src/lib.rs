@@ -31,7 +31,7 @@
 //! let header = SnapshotHeader {
 //!     model: "m".into(), version: 1, kind: SnapshotKind::Full, created_ms: 0, watermark: Watermark::default(),
 //!     spec, globals: [3.0, 0.0], session_gap_ms: 3_600_000, rows: [0, 1, 0], tombstones: 0,
-//!     chain_start_offset: None, metrics: Default::default(), rollback_to: None,
+//!     chain_start_offset: None, metrics: Default::default(), rollback_to: None, shard: 0,
 //! };
 //! let mut builder = Builder::full(&header, None, DEFAULT_CANDIDATES)?;
 //! builder.apply(&SnapshotChunk { version: 1, index: 0, rows: vec![item], tombstones: vec![] })?;

@@ -324,6 +324,15 @@ impl Builder {
     /// the new version shares every unchanged page with it.
     pub fn full(header: &SnapshotHeader, base: Option<&ServingModel>, candidates: usize) -> Result<Self, ApplyError> {
         header.spec.check().map_err(|error| ApplyError::Spec(error.to_string()))?;
+        if header.spec.shards > 1 {
+            // One chain holds one shard's rows: serving it alone would score
+            // every other shard's users and items as unknown.
+            return Err(ApplyError::Spec(format!(
+                "model.shards = {}: this chain holds shard {} only, and following every shard's chain is not \
+                 built yet (docs/scaling.md)",
+                header.spec.shards, header.shard
+            )));
+        }
         let (model, seen) = match base.filter(|base| base.spec == header.spec) {
             Some(base) => (ServingModel { candidates: candidates.max(1), ..base.clone() }, Some(Default::default())),
             None => {
@@ -524,7 +533,7 @@ mod tests {
 
     /// A range wide enough that no score below is clipped.
     fn spec() -> ModelSpec {
-        ModelSpec { dim: 8, rating_min: 1.0, rating_max: 10.0, context_features: true }
+        ModelSpec { dim: 8, rating_min: 1.0, rating_max: 10.0, context_features: true, shards: 1 }
     }
 
     /// A row of `spec()`: users `[b_rating, b_click, c, o, p…]`, others `[b_rating, b_click, v…]`.
@@ -630,6 +639,14 @@ mod tests {
         assert_eq!(ids(model.top_k(Head::Rating, "alice", 5, &ScoreContext::none(), &exclude)), ["a", "b"]);
         assert_eq!(ids(model.top_k(Head::Rating, "stranger", 2, &ScoreContext::none(), &HashSet::new())), ["b", "a"]);
         assert!(model.top_k(Head::Rating, "alice", 0, &ScoreContext::none(), &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn one_shards_chain_of_a_sharded_model_is_refused_not_served_as_the_model() {
+        let mut sharded = header(1, SnapshotKind::Full, ModelSpec { shards: 2, ..spec() }, [0, 0, 0], 0);
+        sharded.shard = 1;
+        let error = Builder::full(&sharded, None, DEFAULT_CANDIDATES).map(|_| ()).expect_err("refused");
+        assert!(matches!(&error, ApplyError::Spec(message) if message.contains("model.shards = 2")), "{error}");
     }
 
     #[test]

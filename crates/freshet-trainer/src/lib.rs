@@ -63,17 +63,19 @@ mod optimizer;
 pub mod report;
 mod restore;
 mod row_index;
+mod simulation;
 mod state;
 mod table;
 mod trainer;
 
 pub use config::{Algorithm, LrScheduleConfig, TrainerConfig};
 pub use lr_schedule::PlateauSchedule;
-pub use metrics::{ClickStats, MetricsReading, ProgressiveMetrics, RatingStats};
+pub use metrics::{ClickStats, MetricsReading, ProgressiveMetrics, RatingStats, cumulative_of};
 pub use report::{BatchReport, Counters, TableCounters};
 pub use restore::Restorer;
+pub use simulation::{ShardSimulation, SimulationTraffic};
 pub use state::{
     DenseState, GlobalParams, PendingAdmission, Removal, RowRef, RowState, StateChanges, StateError, Tombstone,
     TrainerState,
 };
-pub use trainer::Trainer;
+pub use trainer::{GradientsError, ReplicaError, Trainer};

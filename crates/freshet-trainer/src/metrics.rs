@@ -118,6 +118,40 @@ impl ProgressiveMetrics {
     }
 }
 
+/// The cumulative figures of several progressive metrics taken together,
+/// as if one had scored every event they scored (the shards of a model):
+/// the sums and the AUC bins are added, so the result is exact.
+pub fn cumulative_of<'a>(parts: impl IntoIterator<Item = &'a ProgressiveMetrics>) -> (RatingStats, ClickStats) {
+    let (mut count, mut sum_sq, mut sum_abs) = (0u64, 0.0f64, 0.0f64);
+    let (mut clicks, mut logloss) = (0u64, 0.0f64);
+    let (mut positives, mut negatives) = (vec![0u64; AUC_BINS], vec![0u64; AUC_BINS]);
+    for part in parts {
+        let rating = &part.rating;
+        count += rating.count;
+        sum_sq += rating.sum_sq;
+        sum_abs += rating.sum_abs;
+        let span = &part.click.cumulative;
+        clicks += span.count;
+        logloss += span.logloss;
+        for (total, tree) in [(&mut positives, &span.auc.positives), (&mut negatives, &span.auc.negatives)] {
+            total.iter_mut().zip(tree.counts()).for_each(|(t, n)| *t += n);
+        }
+    }
+    // 2 per (positive, negative) pair the positive wins, 1 per pair sharing a bin.
+    let (mut twice_pairs, mut negatives_below) = (0u128, 0u128);
+    for (&p, &n) in positives.iter().zip(&negatives) {
+        twice_pairs += u128::from(p) * (2 * negatives_below + u128::from(n));
+        negatives_below += u128::from(n);
+    }
+    let pairs = u128::from(positives.iter().sum::<u64>()) * negatives_below;
+    let click = ClickStats {
+        count: clicks,
+        logloss: (clicks > 0).then(|| logloss.max(0.0) / clicks as f64),
+        auc: (pairs > 0).then(|| twice_pairs as f64 / (2.0 * pairs as f64)),
+    };
+    (error_stats(count, sum_sq, sum_abs), click)
+}
+
 impl ProgressiveMetrics {
     /// Writes the running sums field by field (see docs/checkpoint.md).
     pub fn write_record(&self, w: &mut RecordWriter) {
@@ -564,6 +598,34 @@ mod tests {
         }
         let auc = m.snapshot().click_cumulative.auc.expect("both classes");
         assert!((auc - exact_auc(&samples)).abs() < 1e-9, "{auc}");
+    }
+
+    #[test]
+    fn metrics_taken_together_equal_one_that_saw_every_event() {
+        let samples: Vec<(f32, bool, f32)> = (0..600)
+            .map(|i| (((i * 37) % 101) as f32 * 0.1 - 5.0, (i * 13) % 7 < 3, ((i * 11) % 9) as f32 * 0.5))
+            .collect();
+        let mut whole = ProgressiveMetrics::new(50);
+        let mut parts = [ProgressiveMetrics::new(50), ProgressiveMetrics::new(50), ProgressiveMetrics::new(50)];
+        for (i, &(s, y, rating)) in samples.iter().enumerate() {
+            for m in [&mut whole, &mut parts[(i * 7) % 3]] {
+                m.record(Head::Click, s, crate::heads::sigmoid(s), if y { 1.0 } else { 0.0 });
+                m.record(Head::Rating, 0.0, 3.0, rating);
+            }
+        }
+        let (rating, click) = cumulative_of(&parts);
+        let want = whole.snapshot();
+        assert_eq!(rating.count, want.rating_cumulative.count);
+        assert!((rating.rmse.expect("events") - want.rating_cumulative.rmse.expect("events")).abs() < 1e-12);
+        assert!((rating.mae.expect("events") - want.rating_cumulative.mae.expect("events")).abs() < 1e-12);
+        assert_eq!(click.count, want.click_cumulative.count);
+        assert!((click.auc.expect("both") - want.click_cumulative.auc.expect("both")).abs() < 1e-12);
+        assert!(
+            (click.auc.expect("both") - exact_auc(&samples.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>())).abs()
+                < 1e-9
+        );
+        assert!((click.logloss.expect("events") - want.click_cumulative.logloss.expect("events")).abs() < 1e-9);
+        assert_eq!(cumulative_of([]).0.rmse, None);
     }
 
     #[test]

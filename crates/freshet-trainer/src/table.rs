@@ -3,6 +3,10 @@
 //! per-row step and update counters and last-update time, a 64-bit key → row
 //! map, and the record of what changed since the last drain. Removing a row
 //! moves the last row into its place, so the arena stays dense.
+//!
+//! In a sharded model a table also holds replica rows: rows another shard
+//! owns, kept to score with and never stepped, changed, expired, evicted,
+//! exported or counted here (their owner does all that).
 
 use freshet_core::score::session_active;
 use freshet_core::snapshot::TableColumns;
@@ -47,6 +51,10 @@ pub(crate) struct Table {
     arena: Arena,
     meta: Vec<RowMeta>,
     dirty: BitSet,
+    /// Whether each row is a replica of a row another shard owns.
+    replica: BitSet,
+    /// How many rows are replicas.
+    replicas: usize,
     ids: Vec<Box<str>>,
     index: RowIndex,
     dirty_keys: Vec<u64>,
@@ -67,6 +75,8 @@ impl Table {
             arena: Arena::default(),
             meta: Vec::new(),
             dirty: BitSet::default(),
+            replica: BitSet::default(),
+            replicas: 0,
             ids: Vec::new(),
             index: RowIndex::default(),
             dirty_keys: Vec::new(),
@@ -80,9 +90,60 @@ impl Table {
         self.scalars
     }
 
-    /// Number of rows.
+    /// Number of rows, replicas included.
     pub(crate) fn len(&self) -> usize {
         self.meta.len()
+    }
+
+    /// Number of rows this shard owns (all of them, unsharded).
+    pub(crate) fn owned_len(&self) -> usize {
+        self.meta.len() - self.replicas
+    }
+
+    /// Whether a row is a replica of a row another shard owns.
+    #[inline]
+    pub(crate) fn is_replica(&self, row: u32) -> bool {
+        self.replicas > 0 && self.replica.get(row as usize)
+    }
+
+    /// Adds a replica row for `key` (which must not have a row) filled by
+    /// `init`, not marked changed: a row another shard owns, provisional
+    /// until its owner's values replace it ([`Table::set_replica`]).
+    pub(crate) fn insert_replica(&mut self, key: u64, id: &str, now_ms: i64, init: impl FnOnce(&mut [f32])) -> u32 {
+        let row = self.push_row(key, id);
+        let start = row as usize * self.stride;
+        init(&mut self.arena[start..start + self.width]);
+        self.meta[row as usize].last_update = now_ms;
+        self.replica.replace(row as usize, true);
+        self.replicas += 1;
+        row
+    }
+
+    /// Sets a replica row to its owner's `values` (a row's width), adding it
+    /// if `key` has no row; returns false (changing nothing) if `key` has a
+    /// row of this shard's own.
+    pub(crate) fn set_replica(&mut self, key: u64, id: Option<&str>, updated_ms: i64, values: &[f32]) -> bool {
+        debug_assert_eq!(values.len(), self.width);
+        let row = match self.get(key) {
+            Some(row) if !self.is_replica(row) => return false,
+            Some(row) => row,
+            None => self.insert_replica(key, id.unwrap_or_default(), updated_ms, |_| {}),
+        };
+        self.row_mut(row).params.copy_from_slice(values);
+        self.meta[row as usize].last_update = updated_ms;
+        true
+    }
+
+    /// Removes the replica row of `key`, if it has one (a row of this
+    /// shard's own stays); returns whether it did.
+    pub(crate) fn remove_replica(&mut self, key: u64) -> bool {
+        match self.get(key) {
+            Some(row) if self.is_replica(row) => {
+                self.remove(row, Removal::Evicted);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The row of `key`, if it has one.
@@ -143,6 +204,7 @@ impl Table {
         self.arena.push_zeros(self.stride);
         self.meta.push(RowMeta { key, updates: 0, last_update: 0, steps: 0, slot: NO_SLOT });
         self.dirty.push(false);
+        self.replica.push(false);
         row
     }
 
@@ -171,6 +233,22 @@ impl Table {
         let (params, moments) = floats.split_at_mut(self.width);
         let (m, v) = if self.moments >= 2 { moments.split_at_mut(self.width) } else { (&mut [][..], moments) };
         RowMut { scalars: self.scalars, params, m, v }
+    }
+
+    /// The key of a row.
+    #[inline]
+    pub(crate) fn key(&self, row: u32) -> u64 {
+        self.meta[row as usize].key
+    }
+
+    /// The id of a row, for a table that keeps ids (else empty).
+    pub(crate) fn id_of(&self, row: u32) -> &str {
+        self.ids.get(row as usize).map_or("", |id| id)
+    }
+
+    /// The table's kind.
+    pub(crate) fn kind(&self) -> TableKind {
+        self.kind
     }
 
     /// Optimizer steps taken by a row.
@@ -243,18 +321,25 @@ impl Table {
         }
     }
 
-    /// Removes a row (the last row takes its place) and records a tombstone.
+    /// Removes a row (the last row takes its place) and records a tombstone
+    /// (not for a replica: its owner records its removal).
     fn remove(&mut self, row: u32, cause: Removal) {
         let r = row as usize;
         let last = self.len() - 1;
         let key = self.meta[r].key;
         self.index.remove(key);
-        self.tombstones.insert(key, cause);
+        if self.is_replica(row) {
+            self.replicas -= 1;
+        } else {
+            self.tombstones.insert(key, cause);
+        }
         if r != last {
             self.index.insert(self.meta[last].key, row);
             self.meta[r] = self.meta[last];
             let moved = self.dirty.get(last);
             self.dirty.replace(r, moved);
+            let moved = self.replica.get(last);
+            self.replica.replace(r, moved);
             if self.kind.keeps_ids() {
                 self.ids.swap(r, last);
             }
@@ -262,6 +347,7 @@ impl Table {
         }
         self.meta.truncate(last);
         self.dirty.truncate(last);
+        self.replica.truncate(last);
         self.ids.truncate(if self.kind.keeps_ids() { last } else { 0 });
         self.arena.truncate(last * self.stride);
     }
@@ -275,22 +361,32 @@ impl Table {
         rows.len()
     }
 
-    /// Removes rows last updated before `cutoff_ms`; returns how many.
+    /// The rows this shard owns, in arena order.
+    fn owned_rows(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len() as u32).filter(|&row| !self.is_replica(row))
+    }
+
+    /// Removes owned rows last updated before `cutoff_ms`; returns how many.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) -> usize {
         let stale: Vec<u32> =
-            (0..self.len() as u32).filter(|&row| self.meta[row as usize].last_update < cutoff_ms).collect();
+            self.owned_rows().filter(|&row| self.meta[row as usize].last_update < cutoff_ms).collect();
         self.remove_rows(stale, Removal::Expired)
     }
 
-    /// Evicts the least recently updated rows (ties: lower key first) until
-    /// `target` rows remain; returns how many left.
+    /// Evicts the least recently updated owned rows (ties: lower key first)
+    /// until `target` owned rows remain; returns how many left.
     pub(crate) fn evict_to(&mut self, target: usize) -> usize {
-        let excess = self.len().saturating_sub(target);
+        let excess = self.owned_len().saturating_sub(target);
         if excess == 0 {
             return 0;
         }
-        let mut order: Vec<(i64, u64, u32)> =
-            self.meta.iter().zip(0..).map(|(meta, row)| (meta.last_update, meta.key, row)).collect();
+        let mut order: Vec<(i64, u64, u32)> = self
+            .owned_rows()
+            .map(|row| {
+                let meta = &self.meta[row as usize];
+                (meta.last_update, meta.key, row)
+            })
+            .collect();
         order.select_nth_unstable(excess - 1);
         let victims = order[..excess].iter().map(|&(_, _, row)| row).collect();
         self.remove_rows(victims, Removal::Evicted)
@@ -339,17 +435,20 @@ impl Table {
         tombstones.extend(removed);
     }
 
-    /// Appends the state of every row, sorted by key.
+    /// Appends the state of every owned row, sorted by key.
     pub(crate) fn export(&self, rows: &mut Vec<RowState>) {
         let start = rows.len();
-        rows.extend((0..self.len() as u32).map(|row| self.row_state(row)));
+        rows.extend(self.owned_rows().map(|row| self.row_state(row)));
         rows[start..].sort_unstable_by_key(|row| row.key);
     }
 
-    /// Every row's parameters as columns, in arena order: bulk copies of
-    /// the keys, update times, ids and the parameter floats of each row
+    /// Every owned row's parameters as columns, in arena order: bulk copies
+    /// of the keys, update times, ids and the parameter floats of each row
     /// (not its optimizer moments).
     pub(crate) fn param_columns(&self) -> TableColumns {
+        if self.replicas > 0 {
+            return self.owned_param_columns();
+        }
         let mut values = Vec::with_capacity(self.len() * self.width);
         for row in 0..self.len() as u32 {
             values.extend_from_slice(self.params(row));
@@ -364,7 +463,26 @@ impl Table {
         }
     }
 
-    /// Every row's `[scalars..., factors...]`, one row per table row, in arena
+    /// [`Table::param_columns`] of a table holding replicas: row by row.
+    fn owned_param_columns(&self) -> TableColumns {
+        let rows: Vec<u32> = self.owned_rows().collect();
+        let mut values = Vec::with_capacity(rows.len() * self.width);
+        rows.iter().for_each(|&row| values.extend_from_slice(self.params(row)));
+        TableColumns {
+            table: self.kind,
+            width: self.width,
+            keys: rows.iter().map(|&row| self.meta[row as usize].key).collect(),
+            updated_ms: rows.iter().map(|&row| self.meta[row as usize].last_update).collect(),
+            ids: if self.kind.keeps_ids() {
+                rows.iter().map(|&row| self.ids[row as usize].clone()).collect()
+            } else {
+                Vec::new()
+            },
+            values,
+        }
+    }
+
+    /// Every row's `[scalars..., factors...]` (replicas included), one row per table row, in arena
     /// order (which changes as rows are removed; see [`Table::keys`]). A
     /// strided view into the arena: no copy.
     pub(crate) fn params_view(&self) -> ArrayView2<'_, f32> {
@@ -378,7 +496,7 @@ impl Table {
         self.meta.iter().map(|meta| meta.key).collect()
     }
 
-    /// Sum of the rows' update counters.
+    /// Sum of the owned rows' update counters (a replica's is always 0).
     pub(crate) fn update_count_sum(&self) -> u64 {
         self.meta.iter().map(|meta| meta.updates).sum()
     }

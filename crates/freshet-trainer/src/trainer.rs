@@ -13,7 +13,9 @@
 use freshet_core::id_hash::hash_feature_with;
 use freshet_core::kernels::axpy;
 use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
-use freshet_core::{ConfigError, Features, Feedback, Head, ModelSpec, RowLayout, TableKind, hash_feature, hash_id};
+use freshet_core::{
+    ConfigError, Features, Feedback, Head, ModelSpec, RowLayout, Shard, TableKind, hash_feature, hash_id,
+};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
@@ -28,6 +30,10 @@ use crate::state::{GlobalParams, Removal, RowState, Tombstone};
 use crate::table::{NO_SLOT, Table};
 
 mod handoff;
+mod shard;
+
+use shard::Outbox;
+pub use shard::{GradientsError, ReplicaError};
 
 /// The online model and its optimizer. See the crate documentation.
 #[derive(Debug, Clone)]
@@ -46,6 +52,10 @@ pub struct Trainer {
     clock_ms: i64,
     last_sweep_ms: i64,
     scratch: Scratch,
+    /// Which rows this trainer owns (all of them, unsharded).
+    shard: Shard,
+    /// Gradient sums of rows other shards own, until taken.
+    outbox: Outbox,
 }
 
 /// Per-table gradient sums of the current step, one slot per touched row
@@ -69,6 +79,24 @@ impl GradSums {
     #[inline]
     fn add(&mut self, table: &mut Table, row: u32, head: Head, bias_d: f32, d: f32, x: Option<&[f32]>) -> &mut [f32] {
         let scalars = table.scalars();
+        let g = self.sum_of(table, row, 1);
+        g[RowLayout::bias(head)] += bias_d;
+        if let Some(x) = x {
+            axpy(d, x, &mut g[scalars..]);
+        }
+        g
+    }
+
+    /// Adds a sum of `events` events' gradients (a row's width) to `row` of `table`.
+    fn add_sum(&mut self, table: &mut Table, row: u32, grad: &[f32], events: u32) {
+        self.sum_of(table, row, events).iter_mut().zip(grad).for_each(|(g, &x)| *g += x);
+    }
+
+    /// The gradient sum of `row` of `table` in this step (a new one of
+    /// zeros if the step has not touched the row), its event count grown
+    /// by `events`.
+    #[inline]
+    fn sum_of(&mut self, table: &mut Table, row: u32, events: u32) -> &mut [f32] {
         let slot = table.slot_mut(row);
         if *slot == NO_SLOT {
             *slot = self.rows.len() as u32;
@@ -77,13 +105,8 @@ impl GradSums {
             self.grads.resize(self.grads.len() + self.width, 0.0);
         }
         let s = *slot as usize;
-        self.counts[s] += 1;
-        let g = &mut self.grads[s * self.width..(s + 1) * self.width];
-        g[RowLayout::bias(head)] += bias_d;
-        if let Some(x) = x {
-            axpy(d, x, &mut g[scalars..]);
-        }
-        g
+        self.counts[s] += events;
+        &mut self.grads[s * self.width..(s + 1) * self.width]
     }
 
     /// Forgets the sums, freeing the rows' slots in `table`.
@@ -168,8 +191,25 @@ impl<'a> Observation<'a> {
 impl Trainer {
     /// A fresh model: no rows, global biases at their initial values.
     pub fn new(spec: ModelSpec, config: TrainerConfig) -> Result<Self, ConfigError> {
+        Self::new_shard(spec, config, Shard::SOLE)
+    }
+
+    /// A fresh shard of a sharded model (see [`freshet_core::shard`]): it
+    /// trains the events of the users it owns (the caller routes them by
+    /// [`freshet_core::shard_of`] of the user's key), steps the rows it owns,
+    /// scores with replicas of the others' item and feature rows
+    /// ([`Trainer::apply_replica`]) and sums their gradients for their
+    /// owners ([`Trainer::take_gradients`], [`Trainer::apply_gradients`]).
+    /// `shard` must be one of the spec's: its count is `spec.shards`.
+    pub fn new_shard(spec: ModelSpec, config: TrainerConfig, shard: Shard) -> Result<Self, ConfigError> {
         spec.check()?;
         config.check()?;
+        if shard.count() != spec.shards {
+            return Err(ConfigError::new(
+                "model.shards",
+                format!("is {}, but this trainer is shard {} of {}", spec.shards, shard.index(), shard.count()),
+            ));
+        }
         let optimizer = Optimizer::new(&config);
         let moments = optimizer.moments();
         let globals = GlobalParams {
@@ -192,6 +232,8 @@ impl Trainer {
             clock_ms: 0,
             last_sweep_ms: 0,
             scratch: Scratch { user_vec: vec![0.0; spec.dim], ..Scratch::default() },
+            outbox: Outbox::new(&spec, shard),
+            shard,
             spec,
             config,
         })
@@ -262,6 +304,12 @@ impl Trainer {
         self.metrics.snapshot()
     }
 
+    /// The progressive metrics' running sums (to take several shards'
+    /// together: [`crate::cumulative_of`]).
+    pub fn progressive_metrics(&self) -> &ProgressiveMetrics {
+        &self.metrics
+    }
+
     /// Running counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -288,9 +336,20 @@ impl Trainer {
         self.schedule.scale()
     }
 
-    /// Rows in a table.
+    /// Rows in a table that this trainer owns (all of them, unsharded).
     pub fn rows(&self, kind: TableKind) -> usize {
-        self.tables[kind.index()].len()
+        self.tables[kind.index()].owned_len()
+    }
+
+    /// Replica rows in a table: rows other shards own, kept to score with.
+    pub fn replica_rows(&self, kind: TableKind) -> usize {
+        let table = &self.tables[kind.index()];
+        table.len() - table.owned_len()
+    }
+
+    /// Which rows this trainer owns.
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     /// Ids of a table being counted towards admission.
@@ -429,6 +488,9 @@ impl Trainer {
     }
 
     /// The row of `key`, admitting it if this sighting reaches `min_count`.
+    /// A row another shard owns that has no replica here yet is admitted as
+    /// a provisional replica from the initial values its owner gives it when
+    /// the row's first gradient arrives there.
     fn resolve(&mut self, kind: TableKind, key: u64, id: &str) -> Option<u32> {
         let k = kind.index();
         if let Some(row) = self.tables[k].get(key) {
@@ -440,21 +502,29 @@ impl Trainer {
         if !admitted {
             return None;
         }
-        counters.admitted += 1;
         let (seed, std) = (self.config.seed, self.config.init_std);
-        Some(self.tables[k].insert(key, id, self.clock_ms, |row| init_row(seed, kind, key, std, row)))
+        let init = |row: &mut [f32]| init_row(seed, kind, key, std, row);
+        if kind != TableKind::User && !self.shard.owns(key) {
+            return Some(self.tables[k].insert_replica(key, id, self.clock_ms, init));
+        }
+        counters.admitted += 1;
+        Some(self.tables[k].insert(key, id, self.clock_ms, init))
     }
 
     /// One optimizer step per touched row and per head that saw events.
     fn apply_step(&mut self) {
         let lr_scale = self.schedule.scale();
         let clock = self.clock_ms;
-        let Trainer { tables, sums, optimizer, scratch, counters, globals, global_sums, .. } = self;
+        let Trainer { tables, sums, optimizer, scratch, counters, globals, global_sums, shard, outbox, .. } = self;
         for (table, sums) in tables.iter_mut().zip(sums.iter_mut()) {
             let width = sums.width;
             for (slot, &row) in sums.rows.iter().enumerate() {
                 let grad = &sums.grads[slot * width..(slot + 1) * width];
                 let count = sums.counts[slot];
+                if table.is_replica(row) {
+                    outbox.add(table, row, grad, count);
+                    continue;
+                }
                 let input =
                     StepInput { count, step: table.steps(row).saturating_add(1), prior_updates: table.updates(row) };
                 if optimizer.step(table.row_mut(row), grad, input, lr_scale, Penalty::L2, &mut scratch.step) {
@@ -469,6 +539,10 @@ impl Trainer {
         for h in Head::ALL.map(Head::index) {
             let count = global_sums.counts[h];
             if count == 0 {
+                continue;
+            }
+            if !shard.owns_globals() {
+                outbox.add_global(h, global_sums.grads[h], count);
                 continue;
             }
             let row = RowMut {
@@ -506,7 +580,7 @@ impl Trainer {
         if let Some(budget) = self.config.max_rows {
             for kind in TableKind::ALL {
                 let table = &mut self.tables[kind.index()];
-                if table.len() > budget {
+                if table.owned_len() > budget {
                     let evicted = table.evict_to(budget - budget / 16);
                     self.counters.table_mut(kind).evicted += evicted as u64;
                 }

@@ -7,7 +7,7 @@ use freshet_core::{Head, ModelSpec, TableKind};
 use freshet_trainer::{Algorithm, Removal, Tombstone, Trainer, TrainerConfig, TrainerState};
 
 fn spec() -> ModelSpec {
-    ModelSpec { dim: 16, rating_min: 1.0, rating_max: 5.0, context_features: true }
+    ModelSpec { dim: 16, rating_min: 1.0, rating_max: 5.0, context_features: true, shards: 1 }
 }
 
 fn stream(cfg: SynthConfig, n: usize) -> Vec<Feedback> {

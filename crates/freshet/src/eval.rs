@@ -2,7 +2,8 @@
 //! the synthetic stream, straight into the trainer — no Kafka. Events are
 //! replayed in timestamp order (stable: ties keep file order, ratings before
 //! clicks); each micro-batch is scored before it is trained on. File layouts
-//! are described in [`dataset`].
+//! are described in [`dataset`]. With `--shards S` the replay goes through a
+//! simulated sharded model ([`ShardSimulation`]) instead of one trainer.
 
 mod dataset;
 
@@ -13,7 +14,7 @@ use anyhow::{Context as _, bail};
 use freshet_core::Feedback;
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{ModelSpec, TableKind};
-use freshet_trainer::{Trainer, TrainerConfig};
+use freshet_trainer::{ClickStats, Counters, RatingStats, ShardSimulation, SimulationTraffic, TrainerConfig};
 
 use crate::progress;
 use dataset::{Loaded, RatingRange, RatingsFormat};
@@ -60,6 +61,15 @@ pub struct EvalArgs {
     /// `[trainer]` table), e.g. '{"learning_rate": 0.02}'.
     #[arg(long, value_name = "JSON")]
     trainer: Option<String>,
+    /// Simulate the model sharded over S shards (in this one process,
+    /// deterministically): events routed by user, gradients for rows owned
+    /// elsewhere sent to their owners, replicas of the others' rows.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    shards: u32,
+    /// With --shards: event time (ms) between two exchanges of gradients and
+    /// replica rows; 0 exchanges after every micro-batch.
+    #[arg(long, value_name = "T", default_value_t = 1_000)]
+    staleness_ms: i64,
     /// Print one JSON object on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -77,7 +87,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
-    let spec = ModelSpec { dim: args.dim.unwrap_or(ModelSpec::default().dim), ..ModelSpec::default() };
+    if !(1..=freshet_core::shard::MAX_SHARDS).contains(&args.shards) {
+        bail!("--shards must be between 1 and {}", freshet_core::shard::MAX_SHARDS);
+    }
+    if args.staleness_ms < 0 {
+        bail!("--staleness-ms must not be negative");
+    }
+    let spec =
+        ModelSpec { dim: args.dim.unwrap_or(ModelSpec::default().dim), shards: args.shards, ..ModelSpec::default() };
     spec.check()?;
     let config: TrainerConfig = match &args.trainer {
         Some(json) => serde_json::from_str(json).context("--trainer is not a valid trainer configuration")?,
@@ -97,15 +114,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         dataset::write_csv(path, &events, true)?;
     }
 
-    let mut trainer = Trainer::new(spec, config)?;
+    let mut sim = ShardSimulation::new(spec, config, args.batch, args.staleness_ms)?;
     let bar = progress::bar(events.len() as u64, "events");
     let train_start = Instant::now();
-    for (i, batch) in events.chunks(args.batch).enumerate() {
-        trainer.train_batch(batch);
-        if i % 256 == 0 {
-            bar.set_position((i * args.batch) as u64);
+    for (i, event) in events.iter().enumerate() {
+        sim.push(event);
+        if i % 65_536 == 0 {
+            bar.set_position(i as u64);
         }
     }
+    sim.finish();
     let train_s = train_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -115,7 +133,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         load_s,
         train_s,
         batch: args.batch,
-        trainer: &trainer,
+        staleness_ms: args.staleness_ms,
+        sim: &sim,
     };
     if args.json {
         println!("{}", summary.json());
@@ -195,7 +214,17 @@ struct Summary<'a> {
     load_s: f64,
     train_s: f64,
     batch: usize,
-    trainer: &'a Trainer,
+    staleness_ms: i64,
+    sim: &'a ShardSimulation,
+}
+
+/// The progressive figures of a replay: cumulative over every shard, and
+/// over the sliding window for an unsharded model (windows of several
+/// shards cover different events and do not add up).
+struct Figures {
+    rating: RatingStats,
+    click: ClickStats,
+    window: Option<(RatingStats, ClickStats)>,
 }
 
 impl Summary<'_> {
@@ -203,68 +232,120 @@ impl Summary<'_> {
         self.events as f64 / self.train_s.max(1e-9)
     }
 
+    fn shards(&self) -> &[freshet_trainer::Trainer] {
+        self.sim.shards()
+    }
+
+    fn figures(&self) -> Figures {
+        let (rating, click) = self.sim.metrics();
+        let window = match self.shards() {
+            [one] => Some((one.metrics().rating_window, one.metrics().click_window)),
+            _ => None,
+        };
+        Figures { rating, click, window }
+    }
+
+    /// A counter summed over the shards.
+    fn count(&self, counter: fn(&Counters) -> u64) -> u64 {
+        self.shards().iter().map(|t| counter(t.counters())).sum()
+    }
+
+    /// Rows of a table, each counted at its owner.
+    fn rows(&self, kind: TableKind) -> usize {
+        self.shards().iter().map(|t| t.rows(kind)).sum()
+    }
+
+    fn dim(&self) -> usize {
+        self.shards()[0].spec().dim
+    }
+
     fn json(&self) -> serde_json::Value {
-        let m = self.trainer.metrics();
-        let c = self.trainer.counters();
+        let f = self.figures();
+        let window = f.window.map(|(rating, click)| {
+            serde_json::json!({
+                "rmse": rating.rmse,
+                "mae": rating.mae,
+                "logloss": click.logloss,
+                "auc": click.auc,
+            })
+        });
+        let SimulationTraffic { syncs, gradient_messages, gradient_rows, replica_rows } = self.sim.traffic();
         serde_json::json!({
             "events": self.events,
-            "ratings": c.ratings,
-            "clicks": c.clicks,
+            "ratings": self.count(|c| c.ratings),
+            "clicks": self.count(|c| c.clicks),
             "malformed": self.malformed,
-            "rmse": m.rating_cumulative.rmse,
-            "mae": m.rating_cumulative.mae,
-            "logloss": m.click_cumulative.logloss,
-            "auc": m.click_cumulative.auc,
-            "window": {
-                "rmse": m.rating_window.rmse,
-                "mae": m.rating_window.mae,
-                "logloss": m.click_window.logloss,
-                "auc": m.click_window.auc,
-            },
+            "rmse": f.rating.rmse,
+            "mae": f.rating.mae,
+            "logloss": f.click.logloss,
+            "auc": f.click.auc,
+            "window": window,
             "events_per_s": self.events_per_s(),
             "train_s": self.train_s,
             "load_s": self.load_s,
-            "dim": self.trainer.spec().dim,
+            "dim": self.dim(),
             "batch": self.batch,
-            "rows": {
-                "users": self.trainer.rows(TableKind::User),
-                "items": self.trainer.rows(TableKind::Item),
-                "features": self.trainer.rows(TableKind::Feature),
+            "shards": self.shards().len(),
+            "staleness_ms": self.staleness_ms,
+            "traffic": {
+                "syncs": syncs,
+                "gradient_messages": gradient_messages,
+                "gradient_rows": gradient_rows,
+                "replica_rows": replica_rows,
             },
-            "nonfinite_skipped": c.nonfinite_skipped,
-            "sessions_restarted": c.sessions_restarted,
+            "rows": {
+                "users": self.rows(TableKind::User),
+                "items": self.rows(TableKind::Item),
+                "features": self.rows(TableKind::Feature),
+            },
+            "nonfinite_skipped": self.count(|c| c.nonfinite_skipped),
+            "sessions_restarted": self.count(|c| c.sessions_restarted),
         })
     }
 
     fn text(&self) -> String {
-        let m = self.trainer.metrics();
-        let c = self.trainer.counters();
+        let f = self.figures();
         let num = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
-        format!(
+        let (rating_window, click_window) = match f.window {
+            Some((r, c)) => (
+                format!("   (last {} in window: RMSE {}  MAE {})", r.count, num(r.rmse), num(r.mae)),
+                format!("   (last {} in window: log loss {}  AUC {})", c.count, num(c.logloss), num(c.auc)),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut text = format!(
             "events       {} ({} ratings, {} clicks; {} malformed lines skipped)\n\
-             ratings      RMSE {}  MAE {}   (last {} in window: RMSE {}  MAE {})\n\
-             clicks       log loss {}  AUC {}   (last {} in window: log loss {}  AUC {})\n\
+             ratings      RMSE {}  MAE {}{rating_window}\n\
+             clicks       log loss {}  AUC {}{click_window}\n\
              throughput   {:.0} events/s training (dim {}, batch {}); {:.2} s training, {:.2} s loading\n",
             self.events,
-            c.ratings,
-            c.clicks,
+            self.count(|c| c.ratings),
+            self.count(|c| c.clicks),
             self.malformed,
-            num(m.rating_cumulative.rmse),
-            num(m.rating_cumulative.mae),
-            m.rating_window.count,
-            num(m.rating_window.rmse),
-            num(m.rating_window.mae),
-            num(m.click_cumulative.logloss),
-            num(m.click_cumulative.auc),
-            m.click_window.count,
-            num(m.click_window.logloss),
-            num(m.click_window.auc),
+            num(f.rating.rmse),
+            num(f.rating.mae),
+            num(f.click.logloss),
+            num(f.click.auc),
             self.events_per_s(),
-            self.trainer.spec().dim,
+            self.dim(),
             self.batch,
             self.train_s,
             self.load_s,
-        )
+        );
+        if self.shards().len() > 1 {
+            let t = self.sim.traffic();
+            text.push_str(&format!(
+                "shards       {} simulated in one process, exchanging every {} ms of event time: \
+                 {} exchanges, {} gradient messages ({} rows), {} replica rows set\n",
+                self.shards().len(),
+                self.staleness_ms,
+                t.syncs,
+                t.gradient_messages,
+                t.gradient_rows,
+                t.replica_rows,
+            ));
+        }
+        text
     }
 }
 

@@ -137,6 +137,13 @@ fn run_check_validates_the_configuration_and_names_bad_keys() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("checkpoint.interval_ms"));
 
+    // A sharded model is refused at start, naming the key, until sharded runs exist.
+    let sharded = work.path().join("sharded.toml");
+    std::fs::write(&sharded, "[model]\nshards = 2\n").expect("write");
+    let output = Command::new(BIN).args(["run", "--check", "--config"]).arg(&sharded).output().expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("model.shards"));
+
     let output =
         Command::new(BIN).args(["run", "--check", "--model", "bad name", "--config"]).arg(&good).output().expect("run");
     assert!(String::from_utf8_lossy(&output.stderr).contains("`name`"));

@@ -28,14 +28,23 @@ fn the_loop_page_charts_the_demo_and_shows_the_numbers_of_metrics() {
     let work = tempfile::tempdir().expect("tempdir");
     let address = format!("127.0.0.1:{}", free_port());
     let demo = Running::spawn(BIN, &["demo", "--rate", "3000", "--listen", &address], work.path(), &[]);
-    let samples = |address: &str| {
+    let history = |address: &str| {
         let (status, body) = get(address, "/loop/history");
-        (status == 200).then(|| serde_json::from_str::<Value>(&body).ok()?["t"].as_array().map(Vec::len)).flatten()
+        (status == 200).then(|| serde_json::from_str::<Value>(&body).ok()).flatten()
+    };
+    // Samples of a series whose key holds every one of `parts`, not null.
+    let filled = |history: &Value, parts: &[&str]| {
+        let series = history["series"].as_object().into_iter().flatten();
+        let matching = series.filter(|(key, _)| parts.iter().all(|part| key.contains(part)));
+        matching.map(|(_, values)| values.as_array().map_or(0, |v| v.iter().filter(|v| !v.is_null()).count())).max()
     };
     let warm = wait_until(WAIT, || {
         metric(&address, "freshet_snapshot_version").is_some_and(|v| v >= 3.0)
-            && samples(&address).is_some_and(|n| n >= 5)
-            && metric(&address, "freshet_progressive_metric").is_some()
+            && history(&address).is_some_and(|h| {
+                h["t"].as_array().is_some_and(|t| t.len() >= 5)
+                    && filled(&h, &["freshet_progressive_metric", "rating", "rmse", "window"]).is_some_and(|n| n >= 3)
+                    && filled(&h, &["freshet_progressive_metric", "click", "logloss", "window"]).is_some_and(|n| n >= 3)
+            })
     });
     assert!(warm, "the demo trained, published and sampled");
 

@@ -58,6 +58,7 @@ impl RunArgs {
 /// Runs `freshet run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    one_shard(&config)?;
     if args.check {
         println!("{}", json!({"ok": true, "config": config.redacted()}));
         return Ok(());
@@ -65,6 +66,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut shutdown = ShutdownSignal::install()?;
     let options = PipelineOptions { create_topics: true, served: None };
     pipeline(&config, options, async move { shutdown.recv().await }).await
+}
+
+/// Refuses a sharded model: `model.shards` is recorded in checkpoints and
+/// snapshots already, but the route and gradient topics that let S
+/// processes train one model are not built yet.
+fn one_shard(config: &FreshetConfig) -> Result<(), freshet_core::ConfigError> {
+    match config.model.shards {
+        1 => Ok(()),
+        shards => Err(freshet_core::ConfigError::new(
+            "model.shards",
+            format!(
+                "is {shards}: training a sharded model over several `freshet run` processes is not built yet \
+                 (docs/scaling.md); `freshet eval --shards` simulates one"
+            ),
+        )),
+    }
 }
 
 /// How [`pipeline`] runs beyond its configuration.
@@ -85,6 +102,7 @@ pub async fn pipeline(
     options: PipelineOptions,
     shutdown: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
+    one_shard(config)?;
     let mut consumer = config.consumer.clone();
     // Static membership: a restarted trainer takes its partitions back at
     // once instead of waiting for its crashed predecessor's session to expire.
@@ -189,8 +207,9 @@ fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> any
     if !settings.enabled {
         return Ok(None);
     }
-    let producer = SnapshotProducer::connect(&config.kafka, settings, &config.name.0, &config.model)
-        .context("connecting the snapshot publisher")?;
+    let producer =
+        SnapshotProducer::connect(&config.kafka, settings, &config.name.0, &config.model, freshet_core::Shard::SOLE)
+            .context("connecting the snapshot publisher")?;
     info!(topic = producer.topic(), "publishing snapshots");
     let policy = FullPolicy {
         every_deltas: settings.full_every_deltas,

@@ -1,0 +1,150 @@
+//! A sharded model simulated in one process, deterministically: what
+//! `freshet eval --shards` replays a data set through, to measure what
+//! sharding costs in quality before any broker is involved.
+//!
+//! Each event goes to the shard of its user ([`freshet_core::shard_of`]);
+//! each shard trains micro-batches of its own events as they fill (so one
+//! shard is exactly `Trainer::train_batch` over chunks of the stream). Every `staleness_ms`
+//! of event time (a live deployment receives events as they happen, so
+//! event time stands for wall time) the shards synchronise: first every
+//! shard's gradients for rows others own are delivered and stepped by their
+//! owners ([`Trainer::apply_gradients`]), then every shard's changed rows
+//! reach the others' replicas ([`Trainer::apply_replica`]). So a change to a
+//! row, local or remote, is scored with elsewhere at most `staleness_ms`
+//! later. In the distributed protocol a remote gradient travels in the
+//! sender's checkpoint transaction and its effect in the owner's next
+//! snapshot: about two checkpoint intervals, so `staleness_ms` models a
+//! deployment checkpointing twice as often. With `staleness_ms = 0` the
+//! shards synchronise after every micro-batch; with micro-batches of one
+//! event that gives the unsharded model bit for bit.
+
+use freshet_core::{ConfigError, Feedback, ModelSpec, Shard, hash_id, shard_of};
+
+use crate::config::TrainerConfig;
+use crate::metrics::{ClickStats, RatingStats, cumulative_of};
+use crate::trainer::Trainer;
+
+/// What crossed between the shards of a [`ShardSimulation`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimulationTraffic {
+    /// Synchronisations.
+    pub syncs: u64,
+    /// Gradient messages delivered (one per sender and owner per sync).
+    pub gradient_messages: u64,
+    /// Row gradients in them.
+    pub gradient_rows: u64,
+    /// Replica rows set or removed, summed over the shards that took them.
+    pub replica_rows: u64,
+}
+
+/// `S` shard trainers of one model, fed in event order. See the module
+/// documentation.
+#[derive(Debug)]
+pub struct ShardSimulation {
+    shards: Vec<Trainer>,
+    pending: Vec<Vec<Feedback>>,
+    batch: usize,
+    staleness_ms: i64,
+    next_sync_ms: Option<i64>,
+    traffic: SimulationTraffic,
+}
+
+impl ShardSimulation {
+    /// `shards` fresh shards of a model, training micro-batches of `batch`
+    /// events and synchronising every `staleness_ms` of event time.
+    pub fn new(spec: ModelSpec, config: TrainerConfig, batch: usize, staleness_ms: i64) -> Result<Self, ConfigError> {
+        if batch == 0 {
+            return Err(ConfigError::new("batch", "must be positive"));
+        }
+        if staleness_ms < 0 {
+            return Err(ConfigError::new("staleness_ms", "must not be negative"));
+        }
+        spec.check()?;
+        let trainers = (0..spec.shards)
+            .map(|index| Trainer::new_shard(spec.clone(), config.clone(), Shard::new(index, spec.shards)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ShardSimulation {
+            pending: trainers.iter().map(|_| Vec::with_capacity(batch)).collect(),
+            shards: trainers,
+            batch,
+            staleness_ms,
+            next_sync_ms: None,
+            traffic: SimulationTraffic::default(),
+        })
+    }
+
+    /// Feeds the next event (events come in time order).
+    pub fn push(&mut self, event: &Feedback) {
+        let ts = event.ts();
+        let due = *self.next_sync_ms.get_or_insert(ts.saturating_add(self.staleness_ms));
+        if self.staleness_ms > 0 && ts >= due {
+            self.exchange();
+            self.next_sync_ms = Some(ts - ts.rem_euclid(self.staleness_ms) + self.staleness_ms);
+        }
+        let shard = shard_of(hash_id(event.user()), self.shards.len() as u32) as usize;
+        self.pending[shard].push(event.clone());
+        if self.pending[shard].len() >= self.batch {
+            self.shards[shard].train_batch(&self.pending[shard]);
+            self.pending[shard].clear();
+            if self.staleness_ms == 0 {
+                self.exchange();
+            }
+        }
+    }
+
+    /// Trains what is pending and synchronises the shards: the state at the
+    /// end of the stream.
+    pub fn finish(&mut self) {
+        for (trainer, pending) in self.shards.iter_mut().zip(&mut self.pending) {
+            if !pending.is_empty() {
+                trainer.train_batch(pending);
+                pending.clear();
+            }
+        }
+        self.exchange();
+    }
+
+    /// The shards.
+    pub fn shards(&self) -> &[Trainer] {
+        &self.shards
+    }
+
+    /// The cumulative progressive metrics of every shard taken together.
+    pub fn metrics(&self) -> (RatingStats, ClickStats) {
+        cumulative_of(self.shards.iter().map(Trainer::progressive_metrics))
+    }
+
+    /// What crossed between the shards so far.
+    pub fn traffic(&self) -> SimulationTraffic {
+        self.traffic
+    }
+
+    /// Gradients to their owners, then changed rows to the replicas (what
+    /// the shards trained so far; batches still filling wait).
+    fn exchange(&mut self) {
+        self.traffic.syncs += 1;
+        if self.shards.len() == 1 {
+            return;
+        }
+        let mut arrived: Vec<Vec<_>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for (owner, gradients) in self.shards.iter_mut().flat_map(Trainer::take_gradients) {
+            self.traffic.gradient_messages += 1;
+            self.traffic.gradient_rows += gradients.tables.iter().map(|t| t.keys.len() as u64).sum::<u64>();
+            arrived[owner as usize].push(gradients);
+        }
+        for (trainer, messages) in self.shards.iter_mut().zip(&arrived) {
+            if !messages.is_empty() {
+                trainer.apply_gradients(messages).expect("a shard's gradients fit its owner");
+            }
+        }
+        let changes: Vec<_> = self.shards.iter_mut().map(Trainer::drain_params).collect();
+        for (from, delta) in changes.iter().enumerate() {
+            for (to, trainer) in self.shards.iter_mut().enumerate() {
+                if to != from {
+                    let changed = trainer.apply_replica(from as u32, delta).expect("a shard's rows fit the model");
+                    self.traffic.replica_rows += changed as u64;
+                }
+            }
+        }
+    }
+}
