@@ -60,6 +60,9 @@ pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_ROWS, CF_PENDING, CF_OFFSETS, 
 pub(crate) const META_FORMAT: &[u8] = b"format";
 /// Meta key: the model spec.
 pub(crate) const META_SPEC: &[u8] = b"spec";
+/// Meta key: the shard whose rows the store holds (u32 record; layout 6,
+/// absent: shard 0).
+pub(crate) const META_SHARD: &[u8] = b"shard";
 /// Meta key: the checkpoint version (u64).
 pub(crate) const META_VERSION: &[u8] = b"version";
 /// Meta key: the newest snapshot version published (u64).
@@ -127,6 +130,21 @@ pub(crate) fn encode_spec(spec: &ModelSpec) -> Vec<u8> {
     w.bool(*context_features);
     w.u32(*shards);
     w.into_bytes()
+}
+
+/// The shard record: the shard's index (u32), little-endian.
+pub(crate) fn encode_shard(shard: u32) -> Vec<u8> {
+    let mut w = RecordWriter::default();
+    w.u32(shard);
+    w.into_bytes()
+}
+
+/// Reads what [`encode_shard`] wrote.
+pub(crate) fn decode_shard(bytes: &[u8]) -> Result<u32, CheckpointError> {
+    let mut r = RecordReader::new(bytes, "shard");
+    let shard = r.u32()?;
+    r.finish()?;
+    Ok(shard)
 }
 
 /// Layout 3's spec: bincode of the spec as it was before shards.

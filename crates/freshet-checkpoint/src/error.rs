@@ -71,6 +71,17 @@ pub enum CheckpointError {
         /// The configured shard count.
         configured: u32,
     },
+    /// A trainer of another shard than the one whose rows the store holds.
+    #[error(
+        "the checkpoint directory holds shard {stored}'s rows and this trainer is shard {trainer}: every shard has a \
+         checkpoint directory of its own"
+    )]
+    OtherShard {
+        /// The store's shard.
+        stored: u32,
+        /// The trainer's shard.
+        trainer: u32,
+    },
     /// The stored state does not form a valid model.
     #[error("checkpoint state is invalid: {0}")]
     InvalidState(#[from] StateError),

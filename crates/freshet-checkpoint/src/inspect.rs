@@ -17,8 +17,8 @@ use crate::error::CheckpointError;
 use crate::retain::{self, RetainedDisk, RetainedVersion};
 use crate::rollback::RollbackRecord;
 use crate::store::{
-    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_rollbacks, read_spec, scan_options,
-    stored_layout,
+    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_rollbacks, read_shard, read_spec,
+    scan_options, stored_layout,
 };
 
 /// A summary of a checkpoint directory.
@@ -45,6 +45,8 @@ pub struct Inspection {
     pub metrics: Option<MetricsReading>,
     /// The model spec.
     pub spec: Option<ModelSpec>,
+    /// The shard whose rows the store holds, of `spec.shards` (0 unsharded).
+    pub shard: u32,
     /// Bytes of all files in the directory.
     pub size_on_disk_bytes: u64,
     /// Events read but left out by skip rollbacks.
@@ -111,6 +113,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         counters: dense.as_ref().map(|d| d.counters),
         metrics: dense.as_ref().map(|d| d.metrics.snapshot()),
         spec: read_spec(&db, layout)?,
+        shard: read_shard(&db)?,
         size_on_disk_bytes: directory_size(dir),
         events_skipped: meta_u64(&db, META_SKIPPED)?,
         retained_disk: retain::disk_use(dir, &retained)?,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use freshet_core::ModelSpec;
 use freshet_core::NextOffsets;
+use freshet_core::Shard;
 use freshet_trainer::{
     DenseState, PendingAdmission, Restorer, RowRef, RowState, StateChanges, Trainer, TrainerConfig, TrainerState,
 };
@@ -23,9 +24,9 @@ use tracing::{debug, info};
 use crate::codec::{
     BINCODE_LAYOUT, CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION,
     LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, META_DENSE, META_FORMAT, META_PUBLISHED, META_ROLLBACKS,
-    META_SKIPPED, META_SPEC, META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending, decode_row,
-    decode_spec, encode, encode_dense, encode_pending, encode_row, encode_spec, offset_key, parse_offset,
-    parse_row_key, parse_u64, row_key,
+    META_SHARD, META_SKIPPED, META_SPEC, META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending,
+    decode_row, decode_shard, decode_spec, encode, encode_dense, encode_pending, encode_row, encode_shard, encode_spec,
+    offset_key, parse_offset, parse_row_key, parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 use crate::retain::{self, RetainPolicy, RetainedDisk, RetainedVersion, VERSIONS_DIR};
@@ -94,6 +95,8 @@ pub struct CheckpointStore {
     version: u64,
     published: u64,
     spec: Option<ModelSpec>,
+    /// The shard whose rows the store holds (0 unsharded, or before the first commit).
+    shard: u32,
     events_skipped: u64,
     rollbacks: Vec<RollbackRecord>,
 }
@@ -154,6 +157,12 @@ pub(crate) fn stored_layout(db: &DB) -> Result<u32, CheckpointError> {
 /// The spec a store of `layout` holds, if any.
 pub(crate) fn read_spec(db: &DB, layout: u32) -> Result<Option<ModelSpec>, CheckpointError> {
     meta_with(db, META_SPEC, |bytes| decode_spec(bytes, layout))
+}
+
+/// The shard whose rows the store in `db` holds: 0 when it has no record
+/// (unsharded stores migrated from layouts before 6, or empty ones).
+pub(crate) fn read_shard(db: &DB) -> Result<u32, CheckpointError> {
+    Ok(meta_with(db, META_SHARD, decode_shard)?.unwrap_or(0))
 }
 
 /// The dense state a store of `layout` holds, if any.
@@ -250,12 +259,23 @@ impl CheckpointStore {
         let version = meta_u64(&db, META_VERSION)?;
         let published = meta_u64(&db, META_PUBLISHED)?;
         let spec = read_spec(&db, FORMAT_VERSION)?;
+        let shard = read_shard(&db)?;
         let events_skipped = meta_u64(&db, META_SKIPPED)?;
         let rollbacks = read_rollbacks(&db)?;
         let mut write = WriteOptions::default();
         write.set_sync(fsync);
         info!(dir = %dir.display(), version, published, "checkpoint store open");
-        Ok(CheckpointStore { db, dir: dir.to_owned(), write, version, published, spec, events_skipped, rollbacks })
+        Ok(CheckpointStore {
+            db,
+            dir: dir.to_owned(),
+            write,
+            version,
+            published,
+            spec,
+            shard,
+            events_skipped,
+            rollbacks,
+        })
     }
 
     /// Events read but not applied: left out by skip rollbacks.
@@ -272,6 +292,18 @@ impl CheckpointStore {
     /// checkpoint since): its full snapshot names the version rolled back to.
     pub fn current_rollback(&self) -> Option<&RollbackRecord> {
         self.rollbacks.last().filter(|record| record.version == self.version)
+    }
+
+    /// The shard whose rows the store holds (0 for an unsharded model, and
+    /// before the first commit).
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The store's shard of its model (one of the stored spec's shards).
+    fn shard_of_spec(&self) -> Result<Shard, CheckpointError> {
+        let shards = self.spec.as_ref().map_or(1, |spec| spec.shards);
+        Shard::new(self.shard, shards).map_err(|error| CheckpointError::Corrupt(format!("the store's shard: {error}")))
     }
 
     /// The newest durable checkpoint version (0 before the first).
@@ -332,7 +364,8 @@ impl CheckpointStore {
             return Ok(None);
         }
         self.check_spec(spec)?;
-        let trainer = restore_from(&self.db, FORMAT_VERSION, spec, config, self.dense()?)?;
+        let shard = self.shard_of_spec()?;
+        let trainer = restore_from(&self.db, FORMAT_VERSION, spec, shard, config, self.dense()?)?;
         Ok(Some(Resumed {
             version: self.version,
             published_version: self.published,
@@ -355,6 +388,9 @@ impl CheckpointStore {
         offsets: &NextOffsets,
     ) -> Result<CommitStats, CheckpointError> {
         self.check_spec(spec)?;
+        if self.spec.is_some() && delta.shard != self.shard {
+            return Err(CheckpointError::OtherShard { stored: self.shard, trainer: delta.shard });
+        }
         let started = Instant::now();
         let (rows, meta, offsets_cf, pending) =
             (cf(&self.db, CF_ROWS)?, cf(&self.db, CF_META)?, cf(&self.db, CF_OFFSETS)?, cf(&self.db, CF_PENDING)?);
@@ -382,13 +418,16 @@ impl CheckpointStore {
         batch.put_cf(meta, META_VERSION, version.to_be_bytes());
         if self.spec.is_none() {
             batch.put_cf(meta, META_SPEC, encode_spec(spec));
+            batch.put_cf(meta, META_SHARD, encode_shard(delta.shard));
             batch.put_cf(meta, META_FORMAT, encode(&FORMAT_VERSION));
         }
         let bytes = batch.size_in_bytes();
         debug!(version, rows = delta.rows.len(), tombstones = delta.tombstones.len(), bytes, "checkpoint writing");
         self.db.write_opt(batch, &self.write).map_err(CheckpointError::rocks("write"))?;
         self.version = version;
-        self.spec.get_or_insert_with(|| spec.clone());
+        if self.spec.is_none() {
+            (self.spec, self.shard) = (Some(spec.clone()), delta.shard);
+        }
         Ok(CommitStats {
             version,
             rows: delta.rows.len(),
@@ -549,6 +588,10 @@ impl CheckpointStore {
         if read_spec(&target, layout)? != self.spec {
             return Err(CheckpointError::Rollback(format!("version {to} was trained under another model spec")));
         }
+        if read_shard(&target)? != self.shard {
+            return Err(CheckpointError::Rollback(format!("version {to} holds another shard's rows")));
+        }
+        let shard = self.shard_of_spec()?;
         let target_dense = read_dense(&target, layout)?
             .ok_or_else(|| CheckpointError::Corrupt(format!("version {to}: the dense state is missing")))?;
         let now = Position {
@@ -566,7 +609,7 @@ impl CheckpointStore {
         std::thread::scope(|scope| {
             let restoring = restore.map(|(spec, config)| {
                 let (target, dense) = (&target, target_dense.clone());
-                scope.spawn(move || restore_from(target, layout, spec, config, dense))
+                scope.spawn(move || restore_from(target, layout, spec, shard, config, dense))
             });
             let record =
                 self.write_rollback(&target, layout, target_dense, to, mode, reason, now_ms, now, then, counts);
@@ -703,11 +746,12 @@ fn restore_from(
     db: &DB,
     layout: u32,
     spec: &ModelSpec,
+    shard: Shard,
     config: TrainerConfig,
     dense: DenseState,
 ) -> Result<Trainer, CheckpointError> {
     let started = Instant::now();
-    let mut restorer = Restorer::new(spec.clone(), config, dense)?;
+    let mut restorer = Restorer::new_shard(spec.clone(), config, dense, shard)?;
     let mut rows = 0u64;
     scan_rows(db, |row| {
         rows += 1;

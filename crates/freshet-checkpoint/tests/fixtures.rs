@@ -230,6 +230,7 @@ fn a_layout_5_checkpoint_with_a_rollback_is_migrated_as_one_shard_and_restores_e
     let rollback = store.current_rollback().expect("version 4 is the rollback's");
     assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
     assert_eq!(inspect(dir.path()).expect("inspects").spec.map(|spec| spec.shards), Some(1));
+    assert_eq!(store.shard(), 0, "no shard record: shard 0");
     let resharded = ModelSpec { shards: 2, ..spec() };
     let error = store.restore(&resharded, config()).map(|_| ()).expect_err("of one shard");
     assert!(matches!(error, CheckpointError::ShardsChanged { stored: 1, configured: 2 }), "{error:?}");
@@ -239,7 +240,13 @@ fn a_layout_5_checkpoint_with_a_rollback_is_migrated_as_one_shard_and_restores_e
 fn a_layout_6_checkpoint_with_a_rollback_restores_exactly() {
     let dir = check_fixture(NEWEST);
     assert_eq!(layout_of(dir.path()), 6);
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw open");
+        let shard = db.get_cf(db.cf_handle("meta").expect("meta"), b"shard").expect("read");
+        assert_eq!(shard.as_deref(), Some(&0u32.to_le_bytes()[..]), "the shard, a u32 LE record");
+    }
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
+    assert_eq!(store.shard(), 0);
     let rollback = store.current_rollback().expect("version 4 is the rollback's");
     assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
     assert_eq!(inspect(dir.path()).expect("inspects").spec.map(|spec| spec.shards), Some(1));

@@ -213,3 +213,38 @@ fn inspection_works_while_the_writer_holds_the_store() {
     assert!(report.size_on_disk_bytes > 0);
     assert!(inspect(&dir.path().join("nope")).is_err());
 }
+
+#[test]
+fn a_shard_restores_as_that_shard_and_its_directory_refuses_another() {
+    let sharded = ModelSpec { shards: 2, ..spec() };
+    let shard = freshet_core::Shard::new(1, 2).expect("valid");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = CheckpointStore::open(dir.path(), false).expect("open");
+    let mut trainer = Trainer::new_shard(sharded.clone(), config(), shard).expect("trainer");
+    let users_of_shard: Vec<Feedback> = batches(5, 1, 2_000)
+        .remove(0)
+        .into_iter()
+        .filter(|event| shard.owns(freshet_core::hash_id(event.user())))
+        .collect();
+    trainer.train_batch(&users_of_shard);
+    store.commit(&sharded, &trainer.drain_dirty(), &offsets(10)).expect("commit");
+    assert_eq!(store.shard(), 1);
+    drop(store);
+
+    let store = CheckpointStore::open(dir.path(), false).expect("open");
+    assert_eq!((store.shard(), inspect(dir.path()).expect("inspects").shard), (1, 1));
+    let resumed = store.restore(&sharded, config()).expect("restores").expect("a checkpoint");
+    assert_eq!(resumed.trainer.shard(), shard);
+    assert_eq!(resumed.trainer.export_state(), trainer.export_state(), "the shard's rows, as trained");
+    let error = store.restore(&spec(), config()).map(|_| ()).expect_err("a model of one shard");
+    assert!(matches!(error, CheckpointError::ShardsChanged { stored: 2, configured: 1 }), "{error:?}");
+    // Another shard's trainer does not write into this shard's directory.
+    let mut store = store;
+    let mut other =
+        Trainer::new_shard(sharded.clone(), config(), freshet_core::Shard::new(0, 2).expect("valid")).expect("trainer");
+    other.train_batch(&batches(6, 1, 100)[0]);
+    let error = store.commit(&sharded, &other.drain_dirty(), &offsets(20)).expect_err("another shard");
+    assert!(matches!(error, CheckpointError::OtherShard { stored: 1, trainer: 0 }), "{error:?}");
+    assert!(error.to_string().contains("directory of its own"), "{error}");
+    assert_eq!(store.version(), 1, "nothing written");
+}

@@ -55,5 +55,5 @@ pub use model::{Head, MAX_DIM, MIN_DIM, ModelSpec, TableKind};
 pub use offsets::{NextOffsets, OffsetRange, TopicPartition};
 pub use reject::{RejectReason, Rejection};
 pub use score::ScoreContext;
-pub use shard::{Gradients, Shard, TableGradients, partition_of, shard_of};
+pub use shard::{AssignmentError, Gradients, Shard, TableGradients, assigned_partitions, partition_of, shard_of};
 pub use validate::ValidationConfig;

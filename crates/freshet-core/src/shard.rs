@@ -20,6 +20,7 @@ use crate::config::ConfigError;
 use crate::id_hash::hash_id;
 pub use crate::model::MAX_SHARDS;
 use crate::model::TableKind;
+use crate::offsets::TopicPartition;
 
 /// The shard that owns the row of `key` in a model of `shards` shards
 /// (`shards` ≥ 1): `(key >> 32) mod shards`.
@@ -88,6 +89,67 @@ impl Shard {
     pub fn owns_globals(self) -> bool {
         self.index == 0
     }
+}
+
+/// Why a shard cannot read its input as the partitions are laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignmentError {
+    /// No input topic.
+    #[error("no input topic")]
+    NoTopics,
+    /// Input topics with different partition counts: a user's partition
+    /// would differ from topic to topic.
+    #[error(
+        "input topic {topic} has {partitions} partitions and {first} has {first_partitions}: every input topic of a \
+         sharded model needs the same partition count"
+    )]
+    Unequal {
+        /// The topic that differs.
+        topic: String,
+        /// Its partition count.
+        partitions: u32,
+        /// The first topic.
+        first: String,
+        /// Its partition count.
+        first_partitions: u32,
+    },
+    /// A partition count that the shard count does not divide: some
+    /// partitions would hold users of several shards.
+    #[error("input topic {topic} has {partitions} partitions, not a multiple of model.shards = {shards}")]
+    NotMultiple {
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        partitions: u32,
+        /// The model's shard count.
+        shards: u32,
+    },
+}
+
+/// The input partitions `shard` reads: of every topic (given with its
+/// partition count), the partitions `p` with `p mod S` = the shard's index.
+/// Checked: every topic has the same partition count, a multiple of `S`,
+/// so that partition `p` holds only users of shard `p mod S` when producers
+/// use [`partition_of`]. In topic order, then partition order.
+pub fn assigned_partitions(topics: &[(&str, u32)], shard: Shard) -> Result<Vec<TopicPartition>, AssignmentError> {
+    let &(first, first_partitions) = topics.first().ok_or(AssignmentError::NoTopics)?;
+    let mut assigned = Vec::new();
+    for &(topic, partitions) in topics {
+        if partitions != first_partitions {
+            return Err(AssignmentError::Unequal {
+                topic: topic.to_owned(),
+                partitions,
+                first: first.to_owned(),
+                first_partitions,
+            });
+        }
+        if partitions == 0 || partitions % shard.count != 0 {
+            return Err(AssignmentError::NotMultiple { topic: topic.to_owned(), partitions, shards: shard.count });
+        }
+        let mine = (shard.index..partitions).step_by(shard.count as usize);
+        assigned.extend(mine.map(|p| TopicPartition::new(topic, p as i32)));
+    }
+    Ok(assigned)
 }
 
 /// Gradient sums a shard computed for rows another shard owns: what the
@@ -181,6 +243,45 @@ mod tests {
             assert_eq!(shards.iter().filter(|s| s.owns(key)).count(), 1);
         }
         assert!(owned.iter().all(|&n| (9_500..10_500).contains(&n)), "{owned:?}");
+    }
+
+    #[test]
+    fn each_shard_reads_the_partitions_of_its_users_and_together_every_partition_once() {
+        let topics = [("clicks", 12), ("ratings", 12)];
+        let mut every = Vec::new();
+        for index in 0..3 {
+            let shard = Shard::new(index, 3).expect("valid");
+            let assigned = assigned_partitions(&topics, shard).expect("12 is a multiple of 3");
+            assert_eq!(assigned.len(), 8);
+            assert!(assigned.iter().all(|tp| tp.partition as u32 % 3 == index), "{assigned:?}");
+            every.extend(assigned);
+        }
+        every.sort();
+        every.dedup();
+        assert_eq!(every.len(), 24, "every partition of both topics, once");
+        let sole = assigned_partitions(&[("clicks", 5)], Shard::SOLE).expect("one shard reads any count");
+        assert_eq!(sole.len(), 5);
+        // The users a producer puts on a shard's partitions are the shard's.
+        let shard = Shard::new(1, 3).expect("valid");
+        let mine = assigned_partitions(&[("clicks", 12)], shard).expect("valid");
+        for n in 0..500 {
+            let user = format!("user-{n}");
+            let on_mine = mine.iter().any(|tp| tp.partition as u32 == partition_of(&user, 12));
+            assert_eq!(on_mine, shard.owns(hash_id(&user)), "{user}");
+        }
+    }
+
+    #[test]
+    fn partition_counts_that_do_not_fit_name_the_topic() {
+        let shard = Shard::new(0, 4).expect("valid");
+        let error = assigned_partitions(&[("clicks", 8), ("ratings", 4)], shard).expect_err("unequal");
+        assert!(matches!(&error, AssignmentError::Unequal { topic, .. } if topic == "ratings"), "{error:?}");
+        assert!(error.to_string().contains("ratings"), "{error}");
+        let error = assigned_partitions(&[("clicks", 6), ("ratings", 6)], shard).expect_err("not a multiple");
+        assert!(matches!(&error, AssignmentError::NotMultiple { topic, shards: 4, .. } if topic == "clicks"));
+        assert!(error.to_string().contains("model.shards = 4"), "{error}");
+        assert_eq!(assigned_partitions(&[], shard), Err(AssignmentError::NoTopics));
+        assert!(assigned_partitions(&[("clicks", 0)], Shard::SOLE).is_err(), "a topic without partitions");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! large model never exists twice in memory (once decoded, once in the
 //! arenas): each row is checked and copied straight into its table.
 
-use freshet_core::ModelSpec;
+use freshet_core::{ModelSpec, Shard};
 
 use crate::config::TrainerConfig;
 use crate::state::{DenseState, PendingAdmission, RowChecker, RowRef, StateError, TrainerState};
@@ -25,9 +25,20 @@ impl Restorer {
     /// moments and step counts restart from zero. Each table reserves room
     /// for the rows the saved counters say it held.
     pub fn new(spec: ModelSpec, config: TrainerConfig, dense: DenseState) -> Result<Self, StateError> {
+        Self::new_shard(spec, config, dense, Shard::SOLE)
+    }
+
+    /// [`Restorer::new`] for `shard` of a sharded model (its count must be
+    /// `spec.shards`): the saved rows are the ones it owns.
+    pub fn new_shard(
+        spec: ModelSpec,
+        config: TrainerConfig,
+        dense: DenseState,
+        shard: Shard,
+    ) -> Result<Self, StateError> {
         dense.check()?;
         let rows = RowChecker::new(&spec);
-        let mut trainer = Trainer::new(spec, config)?;
+        let mut trainer = Trainer::new_shard(spec, config, shard)?;
         let keep_moments = trainer.adopt_dense(dense);
         Ok(Restorer { trainer, keep_moments, rows })
     }

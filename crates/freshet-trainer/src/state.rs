@@ -196,6 +196,9 @@ pub struct StateChanges {
     pub pending_removed: Vec<(TableKind, u64)>,
     /// The dense state now.
     pub dense: DenseState,
+    /// The shard whose rows these are (0 unsharded): a checkpoint store
+    /// holds one shard's.
+    pub shard: u32,
 }
 
 impl StateChanges {

@@ -21,7 +21,14 @@ impl Trainer {
             table.drain(&mut rows, &mut tombstones);
             admission.drain(&mut pending, &mut pending_removed);
         }
-        StateChanges { rows, tombstones, pending, pending_removed, dense: self.dense_state() }
+        StateChanges {
+            rows,
+            tombstones,
+            pending,
+            pending_removed,
+            dense: self.dense_state(),
+            shard: self.shard.index(),
+        }
     }
 
     /// The whole state, for a full checkpoint. The change record is kept.

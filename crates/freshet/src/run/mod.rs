@@ -68,6 +68,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     pipeline(&config, options, async move { shutdown.recv().await }).await
 }
 
+/// How long `/healthz` keeps reporting a trainer's failure before the
+/// process exits with it.
+const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Refuses a sharded model: `model.shards` is recorded in checkpoints and
 /// snapshots already, but the route and gradient topics that let S
 /// processes train one model are not built yet.
@@ -189,7 +193,14 @@ pub async fn pipeline(
 
     tokio::select! {
         signal = shutdown => info!(signal, "shutting down: draining, then a final checkpoint"),
-        _ = trainer_done => warn!("the trainer stopped"),
+        _ = trainer_done => {
+            warn!("the trainer stopped");
+            if health.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                // Keep /healthz and /metrics answering why for a moment, so
+                // a probe or a scrape sees the reason and not only the exit.
+                tokio::time::sleep(FAILURE_LINGER).await;
+            }
+        }
     }
     health.ready.store(false, Ordering::Relaxed);
     let stopped = tokio::task::spawn_blocking(move || source.stop()).await?;
