@@ -107,3 +107,43 @@ proptest! {
         let _ = decode_chunk_position(&bytes);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Gradient messages: a valid message with bytes flipped, cut or added
+    /// never panics the decoder, and what it accepts encodes back to the
+    /// same bytes.
+    #[test]
+    fn gradient_messages_damaged_never_panic(
+        rows in 0usize..5,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<Option<usize>>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        use freshet_core::grads::{GradientsMessage, decode_gradients, encode_gradients};
+        use freshet_core::{Gradients, TableGradients, TableKind};
+        let items = TableGradients {
+            table: TableKind::Item,
+            width: 10,
+            keys: (0..rows as u64).collect(),
+            ids: (0..rows).map(|n| format!("item-é{n}").into_boxed_str()).collect(),
+            events: (0..rows as u32).collect(),
+            values: (0..rows * 10).map(|n| n as f32 * 0.25).collect(),
+        };
+        let gradients = Gradients { clock_ms: 5, tables: vec![items], globals: [0.5, 1.0], global_events: [2, 3] };
+        let message = GradientsMessage { sender: 1, shards: 2, version: 9, part: 0, parts: 1, gradients };
+        let mut bytes = encode_gradients(&message);
+        for (at, byte) in flips {
+            let len = bytes.len();
+            bytes[at % len] ^= byte;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        bytes.extend(tail);
+        if let Ok(decoded) = decode_gradients(&bytes) {
+            prop_assert_eq!(encode_gradients(&decoded), bytes);
+        }
+    }
+}

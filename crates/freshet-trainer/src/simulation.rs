@@ -7,14 +7,14 @@
 //! shard is exactly `Trainer::train_batch` over chunks of the stream). Every `staleness_ms`
 //! of event time (a live deployment receives events as they happen, so
 //! event time stands for wall time) the shards synchronise: first every
-//! shard's gradients for rows others own are delivered and stepped by their
-//! owners ([`Trainer::apply_gradients`]), then every shard's changed rows
-//! reach the others' replicas ([`Trainer::apply_replica`]). So a change to a
-//! row, local or remote, is scored with elsewhere at most `staleness_ms`
-//! later. In the distributed protocol a remote gradient travels in the
-//! sender's checkpoint transaction and its effect in the owner's next
-//! snapshot: about two checkpoint intervals, so `staleness_ms` models a
-//! deployment checkpointing twice as often. With `staleness_ms = 0` the
+//! shard's gradients for rows others own are delivered, and each owner
+//! steps all that reached it in one step ([`Trainer::apply_gradients`]);
+//! then every shard's changed rows reach the others' replicas
+//! ([`Trainer::apply_replica`]). So a change to a row, local or remote, is
+//! scored with elsewhere at most `staleness_ms` later. In the distributed
+//! protocol a remote gradient travels after the sender's checkpoint and its
+//! effect in the owner's next snapshot: about two checkpoint intervals, so
+//! `staleness_ms` models a deployment checkpointing twice as often. With `staleness_ms = 0` the
 //! shards synchronise after every micro-batch; with micro-batches of one
 //! event that gives the unsharded model bit for bit.
 
