@@ -294,6 +294,10 @@ fn a_due_full_snapshot_follows_its_delta_so_followers_pass_over_it() -> anyhow::
         // As the trainer loop hands versions over: the delta, then the same version in full when due.
         publisher.submit(scenario.trained.delta(version));
         events.extend(wait_for_version(&log, version, APPLY_TIMEOUT)?);
+        // The subscriber can apply the delta before the publisher thread has
+        // counted it: ask when a full is due only once it has.
+        let counted = freshet_e2e::process::wait_until(APPLY_TIMEOUT, || publisher.stats().deltas >= version - 1);
+        anyhow::ensure!(counted, "the publisher counted delta {version}");
         if publisher.full_due() {
             publisher.submit(scenario.trained.full(version));
         }
