@@ -137,19 +137,8 @@ pub fn cumulative_of<'a>(parts: impl IntoIterator<Item = &'a ProgressiveMetrics>
             total.iter_mut().zip(tree.counts()).for_each(|(t, n)| *t += n);
         }
     }
-    // 2 per (positive, negative) pair the positive wins, 1 per pair sharing a bin.
-    let (mut twice_pairs, mut negatives_below) = (0u128, 0u128);
-    for (&p, &n) in positives.iter().zip(&negatives) {
-        twice_pairs += u128::from(p) * (2 * negatives_below + u128::from(n));
-        negatives_below += u128::from(n);
-    }
-    let pairs = u128::from(positives.iter().sum::<u64>()) * negatives_below;
-    let click = ClickStats {
-        count: clicks,
-        logloss: (clicks > 0).then(|| logloss.max(0.0) / clicks as f64),
-        auc: (pairs > 0).then(|| twice_pairs as f64 / (2.0 * pairs as f64)),
-    };
-    (error_stats(count, sum_sq, sum_abs), click)
+    let merged = ClickSpan { count: clicks, logloss, auc: BinnedAuc::from_bins(&positives, &negatives) };
+    (error_stats(count, sum_sq, sum_abs), merged.stats())
 }
 
 impl ProgressiveMetrics {
@@ -440,6 +429,19 @@ struct BinnedAuc {
 impl BinnedAuc {
     fn new() -> Self {
         BinnedAuc { positives: Fenwick::new(AUC_BINS), negatives: Fenwick::new(AUC_BINS), twice_pairs: 0 }
+    }
+
+    /// The AUC of the events counted per bin and class, as if each had been
+    /// added in turn: 2 per (positive, negative) pair the positive wins, 1
+    /// per pair sharing a bin.
+    fn from_bins(positives: &[u64], negatives: &[u64]) -> Self {
+        let (mut twice_pairs, mut negatives_below) = (0u128, 0u128);
+        for (&p, &n) in positives.iter().zip(negatives) {
+            twice_pairs += u128::from(p) * (2 * negatives_below + u128::from(n));
+            negatives_below += u128::from(n);
+        }
+        let tree = |counts: &[u64]| Fenwick::from_counts(counts).expect("event counts far below u64::MAX");
+        BinnedAuc { positives: tree(positives), negatives: tree(negatives), twice_pairs }
     }
 
     /// 2·(pairs the event wins against the other class) + (ties in its bin).

@@ -73,16 +73,20 @@ impl ShardSimulation {
         })
     }
 
-    /// Feeds the next event (events come in time order).
-    pub fn push(&mut self, event: &Feedback) {
+    /// Feeds the next event (events come in time order), moved into its
+    /// shard's micro-batch.
+    pub fn push(&mut self, event: Feedback) {
         let ts = event.ts();
         let due = *self.next_sync_ms.get_or_insert(ts.saturating_add(self.staleness_ms));
         if self.staleness_ms > 0 && ts >= due {
             self.exchange();
             self.next_sync_ms = Some(ts - ts.rem_euclid(self.staleness_ms) + self.staleness_ms);
         }
-        let shard = shard_of(hash_id(event.user()), self.shards.len() as u32) as usize;
-        self.pending[shard].push(event.clone());
+        let shard = match self.shards.len() {
+            1 => 0,
+            shards => shard_of(hash_id(event.user()), shards as u32) as usize,
+        };
+        self.pending[shard].push(event);
         if self.pending[shard].len() >= self.batch {
             self.shards[shard].train_batch(&self.pending[shard]);
             self.pending[shard].clear();

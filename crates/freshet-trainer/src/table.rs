@@ -446,40 +446,27 @@ impl Table {
     /// of the keys, update times, ids and the parameter floats of each row
     /// (not its optimizer moments).
     pub(crate) fn param_columns(&self) -> TableColumns {
-        if self.replicas > 0 {
-            return self.owned_param_columns();
-        }
-        let mut values = Vec::with_capacity(self.len() * self.width);
-        for row in 0..self.len() as u32 {
-            values.extend_from_slice(self.params(row));
-        }
+        let mut values = Vec::with_capacity(self.owned_len() * self.width);
+        self.owned_rows().for_each(|row| values.extend_from_slice(self.params(row)));
+        let ids = match self.kind.keeps_ids() {
+            true => self.per_owned_row(|row| self.ids[row].clone()),
+            false => Vec::new(),
+        };
         TableColumns {
             table: self.kind,
             width: self.width,
-            keys: self.meta.iter().map(|meta| meta.key).collect(),
-            updated_ms: self.meta.iter().map(|meta| meta.last_update).collect(),
-            ids: self.ids.clone(),
+            keys: self.per_owned_row(|row| self.meta[row].key),
+            updated_ms: self.per_owned_row(|row| self.meta[row].last_update),
+            ids,
             values,
         }
     }
 
-    /// [`Table::param_columns`] of a table holding replicas: row by row.
-    fn owned_param_columns(&self) -> TableColumns {
-        let rows: Vec<u32> = self.owned_rows().collect();
-        let mut values = Vec::with_capacity(rows.len() * self.width);
-        rows.iter().for_each(|&row| values.extend_from_slice(self.params(row)));
-        TableColumns {
-            table: self.kind,
-            width: self.width,
-            keys: rows.iter().map(|&row| self.meta[row as usize].key).collect(),
-            updated_ms: rows.iter().map(|&row| self.meta[row as usize].last_update).collect(),
-            ids: if self.kind.keeps_ids() {
-                rows.iter().map(|&row| self.ids[row as usize].clone()).collect()
-            } else {
-                Vec::new()
-            },
-            values,
-        }
+    /// `value` of every owned row, in arena order.
+    fn per_owned_row<T>(&self, value: impl Fn(usize) -> T) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.owned_len());
+        out.extend(self.owned_rows().map(|row| value(row as usize)));
+        out
     }
 
     /// Every row's `[scalars..., factors...]` (replicas included), one row per table row, in arena

@@ -63,7 +63,7 @@ fn whole(events: &[Feedback], batch: usize) -> Trainer {
 
 fn simulate(events: &[Feedback], shards: u32, batch: usize, staleness_ms: i64) -> ShardSimulation {
     let mut sim = ShardSimulation::new(sharded(shards), TrainerConfig::default(), batch, staleness_ms).expect("valid");
-    events.iter().for_each(|event| sim.push(event));
+    events.iter().for_each(|event| sim.push(event.clone()));
     sim.finish();
     sim
 }

@@ -115,9 +115,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
 
     let mut sim = ShardSimulation::new(spec, config, args.batch, args.staleness_ms)?;
-    let bar = progress::bar(events.len() as u64, "events");
+    let count = events.len() as u64;
+    let bar = progress::bar(count, "events");
     let train_start = Instant::now();
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.into_iter().enumerate() {
         sim.push(event);
         if i % 65_536 == 0 {
             bar.set_position(i as u64);
@@ -128,7 +129,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let summary = Summary {
-        events: events.len() as u64,
+        events: count,
         malformed: loaded.malformed.len() as u64,
         load_s,
         train_s,
