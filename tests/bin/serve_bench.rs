@@ -178,7 +178,7 @@ fn publish(positional: &[String], flags: &BTreeMap<String, String>) -> anyhow::R
     rows.sort_by_key(|row| (row.table, row.key));
     let config = PublisherConfig { full_interval_ms: 86_400_000, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model)]))?;
+    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model, 1)]))?;
     let mut producer =
         SnapshotProducer::connect(&KafkaConfig::new(bootstrap), &config, model, &spec, freshet_core::Shard::SOLE)?;
     let started = Instant::now();

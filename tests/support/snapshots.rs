@@ -115,7 +115,7 @@ impl ModelUnderTest {
 pub fn snapshot_topic(bootstrap: &str, model: &str) -> anyhow::Result<PublisherConfig> {
     let config = PublisherConfig { chunk_bytes: 16 * 1024, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model)]))?;
+    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model, 1)]))?;
     Ok(config)
 }
 

@@ -73,13 +73,28 @@ pub(crate) const META_DENSE: &[u8] = b"dense";
 pub(crate) const META_SKIPPED: &[u8] = b"events_skipped";
 /// Meta key: the audit records of the rollbacks.
 pub(crate) const META_ROLLBACKS: &[u8] = b"rollbacks";
+/// Meta key: a shard's high-water marks of what it applied from each other
+/// shard ([`freshet_core::exchange::HighWater`]; layout 7, absent: none).
+pub(crate) const META_HIGH_WATER: &[u8] = b"high_water";
+/// Meta key prefix: `outbox.` and a version (u64 big-endian) hold what that
+/// checkpoint's interval produced for other shards and the broker does not
+/// have yet ([`freshet_core::exchange::Outbox`]; layout 7).
+pub(crate) const OUTBOX_PREFIX: &[u8] = b"outbox.";
 
-/// The layout version written by this code (6: the spec record with the
-/// shard count; 5: the skipped-event count and rollback records; 4:
+/// The meta key of version `version`'s outbox.
+pub(crate) fn outbox_key(version: u64) -> Vec<u8> {
+    [OUTBOX_PREFIX, &version.to_be_bytes()].concat()
+}
+
+/// The layout version written by this code (7: a shard's high-water marks
+/// and outboxes; 6: the spec record with the shard count; 5: the skipped-event count and rollback records; 4:
 /// explicit spec, dense state and pending records; 3: those as bincode,
 /// user rows with the rating scale and session offsets; 2: flat rows; 1 had
 /// bincode rows).
-pub(crate) const FORMAT_VERSION: u32 = 6;
+pub(crate) const FORMAT_VERSION: u32 = 7;
+/// Layout 6: layout 7 without the exchange keys (whose absence means no
+/// marks and an empty outbox).
+pub(crate) const LAYOUT_WITHOUT_EXCHANGE: u32 = 6;
 /// Layout 5: layout 6 with a spec record without the shard count (a model
 /// of one shard).
 pub(crate) const LAYOUT_WITHOUT_SHARDS: u32 = 5;
@@ -88,8 +103,8 @@ pub(crate) const LAYOUT_WITHOUT_ROLLBACKS: u32 = 4;
 /// Layout 3: the spec, dense state and pending counts as bincode.
 pub(crate) const BINCODE_LAYOUT: u32 = 3;
 /// The layouts this code reads (and migrates to [`FORMAT_VERSION`] when it opens a store).
-pub(crate) const READABLE_LAYOUTS: [u32; 4] =
-    [BINCODE_LAYOUT, LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, FORMAT_VERSION];
+pub(crate) const READABLE_LAYOUTS: [u32; 5] =
+    [BINCODE_LAYOUT, LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, LAYOUT_WITHOUT_EXCHANGE, FORMAT_VERSION];
 
 /// Bytes of a flat row's fixed header.
 const ROW_HEADER: usize = 36;
@@ -165,7 +180,7 @@ pub(crate) fn decode_spec(bytes: &[u8], layout: u32) -> Result<ModelSpec, Checkp
     }
     let mut r = RecordReader::new(bytes, "spec");
     let (dim, rating_min, rating_max, context_features) = (r.u32()? as usize, r.f32()?, r.f32()?, r.bool()?);
-    let shards = if layout >= FORMAT_VERSION { r.u32()? } else { 1 };
+    let shards = if layout >= LAYOUT_WITHOUT_EXCHANGE { r.u32()? } else { 1 };
     r.finish()?;
     Ok(ModelSpec { dim, rating_min, rating_max, context_features, shards })
 }

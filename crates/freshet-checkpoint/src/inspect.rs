@@ -17,8 +17,8 @@ use crate::error::CheckpointError;
 use crate::retain::{self, RetainedDisk, RetainedVersion};
 use crate::rollback::RollbackRecord;
 use crate::store::{
-    cf, db_options, descriptors, meta_u64, read_dense, read_offsets, read_rollbacks, read_shard, read_spec,
-    scan_options, stored_layout,
+    cf, db_options, descriptors, meta_u64, read_dense, read_high_water, read_offsets, read_outboxes, read_rollbacks,
+    read_shard, read_spec, scan_options, stored_layout,
 };
 
 /// A summary of a checkpoint directory.
@@ -57,6 +57,23 @@ pub struct Inspection {
     pub retained_disk: RetainedDisk,
     /// The audit records of every rollback, oldest first.
     pub rollbacks: Vec<RollbackRecord>,
+    /// A shard's marks of what it applied from each other shard.
+    pub high_water: Vec<Mark>,
+    /// A shard's outboxes the broker may not have yet: (version, messages).
+    pub outboxes: Vec<(u64, usize)>,
+}
+
+/// One high-water mark: the newest message applied from `sender` on `channel`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mark {
+    /// `route` or `grads`.
+    pub channel: &'static str,
+    /// The sending shard.
+    pub sender: u32,
+    /// The sender's checkpoint version.
+    pub version: u64,
+    /// The part within it.
+    pub part: u32,
 }
 
 /// Inspects the store in `dir` without taking it from its writer.
@@ -102,7 +119,19 @@ pub fn inspect(dir: &Path) -> Result<Inspection, CheckpointError> {
         }
     }
     let retained = retain::list(dir)?;
+    let high_water = read_high_water(&db)?
+        .marks()
+        .map(|(channel, tag)| Mark {
+            channel: channel.name(),
+            sender: tag.sender,
+            version: tag.version,
+            part: tag.part,
+        })
+        .collect();
+    let outboxes = read_outboxes(&db)?.iter().map(|outbox| (outbox.version, outbox.messages.len())).collect();
     Ok(Inspection {
+        high_water,
+        outboxes,
         version: meta_u64(&db, META_VERSION)?,
         published_version: meta_u64(&db, META_PUBLISHED)?,
         events_applied: dense.as_ref().map_or(0, |d| d.counters.events_applied),

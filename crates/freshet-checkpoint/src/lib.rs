@@ -44,4 +44,4 @@ pub use error::CheckpointError;
 pub use inspect::{Inspection, inspect};
 pub use retain::{RetainPolicy, RetainedDisk, RetainedVersion, to_prune};
 pub use rollback::{RollbackMode, RollbackRecord, SkippedRange};
-pub use store::{CheckpointStore, CommitStats, Resumed, SavedState, StoreMemory};
+pub use store::{CheckpointStore, CommitStats, ExchangeCommit, Resumed, SavedState, StoreMemory};

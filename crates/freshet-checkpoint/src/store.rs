@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use freshet_core::ModelSpec;
 use freshet_core::NextOffsets;
 use freshet_core::Shard;
+use freshet_core::exchange::{HighWater, Outbox, OutboxMessage};
 use freshet_trainer::{
     DenseState, PendingAdmission, Restorer, RowRef, RowState, StateChanges, Trainer, TrainerConfig, TrainerState,
 };
@@ -22,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::codec::{
-    BINCODE_LAYOUT, CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION,
-    LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, META_DENSE, META_FORMAT, META_PUBLISHED, META_ROLLBACKS,
-    META_SHARD, META_SKIPPED, META_SPEC, META_VERSION, READABLE_LAYOUTS, decode, decode_dense, decode_pending,
-    decode_row, decode_shard, decode_spec, encode, encode_dense, encode_pending, encode_row, encode_shard, encode_spec,
-    offset_key, parse_offset, parse_row_key, parse_u64, row_key,
+    BINCODE_LAYOUT, CF_META, CF_OFFSETS, CF_PENDING, CF_ROWS, COLUMN_FAMILIES, FORMAT_VERSION, LAYOUT_WITHOUT_EXCHANGE,
+    LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, META_DENSE, META_FORMAT, META_HIGH_WATER, META_PUBLISHED,
+    META_ROLLBACKS, META_SHARD, META_SKIPPED, META_SPEC, META_VERSION, OUTBOX_PREFIX, READABLE_LAYOUTS, decode,
+    decode_dense, decode_pending, decode_row, decode_shard, decode_spec, encode, encode_dense, encode_pending,
+    encode_row, encode_shard, encode_spec, offset_key, outbox_key, parse_offset, parse_row_key, parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 use crate::retain::{self, RetainPolicy, RetainedDisk, RetainedVersion, VERSIONS_DIR};
@@ -56,6 +57,18 @@ pub struct Resumed {
     pub trainer: Trainer,
     /// Where consumption resumes.
     pub offsets: NextOffsets,
+}
+
+/// What a shard's checkpoint keeps of its exchange with the other shards
+/// (docs/scaling.md, "Exactly once across shards"), written in the same
+/// batch as the state it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeCommit<'a> {
+    /// The marks of what the state applied from each sender.
+    pub high_water: &'a HighWater,
+    /// What the checkpoint's interval produced for other shards, kept as
+    /// the outbox of the new version (none is written when empty).
+    pub outbox: &'a [OutboxMessage],
 }
 
 /// What one commit wrote.
@@ -175,11 +188,36 @@ pub(crate) fn read_rollbacks(db: &DB) -> Result<Vec<RollbackRecord>, CheckpointE
     Ok(meta_with(db, META_ROLLBACKS, decode_records)?.unwrap_or_default())
 }
 
+/// The high-water marks the store in `db` holds (none before layout 7).
+pub(crate) fn read_high_water(db: &DB) -> Result<HighWater, CheckpointError> {
+    Ok(meta_with(db, META_HIGH_WATER, |bytes| Ok(HighWater::decode(bytes)?))?.unwrap_or_default())
+}
+
+/// The outboxes the store in `db` holds, oldest first (none before layout 7).
+pub(crate) fn read_outboxes(db: &DB) -> Result<Vec<Outbox>, CheckpointError> {
+    let meta = cf(db, CF_META)?;
+    let mut outboxes = Vec::new();
+    for item in db.iterator_cf(meta, IteratorMode::From(OUTBOX_PREFIX, rocksdb::Direction::Forward)) {
+        let (key, value) = item.map_err(CheckpointError::rocks("read"))?;
+        if !key.starts_with(OUTBOX_PREFIX) {
+            break;
+        }
+        let outbox = Outbox::decode(&value)?;
+        if key[..] != outbox_key(outbox.version)[..] {
+            return Err(CheckpointError::Corrupt(format!("outbox of version {} under another key", outbox.version)));
+        }
+        outboxes.push(outbox);
+    }
+    Ok(outboxes)
+}
+
 /// Migrates a store of layout `from` to this build's in one atomic, synced
 /// batch: the spec is rewritten with its shard count (1); a layout-3
 /// store's dense state and pending counts are rewritten as records (rows
 /// and offsets are the same in every readable layout); layout 4 differs
-/// from 5 only in lacking the rollback keys, whose absence means none.
+/// from 5 only in lacking the rollback keys, whose absence means none, and 6
+/// from 7 in lacking the exchange keys, whose absence means no marks and no
+/// outbox.
 fn migrate(db: &DB, dir: &Path, from: u32) -> Result<(), CheckpointError> {
     let started = Instant::now();
     let mut batch = WriteBatch::default();
@@ -252,7 +290,9 @@ impl CheckpointStore {
         })?;
         match stored_layout(&db)? {
             FORMAT_VERSION => {}
-            found @ (BINCODE_LAYOUT | LAYOUT_WITHOUT_ROLLBACKS | LAYOUT_WITHOUT_SHARDS) => migrate(&db, dir, found)?,
+            found @ (BINCODE_LAYOUT | LAYOUT_WITHOUT_ROLLBACKS | LAYOUT_WITHOUT_SHARDS | LAYOUT_WITHOUT_EXCHANGE) => {
+                migrate(&db, dir, found)?
+            }
             found => return Err(CheckpointError::Layout { found, supported: FORMAT_VERSION }),
         }
         retain::remove_unfinished(dir)?;
@@ -387,6 +427,20 @@ impl CheckpointStore {
         delta: &StateChanges,
         offsets: &NextOffsets,
     ) -> Result<CommitStats, CheckpointError> {
+        self.commit_with(spec, delta, offsets, None)
+    }
+
+    /// [`Self::commit`] for a shard of a sharded model: `exchange`'s marks
+    /// and outbox go in the same batch (so the state, the positions it
+    /// read to and the marks of what it applied, and what it owes other
+    /// shards, are durable together or not at all).
+    pub fn commit_with(
+        &mut self,
+        spec: &ModelSpec,
+        delta: &StateChanges,
+        offsets: &NextOffsets,
+        exchange: Option<ExchangeCommit<'_>>,
+    ) -> Result<CommitStats, CheckpointError> {
         self.check_spec(spec)?;
         if self.spec.is_some() && delta.shard != self.shard {
             return Err(CheckpointError::OtherShard { stored: self.shard, trainer: delta.shard });
@@ -416,6 +470,15 @@ impl CheckpointStore {
         let version = self.version + 1;
         batch.put_cf(meta, META_DENSE, encode_dense(&delta.dense));
         batch.put_cf(meta, META_VERSION, version.to_be_bytes());
+        if let Some(ExchangeCommit { high_water, outbox }) = exchange {
+            if !high_water.is_empty() {
+                batch.put_cf(meta, META_HIGH_WATER, high_water.encode());
+            }
+            if !outbox.is_empty() {
+                let outbox = Outbox { version, messages: outbox.to_vec() };
+                batch.put_cf(meta, outbox_key(version), outbox.encode());
+            }
+        }
         if self.spec.is_none() {
             batch.put_cf(meta, META_SPEC, encode_spec(spec));
             batch.put_cf(meta, META_SHARD, encode_shard(delta.shard));
@@ -435,6 +498,26 @@ impl CheckpointStore {
             bytes,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The marks of what this shard applied from each other shard (none
+    /// for an unsharded model).
+    pub fn high_water(&self) -> Result<HighWater, CheckpointError> {
+        read_high_water(&self.db)
+    }
+
+    /// The outboxes the broker may not have yet, oldest first: every one
+    /// not forgotten with [`Self::forget_outboxes`].
+    pub fn outboxes(&self) -> Result<Vec<Outbox>, CheckpointError> {
+        read_outboxes(&self.db)
+    }
+
+    /// Forgets the outboxes of every version up to `through`: the broker
+    /// has them (durably, with the same write options).
+    pub fn forget_outboxes(&mut self, through: u64) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_META)?, outbox_key(0), outbox_key(through.saturating_add(1)));
+        self.db.write_opt(batch, &self.write).map_err(CheckpointError::rocks("write"))
     }
 
     /// What RocksDB holds in memory for this store now. A property RocksDB

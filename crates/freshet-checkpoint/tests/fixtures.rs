@@ -1,10 +1,11 @@
 //! Old checkpoints stay readable: stores written by earlier builds are
 //! checked in as their records (every key and value of every column family,
 //! `tests/fixtures/checkpoint-v<layout>.records`) with what restoring them
-//! must give (`checkpoint-v<layout>.expected.json`): layouts 3, 4 and 5,
-//! which this build migrates when it opens them, and layout 6, which it
-//! writes (layouts 5 and 6 with a skip rollback in them, so its audit record
-//! and count are pinned too). The tests
+//! must give (`checkpoint-v<layout>.expected.json`): layouts 3 to 6,
+//! which this build migrates when it opens them, and layout 7, which it
+//! writes (layouts 5 to 7 with a skip rollback in them, so its audit record
+//! and count are pinned too; layout 7 with a shard's high-water marks and an
+//! outbox not sent yet). The tests
 //! rebuild a RocksDB directory from the records and restore it with this
 //! build, so a change that breaks a stored layout without a version bump (and
 //! a migration or a clear refusal) fails CI.
@@ -20,7 +21,9 @@
 
 use std::path::{Path, PathBuf};
 
+use freshet_checkpoint::ExchangeCommit;
 use freshet_checkpoint::{CheckpointError, CheckpointStore, RollbackMode, inspect};
+use freshet_core::exchange::{Channel, ExchangeTag, HighWater, OutboxMessage};
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Feedback, ModelSpec, NextOffsets, TableKind, TopicPartition, hash_id};
 use freshet_trainer::{Trainer, TrainerConfig};
@@ -71,7 +74,7 @@ fn summary(trainer: &Trainer, version: u64, published: u64) -> Value {
 }
 
 /// The newest layout, which [`write_fixture`] writes.
-const NEWEST: &str = "checkpoint-v6";
+const NEWEST: &str = "checkpoint-v7";
 
 /// What a store holds beside the model: offsets, skipped events, rollbacks.
 fn store_summary(store: &CheckpointStore, offsets: &NextOffsets) -> Value {
@@ -80,6 +83,41 @@ fn store_summary(store: &CheckpointStore, offsets: &NextOffsets) -> Value {
         "events_skipped": store.events_skipped(),
         "rollbacks": serde_json::to_value(store.rollbacks()).expect("json"),
     })
+}
+
+/// A shard's exchange state in a store: its marks and unsent outboxes.
+fn exchange_summary(store: &CheckpointStore) -> Value {
+    let marks: Vec<Value> = store
+        .high_water()
+        .expect("marks")
+        .marks()
+        .map(|(channel, tag)| json!([channel.name(), tag.sender, tag.version, tag.part]))
+        .collect();
+    let outboxes: Vec<Value> = store
+        .outboxes()
+        .expect("outboxes")
+        .iter()
+        .map(|outbox| {
+            let messages: Vec<Value> = outbox
+                .messages
+                .iter()
+                .map(|m| json!([m.channel.name(), m.to, m.part, String::from_utf8_lossy(&m.payload)]))
+                .collect();
+            json!({"version": outbox.version, "messages": messages})
+        })
+        .collect();
+    json!({"high_water": marks, "outboxes": outboxes})
+}
+
+/// The exchange state the layout-7 fixture's commits write: marks of two
+/// senders, an outbox per commit (the first forgotten, as sent).
+fn fixture_exchange(round: i64) -> (HighWater, Vec<OutboxMessage>) {
+    let mut marks = HighWater::default();
+    marks.admit(Channel::Route, ExchangeTag { sender: 1, version: 7 + round as u64, part: 3 });
+    marks.admit(Channel::Grads, ExchangeTag { sender: 2, version: 5, part: round as u32 });
+    let channel = if round == 0 { Channel::Route } else { Channel::Grads };
+    let payload = format!("message of round {round}").into_bytes();
+    (marks, vec![OutboxMessage { channel, to: 1 + round as u32, part: 0, payload }])
 }
 
 /// Writes a small store the way `freshet run` does with this build's layout
@@ -96,8 +134,11 @@ fn write_fixture(records: &Path, expected: &Path) {
             (0..300).map(|i| stream.next_event_at(1_764_400_000_000 + round * 1_000 + i)).collect();
         trainer.train_batch(&batch);
         let offsets = NextOffsets::from([(TopicPartition::new("freshet.ratings", 0), 300 * (round + 1))]);
-        store.commit(&spec(), &trainer.drain_dirty(), &offsets).expect("commit");
+        let (high_water, outbox) = fixture_exchange(round);
+        let exchange = ExchangeCommit { high_water: &high_water, outbox: &outbox };
+        store.commit_with(&spec(), &trainer.drain_dirty(), &offsets, Some(exchange)).expect("commit");
     }
+    store.forget_outboxes(1).expect("the first outbox sent");
     store.retain(1_764_400_001_000).expect("retain");
     store.record_published(2).expect("published");
     let model = summary(&trainer, 2, 2);
@@ -109,6 +150,7 @@ fn write_fixture(records: &Path, expected: &Path) {
     let mut expected_summary = model;
     expected_summary["version"] = json!(4);
     expected_summary["store"] = store_summary(&store, &offsets);
+    expected_summary["exchange"] = exchange_summary(&store);
     drop(store);
 
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw open");
@@ -170,6 +212,7 @@ fn check_fixture(name: &str) -> tempfile::TempDir {
     rebuild(&records, dir.path());
     let mut expected: Value = serde_json::from_slice(&std::fs::read(&expected).expect("expected")).expect("json");
     let store_expected = expected.as_object_mut().expect("an object").remove("store");
+    let exchange_expected = expected.as_object_mut().expect("an object").remove("exchange");
     let report = inspect(dir.path()).expect("inspectable as it is");
     assert_eq!(report.version, expected["version"].as_u64().expect("version"));
     assert_eq!(serde_json::to_value(report.metrics).expect("json"), expected["metrics"], "{name}: metrics as stored");
@@ -177,6 +220,8 @@ fn check_fixture(name: &str) -> tempfile::TempDir {
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let resumed = store.restore(&spec(), config()).expect("restores").expect("a checkpoint");
     assert_eq!(summary(&resumed.trainer, resumed.version, resumed.published_version), expected, "{name}");
+    let no_exchange = json!({"high_water": [], "outboxes": []});
+    assert_eq!(exchange_summary(&store), exchange_expected.unwrap_or(no_exchange), "{name}: marks and outboxes");
     match store_expected {
         Some(store_expected) => assert_eq!(store_summary(&store, &resumed.offsets), store_expected, "{name}"),
         None => {
@@ -202,8 +247,8 @@ fn layout_of(dir: &Path) -> u8 {
 #[test]
 fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v3");
-    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
-    // Opened again, it restores the same (as layout 6 now), and keeps training.
+    assert_eq!(layout_of(dir.path()), 7, "migrated when opened");
+    // Opened again, it restores the same (as layout 7 now), and keeps training.
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let mut trainer = store.restore(&spec(), config()).expect("restores").expect("a checkpoint").trainer;
     let expected: Value =
@@ -219,13 +264,13 @@ fn a_layout_3_checkpoint_written_by_an_earlier_build_is_migrated_and_restores_ex
 #[test]
 fn a_layout_4_checkpoint_is_migrated_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v4");
-    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
+    assert_eq!(layout_of(dir.path()), 7, "migrated when opened");
 }
 
 #[test]
 fn a_layout_5_checkpoint_with_a_rollback_is_migrated_as_one_shard_and_restores_exactly() {
     let dir = check_fixture("checkpoint-v5");
-    assert_eq!(layout_of(dir.path()), 6, "migrated when opened");
+    assert_eq!(layout_of(dir.path()), 7, "migrated when opened");
     let store = CheckpointStore::open(dir.path(), false).expect("opens");
     let rollback = store.current_rollback().expect("version 4 is the rollback's");
     assert_eq!((rollback.to_version, rollback.mode, store.events_skipped()), (2, RollbackMode::Skip, 300));
@@ -237,9 +282,20 @@ fn a_layout_5_checkpoint_with_a_rollback_is_migrated_as_one_shard_and_restores_e
 }
 
 #[test]
-fn a_layout_6_checkpoint_with_a_rollback_restores_exactly() {
+fn a_layout_6_checkpoint_with_a_rollback_is_migrated_without_marks_or_outboxes() {
+    let dir = check_fixture("checkpoint-v6");
+    assert_eq!(layout_of(dir.path()), 7, "migrated when opened");
+    let report = inspect(dir.path()).expect("inspects");
+    assert!(report.high_water.is_empty() && report.outboxes.is_empty());
+}
+
+#[test]
+fn a_layout_7_checkpoint_with_a_rollback_and_an_outbox_restores_exactly() {
     let dir = check_fixture(NEWEST);
-    assert_eq!(layout_of(dir.path()), 6);
+    assert_eq!(layout_of(dir.path()), 7);
+    let report = inspect(dir.path()).expect("inspects");
+    assert_eq!(report.outboxes, vec![(2, 1)], "version 2's outbox, not yet sent");
+    assert_eq!(report.high_water.len(), 2);
     {
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), COLUMN_FAMILIES).expect("raw open");
         let shard = db.get_cf(db.cf_handle("meta").expect("meta"), b"shard").expect("read");
@@ -260,16 +316,19 @@ fn every_layout_holds_the_same_model_in_different_bytes() {
                 .expect("json");
         let fields = summary.as_object_mut().expect("an object");
         fields.remove("store");
+        fields.remove("exchange");
         fields.remove("version");
         summary
     };
     assert_eq!(read("checkpoint-v3"), read("checkpoint-v4"), "the same model, written by either layout");
     assert_eq!(read("checkpoint-v4"), read("checkpoint-v5"), "version 2's model again, after the rollback");
-    assert_eq!(read("checkpoint-v5"), read(NEWEST));
+    assert_eq!(read("checkpoint-v5"), read("checkpoint-v6"));
+    assert_eq!(read("checkpoint-v6"), read(NEWEST));
     let records = |name: &str| std::fs::read(fixtures().join(format!("{name}.records"))).expect("records");
     assert_ne!(records("checkpoint-v3"), records("checkpoint-v4"));
     assert_ne!(records("checkpoint-v4"), records("checkpoint-v5"));
-    assert_ne!(records("checkpoint-v5"), records(NEWEST));
+    assert_ne!(records("checkpoint-v5"), records("checkpoint-v6"));
+    assert_ne!(records("checkpoint-v6"), records(NEWEST));
 }
 
 #[test]
@@ -282,8 +341,8 @@ fn a_store_of_an_unknown_layout_is_refused_naming_both_versions() {
         db.put_cf(db.cf_handle("meta").expect("meta"), b"format", [99u8]).expect("put");
     }
     let error = CheckpointStore::open(dir.path(), false).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 6 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 99, supported: 7 }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains("layout version 99") && message.contains("version 6"), "{message}");
+    assert!(message.contains("layout version 99") && message.contains("version 7"), "{message}");
     assert!(!message.contains("corrupt"), "an unknown layout is not damage: {message}");
 }

@@ -104,7 +104,7 @@ fn a_store_of_another_layout_version_is_refused_clearly() {
         db.put_cf(db.cf_handle("meta").expect("meta cf"), b"format", [1u8]).expect("write");
     }
     let error = CheckpointStore::open(dir.path(), true).expect_err("refused");
-    assert!(matches!(error, CheckpointError::Layout { found: 1, supported: 6 }), "{error:?}");
+    assert!(matches!(error, CheckpointError::Layout { found: 1, supported: 7 }), "{error:?}");
     assert!(error.to_string().contains("layout version 1"), "{error}");
 }
 

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use freshet_core::exchange::{Channel, ExchangeTag};
+use freshet_core::grads::GradientsMessage;
 use freshet_core::{Feedback, RejectReason};
 
 use freshet_core::offsets::{NextOffsets, OffsetRange, TopicPartition};
@@ -18,12 +20,48 @@ pub struct MicroBatch {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// Offsets covered per partition (valid and rejected messages alike).
     pub offsets: BTreeMap<TopicPartition, OffsetRange>,
+    /// Messages from other shards of a sharded model (read from the
+    /// exchange topics), in consumption order; the reader decides which
+    /// are new by their tags.
+    pub received: Vec<Received>,
+}
+
+/// A message another shard sent this one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// An event of a user this shard owns, forwarded by the shard that read it.
+    Event {
+        /// Where it comes from.
+        tag: ExchangeTag,
+        /// The event, validated again.
+        event: Feedback,
+    },
+    /// Gradient sums for rows this shard owns.
+    Gradients(GradientsMessage),
+}
+
+impl Received {
+    /// The topic it came on.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Received::Event { .. } => Channel::Route,
+            Received::Gradients(_) => Channel::Grads,
+        }
+    }
+
+    /// Where it comes from.
+    pub fn tag(&self) -> ExchangeTag {
+        match self {
+            Received::Event { tag, .. } => *tag,
+            Received::Gradients(message) => ExchangeTag::of_gradients(message),
+        }
+    }
 }
 
 impl MicroBatch {
-    /// Number of messages (valid and rejected) in the batch.
+    /// Number of messages (valid, received from other shards and rejected) in the batch.
     pub fn messages(&self) -> usize {
-        self.events.len() + self.rejected_count() as usize
+        self.events.len() + self.received.len() + self.rejected_count() as usize
     }
 
     /// Number of rejected messages.
@@ -70,6 +108,11 @@ impl BatchBuilder {
     pub(crate) fn push_event(&mut self, topic: &str, partition: i32, offset: i64, event: Feedback) {
         self.note_offset(topic, partition, offset);
         self.batch.events.push(event);
+    }
+
+    pub(crate) fn push_received(&mut self, topic: &str, partition: i32, offset: i64, received: Received) {
+        self.note_offset(topic, partition, offset);
+        self.batch.received.push(received);
     }
 
     pub(crate) fn push_rejected(&mut self, topic: &str, partition: i32, offset: i64, reason: RejectReason) {

@@ -37,7 +37,7 @@ pub mod dlq;
 mod error;
 mod source;
 
-pub use batch::MicroBatch;
+pub use batch::{MicroBatch, Received};
 pub use config::{ConsumerConfig, DEFAULT_CLICKS_TOPIC, DEFAULT_DLQ_TOPIC, DEFAULT_RATINGS_TOPIC, StartFrom};
 pub use error::ConsumerError;
-pub use source::{Acknowledger, Revocation, Source, SourceEvent};
+pub use source::{Acknowledger, ExchangeTopics, ReadPlan, Revocation, Source, SourceEvent};

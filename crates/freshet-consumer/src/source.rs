@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use freshet_core::exchange::{Channel, ExchangeTag};
+use freshet_core::grads::decode_gradients;
 use freshet_core::offsets::{NextOffsets, TopicPartition, describe};
-use freshet_core::{CONTENT_TYPE_HEADER, Decoder, now_ms};
+use freshet_core::{CONTENT_TYPE_HEADER, Decoder, Rejection, now_ms};
 use freshet_kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -30,7 +32,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::batch::{BatchBuilder, MicroBatch};
+use crate::batch::{BatchBuilder, MicroBatch, Received};
 use crate::config::{ConsumerConfig, StartFrom};
 use crate::dlq::{DeadLetters, SourcePosition};
 use crate::error::ConsumerError;
@@ -106,6 +108,40 @@ impl Acknowledger {
     }
 }
 
+/// What a source reads beyond its configuration: for one shard of a sharded
+/// model, a fixed set of partitions instead of the group's, and the topics
+/// the other shards send on.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPlan {
+    /// Read exactly these partitions (assigned directly, never rebalanced;
+    /// the group only keeps the acknowledged offsets for lag tools); `None`:
+    /// subscribe to the configured topics as a group member.
+    pub partitions: Option<Vec<TopicPartition>>,
+    /// The exchange topics among those partitions, whose messages become
+    /// [`Received`] instead of events.
+    pub exchange: Option<ExchangeTopics>,
+}
+
+/// The topics shards of one model send each other on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeTopics {
+    /// Forwarded events (`freshet.route.<model>`).
+    pub route: String,
+    /// Gradient sums (`freshet.grads.<model>`).
+    pub grads: String,
+}
+
+impl ExchangeTopics {
+    /// The channel `topic` is, if it is one of these.
+    pub fn channel_of(&self, topic: &str) -> Option<Channel> {
+        match topic {
+            t if t == self.route => Some(Channel::Route),
+            t if t == self.grads => Some(Channel::Grads),
+            _ => None,
+        }
+    }
+}
+
 /// A running Kafka source.
 pub struct Source {
     shared: Arc<Shared>,
@@ -124,6 +160,17 @@ impl Source {
         decoder: Decoder,
         start: NextOffsets,
     ) -> Result<(Source, mpsc::Receiver<SourceEvent>), ConsumerError> {
+        Source::start_with(kafka, config, decoder, start, ReadPlan::default())
+    }
+
+    /// [`Source::start`] reading what `plan` says.
+    pub fn start_with(
+        kafka: &KafkaConfig,
+        config: &ConsumerConfig,
+        decoder: Decoder,
+        start: NextOffsets,
+        plan: ReadPlan,
+    ) -> Result<(Source, mpsc::Receiver<SourceEvent>), ConsumerError> {
         kafka.check()?;
         config.check()?;
         let (events, reader) = mpsc::channel(config.channel_capacity);
@@ -132,6 +179,7 @@ impl Source {
             dead_letters: DeadLetters::new(kafka, config)?,
             events: Some(events),
             decoder,
+            exchange: plan.exchange,
             reader_gone: false,
         };
         let shared = Arc::new(Shared {
@@ -145,7 +193,7 @@ impl Source {
             assigned: Mutex::new(BTreeSet::new()),
             replaced: AtomicU64::new(0),
         });
-        let connector = Connector::new(kafka, config);
+        let connector = Connector::new(kafka, config, plan.partitions);
         let consumer = connector.connect(&shared)?;
 
         let (acknowledged, commits) = std_mpsc::channel();
@@ -250,24 +298,40 @@ struct Pipeline {
     /// Dropped when the consumer thread ends, which closes the reader's channel.
     events: Option<mpsc::Sender<SourceEvent>>,
     decoder: Decoder,
+    /// The exchange topics, for a shard of a sharded model.
+    exchange: Option<ExchangeTopics>,
     reader_gone: bool,
+}
+
+/// A header's value by name (case-insensitive), if the message has it.
+fn header_value<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message.headers()?.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(|h| h.value)
 }
 
 impl Pipeline {
     fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ConsumerError> {
-        let content_type = message.headers().and_then(|headers| {
-            headers.iter().find(|h| h.key.eq_ignore_ascii_case(CONTENT_TYPE_HEADER)).and_then(|h| h.value)
-        });
+        let content_type = header_value(message, CONTENT_TYPE_HEADER);
         let payload = message.payload().unwrap_or_default();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        match self.decoder.decode(payload, content_type, now_ms()) {
-            Ok(event) => self.builder.push_event(topic, partition, offset, event),
-            Err(rejection) => {
-                debug!(%topic, partition, offset, reason = %rejection.reason(), "message rejected");
-                let from = SourcePosition { topic, partition, offset };
-                self.dead_letters.send(from, message.key(), message.payload(), content_type, &rejection)?;
-                self.builder.push_rejected(topic, partition, offset, rejection.reason());
-            }
+        let decoded = match self.exchange.as_ref().and_then(|exchange| exchange.channel_of(topic)) {
+            None => self.decoder.decode(payload, content_type, now_ms()).map(|event| {
+                self.builder.push_event(topic, partition, offset, event);
+            }),
+            Some(Channel::Grads) => decode_gradients(payload)
+                .map(|gradients| self.builder.push_received(topic, partition, offset, Received::Gradients(gradients)))
+                .map_err(|error| Rejection::MalformedExchange { message: error.to_string() }),
+            Some(Channel::Route) => ExchangeTag::from_headers(|name| header_value(message, name))
+                .ok_or_else(|| Rejection::MalformedExchange { message: "no sender tag headers".to_owned() })
+                .and_then(|tag| Ok((tag, self.decoder.decode(payload, content_type, now_ms())?)))
+                .map(|(tag, event)| {
+                    self.builder.push_received(topic, partition, offset, Received::Event { tag, event })
+                }),
+        };
+        if let Err(rejection) = decoded {
+            debug!(%topic, partition, offset, reason = %rejection.reason(), "message rejected");
+            let from = SourcePosition { topic, partition, offset };
+            self.dead_letters.send(from, message.key(), message.payload(), content_type, &rejection)?;
+            self.builder.push_rejected(topic, partition, offset, rejection.reason());
         }
         Ok(())
     }
@@ -315,10 +379,12 @@ struct Connector {
     client: ClientConfig,
     group_id: String,
     topics: Vec<String>,
+    /// Partitions assigned directly instead of subscribing (a shard's).
+    partitions: Option<Vec<TopicPartition>>,
 }
 
 impl Connector {
-    fn new(kafka: &KafkaConfig, config: &ConsumerConfig) -> Self {
+    fn new(kafka: &KafkaConfig, config: &ConsumerConfig, partitions: Option<Vec<TopicPartition>>) -> Self {
         let auto_offset_reset = match config.start_from {
             StartFrom::Latest => "latest",
             StartFrom::Committed | StartFrom::Earliest => "earliest",
@@ -339,16 +405,29 @@ impl Connector {
             .set("auto.offset.reset", auto_offset_reset)
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false");
-        Connector { client, group_id: config.group_id.clone(), topics: config.topics.clone() }
+        Connector { client, group_id: config.group_id.clone(), topics: config.topics.clone(), partitions }
     }
 
-    /// A new group member subscribed to the topics.
+    /// A new group member subscribed to the topics, or a consumer of the
+    /// fixed partitions, each starting where [`SourceContext::position`] says.
     fn connect(&self, shared: &Arc<Shared>) -> Result<BaseConsumer<SourceContext>, ConsumerError> {
         let context = SourceContext { shared: Arc::clone(shared), retired: AtomicBool::new(false) };
         let consumer: BaseConsumer<SourceContext> = self.client.create_with_context(context)?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
-        info!(group = %self.group_id, topics = ?self.topics, "kafka source subscribed");
+        let Some(partitions) = &self.partitions else {
+            let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&topics)?;
+            info!(group = %self.group_id, topics = ?self.topics, "kafka source subscribed");
+            return Ok(consumer);
+        };
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        consumer.context().position(&mut tpl);
+        consumer.assign(&tpl)?;
+        info!(partitions = %describe(partitions), "kafka source assigned its partitions");
+        lock(&shared.assigned).extend(partitions.iter().cloned());
+        lock(&shared.pipeline).hand_over(SourceEvent::Assigned(partitions.clone()), &shared.stop);
         Ok(consumer)
     }
 }

@@ -31,6 +31,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod event;
+pub mod exchange;
 pub mod grads;
 pub mod id_hash;
 pub mod kernels;

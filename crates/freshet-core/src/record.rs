@@ -106,6 +106,12 @@ impl RecordWriter {
         self.bytes.extend_from_slice(value.as_bytes());
     }
 
+    /// Appends a length, then the bytes.
+    pub fn bytes(&mut self, value: &[u8]) {
+        self.len(value.len());
+        self.bytes.extend_from_slice(value);
+    }
+
     /// The record's bytes.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
@@ -185,6 +191,12 @@ impl<'a> RecordReader<'a> {
         let len = self.len(1)?;
         let bytes = self.take(len)?;
         std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| self.error("a string that is not UTF-8"))
+    }
+
+    /// Reads a length, then as many bytes.
+    pub fn bytes(&mut self) -> Result<Vec<u8>, RecordError> {
+        let len = self.len(1)?;
+        Ok(self.take(len)?.to_vec())
     }
 
     /// Checks that the whole record was read.

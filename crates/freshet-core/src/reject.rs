@@ -111,6 +111,14 @@ pub enum Rejection {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A message on a shard exchange topic (`freshet.route.<model>`,
+    /// `freshet.grads.<model>`) without the sender's tag, or a gradient
+    /// message that does not decode.
+    #[error("malformed exchange message: {message}")]
+    MalformedExchange {
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// The stable, machine-readable code of a [`Rejection`].
@@ -146,11 +154,14 @@ pub enum RejectReason {
     TooManyFeatures,
     /// See [`Rejection::InvalidFeature`].
     InvalidFeature,
+    /// See [`Rejection::MalformedExchange`].
+    MalformedExchange,
 }
 
 impl RejectReason {
-    /// Every reason, in a fixed order.
-    pub const ALL: [RejectReason; 15] = [
+    /// Every reason an input event's message can have (all but
+    /// [`RejectReason::MalformedExchange`]), in a fixed order.
+    pub const OF_EVENTS: [RejectReason; 15] = [
         RejectReason::TooLarge,
         RejectReason::UnsupportedContentType,
         RejectReason::InvalidUtf8,
@@ -167,6 +178,17 @@ impl RejectReason {
         RejectReason::TooManyFeatures,
         RejectReason::InvalidFeature,
     ];
+
+    /// Every reason, in a fixed order: [`Self::OF_EVENTS`], then the exchange's.
+    pub const ALL: [RejectReason; 16] = {
+        let mut all = [RejectReason::MalformedExchange; 16];
+        let mut i = 0;
+        while i < RejectReason::OF_EVENTS.len() {
+            all[i] = RejectReason::OF_EVENTS[i];
+            i += 1;
+        }
+        all
+    };
 
     /// The code written to the dead-letter `reason` header and metric labels.
     pub fn as_str(self) -> &'static str {
@@ -186,6 +208,7 @@ impl RejectReason {
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::TooManyFeatures => "too_many_features",
             RejectReason::InvalidFeature => "invalid_feature",
+            RejectReason::MalformedExchange => "malformed_exchange",
         }
     }
 
@@ -220,6 +243,7 @@ impl Rejection {
             Rejection::TimestampOutOfRange { .. } => RejectReason::TimestampOutOfRange,
             Rejection::TooManyFeatures { .. } => RejectReason::TooManyFeatures,
             Rejection::InvalidFeature { .. } => RejectReason::InvalidFeature,
+            Rejection::MalformedExchange { .. } => RejectReason::MalformedExchange,
         }
     }
 }

@@ -209,7 +209,7 @@ impl SynthStream {
         };
         let key = event.user().to_owned();
         if self.rng.random::<f64>() < self.cfg.invalid_rate {
-            let reason = RejectReason::ALL[self.invalid_produced % RejectReason::ALL.len()];
+            let reason = RejectReason::OF_EVENTS[self.invalid_produced % RejectReason::OF_EVENTS.len()];
             self.invalid_produced += 1;
             let (payload, content_type) = malformed(&event, reason, self.cfg.max_message_bytes);
             return SynthMessage {
@@ -305,5 +305,6 @@ fn malformed(event: &Feedback, reason: RejectReason, max_message_bytes: usize) -
             "type": "click", "user": user, "item": "i1", "clicked": true, "ts": ts,
             "features": {"a=b": "c"},
         })),
+        RejectReason::MalformedExchange => unreachable!("only messages of the exchange topics are refused so"),
     }
 }

@@ -43,4 +43,4 @@ pub use config::{KafkaConfig, REDACTED, redact};
 pub use error::KafkaSetupError;
 pub use probe::{ClusterProbe, ClusterStatus};
 pub use send::{send_future, send_threaded};
-pub use topics::{TopicSpec, ensure_topics};
+pub use topics::{TopicSpec, ensure_topics, partition_counts};

@@ -62,6 +62,28 @@ fn check_connection(kafka: &KafkaConfig) -> Result<(), KafkaSetupError> {
     Err(connect_error(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))
 }
 
+/// How long a metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The partition count of each of `topics`, in their order (blocking: a
+/// metadata request). A topic that does not exist is an error naming it.
+pub fn partition_counts(kafka: &KafkaConfig, topics: &[String]) -> Result<Vec<(String, u32)>, KafkaSetupError> {
+    let consumer: BaseConsumer = kafka.client().create()?;
+    topics
+        .iter()
+        .map(|topic| {
+            let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok((topic.clone(), t.partitions().len() as u32))
+                }
+                _ => Err(KafkaSetupError::Topic { topic: topic.clone(), message: "does not exist".to_owned() }),
+            }
+        })
+        .collect()
+}
+
 /// Creates the topics that do not exist yet; existing ones are left as they
 /// are. Checks the connection first (`check_connection`).
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {

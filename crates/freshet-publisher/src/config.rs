@@ -67,10 +67,11 @@ impl PublisherConfig {
         self.topic.clone().unwrap_or_else(|| default_snapshot_topic(model))
     }
 
-    /// The snapshot topic's specification: one partition (a total order of
-    /// snapshots), deletion by time only, records up to 2 MiB.
-    pub fn topic_spec(&self, model: &str) -> TopicSpec {
-        let mut spec = TopicSpec::new(self.topic_for(model), 1);
+    /// The snapshot topic's specification: a partition per shard (each a
+    /// total order of one shard's snapshots; one for an unsharded model),
+    /// deletion by time only, records up to 2 MiB.
+    pub fn topic_spec(&self, model: &str, shards: u32) -> TopicSpec {
+        let mut spec = TopicSpec::new(self.topic_for(model), shards as i32);
         spec.configs = BTreeMap::from([
             ("cleanup.policy".to_owned(), "delete".to_owned()),
             ("retention.ms".to_owned(), self.topic_retention_ms.to_string()),
@@ -137,7 +138,8 @@ mod tests {
     #[test]
     fn the_topic_defaults_to_the_model_name() {
         assert_eq!(PublisherConfig::default().topic_for("m1"), "freshet.snapshots.m1");
-        let spec = PublisherConfig::default().topic_spec("m1");
+        let spec = PublisherConfig::default().topic_spec("m1", 1);
         assert_eq!((spec.partitions, spec.configs["cleanup.policy"].as_str()), (1, "delete"));
+        assert_eq!(PublisherConfig::default().topic_spec("m1", 3).partitions, 3, "a partition per shard");
     }
 }

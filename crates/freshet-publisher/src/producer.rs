@@ -282,7 +282,9 @@ impl SnapshotProducer {
 
     /// Queues one message, waiting while the local queue is full.
     fn send(&self, value: &[u8]) -> Result<DeliveryFuture, KafkaError> {
-        let record = FutureRecord::to(&self.topic).key(self.model.as_bytes()).payload(value).partition(0);
+        // Shard k's chain is partition k (partition 0 of one shard).
+        let partition = self.shard.index() as i32;
+        let record = FutureRecord::to(&self.topic).key(self.model.as_bytes()).payload(value).partition(partition);
         send_future(&self.producer, record)
     }
 

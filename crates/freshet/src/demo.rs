@@ -72,7 +72,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let producer = spawn_producer(&config, args.rate, Arc::clone(&producing), Arc::clone(&sent))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<&'static str>();
     let pipeline_config = config.clone();
-    let options = crate::run::PipelineOptions { create_topics: false, served: Some(subscriber.view()) };
+    let options = crate::run::PipelineOptions {
+        create_topics: false,
+        served: Some(subscriber.view()),
+        shard: freshet_core::Shard::SOLE,
+    };
     let pipeline = tokio::spawn(async move {
         crate::run::pipeline(&pipeline_config, options, async move { stopped.await.unwrap_or("stop") }).await
     });

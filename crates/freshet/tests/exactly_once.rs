@@ -137,7 +137,7 @@ fn run_check_validates_the_configuration_and_names_bad_keys() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("checkpoint.interval_ms"));
 
-    // A sharded model is refused at start, naming the key, until sharded runs exist.
+    // A sharded model needs the shard a process trains, named with the key.
     let sharded = work.path().join("sharded.toml");
     std::fs::write(&sharded, "[model]\nshards = 2\n").expect("write");
     let output = Command::new(BIN).args(["run", "--check", "--config"]).arg(&sharded).output().expect("run");

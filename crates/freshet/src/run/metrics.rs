@@ -49,6 +49,10 @@ pub struct RunMetrics {
     retained_versions: IntGauge,
     retained_bytes: IntGauge,
     retained_version: IntGaugeVec,
+    forwarded: IntCounter,
+    exchange_received: IntCounterVec,
+    exchange_sent: IntCounterVec,
+    exchange_sent_version: IntGauge,
     /// The newest checkpoint's offsets, for the lag.
     checkpointed: Arc<Mutex<NextOffsets>>,
 }
@@ -195,6 +199,24 @@ impl RunMetrics {
                 "When each retained version was copied (ms since the epoch), by version",
                 &["version"],
             )?,
+            forwarded: counter(
+                "freshet_events_forwarded_total",
+                "Events read on this shard's input partitions whose user another shard owns, forwarded to it once",
+            )?,
+            exchange_received: counter_vec(
+                "freshet_exchange_received_total",
+                "Messages from other shards, by channel (route, grads) and outcome (applied, duplicate, refused)",
+                &["channel", "outcome"],
+            )?,
+            exchange_sent: counter_vec(
+                "freshet_exchange_sent_total",
+                "Messages sent to other shards in committed transactions, by channel (route, grads)",
+                &["channel"],
+            )?,
+            exchange_sent_version: gauge(
+                "freshet_exchange_sent_version",
+                "Newest checkpoint version whose outbox the broker has (everything up to it is sent)",
+            )?,
             checkpointed: Arc::default(),
             registry,
         })
@@ -327,6 +349,27 @@ impl RunMetrics {
         if published.newest_event_ms > 0 {
             self.snapshot_freshness.set(freshet_core::now_ms().saturating_sub(published.newest_event_ms).max(0));
         }
+    }
+
+    /// Events forwarded to the shards that own their users.
+    pub fn forwarded(&self, events: usize) {
+        self.forwarded.inc_by(events as u64);
+    }
+
+    /// Messages from other shards on `channel` with `outcome` (`applied`, `duplicate`, `refused`).
+    pub fn exchange_received(&self, channel: freshet_core::exchange::Channel, outcome: &str, count: usize) {
+        if count > 0 {
+            self.exchange_received.with_label_values(&[channel.name(), outcome]).inc_by(count as u64);
+        }
+    }
+
+    /// An outbox the broker took: its version and the messages per channel.
+    pub fn exchange_sent(&self, version: u64, outbox: &freshet_core::exchange::Outbox) {
+        for channel in freshet_core::exchange::Channel::ALL {
+            let count = outbox.messages.iter().filter(|m| m.channel == channel).count() as u64;
+            self.exchange_sent.with_label_values(&[channel.name()]).inc_by(count);
+        }
+        self.exchange_sent_version.set(version as i64);
     }
 
     /// The publisher's hold and abort totals.

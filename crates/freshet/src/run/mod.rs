@@ -3,6 +3,7 @@
 //! checkpoint, never from the group's.
 
 mod admin;
+mod exchange;
 mod metrics;
 mod observe;
 mod trainer_loop;
@@ -12,10 +13,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use freshet_checkpoint::CheckpointStore;
-use freshet_consumer::Source;
-use freshet_core::Decoder;
-use freshet_core::NextOffsets;
-use freshet_kafka::{TopicSpec, ensure_topics};
+use freshet_consumer::{ExchangeTopics, ReadPlan, Source};
+use freshet_core::exchange::{grads_topic, route_topic};
+use freshet_core::{Decoder, NextOffsets, Shard, TopicPartition, assigned_partitions};
+use freshet_kafka::{TopicSpec, ensure_topics, partition_counts};
 use freshet_publisher::{FullPolicy, PublisherHandle, SnapshotProducer};
 use freshet_trainer::Trainer;
 use serde_json::json;
@@ -41,6 +42,10 @@ pub struct RunArgs {
     /// Check the configuration, print it as JSON and exit.
     #[arg(long)]
     check: bool,
+    /// The shard this process trains, 0 to `model.shards` - 1; needed when
+    /// the model has more than one (a StatefulSet ordinal, say).
+    #[arg(long, env = "FRESHET_SHARD")]
+    shard: Option<u32>,
 }
 
 impl RunArgs {
@@ -58,13 +63,13 @@ impl RunArgs {
 /// Runs `freshet run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    one_shard(&config)?;
+    let shard = shard_of_run(&config, args.shard)?;
     if args.check {
-        println!("{}", json!({"ok": true, "config": config.redacted()}));
+        println!("{}", json!({"ok": true, "shard": shard.index(), "config": config.redacted()}));
         return Ok(());
     }
     let mut shutdown = ShutdownSignal::install()?;
-    let options = PipelineOptions { create_topics: true, served: None };
+    let options = PipelineOptions { create_topics: true, served: None, shard };
     pipeline(&config, options, async move { shutdown.recv().await }).await
 }
 
@@ -72,19 +77,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// process exits with it.
 const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Refuses a sharded model: `model.shards` is recorded in checkpoints and
-/// snapshots already, but the route and gradient topics that let S
-/// processes train one model are not built yet.
-fn one_shard(config: &FreshetConfig) -> Result<(), freshet_core::ConfigError> {
-    match config.model.shards {
-        1 => Ok(()),
-        shards => Err(freshet_core::ConfigError::new(
-            "model.shards",
-            format!(
-                "is {shards}: training a sharded model over several `freshet run` processes is not built yet \
-                 (docs/scaling.md); `freshet eval --shards` simulates one"
-            ),
+/// The shard a run trains: `--shard` of `model.shards`, which a sharded
+/// model needs and an unsharded one may give only as 0.
+fn shard_of_run(config: &FreshetConfig, shard: Option<u32>) -> Result<Shard, freshet_core::ConfigError> {
+    let shards = config.model.shards;
+    match shard {
+        None if shards > 1 => Err(freshet_core::ConfigError::new(
+            "--shard",
+            format!("is needed: model.shards is {shards}, so each process trains one shard, 0 to {}", shards - 1),
         )),
+        None => Ok(Shard::SOLE),
+        Some(index) => Shard::new(index, shards).map_err(|_| {
+            freshet_core::ConfigError::new(
+                "--shard",
+                format!("is {index}; model.shards is {shards}, so 0 to {}", shards - 1),
+            )
+        }),
     }
 }
 
@@ -95,6 +103,8 @@ pub struct PipelineOptions {
     /// A subscriber in the same process (the demo's), whose served version
     /// and freshness the live page charts too.
     pub served: Option<freshet_subscriber::SubscriberView>,
+    /// The shard this process trains ([`Shard::SOLE`] unsharded).
+    pub shard: Shard,
 }
 
 /// The training pipeline until `shutdown` resolves (naming why) or the
@@ -106,31 +116,57 @@ pub async fn pipeline(
     options: PipelineOptions,
     shutdown: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
-    one_shard(config)?;
+    let shard = options.shard;
+    anyhow::ensure!(
+        shard.count() == config.model.shards,
+        "shard {shard:?} of a model of {} shards",
+        config.model.shards
+    );
     let mut consumer = config.consumer.clone();
-    // Static membership: a restarted trainer takes its partitions back at
-    // once instead of waiting for its crashed predecessor's session to expire.
-    consumer.group_instance_id.get_or_insert_with(|| format!("freshet-{}", config.name));
+    if !shard.is_sharded() {
+        // Static membership: a restarted trainer takes its partitions back at
+        // once instead of waiting for its crashed predecessor's session to expire.
+        consumer.group_instance_id.get_or_insert_with(|| format!("freshet-{}", config.name));
+    }
     let consumer = &consumer;
-    let mut topics: Vec<TopicSpec> =
-        consumer.topics.iter().map(|t| TopicSpec::new(t, DEFAULT_INPUT_PARTITIONS)).collect();
+    let shards = shard.count() as i32;
+    // Missing inputs get a multiple of the shard count (each shard reads whole partitions).
+    let input_partitions = (DEFAULT_INPUT_PARTITIONS as u32).div_ceil(shard.count()) as i32 * shards;
+    let mut topics: Vec<TopicSpec> = consumer.topics.iter().map(|t| TopicSpec::new(t, input_partitions)).collect();
     topics.push(TopicSpec::new(&consumer.dlq_topic, 1));
     if config.publisher.enabled {
-        topics.push(config.publisher.topic_spec(&config.name.0));
+        topics.push(config.publisher.topic_spec(&config.name.0, shard.count()));
+    }
+    let exchange_topics = shard
+        .is_sharded()
+        .then(|| ExchangeTopics { route: route_topic(&config.name.0), grads: grads_topic(&config.name.0) });
+    if let Some(exchange) = &exchange_topics {
+        for name in [&exchange.route, &exchange.grads] {
+            let mut spec = TopicSpec::new(name, shards);
+            spec.configs.insert("max.message.bytes".to_owned(), exchange::MAX_MESSAGE_BYTES.to_string());
+            topics.push(spec);
+        }
     }
     if options.create_topics {
         ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
     }
+    let plan = read_plan(config, shard, exchange_topics).await?;
 
     let store = CheckpointStore::open(&config.checkpoint.dir, config.checkpoint.fsync)?;
     let (trainer, start) = match store.restore(&config.model, config.trainer.clone())? {
+        Some(resumed) if resumed.trainer.shard() != shard => anyhow::bail!(
+            "{} holds shard {} of the model, not shard {} (--shard): each shard has a checkpoint directory of its own",
+            config.checkpoint.dir.display(),
+            resumed.trainer.shard().index(),
+            shard.index()
+        ),
         Some(resumed) => {
-            info!(version = resumed.version, "resuming from checkpoint");
+            info!(version = resumed.version, shard = shard.index(), "resuming from checkpoint");
             (resumed.trainer, resumed.offsets)
         }
         None => {
-            info!("no checkpoint yet: starting a new model");
-            (Trainer::new(config.model.clone(), config.trainer.clone())?, NextOffsets::new())
+            info!(shard = shard.index(), "no checkpoint yet: starting a new model");
+            (Trainer::new_shard(config.model.clone(), config.trainer.clone(), shard)?, NextOffsets::new())
         }
     };
     let metrics = metrics::RunMetrics::new().context("registering metrics")?;
@@ -154,13 +190,22 @@ pub async fn pipeline(
         observe::spawn_lag_task(config, metrics.clone())?;
         observe::spawn_sampler(metrics.clone(), history, options.served);
     }
-    let publisher = start_publisher(config, &metrics)?;
+    let publisher = start_publisher(config, &metrics, shard)?;
+    let sharded = match shard.is_sharded() {
+        true => {
+            let sender = exchange::ExchangeSender::spawn(&config.kafka, &config.name.0, shard, metrics.clone())?;
+            let marks = store.high_water().context("reading the high-water marks")?;
+            Some(trainer_loop::Sharded::new(exchange::ShardExchange::new(shard, marks), sender))
+        }
+        false => None,
+    };
     info!(model = %config.name, dir = %config.checkpoint.dir.display(), "freshet run starting");
-    let (source, events) = Source::start(
+    let (source, events) = Source::start_with(
         &config.kafka,
         consumer,
         Decoder::new(config.validation.clone().for_model(&config.model)),
         start.clone(),
+        plan,
     )
     .context("starting the consumer")?;
 
@@ -175,6 +220,7 @@ pub async fn pipeline(
         start,
         rollback_after.filter(|_| config.publisher.enabled),
         admin_requests,
+        sharded,
     );
     let runtime = tokio::runtime::Handle::current();
     let (finished, trainer_done) = oneshot::channel();
@@ -213,14 +259,17 @@ pub async fn pipeline(
 
 /// Connects the snapshot producer (fencing any earlier instance of the
 /// model) and starts the publisher thread, unless publishing is off.
-fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> anyhow::Result<Option<PublisherHandle>> {
+fn start_publisher(
+    config: &FreshetConfig,
+    metrics: &metrics::RunMetrics,
+    shard: Shard,
+) -> anyhow::Result<Option<PublisherHandle>> {
     let settings = &config.publisher;
     if !settings.enabled {
         return Ok(None);
     }
-    let producer =
-        SnapshotProducer::connect(&config.kafka, settings, &config.name.0, &config.model, freshet_core::Shard::SOLE)
-            .context("connecting the snapshot publisher")?;
+    let producer = SnapshotProducer::connect(&config.kafka, settings, &config.name.0, &config.model, shard)
+        .context("connecting the snapshot publisher")?;
     info!(topic = producer.topic(), "publishing snapshots");
     let policy = FullPolicy {
         every_deltas: settings.full_every_deltas,
@@ -229,4 +278,22 @@ fn start_publisher(config: &FreshetConfig, metrics: &metrics::RunMetrics) -> any
     let metrics = metrics.clone();
     let on_event = move |event: freshet_publisher::PublisherEvent<'_>| metrics.publisher_event(event);
     Ok(Some(PublisherHandle::spawn(producer, settings.quality_gate, policy, on_event)?))
+}
+
+/// What a run's source reads: the group's partitions unsharded; shard k's
+/// input partitions (`p mod S = k`, checked: every input topic has the same
+/// partition count, a multiple of S) and partition k of the exchange topics
+/// when sharded.
+async fn read_plan(config: &FreshetConfig, shard: Shard, exchange: Option<ExchangeTopics>) -> anyhow::Result<ReadPlan> {
+    let Some(exchange) = exchange else { return Ok(ReadPlan::default()) };
+    let kafka = config.kafka.clone();
+    let inputs = config.consumer.topics.clone();
+    let counts = tokio::task::spawn_blocking(move || partition_counts(&kafka, &inputs)).await??;
+    let named: Vec<(&str, u32)> = counts.iter().map(|(topic, count)| (topic.as_str(), *count)).collect();
+    let mut partitions = assigned_partitions(&named, shard)?;
+    let k = shard.index() as i32;
+    partitions.push(TopicPartition::new(&exchange.route, k));
+    partitions.push(TopicPartition::new(&exchange.grads, k));
+    info!(shard = k, partitions = %freshet_core::offsets::describe(&partitions), "the shard's partitions");
+    Ok(ReadPlan { partitions: Some(partitions), exchange: Some(exchange) })
 }

@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use freshet_checkpoint::{CheckpointError, CheckpointStore, RollbackMode, RollbackRecord};
+use freshet_checkpoint::{CheckpointError, CheckpointStore, ExchangeCommit, RollbackMode, RollbackRecord};
 use freshet_consumer::{Acknowledger, MicroBatch, SourceEvent};
+use freshet_core::exchange::Channel;
 use freshet_core::snapshot::Watermark;
 use freshet_core::{ModelSpec, NextOffsets, now_ms};
 use freshet_publisher::{Outgoing, PublisherHandle};
@@ -21,6 +22,7 @@ use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, info_span, warn};
 
 use super::admin::{AdminError, AdminRequest, Answer};
+use super::exchange::{ExchangeSender, ShardExchange};
 use super::metrics::RunMetrics;
 use crate::config::CheckpointSettings;
 
@@ -29,6 +31,8 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to wait for when nothing is pending.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// How often to look for sent outboxes while one is waiting.
+const EXCHANGE_CHECK: Duration = Duration::from_millis(200);
 /// How long the final publish may take at shutdown.
 const PUBLISH_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -58,6 +62,33 @@ pub struct TrainerLoop {
     rolled_back_hold: Option<Instant>,
     /// Operator requests, when the admin endpoints are on.
     admin: Option<Receiver<AdminRequest>>,
+    /// A shard's exchange with the other shards of a sharded model.
+    sharded: Option<Sharded>,
+}
+
+/// What a shard of a sharded model keeps beside the unsharded loop's state.
+pub struct Sharded {
+    /// The decisions: marks, forwarding, outboxes.
+    pub exchange: ShardExchange,
+    /// The thread that sends outboxes.
+    pub sender: ExchangeSender,
+    /// Outboxes up to this version are forgotten by the store.
+    forgotten_through: u64,
+    /// The newest version whose outbox went to the sender.
+    submitted_through: u64,
+}
+
+impl Sharded {
+    /// A shard's exchange and its sender.
+    pub fn new(exchange: ShardExchange, sender: ExchangeSender) -> Self {
+        Sharded { exchange, sender, forgotten_through: 0, submitted_through: 0 }
+    }
+
+    /// Hands `outbox` to the sender.
+    fn submit(&mut self, outbox: freshet_core::exchange::Outbox) {
+        self.submitted_through = outbox.version;
+        self.sender.submit(outbox);
+    }
 }
 
 /// What woke the loop.
@@ -80,9 +111,11 @@ impl TrainerLoop {
         applied: NextOffsets,
         rollback_after: Option<Duration>,
         admin: Option<Receiver<AdminRequest>>,
+        sharded: Option<Sharded>,
     ) -> Self {
         let spec = trainer.spec().clone();
         TrainerLoop {
+            sharded,
             rollback_after,
             rolled_back_hold: None,
             admin,
@@ -103,6 +136,13 @@ impl TrainerLoop {
     /// Runs until the source closes its channel, then writes a final
     /// checkpoint and publishes it. A restored model is published in full first.
     pub fn run(mut self, runtime: &Handle, mut events: Receiver<SourceEvent>) -> anyhow::Result<()> {
+        if let Some(sharded) = &mut self.sharded {
+            // What the broker may not have from before a crash goes out first, byte for byte.
+            for outbox in self.store.outboxes().context("reading the outboxes")? {
+                info!(version = outbox.version, messages = outbox.messages.len(), "sending an outbox again");
+                sharded.submit(outbox);
+            }
+        }
         if self.store.version() > 0 {
             // A rollback written while stopped (`freshet rollback`) goes out marked as one.
             self.publish_full_of(self.store.current_rollback().map(|r| r.to_version));
@@ -117,7 +157,7 @@ impl TrainerLoop {
                 IDLE_WAIT
             };
             let full_wait = self.publisher.as_ref().map_or(IDLE_WAIT, PublisherHandle::full_due_in);
-            let wait = checkpoint_wait.min(full_wait).min(self.hold_check_in());
+            let wait = checkpoint_wait.min(full_wait).min(self.hold_check_in()).min(self.exchange_check_in());
             let admin = &mut self.admin;
             let wake = runtime.block_on(async {
                 tokio::select! {
@@ -129,7 +169,7 @@ impl TrainerLoop {
                 }
             });
             match wake {
-                Wake::Source(Some(SourceEvent::Batch(batch))) => self.apply(&batch),
+                Wake::Source(Some(SourceEvent::Batch(batch))) => self.apply(batch),
                 Wake::Source(Some(SourceEvent::Assigned(partitions))) => {
                     debug!(count = partitions.len(), "assigned");
                 }
@@ -141,6 +181,7 @@ impl TrainerLoop {
                 Wake::Source(None) => {
                     self.checkpoint().context("final checkpoint")?;
                     info!(version = self.store.version(), "trainer stopped after a final checkpoint");
+                    self.close_exchange()?;
                     return self.close_publisher();
                 }
                 Wake::Admin(request) => self.serve(request, runtime, &mut events)?,
@@ -154,8 +195,18 @@ impl TrainerLoop {
                 self.publish_full();
             }
             self.check_publisher()?;
+            self.check_exchange()?;
             self.metrics.consumers_replaced(self.acknowledger.consumers_replaced());
             self.roll_back_if_held(runtime, &mut events)?;
+        }
+    }
+
+    /// How soon to look whether the broker took an outbox the store still
+    /// keeps (a long wait when none is waiting).
+    fn exchange_check_in(&self) -> Duration {
+        match &self.sharded {
+            Some(sharded) if sharded.forgotten_through < sharded.submitted_through => EXCHANGE_CHECK,
+            _ => IDLE_WAIT,
         }
     }
 
@@ -254,6 +305,10 @@ impl TrainerLoop {
         events: &mut Receiver<SourceEvent>,
     ) -> anyhow::Result<Result<RollbackRecord, AdminError>> {
         let _span = info_span!("rollback", to, %mode, reason).entered();
+        if self.sharded.is_some() {
+            let refused = "rolling back one shard of a sharded model is not built yet (docs/scaling.md)";
+            return Ok(Err(AdminError::bad(refused.to_owned())));
+        }
         let started = Instant::now();
         self.checkpoint().context("checkpoint before a rollback")?;
         let version_before = self.store.version();
@@ -341,11 +396,31 @@ impl TrainerLoop {
         Ok(())
     }
 
-    fn apply(&mut self, batch: &MicroBatch) {
+    fn apply(&mut self, mut batch: MicroBatch) {
         let _span = info_span!("train_batch", events = batch.events.len()).entered();
         let started = Instant::now();
+        if let Some(sharded) = &mut self.sharded {
+            let inbound = sharded.exchange.admit(std::mem::take(&mut batch.received));
+            for (&channel, &count) in &inbound.duplicates {
+                self.metrics.exchange_received(channel, "duplicate", count);
+            }
+            self.metrics.exchange_received(Channel::Grads, "refused", inbound.refused);
+            if !inbound.gradients.is_empty() {
+                match self.trainer.apply_gradients(&inbound.gradients) {
+                    Ok(_) => self.metrics.exchange_received(Channel::Grads, "applied", inbound.gradients.len()),
+                    Err(error) => {
+                        warn!(%error, messages = inbound.gradients.len(), "gradient messages refused");
+                        self.metrics.exchange_received(Channel::Grads, "refused", inbound.gradients.len());
+                    }
+                }
+            }
+            self.metrics.exchange_received(Channel::Route, "applied", inbound.events.len());
+            batch.events.extend(inbound.events);
+            let forwarded = sharded.exchange.route(&mut batch.events);
+            self.metrics.forwarded(forwarded);
+        }
         let report = self.trainer.train_batch(&batch.events);
-        self.metrics.batch(batch, started.elapsed().as_secs_f64());
+        self.metrics.batch(&batch, started.elapsed().as_secs_f64());
         debug!(
             events = report.events,
             rejected = batch.rejected_count(),
@@ -379,7 +454,19 @@ impl TrainerLoop {
         let _span = info_span!("checkpoint", version = self.store.version() + 1).entered();
         let started = Instant::now();
         let delta = self.trainer.drain_dirty();
-        let stats = self.store.commit(&self.spec, &delta, &self.applied)?;
+        let stats = match &mut self.sharded {
+            None => self.store.commit(&self.spec, &delta, &self.applied)?,
+            Some(sharded) => {
+                let version = self.store.version() + 1;
+                let messages = sharded.exchange.outbox(version, self.trainer.take_gradients());
+                let exchange = ExchangeCommit { high_water: sharded.exchange.high_water(), outbox: &messages };
+                let stats = self.store.commit_with(&self.spec, &delta, &self.applied, Some(exchange))?;
+                if !messages.is_empty() {
+                    sharded.submit(freshet_core::exchange::Outbox { version, messages });
+                }
+                stats
+            }
+        };
         let progressive = self.trainer.metrics();
         self.metrics.checkpoint(&stats, &self.applied, self.store.memory(), &self.trainer, &progressive);
         self.hand_to_publisher(stats.version, delta, &progressive);
@@ -459,6 +546,33 @@ impl TrainerLoop {
         let stats = publisher.stats();
         self.metrics.publisher_totals(stats.holds, stats.aborts);
         self.record_published(stats.published_version)
+    }
+
+    /// Forgets the outboxes the broker has; stops when the sender stopped
+    /// (another instance of the shard fenced it).
+    fn check_exchange(&mut self) -> anyhow::Result<()> {
+        let Some(sharded) = &mut self.sharded else { return Ok(()) };
+        if let Some(failure) = sharded.sender.failure() {
+            anyhow::bail!("exchange sender stopped: {failure}");
+        }
+        let sent = sharded.sender.sent_through();
+        if sent > sharded.forgotten_through {
+            self.store.forget_outboxes(sent).context("forgetting sent outboxes")?;
+            sharded.forgotten_through = sent;
+        }
+        Ok(())
+    }
+
+    /// Sends what the last checkpoints left in the outbox (time-limited)
+    /// and forgets what the broker took.
+    fn close_exchange(&mut self) -> anyhow::Result<()> {
+        let Some(sharded) = self.sharded.take() else { return Ok(()) };
+        let sent = sharded.sender.close(PUBLISH_CLOSE_TIMEOUT);
+        if sent > sharded.forgotten_through {
+            self.store.forget_outboxes(sent).context("forgetting sent outboxes")?;
+        }
+        info!(sent_through = sent, "exchange sender stopped");
+        Ok(())
     }
 
     /// Records `published` in the checkpoint if it is newer than what is recorded.
