@@ -214,6 +214,19 @@ pub fn metric(address: &str, name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// The value of the series of Prometheus metric `name` at `address` whose
+/// labels contain `label` (for example `shard="1"`), if there is one.
+pub fn metric_labelled(address: &str, name: &str, label: &str) -> Option<f64> {
+    let (status, text) = get(address, "/metrics");
+    if status != 200 {
+        return None;
+    }
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{'))
+        .find(|line| line.split_once('}').is_some_and(|(labels, _)| labels.contains(label)))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
 /// `BIN inspect --json` of a checkpoint, if it answers.
 pub fn inspect(bin: &str, checkpoint: &Path) -> Option<Value> {
     let output = Command::new(bin).args(["inspect", "--json", "--checkpoint"]).arg(checkpoint).output().ok()?;

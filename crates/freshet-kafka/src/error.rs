@@ -1,7 +1,16 @@
 //! Errors of connecting and creating topics.
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use thiserror::Error;
+
+/// Whether a transactional producer's epoch was taken by a newer producer
+/// of its transactional id (another instance took over).
+pub fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
 
 /// Why a Kafka client could not be set up.
 #[derive(Debug, Error)]

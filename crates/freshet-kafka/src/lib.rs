@@ -40,7 +40,7 @@ mod send;
 mod topics;
 
 pub use config::{KafkaConfig, REDACTED, redact};
-pub use error::KafkaSetupError;
+pub use error::{KafkaSetupError, is_fenced};
 pub use probe::{ClusterProbe, ClusterStatus};
 pub use send::{send_future, send_threaded};
 pub use topics::{TopicSpec, ensure_topics, partition_counts};

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use freshet_core::snapshot::ValueEncoding;
 use freshet_core::{ModelSpec, Shard, now_ms};
-use freshet_kafka::{KafkaConfig, send_future};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use freshet_kafka::{KafkaConfig, is_fenced, send_future};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use thiserror::Error;
 use tracing::{debug, info_span, warn};
@@ -303,14 +303,6 @@ impl SnapshotProducer {
     fn fenced(&self) -> PublishError {
         PublishError::Fenced { model: self.model.clone(), transactional_id: self.transactional_id.clone() }
     }
-}
-
-/// Whether the producer's epoch was taken by a newer one.
-fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    )
 }
 
 /// What the publisher does after a failed transaction.

@@ -50,14 +50,17 @@ pub mod http;
 mod inflight;
 mod model;
 mod pages;
+mod replica;
 mod scan;
 mod store;
 mod swap;
 
+pub use assemble::AssemblyError;
 pub use follow::{
     SubscribeError, Subscriber, SubscriberConfig, SubscriberEvent, SubscriberStats, SubscriberView, SwapKind,
     SwapReport,
 };
 pub use inflight::Answering;
 pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, VersionInfo};
+pub use replica::{ReplicaDelta, ReplicaDeltas};
 pub use swap::{LiveModel, Retired};

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use freshet_core::synth::SynthConfig;
-use freshet_e2e::process::{Running, free_port, inspect, metric, wait_until, write_config};
+use freshet_e2e::process::{Running, free_port, inspect, metric, metric_labelled, wait_until, write_config};
 use freshet_e2e::{TestTopics, bootstrap, produce_synth};
 use serde_json::Value;
 
@@ -113,6 +113,17 @@ fn sigkills_of_random_shards_never_lose_or_repeat_an_update(shards: u32) {
     );
     assert_eq!(updates(&processes, "user"), valid, "{reports:?}");
     assert_eq!(updates(&processes, "item"), valid, "{reports:?}");
+    // Each shard's replicas follow the other shards' published chains.
+    for process in &processes {
+        let fed = wait_until(Duration::from_secs(60), || {
+            let versions = (0..shards)
+                .filter(|&j| j != process.index)
+                .map(|j| metric_labelled(&process.metrics, "freshet_replica_version", &format!("shard=\"{j}\"")));
+            versions.into_iter().all(|v| v.is_some_and(|v| v > 0.0))
+                && metric(&process.metrics, "freshet_replica_rows_applied_total").is_some_and(|rows| rows > 0.0)
+        });
+        assert!(fed, "shard {}'s replicas took no snapshot of the others", process.index);
+    }
     for process in running.iter_mut() {
         assert!(process.take().expect("running").terminate().success(), "clean exit on SIGTERM");
     }

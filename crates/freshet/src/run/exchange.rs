@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use freshet_consumer::Received;
@@ -21,9 +21,10 @@ use freshet_core::exchange::{
     Channel, ExchangeTag, HighWater, Outbox, OutboxMessage, grads_topic, route_topic, split_gradients,
 };
 use freshet_core::grads::{GradientsMessage, encode_gradients};
+use freshet_core::threads::join_within;
 use freshet_core::{CONTENT_TYPE_HEADER, ContentType, Feedback, Gradients, Shard, encode, hash_id};
-use freshet_kafka::{KafkaConfig, send_threaded};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use freshet_kafka::{KafkaConfig, is_fenced, send_threaded};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tracing::{info, info_span, warn};
@@ -208,14 +209,8 @@ impl ExchangeSender {
     /// stays in the store's outbox and goes out after the next start).
     pub fn close(mut self, timeout: Duration) -> u64 {
         drop(self.outboxes.take());
-        let deadline = Instant::now() + timeout;
         if let Some(thread) = self.thread.take() {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
+            if !join_within(thread, timeout) {
                 self.shared.stop.store(true, Ordering::Release);
                 warn!("the exchange sender did not finish in time; the rest is sent after the next start");
             }
@@ -321,14 +316,6 @@ fn send(producer: &ExchangeProducer, topics: &Topics, outbox: &Outbox) -> Result
         send_threaded(producer, record)?;
     }
     producer.commit_transaction(TRANSACTION_TIMEOUT)
-}
-
-/// Whether the producer's epoch was taken by a newer one.
-fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    )
 }
 
 #[cfg(test)]

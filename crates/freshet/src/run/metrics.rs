@@ -53,6 +53,8 @@ pub struct RunMetrics {
     exchange_received: IntCounterVec,
     exchange_sent: IntCounterVec,
     exchange_sent_version: IntGauge,
+    replica_rows: IntCounter,
+    replica_version: IntGaugeVec,
     /// The newest checkpoint's offsets, for the lag.
     checkpointed: Arc<Mutex<NextOffsets>>,
 }
@@ -217,6 +219,15 @@ impl RunMetrics {
                 "freshet_exchange_sent_version",
                 "Newest checkpoint version whose outbox the broker has (everything up to it is sent)",
             )?,
+            replica_rows: counter(
+                "freshet_replica_rows_applied_total",
+                "Rows of other shards' snapshots taken into this shard's read-only replicas",
+            )?,
+            replica_version: gauge_vec(
+                "freshet_replica_version",
+                "Newest snapshot version of each other shard in this shard's replicas",
+                &["shard"],
+            )?,
             checkpointed: Arc::default(),
             registry,
         })
@@ -370,6 +381,12 @@ impl RunMetrics {
             self.exchange_sent.with_label_values(&[channel.name()]).inc_by(count);
         }
         self.exchange_sent_version.set(version as i64);
+    }
+
+    /// Snapshot `version` of shard `shard` taken into the replicas: `rows` set or removed.
+    pub fn replica(&self, shard: u32, version: u64, rows: usize) {
+        self.replica_rows.inc_by(rows as u64);
+        self.replica_version.with_label_values(&[&shard.to_string()]).set(version as i64);
     }
 
     /// The publisher's hold and abort totals.

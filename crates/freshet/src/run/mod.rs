@@ -6,6 +6,7 @@ mod admin;
 mod exchange;
 mod metrics;
 mod observe;
+mod replicas;
 mod trainer_loop;
 
 use std::path::PathBuf;
@@ -195,7 +196,20 @@ pub async fn pipeline(
         true => {
             let sender = exchange::ExchangeSender::spawn(&config.kafka, &config.name.0, shard, metrics.clone())?;
             let marks = store.high_water().context("reading the high-water marks")?;
-            Some(trainer_loop::Sharded::new(exchange::ShardExchange::new(shard, marks), sender))
+            let replicas = match config.publisher.enabled {
+                true => Some(replicas::ReplicaFeed::start(
+                    &config.kafka,
+                    &config.publisher.topic_for(&config.name.0),
+                    shard,
+                )?),
+                false => {
+                    warn!(
+                        "publishing is off: this shard's replicas of other shards' rows stay at their initial values"
+                    );
+                    None
+                }
+            };
+            Some(trainer_loop::Sharded::new(exchange::ShardExchange::new(shard, marks), sender, replicas))
         }
         false => None,
     };

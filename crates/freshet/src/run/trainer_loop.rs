@@ -24,7 +24,9 @@ use tracing::{debug, info, info_span, warn};
 use super::admin::{AdminError, AdminRequest, Answer};
 use super::exchange::{ExchangeSender, ShardExchange};
 use super::metrics::RunMetrics;
+use super::replicas::ReplicaFeed;
 use crate::config::CheckpointSettings;
+use freshet_subscriber::ReplicaDelta;
 
 /// How long a rewound source may take to confirm.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,12 +78,18 @@ pub struct Sharded {
     forgotten_through: u64,
     /// The newest version whose outbox went to the sender.
     submitted_through: u64,
+    /// The other shards' snapshots, for the replicas (none when publishing is off).
+    replicas: Option<(ReplicaFeed, Receiver<ReplicaDelta>)>,
 }
 
 impl Sharded {
     /// A shard's exchange and its sender.
-    pub fn new(exchange: ShardExchange, sender: ExchangeSender) -> Self {
-        Sharded { exchange, sender, forgotten_through: 0, submitted_through: 0 }
+    pub fn new(
+        exchange: ShardExchange,
+        sender: ExchangeSender,
+        replicas: Option<(ReplicaFeed, Receiver<ReplicaDelta>)>,
+    ) -> Self {
+        Sharded { exchange, sender, forgotten_through: 0, submitted_through: 0, replicas }
     }
 
     /// Hands `outbox` to the sender.
@@ -95,6 +103,7 @@ impl Sharded {
 enum Wake {
     Source(Option<SourceEvent>),
     Admin(AdminRequest),
+    Replica(ReplicaDelta),
     Timer,
 }
 
@@ -159,11 +168,15 @@ impl TrainerLoop {
             let full_wait = self.publisher.as_ref().map_or(IDLE_WAIT, PublisherHandle::full_due_in);
             let wait = checkpoint_wait.min(full_wait).min(self.hold_check_in()).min(self.exchange_check_in());
             let admin = &mut self.admin;
+            let replicas = self.sharded.as_mut().and_then(|sharded| sharded.replicas.as_mut()).map(|(_, r)| r);
             let wake = runtime.block_on(async {
                 tokio::select! {
                     event = events.recv() => Wake::Source(event),
                     Some(request) = async { match admin { Some(admin) => admin.recv().await, None => None } } => {
                         Wake::Admin(request)
+                    }
+                    Some(replica) = async { match replicas { Some(replicas) => replicas.recv().await, None => None } } => {
+                        Wake::Replica(replica)
                     }
                     () = tokio::time::sleep(wait) => Wake::Timer,
                 }
@@ -185,6 +198,7 @@ impl TrainerLoop {
                     return self.close_publisher();
                 }
                 Wake::Admin(request) => self.serve(request, runtime, &mut events)?,
+                Wake::Replica(replica) => self.apply_replica(&replica),
                 Wake::Timer => {}
             }
             if self.due() {
@@ -435,6 +449,17 @@ impl TrainerLoop {
         self.offsets_pending = true;
     }
 
+    /// Takes another shard's snapshot into the replicas.
+    fn apply_replica(&mut self, replica: &ReplicaDelta) {
+        match self.trainer.apply_replica(replica.shard, &replica.delta) {
+            Ok(rows) => {
+                self.metrics.replica(replica.shard, replica.version, rows);
+                debug!(shard = replica.shard, version = replica.version, rows, "replica updated");
+            }
+            Err(error) => warn!(%error, shard = replica.shard, version = replica.version, "a replica snapshot refused"),
+        }
+    }
+
     fn pending(&self) -> bool {
         self.events_pending > 0 || self.offsets_pending
     }
@@ -567,6 +592,9 @@ impl TrainerLoop {
     /// and forgets what the broker took.
     fn close_exchange(&mut self) -> anyhow::Result<()> {
         let Some(sharded) = self.sharded.take() else { return Ok(()) };
+        if let Some((feed, _)) = sharded.replicas {
+            feed.stop(PUBLISH_CLOSE_TIMEOUT);
+        }
         let sent = sharded.sender.close(PUBLISH_CLOSE_TIMEOUT);
         if sent > sharded.forgotten_through {
             self.store.forget_outboxes(sent).context("forgetting sent outboxes")?;
