@@ -33,6 +33,8 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to wait for when nothing is pending.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// How often to look for a newly published version while one is in flight.
+const PUBLISH_CHECK: Duration = Duration::from_millis(100);
 /// How often to look for sent outboxes while one is waiting.
 const EXCHANGE_CHECK: Duration = Duration::from_millis(200);
 /// How long the final publish may take at shutdown.
@@ -166,7 +168,11 @@ impl TrainerLoop {
                 IDLE_WAIT
             };
             let full_wait = self.publisher.as_ref().map_or(IDLE_WAIT, PublisherHandle::full_due_in);
-            let wait = checkpoint_wait.min(full_wait).min(self.hold_check_in()).min(self.exchange_check_in());
+            let wait = checkpoint_wait
+                .min(full_wait)
+                .min(self.hold_check_in())
+                .min(self.exchange_check_in())
+                .min(self.publish_check_in());
             let admin = &mut self.admin;
             let replicas = self.sharded.as_mut().and_then(|sharded| sharded.replicas.as_mut()).map(|(_, r)| r);
             let wake = runtime.block_on(async {
@@ -212,6 +218,17 @@ impl TrainerLoop {
             self.check_exchange()?;
             self.metrics.consumers_replaced(self.acknowledger.consumers_replaced());
             self.roll_back_if_held(runtime, &mut events)?;
+        }
+    }
+
+    /// How soon to look whether the publisher published a version the store
+    /// has not recorded as published yet (a long wait when none is in
+    /// flight): without it a loop gone idle while a publish was under way
+    /// would record it only at its next wake.
+    fn publish_check_in(&self) -> Duration {
+        match &self.publisher {
+            Some(_) if self.store.published_version() < self.store.version() => PUBLISH_CHECK,
+            _ => IDLE_WAIT,
         }
     }
 
