@@ -282,6 +282,13 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// Records `partitions` as assigned and tells the reader.
+    fn took(&self, partitions: Vec<TopicPartition>) {
+        info!(partitions = %describe(&partitions), "partitions assigned");
+        lock(&self.assigned).extend(partitions.iter().cloned());
+        lock(&self.pipeline).hand_over(SourceEvent::Assigned(partitions), &self.stop);
+    }
+
     fn fail(&self, error: ConsumerError) {
         lock(&self.failure).get_or_insert(error);
     }
@@ -425,9 +432,7 @@ impl Connector {
         }
         consumer.context().position(&mut tpl);
         consumer.assign(&tpl)?;
-        info!(partitions = %describe(partitions), "kafka source assigned its partitions");
-        lock(&shared.assigned).extend(partitions.iter().cloned());
-        lock(&shared.pipeline).hand_over(SourceEvent::Assigned(partitions.clone()), &shared.stop);
+        shared.took(partitions.clone());
         Ok(consumer)
     }
 }
@@ -594,11 +599,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.position(tpl);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
-                let partitions = partitions_of(tpl);
-                info!(partitions = %describe(&partitions), "partitions assigned");
-                lock(&self.shared.assigned).extend(partitions.iter().cloned());
-                let mut pipeline = lock(&self.shared.pipeline);
-                pipeline.hand_over(SourceEvent::Assigned(partitions), &self.shared.stop);
+                self.shared.took(partitions_of(tpl));
                 assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

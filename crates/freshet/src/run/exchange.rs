@@ -207,7 +207,7 @@ impl ExchangeSender {
 
     /// Sends what is queued, waiting at most `timeout` (what is not sent
     /// stays in the store's outbox and goes out after the next start).
-    pub fn close(mut self, timeout: Duration) -> u64 {
+    pub fn close(&mut self, timeout: Duration) -> u64 {
         drop(self.outboxes.take());
         if let Some(thread) = self.thread.take() {
             if !join_within(thread, timeout) {

@@ -101,6 +101,16 @@ impl Sharded {
     }
 }
 
+/// Forgets from `store` the outboxes `sharded`'s sender reports the broker has.
+fn forget_sent(store: &mut CheckpointStore, sharded: &mut Sharded) -> anyhow::Result<()> {
+    let sent = sharded.sender.sent_through();
+    if sent > sharded.forgotten_through {
+        store.forget_outboxes(sent).context("forgetting sent outboxes")?;
+        sharded.forgotten_through = sent;
+    }
+    Ok(())
+}
+
 /// What woke the loop.
 enum Wake {
     Source(Option<SourceEvent>),
@@ -597,27 +607,19 @@ impl TrainerLoop {
         if let Some(failure) = sharded.sender.failure() {
             anyhow::bail!("exchange sender stopped: {failure}");
         }
-        let sent = sharded.sender.sent_through();
-        if sent > sharded.forgotten_through {
-            self.store.forget_outboxes(sent).context("forgetting sent outboxes")?;
-            sharded.forgotten_through = sent;
-        }
-        Ok(())
+        forget_sent(&mut self.store, sharded)
     }
 
     /// Sends what the last checkpoints left in the outbox (time-limited)
     /// and forgets what the broker took.
     fn close_exchange(&mut self) -> anyhow::Result<()> {
-        let Some(sharded) = self.sharded.take() else { return Ok(()) };
-        if let Some((feed, _)) = sharded.replicas {
+        let Some(mut sharded) = self.sharded.take() else { return Ok(()) };
+        if let Some((feed, _)) = sharded.replicas.take() {
             feed.stop(PUBLISH_CLOSE_TIMEOUT);
         }
         let sent = sharded.sender.close(PUBLISH_CLOSE_TIMEOUT);
-        if sent > sharded.forgotten_through {
-            self.store.forget_outboxes(sent).context("forgetting sent outboxes")?;
-        }
         info!(sent_through = sent, "exchange sender stopped");
-        Ok(())
+        forget_sent(&mut self.store, &mut sharded)
     }
 
     /// Records `published` in the checkpoint if it is newer than what is recorded.
