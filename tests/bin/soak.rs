@@ -4,11 +4,14 @@
 //! the broker SIGKILLed and restarted once. At the end: `events_applied`
 //! equals the valid events produced, the served parameters equal the
 //! checkpoint's bit for bit at the final version, every malformed event is in
-//! the dead-letter topic with its reason, and the resident memory of the
-//! longest-lived `run` and `serve` instances grew by less than 10 % over the
-//! second half of their lives (at least 15 s in: the allocator's arenas fill
-//! during the first part of a life; a leak keeps growing after it). For
-//! `run`, what RocksDB reports holding (`freshet_checkpoint_memory_bytes`:
+//! the dead-letter topic with its reason. It also reports how much the
+//! resident memory of the longest-lived `run` and `serve` instances grew over
+//! the second half of their lives (at least 15 s in: the allocator's arenas
+//! fill during the first part of a life; a leak keeps growing after it), and
+//! with `--memory-growth-limit PCT` fails when either grew by more: memory is
+//! a figure, judged only on a soak long enough to tell a leak from noise
+//! (`bench/soak.sh` asks for 10 % from 10 minutes on; CI's 2-minute soak
+//! prints it). For `run`, what RocksDB reports holding (`freshet_checkpoint_memory_bytes`:
 //! memtables that fill up to their write buffer size before a flush, table
 //! readers, the block cache) is taken off first: it is bounded by RocksDB's
 //! options, and on a short life its memtables alone grow by more than 10 %.
@@ -16,6 +19,7 @@
 //! check fails.
 //!
 //!     soak --freshet PATH/TO/freshet --minutes M [--rate EVENTS_PER_S] [--seed S]
+//!          [--memory-growth-limit PCT]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,10 +50,13 @@ struct Args {
     minutes: f64,
     rate: u64,
     seed: u64,
+    /// Fail when the longest life's memory grew by more than this many per
+    /// cent over its second half; `None`: report it only.
+    memory_growth_limit: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { freshet: PathBuf::new(), minutes: 2.0, rate: 2_000, seed: 0 };
+    let mut args = Args { freshet: PathBuf::new(), minutes: 2.0, rate: 2_000, seed: 0, memory_growth_limit: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -58,6 +65,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--minutes" => args.minutes = value.parse().context("--minutes")?,
             "--rate" => args.rate = value.parse().context("--rate")?,
             "--seed" => args.seed = value.parse().context("--seed")?,
+            "--memory-growth-limit" => {
+                let limit: f64 = value.parse().context("--memory-growth-limit")?;
+                if !(limit.is_finite() && limit >= 0.0) {
+                    bail!("--memory-growth-limit must be a non-negative number of per cent, got {value}");
+                }
+                args.memory_growth_limit = Some(limit);
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -325,8 +339,13 @@ fn soak() -> anyhow::Result<bool> {
 
     let applied = report["events_applied"].as_u64().unwrap_or(0);
     let (run_longest, serve_longest) = (longest(&run_lives), longest(&serve_lives));
-    let grew = |g: Option<(f64, Sample, Sample)>| {
-        g.is_some_and(|(_, mid, end)| end.own_kib() as f64 > mid.own_kib() as f64 * 1.10)
+    // Per cent growth of the process's own memory over its longest life's second half.
+    let growth = |g: Option<(f64, Sample, Sample)>| {
+        g.map(|(_, mid, end)| (end.own_kib() as f64 / mid.own_kib().max(1) as f64 - 1.0) * 100.0)
+    };
+    let within = |g: Option<(f64, Sample, Sample)>| match (args.memory_growth_limit, growth(g)) {
+        (Some(limit), Some(grew)) => grew < limit,
+        _ => true,
     };
     let checks = [
         ("read to the end", reached),
@@ -338,8 +357,8 @@ fn soak() -> anyhow::Result<bool> {
         ("user update counters = valid events", report["updates_by_table"]["user"].as_u64() == Some(valid)),
         ("served parameters = checkpoint's, bit for bit", bit_for_bit.is_ok()),
         ("every malformed event in the DLQ with its reason", missing_dead == 0),
-        ("run RSS less RocksDB's grew < 10 % over the second half of its longest life", !grew(run_longest)),
-        ("serve RSS grew < 10 % over the second half of its longest life", !grew(serve_longest)),
+        ("run RSS less RocksDB's grew within the limit over the second half of its longest life", within(run_longest)),
+        ("serve RSS grew within the limit over the second half of its longest life", within(serve_longest)),
     ];
     let failed: Vec<&str> = checks.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
     let lives = |g: Option<(f64, Sample, Sample)>| {
@@ -348,6 +367,7 @@ fn soak() -> anyhow::Result<bool> {
                 "lived_s": lived.round(),
                 "rss_mid_life_kib": mid.rss_kib, "rss_end_kib": end.rss_kib,
                 "store_mid_life_kib": mid.store_kib, "store_end_kib": end.store_kib,
+                "growth_pct": growth(g).map(|grew| (grew * 10.0).round() / 10.0),
             })
         })
     };
@@ -359,6 +379,7 @@ fn soak() -> anyhow::Result<bool> {
             "valid": valid, "invalid": invalid, "events_applied": applied, "final_version": version,
             "dead_letters": dead.len(), "malformed_missing_from_dlq": missing_dead,
             "longest_run": lives(run_longest), "longest_serve": lives(serve_longest),
+            "memory_growth_limit_pct": args.memory_growth_limit,
             "bit_for_bit_error": bit_for_bit.as_ref().err(),
             "failed": failed,
         })
