@@ -5,12 +5,15 @@ debug build under ``CARGO_TARGET_DIR``)."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +32,15 @@ def freshet_bin() -> str:
         return explicit
     target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
     return str(pathlib.Path(target) / "debug" / "freshet")
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGKILL it when the test process ends, even
+    when it ends without running its fixtures' teardown (an abort)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def unique(prefix: str) -> str:
@@ -124,7 +136,9 @@ listen = "{self.metrics}"
 
     def spawn(self, *args: str) -> subprocess.Popen:
         log = open(self.work / f"{unique('freshet')}.log", "wb")
-        process = subprocess.Popen([freshet_bin(), *args], stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [freshet_bin(), *args], stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent
+        )
         self.processes.append(process)
         return process
 
