@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The docker-compose stack as plain processes (no Docker engine needed): the
-# local Kafka broker (deploy/kafka/kafka.sh), then the trainer, the synthetic
-# producer and the serving endpoint with the same command lines and the same
+# local Kafka broker (deploy/kafka/kafka.sh), then the trainers (one per
+# shard of the model: trainer-0, trainer-1, ...), the synthetic producer and
+# the serving endpoint with the same command lines and the same
 # deploy/freshet.toml as docker-compose.yml's services.
 #
 #   local-stack.sh start     start everything; waits until serve answers /readyz
@@ -15,7 +16,8 @@
 #   FRESHET_BIN                the freshet binary (default: cargo build --release)
 #   FRESHET_STACK_DIR          pids, logs, checkpoint   (default $FRESHET_CACHE_DIR/stack)
 #   FRESHET_STACK_SERVE_PORT   serve's port             (default 8080)
-#   FRESHET_STACK_METRICS_PORT the trainer's metrics    (default 9464)
+#   FRESHET_STACK_METRICS_PORT trainer-0's metrics; trainer-k's on the port k above (default 9464)
+#   FRESHET_STACK_SHARDS       shards of the model, one trainer each (default 2, as docker-compose.yml)
 #   FRESHET_* configuration overrides pass through (e.g. FRESHET_MODEL).
 set -euo pipefail
 
@@ -26,12 +28,19 @@ dir=${FRESHET_STACK_DIR:-$cache/stack}
 serve_port=${FRESHET_STACK_SERVE_PORT:-8080}
 metrics_port=${FRESHET_STACK_METRICS_PORT:-9464}
 config="$repo/deploy/freshet.toml"
-services=(trainer producer serve)
+shards=${FRESHET_STACK_SHARDS:-2}
+if ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
+    echo "local-stack.sh: FRESHET_STACK_SHARDS must be a positive number, got '$shards'" >&2
+    exit 2
+fi
+services=()
+for ((k = 0; k < shards; k++)); do services+=("trainer-$k"); done
+services+=(producer serve)
 
 # docker-compose.yml's `command:` of each service, word for word.
 command_of() {
     case "$1" in
-    trainer) echo "run --config CONFIG" ;;
+    trainer-*) echo "run --config CONFIG --shard ${1#trainer-}" ;;
     producer) echo "produce synth --events 1000000000 --rate 2000 --invalid-rate 0.01" ;;
     serve) echo "serve --config CONFIG --listen LISTEN" ;;
     esac
@@ -62,8 +71,7 @@ start() {
     bin=$(freshet_bin)
     mkdir -p "$dir"
     export FRESHET_BOOTSTRAP="$bootstrap"
-    export FRESHET_CHECKPOINT_DIR="$dir/checkpoint"
-    export FRESHET_METRICS__LISTEN="127.0.0.1:$metrics_port"
+    export FRESHET_MODEL__SHARDS="$shards"
     for service in "${services[@]}"; do
         if pid=$(pid_of "$service"); then
             say "$service already runs (pid $pid)"
@@ -72,12 +80,23 @@ start() {
         words=$(command_of "$service")
         words=${words//CONFIG/$config}
         words=${words//LISTEN/127.0.0.1:$serve_port}
-        # shellcheck disable=SC2086 # the command line is split into words on purpose
-        nohup "$bin" $words >"$dir/$service.log" 2>&1 &
+        if [[ "$service" == trainer-* ]]; then
+            # Each shard: a checkpoint directory and a metrics port of its own.
+            local k=${service#trainer-}
+            # shellcheck disable=SC2086 # the command line is split into words on purpose
+            FRESHET_CHECKPOINT_DIR="$dir/checkpoint-$k" FRESHET_METRICS__LISTEN="127.0.0.1:$((metrics_port + k))" \
+                nohup "$bin" $words >"$dir/$service.log" 2>&1 &
+        else
+            # shellcheck disable=SC2086
+            nohup "$bin" $words >"$dir/$service.log" 2>&1 &
+        fi
         echo $! >"$dir/$service.pid"
         say "$service started (pid $!): freshet $words"
-        if [[ "$service" == trainer ]]; then
-            wait_for "http://127.0.0.1:$metrics_port/readyz" trainer
+        if [[ "$service" == "trainer-$((shards - 1))" ]]; then
+            # The trainers create the topics (partitions a multiple of the shards) before the producer runs.
+            for ((k = 0; k < shards; k++)); do
+                wait_for "http://127.0.0.1:$((metrics_port + k))/readyz" "trainer-$k"
+            done
         fi
     done
     wait_for "http://127.0.0.1:$serve_port/readyz" serve
@@ -102,7 +121,11 @@ wait_for() {
 
 stop() {
     local pid
-    for service in serve producer trainer; do
+    local services_now=(serve producer)
+    for pidfile in "$dir"/trainer-*.pid; do
+        [[ -e "$pidfile" ]] && services_now+=("$(basename "$pidfile" .pid)")
+    done
+    for service in "${services_now[@]}"; do
         pid=$(pid_of "$service") || continue
         stop_process "$pid" "$service" 60
         rm -f "$dir/$service.pid"

@@ -16,10 +16,9 @@ use freshet_subscriber::{ServingModel, Subscriber, SubscriberConfig, SubscriberE
 use freshet_trainer::{Trainer, TrainerConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-/// A small model trained on the synthetic stream, handing out snapshots.
-pub struct ModelUnderTest {
-    /// The trainer.
-    pub trainer: Trainer,
+/// Synthetic feedback for the models under test: the stream's events at
+/// growing times, optionally with the three [`CONTEXT`] features.
+struct FeedbackSource {
     stream: SynthStream,
     ts: i64,
     /// Milliseconds between events.
@@ -28,36 +27,22 @@ pub struct ModelUnderTest {
     context: bool,
 }
 
-/// The context features of [`ModelUnderTest::with_context`]: name and values.
-pub const CONTEXT: [(&str, &[&str]); 3] = [
-    ("device", &["ios", "android", "web"]),
-    ("page", &["home", "search", "detail", "cart"]),
-    ("hour", &["0", "6", "12", "18"]),
-];
+/// Users (`u0`…) and items (`i0`…) of the synthetic stream.
+const USERS: u64 = 300;
+const ITEMS: u64 = 200;
 
-impl ModelUnderTest {
-    /// A fresh dim-8 model; `seed` picks the stream.
-    pub fn new(seed: u64) -> Self {
-        let spec = ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true, shards: 1 };
-        let trainer = Trainer::new(spec, TrainerConfig::default()).expect("a valid trainer");
-        let stream = SynthStream::new(SynthConfig { seed, users: 300, items: 200, ..SynthConfig::default() });
-        ModelUnderTest { trainer, stream, ts: 1_764_400_000_000, step_ms: 1, context: false }
+impl FeedbackSource {
+    fn new(seed: u64, context: bool) -> Self {
+        let stream =
+            SynthStream::new(SynthConfig { seed, users: USERS as u32, items: ITEMS as u32, ..SynthConfig::default() });
+        // With context, events a minute apart so users' sessions start and end.
+        let step_ms = if context { 60_000 } else { 1 };
+        FeedbackSource { stream, ts: 1_764_400_000_000, step_ms, context }
     }
 
-    /// A fresh model whose ratings and clicks carry the three [`CONTEXT`]
-    /// features, with events a minute apart so users' sessions start and end.
-    pub fn with_context(seed: u64) -> Self {
-        ModelUnderTest { context: true, step_ms: 60_000, ..ModelUnderTest::new(seed) }
-    }
-
-    /// The time of the latest event trained on (ms).
-    pub fn now_ms(&self) -> i64 {
-        self.ts
-    }
-
-    /// Trains on `events` more synthetic events.
-    pub fn train(&mut self, events: usize) {
-        let batch: Vec<Feedback> = (0..events)
+    /// The next `events` events.
+    fn next(&mut self, events: usize) -> Vec<Feedback> {
+        (0..events)
             .map(|n| {
                 self.ts += self.step_ms;
                 let mut event = self.stream.next_event_at(self.ts);
@@ -76,16 +61,74 @@ impl ModelUnderTest {
                 }
                 event
             })
-            .collect();
-        for chunk in batch.chunks(256) {
+            .collect()
+    }
+
+    /// A forget event for `user`, just after the latest event.
+    fn forget(&mut self, user: &str) -> Feedback {
+        self.ts += 1;
+        Feedback::Forget(Forget { user: user.to_owned(), ts: self.ts })
+    }
+}
+
+/// What the served model is compared with: the trainer(s) of a model under test.
+pub trait TrainedModel {
+    /// The time of the latest event trained on (ms).
+    fn now_ms(&self) -> i64;
+    /// The trainers' session gap (ms).
+    fn session_gap_ms(&self) -> i64;
+    /// The trainer's prediction (the owning shard's, for a sharded model).
+    fn predict(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32;
+}
+
+/// A small model trained on the synthetic stream, handing out snapshots.
+pub struct ModelUnderTest {
+    /// The trainer.
+    pub trainer: Trainer,
+    events: FeedbackSource,
+}
+
+/// The context features of [`ModelUnderTest::with_context`]: name and values.
+pub const CONTEXT: [(&str, &[&str]); 3] = [
+    ("device", &["ios", "android", "web"]),
+    ("page", &["home", "search", "detail", "cart"]),
+    ("hour", &["0", "6", "12", "18"]),
+];
+
+/// The dim-8 spec of the models under test, of `shards` shards.
+fn spec_under_test(shards: u32) -> ModelSpec {
+    ModelSpec { dim: 8, rating_min: 1.0, rating_max: 5.0, context_features: true, shards }
+}
+
+impl ModelUnderTest {
+    /// A fresh dim-8 model; `seed` picks the stream.
+    pub fn new(seed: u64) -> Self {
+        let trainer = Trainer::new(spec_under_test(1), TrainerConfig::default()).expect("a valid trainer");
+        ModelUnderTest { trainer, events: FeedbackSource::new(seed, false) }
+    }
+
+    /// A fresh model whose ratings and clicks carry the three [`CONTEXT`]
+    /// features, with events a minute apart so users' sessions start and end.
+    pub fn with_context(seed: u64) -> Self {
+        ModelUnderTest { events: FeedbackSource::new(seed, true), ..ModelUnderTest::new(seed) }
+    }
+
+    /// The time of the latest event trained on (ms).
+    pub fn now_ms(&self) -> i64 {
+        self.events.ts
+    }
+
+    /// Trains on `events` more synthetic events.
+    pub fn train(&mut self, events: usize) {
+        for chunk in self.events.next(events).chunks(256) {
             self.trainer.train_batch(chunk);
         }
     }
 
     /// Forgets `user` (as a forget event would).
     pub fn forget(&mut self, user: &str) {
-        self.ts += 1;
-        self.trainer.train_batch(&[Feedback::Forget(Forget { user: user.to_owned(), ts: self.ts })]);
+        let forget = self.events.forget(user);
+        self.trainer.train_batch(&[forget]);
     }
 
     /// The whole model as version `version` (clears the change record).
@@ -110,12 +153,144 @@ impl ModelUnderTest {
     }
 }
 
+impl TrainedModel for ModelUnderTest {
+    fn now_ms(&self) -> i64 {
+        ModelUnderTest::now_ms(self)
+    }
+
+    fn session_gap_ms(&self) -> i64 {
+        self.trainer.config().session_gap_ms
+    }
+
+    fn predict(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32 {
+        self.trainer.predict(head, user, item, context)
+    }
+}
+
+/// A model of S shard trainers, trained as S `freshet run --shard k` train
+/// it, in one process: each shard trains its own users' events (the stream's
+/// with the [`CONTEXT`] features), the gradient sums for rows other shards
+/// own go to their owners after every micro-batch of 256 events, and after
+/// each published version every shard takes the other shards' rows into
+/// its replicas, as it would from their snapshot chains.
+pub struct ShardedModelUnderTest {
+    /// Shard k's trainer at k.
+    pub trainers: Vec<Trainer>,
+    events: FeedbackSource,
+}
+
+impl ShardedModelUnderTest {
+    /// A fresh dim-8 model of `shards` shards; `seed` picks the stream.
+    pub fn new(seed: u64, shards: u32) -> Self {
+        let trainers = (0..shards)
+            .map(|k| {
+                let shard = freshet_core::Shard::new(k, shards).expect("a valid shard");
+                Trainer::new_shard(spec_under_test(shards), TrainerConfig::default(), shard).expect("a valid trainer")
+            })
+            .collect();
+        ShardedModelUnderTest { trainers, events: FeedbackSource::new(seed, true) }
+    }
+
+    /// The shard count.
+    pub fn shards(&self) -> u32 {
+        self.trainers.len() as u32
+    }
+
+    /// The trainer of the shard that owns `user`.
+    pub fn owner(&self, user: &str) -> &Trainer {
+        &self.trainers[freshet_core::shard_of(freshet_core::hash_id(user), self.shards()) as usize]
+    }
+
+    /// Trains on `events` more synthetic events (and a forget of `forget`
+    /// after them).
+    pub fn train(&mut self, events: usize, forget: Option<&str>) {
+        let mut events = self.events.next(events);
+        events.extend(forget.map(|user| self.events.forget(user)));
+        let shards = self.shards();
+        for chunk in events.chunks(256) {
+            let mut batches = vec![Vec::new(); shards as usize];
+            for event in chunk {
+                batches[freshet_core::shard_of(freshet_core::hash_id(event.user()), shards) as usize]
+                    .push(event.clone());
+            }
+            let mut inboxes = vec![Vec::new(); shards as usize];
+            for (trainer, batch) in self.trainers.iter_mut().zip(&batches) {
+                trainer.train_batch(batch);
+                for (owner, gradients) in trainer.take_gradients() {
+                    inboxes[owner as usize].push(gradients);
+                }
+            }
+            for (trainer, inbox) in self.trainers.iter_mut().zip(&inboxes) {
+                if !inbox.is_empty() {
+                    trainer.apply_gradients(inbox).expect("gradients for owned rows");
+                }
+            }
+        }
+    }
+
+    /// Every shard's snapshot of version `version` (full for version 1,
+    /// deltas after it), shard k's at k; then every shard's replicas take
+    /// the other shards' rows of it.
+    pub fn version(&mut self, version: u64) -> Vec<Outgoing> {
+        let changes: Vec<_> = self.trainers.iter_mut().map(Trainer::drain_params).collect();
+        let outgoing = self
+            .trainers
+            .iter()
+            .zip(&changes)
+            .map(|(trainer, delta)| {
+                let watermark = Watermark { offsets: NextOffsets::new(), newest_event_ms: trainer.clock_ms() };
+                let metrics = trainer.metrics().snapshot_metrics();
+                match version {
+                    1 => Outgoing::full(version, trainer.export_params(), watermark, metrics),
+                    _ => Outgoing::delta(version - 1, version, delta.clone(), watermark, metrics),
+                }
+            })
+            .collect();
+        for (from, delta) in changes.iter().enumerate() {
+            for (to, trainer) in self.trainers.iter_mut().enumerate() {
+                if to != from {
+                    trainer.apply_replica(from as u32, delta).expect("rows of the model's width");
+                }
+            }
+        }
+        outgoing
+    }
+
+    /// Every shard's parameters: the rows each owns, and shard 0's globals.
+    pub fn export_params(&self) -> ModelParams {
+        let mut params = self.trainers[0].export_params();
+        for trainer in &self.trainers[1..] {
+            params.rows.extend(trainer.export_params().rows);
+        }
+        params
+    }
+}
+
+impl TrainedModel for ShardedModelUnderTest {
+    fn now_ms(&self) -> i64 {
+        self.events.ts
+    }
+
+    fn session_gap_ms(&self) -> i64 {
+        self.trainers[0].config().session_gap_ms
+    }
+
+    fn predict(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32 {
+        self.owner(user).predict(head, user, item, context)
+    }
+}
+
 /// Publisher settings for tests (16 KiB chunks, so models span many
 /// messages) and the snapshot topic they name, created.
 pub fn snapshot_topic(bootstrap: &str, model: &str) -> anyhow::Result<PublisherConfig> {
+    snapshot_topic_of(bootstrap, model, 1)
+}
+
+/// [`snapshot_topic`] for a model of `shards` shards (a partition each).
+pub fn snapshot_topic_of(bootstrap: &str, model: &str, shards: u32) -> anyhow::Result<PublisherConfig> {
     let config = PublisherConfig { chunk_bytes: 16 * 1024, ..PublisherConfig::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model, 1)]))?;
+    runtime.block_on(ensure_topics(&KafkaConfig::new(bootstrap), &[config.topic_spec(model, shards)]))?;
     Ok(config)
 }
 
@@ -239,18 +414,18 @@ impl Triple {
 /// users and items of the stream and unknown ones, any subset of the
 /// [`CONTEXT`] features with known and unknown values, and times from the
 /// latest event to three session gaps later.
-pub fn sample_triples(trained: &ModelUnderTest, count: usize, seed: u64) -> Vec<Triple> {
+pub fn sample_triples(trained: &impl TrainedModel, count: usize, seed: u64) -> Vec<Triple> {
     let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
     let mut draw = |n: u64| {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) % n
     };
-    let gap = trained.trainer.config().session_gap_ms as u64;
+    let gap = trained.session_gap_ms() as u64;
     (0..count)
         .map(|_| {
             let head = if draw(2) == 0 { Head::Rating } else { Head::Click };
-            let user = if draw(20) == 0 { format!("stranger{}", draw(100)) } else { format!("u{}", draw(300)) };
-            let item = if draw(20) == 0 { format!("novel{}", draw(100)) } else { format!("i{}", draw(200)) };
+            let user = if draw(20) == 0 { format!("stranger{}", draw(100)) } else { format!("u{}", draw(USERS)) };
+            let item = if draw(20) == 0 { format!("novel{}", draw(100)) } else { format!("i{}", draw(ITEMS)) };
             let mut features = Features::new();
             for (name, values) in CONTEXT {
                 match draw(4) {
@@ -271,11 +446,11 @@ pub fn sample_triples(trained: &ModelUnderTest, count: usize, seed: u64) -> Vec<
 
 /// Checks that the served model answers every triple exactly as the trainer
 /// predicts, bit for bit.
-pub fn same_scores(served: &ServingModel, trainer: &Trainer, triples: &[Triple]) -> anyhow::Result<()> {
+pub fn same_scores(served: &ServingModel, trained: &impl TrainedModel, triples: &[Triple]) -> anyhow::Result<()> {
     for t in triples {
         let context = t.context();
         let (got, want) =
-            (served.score(t.head, &t.user, &t.item, &context), trainer.predict(t.head, &t.user, &t.item, &context));
+            (served.score(t.head, &t.user, &t.item, &context), trained.predict(t.head, &t.user, &t.item, &context));
         if got.to_bits() != want.to_bits() {
             bail!("{t:?}: served {got}, trainer {want}");
         }

@@ -55,7 +55,7 @@ fn the_subscriber_serves_the_trained_parameters_bit_for_bit_along_the_chain() ->
         let model = subscriber.model().expect("served");
         assert_eq!(model.version(), version);
         same_params(&model, &scenario.trained.trainer.export_params())?;
-        same_scores(&model, &scenario.trained.trainer, &sample_triples(&scenario.trained, 300, version))?;
+        same_scores(&model, &scenario.trained, &sample_triples(&scenario.trained, 300, version))?;
         if version == 4 {
             assert!(!has_u7(), "the forget tombstone reached the subscriber");
         }

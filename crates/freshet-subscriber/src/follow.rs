@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use freshet_core::snapshot::{SnapshotKind, Watermark, decode_commit};
+use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, Watermark, decode_commit};
 use freshet_core::threads::join_within;
 use freshet_kafka::{ClusterProbe, ClusterStatus, KafkaConfig};
 use rdkafka::ClientContext;
@@ -104,7 +104,9 @@ impl std::fmt::Display for SwapKind {
 /// One hot swap.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SwapReport {
-    /// The version now served.
+    /// The shard whose chain the snapshot is (0 for an unsharded model).
+    pub shard: u32,
+    /// The version now served (of that shard's chain).
     pub version: u64,
     /// Full or delta.
     pub kind: SwapKind,
@@ -139,7 +141,8 @@ pub struct SubscriberStats {
     pub bytes_applied: u64,
     /// Publish-to-apply latency of the newest swap (ms).
     pub last_publish_to_apply_ms: i64,
-    /// Whether the subscriber reached the end of the topic at least once.
+    /// Whether the subscriber reached the end of every partition of the
+    /// topic at least once.
     pub caught_up: bool,
 }
 
@@ -254,10 +257,8 @@ impl Subscriber {
                 live,
                 retired: Retired::default(),
                 candidates,
-                assembler: Assembler::new(),
-                building: None,
-                chain_start: None,
-                rejected_headers: HashSet::new(),
+                assembled: None,
+                chains: Vec::new(),
                 stats,
                 in_flight,
                 stop: stopping,
@@ -333,6 +334,21 @@ struct Follower {
     /// Versions swapped out, freed here once their readers are done.
     retired: Retired,
     candidates: usize,
+    /// The newest version of every shard's part: served once no shard is
+    /// missing (at once for an unsharded model).
+    assembled: Option<ServingModel>,
+    /// Each partition's chain: partition `k` carries shard `k`'s snapshots.
+    chains: Vec<Chain>,
+    stats: Arc<Mutex<SubscriberStats>>,
+    /// Requests being answered: the builder stands aside while they fill the cores.
+    in_flight: InFlight,
+    stop: Arc<AtomicBool>,
+    on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
+}
+
+/// One partition of the snapshot topic as the follower reads it.
+struct Chain {
+    partition: i32,
     assembler: Assembler,
     /// What is being done with the open snapshot.
     building: Option<Building>,
@@ -340,11 +356,24 @@ struct Follower {
     chain_start: Option<i64>,
     /// Header offsets of snapshots found damaged: never reload from them.
     rejected_headers: HashSet<i64>,
-    stats: Arc<Mutex<SubscriberStats>>,
-    /// Requests being answered: the builder stands aside while they fill the cores.
-    in_flight: InFlight,
-    stop: Arc<AtomicBool>,
-    on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
+    /// Where reading goes on after a reassignment: past the newest message handled.
+    position: Offset,
+    /// Whether the end of the partition was reached at least once.
+    reached_end: bool,
+}
+
+impl Chain {
+    fn new(partition: i32) -> Self {
+        Chain {
+            partition,
+            assembler: Assembler::new(),
+            building: None,
+            chain_start: None,
+            rejected_headers: HashSet::new(),
+            position: Offset::Beginning,
+            reached_end: false,
+        }
+    }
 }
 
 /// The open snapshot, by its [`Plan`].
@@ -390,18 +419,26 @@ fn lower_priority() -> Result<(), String> {
 
 impl Follower {
     fn run(mut self) {
-        let start = loop {
-            match self.newest_chain_start() {
-                Ok(start) => break start,
+        let starts = loop {
+            match self.chain_starts() {
+                Ok(starts) => break starts,
                 Err(error) if !self.stopped() => {
-                    warn!(%error, topic = %self.topic, "looking for the newest full snapshot; retrying");
+                    warn!(%error, topic = %self.topic, "looking for the newest full snapshots; retrying");
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 Err(_) => return,
             }
         };
-        info!(topic = %self.topic, ?start, "following snapshots");
-        if let Err(error) = self.seek(start.map_or(Offset::Beginning, Offset::Offset)) {
+        info!(topic = %self.topic, ?starts, "following snapshots");
+        self.chains = starts
+            .iter()
+            .enumerate()
+            .map(|(partition, start)| Chain {
+                position: start.map_or(Offset::Beginning, Offset::Offset),
+                ..Chain::new(partition as i32)
+            })
+            .collect();
+        if let Err(error) = self.assign() {
             warn!(%error, "assigning the snapshot topic");
             return;
         }
@@ -414,94 +451,147 @@ impl Follower {
             let Some(result) = consumer.poll(POLL) else { continue };
             match result {
                 Ok(message) => {
-                    let fed = self.assembler.feed(message.offset(), message.payload().unwrap_or_default());
-                    self.handle(fed);
+                    let Some(k) = self.chain_of(message.partition()) else { continue };
+                    let chain = &mut self.chains[k];
+                    chain.position = Offset::Offset(message.offset() + 1);
+                    let fed = chain.assembler.feed(message.offset(), message.payload().unwrap_or_default());
+                    self.handle(k, fed);
                 }
-                Err(KafkaError::PartitionEOF(_)) => {
-                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up = true;
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    if let Some(k) = self.chain_of(partition) {
+                        self.chains[k].reached_end = true;
+                        let caught_up = self.chains.iter().all(|chain| chain.reached_end);
+                        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up |= caught_up;
+                    }
                 }
                 Err(error) => warn!(%error, "snapshot consumer"),
             }
         }
     }
 
-    fn handle(&mut self, fed: Result<Fed, AssemblyError>) {
+    fn chain_of(&self, partition: i32) -> Option<usize> {
+        usize::try_from(partition).ok().filter(|&k| k < self.chains.len())
+    }
+
+    /// The header's shard, if chain `k` may carry it: shard `k` of a model
+    /// of at most as many shards as the topic has partitions.
+    fn shard_of(&self, k: usize, header: &SnapshotHeader) -> Result<usize, String> {
+        let (shard, shards, partitions) = (header.shard as usize, header.spec.shards as usize, self.chains.len());
+        if shard != k {
+            return Err(format!(
+                "snapshot {} of shard {shard} on partition {k}: shard k publishes on partition k",
+                header.version
+            ));
+        }
+        if shards > partitions {
+            return Err(format!(
+                "snapshot {} of a model of {shards} shards on a topic of {partitions} partitions: the other shards' \
+                 chains cannot be followed",
+                header.version
+            ));
+        }
+        Ok(shard)
+    }
+
+    fn handle(&mut self, k: usize, fed: Result<Fed, AssemblyError>) {
         match fed {
             Ok(Fed::Header(header)) => {
                 // Starting a version copies its base's tables in one go: not while requests fill the cores.
                 let _ = self.in_flight.stand_aside();
-                let served = self.live.load();
-                let building = match plan(served.as_ref().map(|m| m.version()), header.kind, header.version) {
-                    Plan::Full => Builder::full(&header, served.as_deref(), self.candidates).map_or_else(
-                        |error| Building::Failed(format!("full snapshot {}: {error}", header.version)),
-                        |builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone()))),
-                    ),
-                    Plan::Delta => match served.as_deref() {
-                        Some(base) => Builder::delta(&header, base).map_or_else(
-                            |error| Building::Failed(format!("delta {}: {error}", header.version)),
-                            |builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone()))),
-                        ),
-                        None => Building::Skip("no full snapshot served yet"),
-                    },
-                    Plan::Repeat => Building::Repeat,
-                    Plan::Skip(reason) => Building::Skip(reason),
-                    Plan::Broken { base } => Building::Broken { base, served: served.map(|m| m.version()) },
+                let building = match self.shard_of(k, &header) {
+                    Err(reason) => Building::Failed(reason),
+                    Ok(shard) => self.plan(shard, &header),
                 };
+                let chain = &mut self.chains[k];
                 if !matches!(building, Building::Apply(_)) {
-                    self.assembler.skip_rows();
+                    chain.assembler.skip_rows();
                 }
-                self.building = Some(building);
+                chain.building = Some(building);
             }
             Ok(Fed::Chunk(chunk)) => {
-                if let Some(Building::Apply(builder)) = &mut self.building
+                let chain = &mut self.chains[k];
+                if let Some(Building::Apply(builder)) = &mut chain.building
                     && let Err(error) = builder.apply_view(&chunk)
                 {
-                    self.building = Some(Building::Failed(format!("snapshot {}: {error}", chunk.version)));
-                    self.assembler.skip_rows();
+                    chain.building = Some(Building::Failed(format!("snapshot {}: {error}", chunk.version)));
+                    chain.assembler.skip_rows();
                 }
             }
             Ok(Fed::Skipped) => {}
-            Ok(Fed::Complete(done)) => self.complete(done),
+            Ok(Fed::Complete(done)) => self.complete(k, done),
             Err(error) => {
-                self.building = None;
+                let chain = &mut self.chains[k];
+                chain.building = None;
                 if let AssemblyError::Damaged { header_offset, .. } = &error {
-                    self.rejected_headers.insert(*header_offset);
+                    chain.rejected_headers.insert(*header_offset);
                 }
                 self.reject(error.to_string());
             }
         }
     }
 
-    fn complete(&mut self, done: Completed) {
+    /// What to do with `header`, a snapshot of `shard`'s chain.
+    fn plan(&self, shard: usize, header: &SnapshotHeader) -> Building {
+        let assembled = self.assembled.as_ref();
+        let served = assembled.and_then(|model| model.shard_version(shard as u32));
+        let apply = |builder: Builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone())));
+        match plan(served, header.kind, header.version) {
+            Plan::Full => Builder::full(header, assembled, self.candidates)
+                .map_or_else(|error| Building::Failed(format!("full snapshot {}: {error}", header.version)), apply),
+            Plan::Delta => match assembled {
+                Some(base) => Builder::delta(header, base)
+                    .map_or_else(|error| Building::Failed(format!("delta {}: {error}", header.version)), apply),
+                None => Building::Skip("no full snapshot served yet"),
+            },
+            Plan::Repeat => Building::Repeat,
+            Plan::Skip(reason) => Building::Skip(reason),
+            Plan::Broken { base } => Building::Broken { base, served },
+        }
+    }
+
+    fn complete(&mut self, k: usize, done: Completed) {
         let version = done.header.version;
-        match self.building.take() {
+        match self.chains[k].building.take() {
             Some(Building::Apply(builder)) => {
-                let served = self.live.load().map(|model| model.version());
+                let shard = done.header.shard;
+                let served = self.assembled.as_ref().and_then(|model| model.shard_version(shard));
                 if done.header.kind == SnapshotKind::Full && served.is_some_and(|served| served > version) {
-                    warn!(served, version, "a full snapshot of an older version: the model was reset");
+                    warn!(shard, served, version, "a full snapshot of an older version: the model was reset");
                 }
-                let previous = self.live.store((*builder).finish(done.chain_start_offset));
-                // Freeing a version is one go too.
-                let _ = self.in_flight.stand_aside();
-                self.retired.push(previous);
+                let model = (*builder).finish_onto(self.assembled.as_ref(), done.chain_start_offset);
                 if done.header.kind == SnapshotKind::Full {
-                    self.chain_start = Some(done.header_offset);
+                    self.chains[k].chain_start = Some(done.header_offset);
                 }
-                self.applied(&done);
+                let missing = model.missing_shards();
+                if missing.is_empty() {
+                    let previous = self.live.store(model.clone());
+                    // Freeing a version is one go too.
+                    let _ = self.in_flight.stand_aside();
+                    self.retired.push(previous);
+                    self.assembled = Some(model);
+                    self.applied(&done);
+                } else {
+                    self.assembled = Some(model);
+                    let reason = format!("waiting for the first full snapshot of shards {missing:?}");
+                    self.skip(version, &reason);
+                }
             }
             Some(Building::Repeat) => {
                 // The same version again (a publisher restart): same parameters, newer chain.
-                self.chain_start = Some(done.header_offset);
+                self.chains[k].chain_start = Some(done.header_offset);
                 self.skip(version, "version already served; following its chain");
             }
             Some(Building::Skip(reason)) => self.skip(version, reason),
             Some(Building::Broken { base, served }) => {
-                self.reject(format!("delta {version} needs version {base}, serving {served:?}: chain broken"));
-                self.reload();
+                self.reject(format!(
+                    "delta {version} of shard {} needs version {base}, serving {served:?}: chain broken",
+                    done.header.shard
+                ));
+                self.reload(k);
             }
             Some(Building::Failed(reason)) => {
                 if done.header.kind == SnapshotKind::Full {
-                    self.rejected_headers.insert(done.header_offset);
+                    self.chains[k].rejected_headers.insert(done.header_offset);
                 }
                 self.reject(reason);
             }
@@ -513,18 +603,24 @@ impl Follower {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// After a broken chain: seek to the newest full snapshot if it is not
-    /// the one served (else the next full snapshot repairs the chain).
-    fn reload(&mut self) {
-        match self.newest_chain_start().map(|newest| reload_from(newest, self.chain_start, &self.rejected_headers)) {
+    /// After a broken chain on partition `k`: seek it to its newest full
+    /// snapshot if that is not the one served (else the next full snapshot
+    /// repairs the chain); the other partitions read on where they were.
+    fn reload(&mut self, k: usize) {
+        let partition = self.chains[k].partition;
+        let newest = self.newest_chain_start(partition);
+        let chain = &mut self.chains[k];
+        match newest.map(|newest| reload_from(newest, chain.chain_start, &chain.rejected_headers)) {
             Ok(Some(start)) => {
-                info!(start, "reloading from the newest full snapshot");
-                if let Err(error) = self.seek(Offset::Offset(start)) {
-                    warn!(%error, "seeking to the newest full snapshot");
-                }
+                info!(partition, start, "reloading from the newest full snapshot");
+                chain.position = Offset::Offset(start);
+                chain.assembler.reset();
             }
-            Ok(_) => info!("waiting for the next full snapshot"),
-            Err(error) => warn!(%error, "looking for the newest full snapshot"),
+            Ok(_) => info!(partition, "waiting for the next full snapshot"),
+            Err(error) => warn!(%error, partition, "looking for the newest full snapshot"),
+        }
+        if let Err(error) = self.assign() {
+            warn!(%error, "assigning the snapshot topic again");
         }
     }
 
@@ -532,6 +628,7 @@ impl Follower {
         let now = freshet_core::now_ms();
         let header = &snapshot.header;
         let report = SwapReport {
+            shard: header.shard,
             version: header.version,
             kind: if header.kind == SnapshotKind::Full { SwapKind::Full } else { SwapKind::Delta },
             rows: header.rows.iter().sum(),
@@ -568,22 +665,39 @@ impl Follower {
         (self.on_event)(&SubscriberEvent::Rejected { reason });
     }
 
-    fn seek(&mut self, offset: Offset) -> Result<(), KafkaError> {
+    /// Assigns every partition at its chain's position.
+    fn assign(&mut self) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&self.topic, 0, offset)?;
-        self.consumer.assign(&assignment)?;
-        self.assembler.reset();
-        Ok(())
+        for chain in &self.chains {
+            assignment.add_partition_offset(&self.topic, chain.partition, chain.position)?;
+        }
+        self.consumer.assign(&assignment)
     }
 
-    /// The chain start named by the newest commit record, reading backwards
-    /// from the end in growing windows; `None` when the topic has none.
-    fn newest_chain_start(&mut self) -> Result<Option<i64>, KafkaError> {
-        let (low, high) = self.consumer.fetch_watermarks(&self.topic, 0, Duration::from_secs(10))?;
+    /// The newest chain start of every partition of the topic (`None`
+    /// where a partition has no commit record yet).
+    fn chain_starts(&mut self) -> Result<Vec<Option<i64>>, KafkaError> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
+        let partitions = match metadata.topics().first() {
+            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => topic.partitions().len(),
+            Some(topic) => {
+                let code = topic.error().map_or(RDKafkaErrorCode::UnknownTopicOrPartition, RDKafkaErrorCode::from);
+                return Err(KafkaError::MetadataFetch(code));
+            }
+            None => return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)),
+        };
+        (0..partitions as i32).map(|partition| self.newest_chain_start(partition)).collect()
+    }
+
+    /// The chain start named by the newest commit record of `partition`,
+    /// reading backwards from the end in growing windows; `None` when it
+    /// has none.
+    fn newest_chain_start(&mut self, partition: i32) -> Result<Option<i64>, KafkaError> {
+        let (low, high) = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?;
         let mut window = FIRST_WINDOW;
         loop {
             let from = (high - window).max(low);
-            if let Some(start) = self.scan_for_commit(from, high)? {
+            if let Some(start) = self.scan_for_commit(partition, from, high)? {
                 return Ok(Some(start));
             }
             if from == low {
@@ -593,12 +707,15 @@ impl Follower {
         }
     }
 
-    /// The chain start of the last commit record in `[from, until)`.
-    fn scan_for_commit(&mut self, from: i64, until: i64) -> Result<Option<i64>, KafkaError> {
-        self.seek(Offset::Offset(from))?;
+    /// The chain start of the last commit record in `[from, until)` of
+    /// `partition`, read with the consumer assigned to it alone.
+    fn scan_for_commit(&mut self, partition: i32, from: i64, until: i64) -> Result<Option<i64>, KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
+        self.consumer.assign(&assignment)?;
         let mut found = None;
         let deadline = Instant::now() + SCAN_TIMEOUT;
-        while Instant::now() < deadline && !self.stopped() {
+        while from < until && Instant::now() < deadline && !self.stopped() {
             match self.consumer.poll(POLL) {
                 Some(Ok(message)) => {
                     if let Some(commit) = decode_commit(message.payload().unwrap_or_default()) {

@@ -18,7 +18,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::follow::{SubscriberEvent, SubscriberView};
 use crate::model::DEFAULT_CANDIDATES;
@@ -83,6 +83,7 @@ pub struct ServeMetrics {
     snapshots: IntCounterVec,
     publish_to_apply: HistogramVec,
     version: IntGauge,
+    shard_version: IntGaugeVec,
     newest_event_ms: IntGauge,
     rows: IntGaugeVec,
     cluster: IntGauge,
@@ -110,7 +111,14 @@ impl ServeMetrics {
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
             &["kind"],
         )?;
-        let version = IntGauge::new("freshet_subscriber_version", "Snapshot version served")?;
+        let version = IntGauge::new(
+            "freshet_subscriber_version",
+            "Snapshot version served (a sharded model's: its stalest shard's)",
+        )?;
+        let shard_version = IntGaugeVec::new(
+            Opts::new("freshet_subscriber_shard_version", "Snapshot version served of each shard's chain"),
+            &["shard"],
+        )?;
         let newest_event_ms =
             IntGauge::new("freshet_subscriber_newest_event_ms", "Newest event time the served model reflects")?;
         let rows = IntGaugeVec::new(Opts::new("freshet_subscriber_rows", "Rows served per table"), &["table"])?;
@@ -123,6 +131,7 @@ impl ServeMetrics {
         registry.register(Box::new(snapshots.clone()))?;
         registry.register(Box::new(publish_to_apply.clone()))?;
         registry.register(Box::new(version.clone()))?;
+        registry.register(Box::new(shard_version.clone()))?;
         registry.register(Box::new(newest_event_ms.clone()))?;
         registry.register(Box::new(rows.clone()))?;
         registry.register(Box::new(cluster.clone()))?;
@@ -133,6 +142,7 @@ impl ServeMetrics {
             snapshots,
             publish_to_apply,
             version,
+            shard_version,
             newest_event_ms,
             rows,
             cluster,
@@ -160,6 +170,9 @@ impl ServeMetrics {
         if let Some(model) = view.model() {
             let info = model.info();
             self.version.set(info.version as i64);
+            for shard in &info.shards {
+                self.shard_version.with_label_values(&[shard.shard.to_string().as_str()]).set(shard.version as i64);
+            }
             self.newest_event_ms.set(info.newest_event_ms);
             for (table, count) in &info.rows {
                 self.rows.with_label_values(&[table.as_str()]).set(*count as i64);
@@ -458,8 +471,17 @@ async fn version(State(state): State<AppState>, Query(params): Params) -> Respon
         Request::parse(&params, &[], false, &state.options.validation)?;
         let model = state.view.model().ok_or_else(no_model)?;
         let info = model.info();
-        let freshness_ms = freshet_core::now_ms().saturating_sub(info.newest_event_ms);
-        Ok(axum::Json(json!({"info": info, "freshness_ms": freshness_ms, "stats": state.view.stats()})).into_response())
+        let now = freshet_core::now_ms();
+        let freshness_ms = now.saturating_sub(info.newest_event_ms);
+        let shards: Vec<Value> = info
+            .shards
+            .iter()
+            .map(|shard| {
+                json!({"shard": shard.shard, "version": shard.version, "freshness_ms": now.saturating_sub(shard.newest_event_ms)})
+            })
+            .collect();
+        let answer = json!({"info": info, "freshness_ms": freshness_ms, "shards": shards, "stats": state.view.stats()});
+        Ok(axum::Json(answer).into_response())
     })
 }
 

@@ -9,6 +9,11 @@
 //! prediction bit for bit at the same version, context features and the
 //! user's session included.
 //!
+//! A model sharded over S trainers is followed the same way, one chain per
+//! partition of the topic (shard k publishes on partition k), and served as
+//! the union of the shards' rows once every shard's first full snapshot has
+//! applied ([`ServingModel::missing_shards`], [`VersionInfo::shards`]).
+//!
 //! **API boundary:** [`Subscriber`], [`ServingModel`] (score, rank, top-k,
 //! version, watermark), [`Builder`] (a model from snapshot chunks, for
 //! readers with their own transport) and the HTTP endpoint ([`http::router`])
@@ -61,6 +66,6 @@ pub use follow::{
     SwapReport,
 };
 pub use inflight::Answering;
-pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, VersionInfo};
+pub use model::{ApplyError, Builder, DEFAULT_CANDIDATES, Recommendation, ServingModel, ShardVersion, VersionInfo};
 pub use replica::{ReplicaDelta, ReplicaDeltas};
 pub use swap::{LiveModel, Retired};

@@ -47,7 +47,7 @@ fn the_compose_file_agrees_with_the_local_stack_and_the_binary() {
     compose.apply_merge().expect("merge keys resolve");
     let services = compose["services"].as_mapping().expect("services");
     let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
-    for needed in ["kafka", "kafka-init", "trainer", "producer", "serve", "prometheus", "grafana"] {
+    for needed in ["kafka", "kafka-init", "trainer-0", "trainer-1", "producer", "serve", "prometheus", "grafana"] {
         assert!(names.contains(&needed), "service {needed} missing: {names:?}");
     }
     for monitoring in ["prometheus", "grafana"] {
@@ -97,18 +97,41 @@ fn the_kubernetes_manifests_run_commands_the_binary_accepts() {
     let config = work.path().join("freshet.toml");
     let embedded =
         read("configmap.yaml")["data"]["freshet.toml"].as_str().expect("freshet.toml in the ConfigMap").to_owned();
-    std::fs::write(&config, embedded).expect("write");
+    std::fs::write(&config, &embedded).expect("write");
+    let shards =
+        toml::from_str::<toml::Value>(&embedded).expect("the ConfigMap's freshet.toml parses")["model"]["shards"]
+            .as_integer()
+            .unwrap_or(1);
+    let trainers = read("trainer-statefulset.yaml");
+    assert_eq!(trainers["spec"]["replicas"].as_i64(), Some(shards), "one trainer pod per shard");
     for (manifest, kind) in [("trainer-statefulset.yaml", "StatefulSet"), ("serve-deployment.yaml", "Deployment")] {
         let workload = read(manifest);
         assert_eq!(workload["kind"].as_str(), Some(kind), "{manifest}");
-        let args: Vec<String> = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+        let container = &workload["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<String> = container["args"]
             .as_sequence()
             .unwrap_or_else(|| panic!("{manifest}: args"))
             .iter()
             .map(|w| w.as_str().expect("a word").replace("/etc/freshet/freshet.toml", &config.to_string_lossy()))
             .collect();
-        let output = Command::new(BIN).arg("--validate").args(&args).output().expect("freshet --validate");
-        assert!(output.status.success(), "{manifest}: {}", String::from_utf8_lossy(&output.stderr));
+        // Every pod of the workload: the ordinal stands for the pod-index label.
+        let pods = if kind == "StatefulSet" { shards } else { 1 };
+        for ordinal in 0..pods {
+            let mut validate = Command::new(BIN);
+            validate.arg("--validate").args(&args);
+            for variable in container["env"].as_sequence().into_iter().flatten() {
+                let name = variable["name"].as_str().expect("a variable's name");
+                let from_label = variable["valueFrom"]["fieldRef"]["fieldPath"].as_str();
+                let value = match (variable["value"].as_str(), from_label) {
+                    (Some(value), _) => value.to_owned(),
+                    (None, Some("metadata.labels['apps.kubernetes.io/pod-index']")) => ordinal.to_string(),
+                    _ => continue,
+                };
+                validate.env(name, value);
+            }
+            let output = validate.output().expect("freshet --validate");
+            assert!(output.status.success(), "{manifest}, pod {ordinal}: {}", String::from_utf8_lossy(&output.stderr));
+        }
     }
     let claim = &read("trainer-statefulset.yaml")["spec"]["volumeClaimTemplates"][0];
     assert!(claim["spec"]["resources"]["requests"]["storage"].as_str().is_some(), "the trainer has a volume claim");
@@ -172,5 +195,6 @@ fn the_local_stack_turns_new_events_into_new_recommendations() {
     let stopped = stop();
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     let status = String::from_utf8_lossy(&local_stack(&["status"], &env).stdout).into_owned();
-    assert_eq!(status.matches(": stopped").count(), 3, "every process stopped: {status}\n{after}");
+    // Two trainers (the default two shards), the producer and serve.
+    assert_eq!(status.matches(": stopped").count(), 4, "every process stopped: {status}\n{after}");
 }
