@@ -4,6 +4,9 @@
 //! `FRESHET_CHECKPOINT__INTERVAL_MS=250` or
 //! `FRESHET_KAFKA__SASL_PASSWORD=…`. Values are TOML literals
 //! (`250`, `true`, `"text"`); anything that does not parse as one is a string.
+//! A librdkafka setting (a key inside a `kafka` table other than
+//! `bootstrap`) is always taken as the text it is, as librdkafka takes every
+//! setting: `FRESHET_KAFKA__QUEUED_MAX_MESSAGES_KBYTES=16384`.
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -29,7 +32,8 @@ pub fn apply<T: Serialize + DeserializeOwned + Clone>(
     let mut table = Table::try_from(config).context("serialising the configuration")?;
     for (name, value) in &overrides {
         let path = key_path(name)?;
-        insert(&mut table, &path, literal(value)).with_context(|| format!("environment variable {name}"))?;
+        let value = if is_librdkafka_setting(&path) { Value::String(value.clone()) } else { literal(value) };
+        insert(&mut table, &path, value).with_context(|| format!("environment variable {name}"))?;
         // Checked one at a time, so an error names its variable.
         T::deserialize(table.clone())
             .with_context(|| format!("environment variable {name} (key {})", path.join(".")))?;
@@ -59,6 +63,12 @@ fn key_path(name: &str) -> anyhow::Result<Vec<String>> {
         path.push(if in_kafka_table { part.replace('_', ".") } else { part });
     }
     Ok(path)
+}
+
+/// Whether `path` names a librdkafka setting: a key inside a `kafka` table
+/// (`[kafka]`, `[publisher.kafka]`) other than the bootstrap servers.
+fn is_librdkafka_setting(path: &[String]) -> bool {
+    matches!(path, [.., parent, key] if parent == "kafka" && key != "bootstrap")
 }
 
 /// A TOML literal, or the text as a string.
@@ -117,6 +127,23 @@ mod tests {
         assert_eq!(config.kafka.bootstrap, "b:9092");
         assert_eq!(config.publisher.topic.as_deref(), Some("snaps"));
         assert_eq!(config.name, FreshetConfig::default().name);
+    }
+
+    #[test]
+    fn librdkafka_settings_are_taken_as_text_whatever_they_look_like() {
+        let config = apply(
+            &FreshetConfig::default(),
+            vars(&[
+                ("FRESHET_KAFKA__QUEUED_MAX_MESSAGES_KBYTES", "16384"),
+                ("FRESHET_KAFKA__ENABLE_SSL_CERTIFICATE_VERIFICATION", "false"),
+                ("FRESHET_PUBLISHER__KAFKA__LINGER_MS", "5"),
+            ]),
+        )
+        .expect("valid overrides");
+        let setting = |key: &str| config.kafka.settings.get(key).map(String::as_str);
+        assert_eq!(setting("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(setting("enable.ssl.certificate.verification"), Some("false"));
+        assert_eq!(config.publisher.kafka.get("linger.ms").map(String::as_str), Some("5"));
     }
 
     #[test]
