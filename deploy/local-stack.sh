@@ -80,16 +80,14 @@ start() {
         words=$(command_of "$service")
         words=${words//CONFIG/$config}
         words=${words//LISTEN/127.0.0.1:$serve_port}
+        local own=()
         if [[ "$service" == trainer-* ]]; then
             # Each shard: a checkpoint directory and a metrics port of its own.
             local k=${service#trainer-}
-            # shellcheck disable=SC2086 # the command line is split into words on purpose
-            FRESHET_CHECKPOINT_DIR="$dir/checkpoint-$k" FRESHET_METRICS__LISTEN="127.0.0.1:$((metrics_port + k))" \
-                nohup "$bin" $words >"$dir/$service.log" 2>&1 &
-        else
-            # shellcheck disable=SC2086
-            nohup "$bin" $words >"$dir/$service.log" 2>&1 &
+            own=("FRESHET_CHECKPOINT_DIR=$dir/checkpoint-$k" "FRESHET_METRICS__LISTEN=127.0.0.1:$((metrics_port + k))")
         fi
+        # shellcheck disable=SC2086 # the command line is split into words on purpose
+        env "${own[@]}" nohup "$bin" $words >"$dir/$service.log" 2>&1 &
         echo $! >"$dir/$service.pid"
         say "$service started (pid $!): freshet $words"
         if [[ "$service" == "trainer-$((shards - 1))" ]]; then

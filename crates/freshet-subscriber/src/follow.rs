@@ -346,9 +346,9 @@ struct Follower {
     on_event: Box<dyn FnMut(&SubscriberEvent) + Send>,
 }
 
-/// One partition of the snapshot topic as the follower reads it.
+/// One partition of the snapshot topic as the follower reads it (chain
+/// `k` is partition `k`).
 struct Chain {
-    partition: i32,
     assembler: Assembler,
     /// What is being done with the open snapshot.
     building: Option<Building>,
@@ -363,14 +363,15 @@ struct Chain {
 }
 
 impl Chain {
-    fn new(partition: i32) -> Self {
+    /// A chain read from `start` (the newest full snapshot's header), or
+    /// from the beginning of a partition with none.
+    fn new(start: Option<i64>) -> Self {
         Chain {
-            partition,
             assembler: Assembler::new(),
             building: None,
             chain_start: None,
             rejected_headers: HashSet::new(),
-            position: Offset::Beginning,
+            position: start.map_or(Offset::Beginning, Offset::Offset),
             reached_end: false,
         }
     }
@@ -430,14 +431,7 @@ impl Follower {
             }
         };
         info!(topic = %self.topic, ?starts, "following snapshots");
-        self.chains = starts
-            .iter()
-            .enumerate()
-            .map(|(partition, start)| Chain {
-                position: start.map_or(Offset::Beginning, Offset::Offset),
-                ..Chain::new(partition as i32)
-            })
-            .collect();
+        self.chains = starts.into_iter().map(Chain::new).collect();
         if let Err(error) = self.assign() {
             warn!(%error, "assigning the snapshot topic");
             return;
@@ -473,9 +467,9 @@ impl Follower {
         usize::try_from(partition).ok().filter(|&k| k < self.chains.len())
     }
 
-    /// The header's shard, if chain `k` may carry it: shard `k` of a model
-    /// of at most as many shards as the topic has partitions.
-    fn shard_of(&self, k: usize, header: &SnapshotHeader) -> Result<usize, String> {
+    /// Whether chain `k` may carry `header`: shard `k`'s snapshot, of a
+    /// model of at most as many shards as the topic has partitions.
+    fn check_shard(&self, k: usize, header: &SnapshotHeader) -> Result<(), String> {
         let (shard, shards, partitions) = (header.shard as usize, header.spec.shards as usize, self.chains.len());
         if shard != k {
             return Err(format!(
@@ -490,7 +484,7 @@ impl Follower {
                 header.version
             ));
         }
-        Ok(shard)
+        Ok(())
     }
 
     fn handle(&mut self, k: usize, fed: Result<Fed, AssemblyError>) {
@@ -498,9 +492,9 @@ impl Follower {
             Ok(Fed::Header(header)) => {
                 // Starting a version copies its base's tables in one go: not while requests fill the cores.
                 let _ = self.in_flight.stand_aside();
-                let building = match self.shard_of(k, &header) {
+                let building = match self.check_shard(k, &header) {
                     Err(reason) => Building::Failed(reason),
-                    Ok(shard) => self.plan(shard, &header),
+                    Ok(()) => self.plan(k, &header),
                 };
                 let chain = &mut self.chains[k];
                 if !matches!(building, Building::Apply(_)) {
@@ -563,17 +557,16 @@ impl Follower {
                     self.chains[k].chain_start = Some(done.header_offset);
                 }
                 let missing = model.missing_shards();
-                if missing.is_empty() {
-                    let previous = self.live.store(model.clone());
-                    // Freeing a version is one go too.
-                    let _ = self.in_flight.stand_aside();
-                    self.retired.push(previous);
-                    self.assembled = Some(model);
-                    self.applied(&done);
-                } else {
-                    self.assembled = Some(model);
-                    let reason = format!("waiting for the first full snapshot of shards {missing:?}");
-                    self.skip(version, &reason);
+                let previous = missing.is_empty().then(|| self.live.store(model.clone()));
+                self.assembled = Some(model);
+                match previous {
+                    Some(previous) => {
+                        // Freeing a version is one go too.
+                        let _ = self.in_flight.stand_aside();
+                        self.retired.push(previous);
+                        self.applied(&done);
+                    }
+                    None => self.skip(version, &format!("waiting for the first full snapshot of shards {missing:?}")),
                 }
             }
             Some(Building::Repeat) => {
@@ -607,7 +600,7 @@ impl Follower {
     /// snapshot if that is not the one served (else the next full snapshot
     /// repairs the chain); the other partitions read on where they were.
     fn reload(&mut self, k: usize) {
-        let partition = self.chains[k].partition;
+        let partition = k as i32;
         let newest = self.newest_chain_start(partition);
         let chain = &mut self.chains[k];
         match newest.map(|newest| reload_from(newest, chain.chain_start, &chain.rejected_headers)) {
@@ -668,8 +661,8 @@ impl Follower {
     /// Assigns every partition at its chain's position.
     fn assign(&mut self) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
-        for chain in &self.chains {
-            assignment.add_partition_offset(&self.topic, chain.partition, chain.position)?;
+        for (partition, chain) in self.chains.iter().enumerate() {
+            assignment.add_partition_offset(&self.topic, partition as i32, chain.position)?;
         }
         self.consumer.assign(&assignment)
     }

@@ -41,7 +41,7 @@ const MAX_RESERVED_ROWS: usize = 1 << 24;
 /// the shards, `watermark` is the union of the shards' (their input
 /// partitions are disjoint) and `rows` their sum; [`VersionInfo::shards`]
 /// gives each shard's own.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VersionInfo {
     /// Model name.
     pub model: String,
@@ -214,7 +214,7 @@ impl ServingModel {
     /// A model of `spec` with no part yet.
     fn empty(spec: ModelSpec, candidates: usize) -> Self {
         let parts = vec![None; spec.shards.max(1) as usize];
-        ServingModel { info: compose_info(&[]), spec, parts, candidates: candidates.max(1) }
+        ServingModel { info: VersionInfo::default(), spec, parts, candidates: candidates.max(1) }
     }
 
     /// The same model with shard `shard`'s part replaced by `part`.
@@ -258,6 +258,11 @@ impl ServingModel {
         self.parts[0].as_ref().map_or([0.0; 2], |part| part.globals)
     }
 
+    /// The parts there are, with their shard.
+    fn present(&self) -> impl Iterator<Item = (usize, &Part)> {
+        present(&self.parts)
+    }
+
     /// The part holding `key`'s rows: its owner's.
     fn part(&self, key: u64) -> Option<&Part> {
         self.parts[shard_of(key, self.spec.shards) as usize].as_deref()
@@ -280,7 +285,7 @@ impl ServingModel {
     /// Every row of a table as (key, item id, parameters): shard by shard,
     /// in key order within each.
     pub fn rows(&self, table: TableKind) -> impl Iterator<Item = (u64, Option<&str>, Vec<f32>)> {
-        self.parts.iter().flatten().flat_map(move |part| {
+        self.present().flat_map(move |(_, part)| {
             let store = part.table(table);
             store.keys().map(move |(key, position)| {
                 let id = table.keeps_ids().then(|| store.id(position));
@@ -292,8 +297,9 @@ impl ServingModel {
     /// Bytes of heap the model's rows, indexes and scan index take (pages a
     /// newer version shares with this one are counted in both).
     pub fn heap_bytes(&self) -> usize {
-        let part = |part: &Arc<Part>| part.tables.iter().map(RowStore::bytes).sum::<usize>() + part.scan.bytes();
-        self.parts.iter().flatten().map(part).sum()
+        let part =
+            |(_, part): (usize, &Part)| part.tables.iter().map(RowStore::bytes).sum::<usize>() + part.scan.bytes();
+        self.present().map(part).sum()
     }
 
     /// The terms of `head`'s score for `user` in `context` that do not depend
@@ -363,8 +369,7 @@ impl ServingModel {
         let terms = self.query(head, user, context, vector);
         let count = k.max(self.candidates);
         let mut candidates = Vec::new();
-        for (shard, part) in self.parts.iter().enumerate() {
-            let Some(part) = part else { continue };
+        for (shard, part) in self.present() {
             let excluded = excluded_positions(part.table(TableKind::Item), exclude);
             let found = part.scan.candidates(head, terms.item_bias_weight, vector, count, &excluded);
             candidates.extend(found.into_iter().map(|position| (shard, position)));
@@ -386,13 +391,11 @@ impl ServingModel {
         let mut vector = [0.0f32; MAX_DIM];
         let vector = &mut vector[..self.spec.dim];
         let terms = self.query(head, user, context, vector);
-        let live = self.parts.iter().enumerate().flat_map(|(shard, part)| {
-            let part = part.as_deref();
-            let items = part.map(|part| part.table(TableKind::Item));
-            let excluded = items.map(|items| excluded_positions(items, exclude)).unwrap_or_default();
-            let slots = items.map_or(0, RowStore::slots) as u32;
-            (0..slots)
-                .filter(move |&p| part.is_some_and(|part| part.scan.is_live(p)) && excluded.binary_search(&p).is_err())
+        let live = self.present().flat_map(|(shard, part)| {
+            let items = part.table(TableKind::Item);
+            let excluded = excluded_positions(items, exclude);
+            (0..items.slots() as u32)
+                .filter(move |&p| part.scan.is_live(p) && excluded.binary_search(&p).is_err())
                 .map(move |position| (shard, position))
         });
         self.best(&terms, vector, live, k)
@@ -410,7 +413,7 @@ impl ServingModel {
         let items = |shard: usize| self.parts[shard].as_deref().map(|part| part.table(TableKind::Item));
         let id = |(shard, position): (usize, u32)| items(shard).map_or("", |items| items.id(position));
         let mut row = [0.0f32; MAX_WIDTH];
-        let width = self.parts.iter().flatten().next().map_or(0, |part| part.table(TableKind::Item).width());
+        let width = self.present().next().map_or(0, |(_, part)| part.table(TableKind::Item).width());
         let row = &mut row[..width];
         let mut scored: Vec<(f32, (usize, u32))> = positions
             .filter_map(|(shard, position)| {
@@ -669,22 +672,9 @@ fn info(header: &SnapshotHeader, chain_start_offset: i64) -> VersionInfo {
 /// part's, with the newest event time the lowest, the watermarks joined,
 /// the rows summed and each part's own version listed.
 fn compose_info(parts: &[Option<Arc<Part>>]) -> VersionInfo {
-    let present = || parts.iter().enumerate().filter_map(|(shard, part)| Some((shard as u32, part.as_deref()?)));
+    let present = || present(parts);
     let Some((_, stalest)) = present().min_by_key(|(shard, part)| (part.info.version, *shard)) else {
-        return VersionInfo {
-            model: String::new(),
-            version: 0,
-            full: false,
-            created_ms: 0,
-            newest_event_ms: 0,
-            watermark: BTreeMap::new(),
-            chain_start_offset: 0,
-            rows: BTreeMap::new(),
-            session_gap_ms: 0,
-            metrics: SnapshotMetrics::default(),
-            rollback_to: None,
-            shards: Vec::new(),
-        };
+        return VersionInfo::default();
     };
     let mut info = stalest.info.clone();
     info.newest_event_ms = present().map(|(_, part)| part.info.newest_event_ms).min().unwrap_or(0);
@@ -696,8 +686,13 @@ fn compose_info(parts: &[Option<Arc<Part>>]) -> VersionInfo {
             (name.to_owned(), present().map(|(_, part)| part.info.rows.get(name).copied().unwrap_or(0)).sum())
         })
         .collect();
-    info.shards = present().map(|(shard, part)| part.shard_version(shard)).collect();
+    info.shards = present().map(|(shard, part)| part.shard_version(shard as u32)).collect();
     info
+}
+
+/// The parts of `parts` there are, with their shard.
+fn present(parts: &[Option<Arc<Part>>]) -> impl Iterator<Item = (usize, &Part)> {
+    parts.iter().enumerate().filter_map(|(shard, part)| Some((shard, part.as_deref()?)))
 }
 
 /// A row a snapshot sets.
