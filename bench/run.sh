@@ -1,24 +1,61 @@
 #!/usr/bin/env bash
-# End-to-end `freshet run` throughput: produces N synthetic JSON events to
-# fresh topics on the local broker, then trains on them with a checkpoint
-# every second until the checkpoint holds all of them, and prints the
-# sustained rate. Usage: bench/run.sh [N]
+# End-to-end `freshet run` throughput against the broker's raw fetch rate,
+# from one run: for each format, produces N synthetic events (JSON or
+# bincode) to fresh topics on the local broker (4 partitions each), fetches
+# them once with kcat (librdkafka, no decoding: the yardstick), then trains
+# on them with `freshet run` (checkpoint every second, publishing
+# snapshots) until the checkpoint holds all of them, and prints both rates
+# and their ratio.
+#
+# Usage: bench/run.sh [N=2000000] [json|bincode|both=both]
+#
+# The raw fetch reads each input topic with one kcat process (both at once,
+# as freshet reads both), from the beginning to the end, with freshet's own
+# fetch size and isolation level; its rate is the events over the wall time
+# of the slower of the two. freshet's rate counts from its partition
+# assignment (after the group join) to the checkpoint that holds every event.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 events=${1:-2000000}
+formats=${2:-both}
+[[ "$formats" == both ]] && formats="json bincode"
+command -v kcat >/dev/null || { echo "bench/run.sh needs kcat (apt-get install kcat)" >&2; exit 2; }
 source bench/common.sh
 freshet="$bin/freshet"
-base="benchrun-$(date +%s)"
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=""
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-echo "producing $events JSON events to $base.* ..." >&2
-"$freshet" produce synth --bootstrap "$bootstrap" --events "$events" --partitions 4 --users 100000 --items 20000 \
-    --clicks-topic "$base.clicks" --ratings-topic "$base.ratings" >"$work/produce.json"
-valid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["valid"])' "$work/produce.json")
+now() { date +%s.%N; }
 
-port=$(free_port)
-cat >"$work/freshet.toml" <<TOML
+# kcat over every partition of topic $1, to its end; prints nothing per message.
+fetch() {
+    kcat -C -q -e -o beginning -f '' -b "$bootstrap" -t "$1" \
+        -X max.partition.fetch.bytes=4194304 -X isolation.level=read_committed
+}
+
+for format in $formats; do
+    case "$format" in
+        json) share=0 ;;
+        bincode) share=1 ;;
+        *) echo "unknown format $format (json, bincode, both)" >&2; exit 2 ;;
+    esac
+    base="benchrun-$format-$(date +%s)"
+    echo "producing $events $format events to $base.* ..." >&2
+    "$freshet" produce synth --bootstrap "$bootstrap" --events "$events" --partitions 4 --users 100000 \
+        --items 20000 --bincode-share "$share" --clicks-topic "$base.clicks" --ratings-topic "$base.ratings" \
+        >"$work/produce.json"
+    valid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["valid"])' "$work/produce.json")
+
+    echo "raw fetch (kcat) ..." >&2
+    started=$(now)
+    fetch "$base.clicks" & clicks=$!
+    fetch "$base.ratings" & ratings=$!
+    wait "$clicks" "$ratings"
+    fetched=$(now)
+
+    port=$(free_port)
+    cat >"$work/freshet.toml" <<TOML
 name = "$base"
 [kafka]
 bootstrap = "$bootstrap"
@@ -27,40 +64,42 @@ group_id = "$base"
 topics = ["$base.clicks", "$base.ratings"]
 dlq_topic = "$base.dlq"
 [checkpoint]
-dir = "$work/checkpoint"
+dir = "$work/checkpoint-$format"
 interval_ms = 1000
 [metrics]
 listen = "127.0.0.1:$port"
 TOML
-
-RUST_LOG=info "$freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
-pid=$!
-# The rate counts from the partition assignment (after the group join) to
-# the checkpoint that holds every event.
-until grep -q "partitions assigned" "$work/run.log"; do sleep 0.1; done
-started=$(date +%s.%N)
-first=0
-while :; do
-    # Events in the newest durable checkpoint, from /metrics: polling is
-    # cheap there (an `inspect` per poll would replay RocksDB's log and
-    # take CPU from the run it measures).
-    applied=$(curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null |
-        awk '/^freshet_events_trained_total/ {sum += $2} END {printf "%d", sum}')
-    applied=${applied:-0}
-    now=$(date +%s.%N)
-    printf '\r  applied %s / %s' "$applied" "$valid" >&2
-    [[ "$applied" -ge "$valid" ]] && break
-    sleep 0.5
-done
-echo >&2
-grep VmHWM "/proc/$pid/status" | awk '{print $2}' >"$work/rss"
-kill -TERM "$pid"
-wait "$pid" || true
-python3 - "$started" "$now" "$first" "$applied" "$work/rss" <<'PY'
+    echo "freshet run ..." >&2
+    RUST_LOG=info "$freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
+    pid=$!
+    until grep -q "partitions assigned" "$work/run.log"; do sleep 0.05; done
+    run_started=$(now)
+    while :; do
+        # Events in the newest durable checkpoint, from /metrics: polling is
+        # cheap there (an `inspect` per poll would replay RocksDB's log and
+        # take CPU from the run it measures).
+        applied=$(curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null |
+            awk '/^freshet_events_trained_total/ {sum += $2} END {printf "%d", sum}')
+        applied=${applied:-0}
+        run_ended=$(now)
+        printf '\r  applied %s / %s' "$applied" "$valid" >&2
+        [[ "$applied" -ge "$valid" ]] && break
+        sleep 0.05
+    done
+    echo >&2
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    kill -TERM "$pid"
+    wait "$pid" || true
+    pid=""
+    python3 - "$format" "$events" "$started" "$fetched" "$valid" "$run_started" "$run_ended" "$rss" <<'PY'
 import sys
-start, end, first, applied = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rss = int(open(sys.argv[5]).read().split()[-1]) / 1024
-rate = (applied - first) / (end - start) if end > start else float("nan")
-print(f"freshet run: {applied} events trained and checkpointed, {rate:,.0f} events/s sustained "
-      f"(checkpoint every 1 s, JSON, dim 32), peak RSS {rss:,.0f} MiB")
+fmt, events = sys.argv[1], int(sys.argv[2])
+fetch_s = float(sys.argv[4]) - float(sys.argv[3])
+valid, run_s = int(sys.argv[5]), float(sys.argv[7]) - float(sys.argv[6])
+rss_mib = int(sys.argv[8]) / 1024
+raw, mine = events / fetch_s, valid / run_s
+print(f"{fmt:<8} raw fetch (kcat): {raw:>9,.0f} events/s ({events} in {fetch_s:.2f} s); "
+      f"freshet run: {mine:>9,.0f} events/s ({valid} trained and checkpointed in {run_s:.2f} s, "
+      f"checkpoint every 1 s, dim 32, peak RSS {rss_mib:,.0f} MiB); ratio {mine / raw:.2f}")
 PY
+done

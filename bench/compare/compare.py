@@ -1,32 +1,38 @@
-"""Prequential comparison of freshet, River's BiasedMF and Vowpal Wabbit.
+"""Prequential comparison of freshet with Vowpal Wabbit and River, whole process.
 
-Every tool replays the same ratings in the same (timestamp) order, predicting
-each rating before learning from it. Each tool runs in its own child process;
-the table reports, per tool:
+Two streams, each replayed by every tool in the same (timestamp) order,
+every event predicted before it is learned from:
 
-- RMSE and MAE of its predictions, clipped to freshet's default rating
-  range [0.5, 5] (as freshet clips its own);
-- events/s: events divided by the time the tool spent reading, parsing and
-  learning the file inside its process (interpreter start-up and imports
-  excluded; the VW input conversion, done once beforehand, excluded too;
-  VW is timed in runs that write no predictions, and scored on one more run
-  that writes them, since writing them costs it as much again),
-  the median of --repeat runs (default 3) of each tool after one untimed
-  warm-up run, so one run slowed by a neighbour on a shared machine does not
-  decide a ratio;
-- peak RSS of the child process (os.wait4), which for River and VW includes
-  the Python interpreter and the imported packages;
-- freshet's ratios: its events/s divided by the peer's, and its RMSE divided
-  by the peer's.
+- ratings: a MovieLens file repeated until it holds at least --events
+  ratings (each copy's timestamps shifted past the previous copy's), or
+  --events synthetic planted-factor ratings; squared loss; RMSE and MAE,
+  predictions clipped to freshet's default rating range [0.5, 5];
+- clicks: --events synthetic clicks with three context features (device,
+  page, hour; the page interacts with the item); logistic loss; log loss and
+  AUC.
 
-River's BiasedMF uses the settings of River's own MovieLens example (SGD
-0.025 on biases, 0.05 on 10 latent factors initialised N(0, 0.1)); VW runs
-with its defaults, as `vw` would (`-q ui --rank 10` for the factorised run).
+Per tool and stream the table gives:
 
-Vowpal Wabbit runs through its Python binding (pyvw, from the vowpalwabbit
-PyPI package, which ships no `vw` executable) with command-line arguments:
-`Workspace("-d FILE -p PREDS ...").run_parser()` is VW's own command-line
-driver, so the learning loop and the parsing are VW's C++ code.
+- wall seconds of the WHOLE process, from its start to its exit (start-up,
+  reading and parsing the file, learning, exit), the median of --repeat
+  runs after one untimed warm-up run, and events/s from it; each tool's own
+  command line (`freshet eval`, `python -m vowpalwabbit`, a Python loop for
+  River) in runs that write no predictions;
+- quality from one more run that writes its progressive predictions
+  (`freshet eval --predictions`, `vw -p`), scored here by the same code for
+  every tool (AUC exact, by ranks);
+- peak RSS of the process (os.wait4);
+- freshet's speed over the peer's (ratio of the medians) and freshet's loss
+  over the peer's (RMSE for ratings, log loss for clicks; below 1 is better).
+
+Vowpal Wabbit runs its own command-line driver (`python -m vowpalwabbit`,
+from the vowpalwabbit PyPI package, which ships no `vw` executable), so its
+process also starts a Python interpreter (about 0.3 s here): compare on
+streams of a million events or more, where that start-up is small. VW
+learns with its defaults (`-q ui --rank 10` for the factorised run;
+`--loss_function logistic -q ic` for clicks: the item crossed with the
+context, what freshet's feature x item factors model). River's BiasedMF uses
+the settings of River's own MovieLens example.
 """
 
 import argparse
@@ -43,103 +49,167 @@ VW_RANK = 10
 # freshet's default rating range (ModelSpec); freshet clips its predictions
 # to it and the peers' predictions are clipped to it too.
 RATING_RANGE = (0.5, 5.0)
+# Probabilities are kept this far from 0 and 1 when scoring log loss.
+EPSILON = 1e-7
 
 
-def load_ratings(path, fmt):
-    """Ratings as (user, item, rating, ts) in file order."""
+# ---- the streams ----------------------------------------------------------
+
+
+def load_movielens(path):
+    """MovieLens ratings (u.data, ratings.dat or ratings.csv) as (user, item,
+    rating, ts_ms), in file order."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        lines = (line.rstrip("\r\n") for line in f)
-        first = next(lines, "")
-        if fmt == "csv":
-            sep, header = ",", True
-        elif "::" in first:
-            sep, header = "::", False
-        elif "\t" in first:
-            sep, header = "\t", False
-        else:
-            sep, header = ",", first.lower().startswith("userid")
-        scale = 1 if fmt == "csv" else 1000
-        for line in ([] if header else [first]) + list(lines):
-            fields = line.split(sep)
-            if len(fields) < 4:
-                continue
-            try:
-                rows.append((fields[0], fields[1], float(fields[2]), int(fields[3]) * scale))
-            except ValueError:
-                continue
+        lines = [line.rstrip("\r\n") for line in f]
+    first = next((line for line in lines if line.strip()), "")
+    if "::" in first:
+        sep, header = "::", False
+    elif "\t" in first:
+        sep, header = "\t", False
+    else:
+        sep, header = ",", first.lower().startswith("userid")
+    for line in lines[1:] if header else lines:
+        fields = line.split(sep)
+        if len(fields) < 4:
+            continue
+        try:
+            rows.append((fields[0], fields[1], float(fields[2]), int(fields[3]) * 1000))
+        except ValueError:
+            continue
     return rows
 
 
-def metrics(predictions, labels, low, high):
-    n = len(labels)
+def repeated_ratings(path, events, out):
+    """Writes the MovieLens file `path` in timestamp order as freshet CSV,
+    repeated until it holds at least `events` ratings, each copy's times
+    shifted past the previous copy's; returns (ratings, copies)."""
+    rows = load_movielens(path)
+    rows = [r for _, r in sorted(enumerate(rows), key=lambda e: (e[1][3], e[0]))]
+    copies = max(1, math.ceil(events / len(rows)))
+    span = rows[-1][3] - rows[0][3] + 1000
+    with open(out, "w") as o:
+        o.write("user,item,rating,ts,features\n")
+        for copy in range(copies):
+            shift = copy * span
+            for user, item, rating, ts in rows:
+                o.write(f"{user},{item},{rating},{ts + shift},\n")
+    return len(rows) * copies, copies
+
+
+def read_csv(path):
+    """freshet CSV (header; user,item,value,ts[,features]) as tuples."""
+    with open(path) as f:
+        next(f)
+        for line in f:
+            fields = line.rstrip("\n").split(",")
+            features = fields[4].split(";") if len(fields) > 4 and fields[4] else []
+            yield fields[0], fields[1], float(fields[2]), int(fields[3]), features
+
+
+def write_peer_inputs(stream, csv_path, work):
+    """The stream's VW input, River CSV (ratings) and labels; returns the
+    number of events."""
+    vw, labels = os.path.join(work, f"{stream}.vw"), os.path.join(work, f"{stream}.labels")
+    n = 0
+    with open(vw, "w") as v, open(labels, "w") as l:
+        river = open(os.path.join(work, f"{stream}.river.csv"), "w") if stream == "ratings" else None
+        if river:
+            river.write("user,item,rating,ts\n")
+        for user, item, value, ts, features in read_csv(csv_path):
+            if stream == "ratings":
+                v.write(f"{value} |u u{user} |i i{item}\n")
+                river.write(f"{user},{item},{value},{ts}\n")
+            else:
+                context = " ".join(features)
+                v.write(f"{1 if value else -1} |u u{user} |i i{item} |c {context}\n")
+            l.write(f"{value}\n")
+            n += 1
+        if river:
+            river.close()
+    return n
+
+
+# ---- scoring --------------------------------------------------------------
+
+
+def rating_quality(predictions, labels):
+    low, high = RATING_RANGE
     se = ae = 0.0
     for p, y in zip(predictions, labels):
         p = min(high, max(low, p))
         se += (p - y) ** 2
         ae += abs(p - y)
-    return math.sqrt(se / n), ae / n
+    n = len(labels)
+    return {"rmse": math.sqrt(se / n), "mae": ae / n}
 
 
-def median_run(argv, repeat, seconds_of):
-    """Runs a child once to warm up (caches, page tables, CPU; not counted),
-    then `repeat` times; returns the parsed output of the run with the
-    median time (by `seconds_of`) and the largest peak RSS."""
-    run_child(argv)
-    runs = []
-    for _ in range(repeat):
-        out, rss = run_child(argv)
-        runs.append((json.loads(out), rss))
-    runs.sort(key=lambda run: seconds_of(run[0]))
-    return runs[len(runs) // 2][0], max(rss for _, rss in runs)
+def click_quality(probabilities, labels):
+    loss = 0.0
+    for p, y in zip(probabilities, labels):
+        p = min(1 - EPSILON, max(EPSILON, p))
+        loss -= math.log(p) if y else math.log(1 - p)
+    # Exact AUC: the mean rank of the positives (ties share their mean rank).
+    order = sorted(range(len(labels)), key=probabilities.__getitem__)
+    rank_sum, positives, i = 0.0, 0, 0
+    while i < len(order):
+        j = i
+        while j < len(order) and probabilities[order[j]] == probabilities[order[i]]:
+            j += 1
+        mean_rank = (i + j + 1) / 2
+        for k in order[i:j]:
+            if labels[k]:
+                rank_sum += mean_rank
+                positives += 1
+        i = j
+    negatives = len(labels) - positives
+    auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return {"logloss": loss / len(labels), "auc": auc}
+
+
+def quality(stream, predictions_path, labels_path):
+    with open(predictions_path) as f:
+        predictions = [float(line.split()[0]) for line in f if line.strip()]
+    with open(labels_path) as f:
+        labels = [float(line) for line in f]
+    if len(predictions) != len(labels):
+        raise RuntimeError(f"{predictions_path}: {len(predictions)} predictions for {len(labels)} events")
+    return rating_quality(predictions, labels) if stream == "ratings" else click_quality(predictions, labels)
+
+
+# ---- running --------------------------------------------------------------
 
 
 def run_child(argv):
-    """Runs a child to completion; returns (stdout, its peak RSS in MiB)."""
+    """Runs a command to completion; returns (stdout, wall seconds from its
+    start to its exit, peak RSS in MiB)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
             sys.stderr.write(err.read())
-            raise RuntimeError(f"{argv[0]} failed with status {proc.returncode}")
-        return out.read(), usage.ru_maxrss / 1024.0
+            raise RuntimeError(f"{' '.join(argv)} failed with status {os.waitstatus_to_exitcode(status)}")
+        out.seek(0)
+        return out.read(), seconds, usage.ru_maxrss / 1024.0
 
 
-# ---- children -------------------------------------------------------------
+def timed(argv, repeat):
+    """One untimed warm-up run, then `repeat` runs: (median seconds, every
+    run's seconds, the largest peak RSS, the last run's stdout)."""
+    run_child(argv)
+    runs = [run_child(argv) for _ in range(repeat)]
+    seconds = sorted(s for _, s, _ in runs)
+    return seconds[len(seconds) // 2], seconds, max(r for _, _, r in runs), runs[-1][0]
 
 
-def child_prep(path, fmt, work):
-    """Writes the ratings in timestamp order (stable) for River (CSV) and VW
-    (text format), and the labels; prints the running-mean baseline."""
-    rows = load_ratings(path, fmt)
-    rows = [r for _, r in sorted(enumerate(rows), key=lambda e: (e[1][3], e[0]))]
-    low, high = RATING_RANGE
-    with open(os.path.join(work, "ordered.csv"), "w") as o, \
-            open(os.path.join(work, "ordered.vw"), "w") as v, \
-            open(os.path.join(work, "labels.txt"), "w") as l:
-        o.write("user,item,rating,ts\n")
-        for user, item, rating, ts in rows:
-            o.write(f"{user},{item},{rating},{ts}\n")
-            v.write(f"{rating} |u u{user} |i i{item}\n")
-            l.write(f"{rating}\n")
-    # Running mean: the floor every learner must beat.
-    mean = se = ae = 0.0
-    for n, (_, _, y, _) in enumerate(rows):
-        p = min(high, max(low, mean)) if n else (low + high) / 2
-        se += (p - y) ** 2
-        ae += abs(p - y)
-        mean += (y - mean) / (n + 1)
-    print(json.dumps({"events": len(rows), "rmse": math.sqrt(se / len(rows)), "mae": ae / len(rows)}))
-
-
-
-def child_river(path, low, high):
+def river_child(path, write):
+    """River's BiasedMF over the ratings CSV, writing its predictions to
+    `write` if given (the whole process is timed from outside)."""
     from river import optim, reco
 
-    # The configuration of River's own MovieLens example (river.reco.BiasedMF docs).
     model = reco.BiasedMF(
         n_factors=RIVER_FACTORS,
         bias_optimizer=optim.SGD(0.025),
@@ -149,136 +219,115 @@ def child_river(path, low, high):
         l2_bias=0.0,
         l2_latent=0.0,
     )
-    start = time.perf_counter()
-    predictions, labels = [], []
+    predictions = []
     with open(path, encoding="utf-8") as f:
         next(f)
         for line in f:
             user, item, rating, _ = line.rstrip("\n").split(",")
-            y = float(rating)
             predictions.append(model.predict_one(user, item))
-            labels.append(y)
-            model.learn_one(user, item, y)
-    seconds = time.perf_counter() - start
-    rmse, mae = metrics(predictions, labels, low, high)
-    print(json.dumps({"events": len(labels), "rmse": rmse, "mae": mae, "seconds": seconds}))
+            model.learn_one(user, item, float(rating))
+    if write:
+        with open(write, "w") as out:
+            out.writelines(f"{p}\n" for p in predictions)
 
 
-def child_vw(vw_path, labels_path, args, low, high, workdir, name, mode):
-    """mode "time": VW learns the file, writing nothing (its speed); mode
-    "predict": it also writes its predictions (its quality; writing them
-    costs VW about as much time again as learning, so they are not timed)."""
-    from vowpalwabbit import pyvw
-
-    preds = os.path.join(workdir, f"{name}.preds")
-    output = f"-p {preds}" if mode == "predict" else ""
-    start = time.perf_counter()
-    ws = pyvw.Workspace(f"--quiet -d {vw_path} {output} {args}")
-    ws.run_parser()
-    ws.finish()
-    seconds = time.perf_counter() - start
-    with open(labels_path) as f:
-        labels = [float(line) for line in f]
-    result = {"events": len(labels), "seconds": seconds}
-    if mode == "predict":
-        with open(preds) as f:
-            predictions = [float(line.split()[0]) for line in f]
-        result["rmse"], result["mae"] = metrics(predictions, labels, low, high)
-    print(json.dumps(result))
+# ---- the comparison -------------------------------------------------------
 
 
-# ---- parent ---------------------------------------------------------------
+def compare(stream, csv_path, events, args, work):
+    me, vw = sys.executable, [sys.executable, "-m", "vowpalwabbit", "--quiet"]
+    vw_input, labels = os.path.join(work, f"{stream}.vw"), os.path.join(work, f"{stream}.labels")
+    preds = lambda name: os.path.join(work, f"{stream}.{name}.preds")
+    flag = "--ratings" if stream == "ratings" else "--clicks"
+    freshet = [args.freshet, "eval", flag, csv_path, "--json"] + (["--format", "csv"] if stream == "ratings" else [])
+    for name in ("dim", "batch"):
+        if getattr(args, name):
+            freshet += [f"--{name}", getattr(args, name)]
+    # (name, timed command, a command writing the predictions, where it writes them)
+    tools = [("freshet", freshet, freshet + ["--predictions", preds("freshet")], preds("freshet"))]
+    if stream == "ratings":
+        rank = ["-q", "ui", "--rank", str(VW_RANK)]
+        tools += [
+            ("VW linear", vw + ["-d", vw_input], vw + ["-d", vw_input, "-p", preds("vw")], preds("vw")),
+            (f"VW -q ui --rank {VW_RANK}", vw + ["-d", vw_input] + rank,
+             vw + ["-d", vw_input] + rank + ["-p", preds("vwrank")], preds("vwrank")),
+        ]
+        if not args.skip_river:
+            river = [me, os.path.abspath(__file__), "--river-child", os.path.join(work, "ratings.river.csv")]
+            tools.append((f"River BiasedMF ({RIVER_FACTORS} factors)", river,
+                          river + ["--river-predictions", preds("river")], preds("river")))
+    else:
+        for name, extra in [("VW logistic -q ic", ["-q", "ic"]), ("VW logistic, linear", [])]:
+            command = vw + ["-d", vw_input, "--loss_function", "logistic"] + extra
+            written = preds(name.split(",")[0].replace(" ", "_"))
+            tools.append((name, command, command + ["--link", "logistic", "-p", written], written))
+    results = []
+    for name, command, scoring, written in tools:
+        print(f"  {stream}: {name} ...", file=sys.stderr)
+        median, seconds, rss, out = timed(command, args.repeat)
+        run_child(scoring)
+        result = {"name": name, "seconds": median, "runs": seconds, "rss": rss, **quality(stream, written, labels)}
+        if name == "freshet":
+            result["train_eps"] = json.loads(out)["events_per_s"]
+        results.append(result)
+    return results
+
+
+def report(stream, events, source, results, repeat):
+    loss = "rmse" if stream == "ratings" else "logloss"
+    columns = ["RMSE", "MAE"] if stream == "ratings" else ["log loss", "AUC"]
+    keys = ["rmse", "mae"] if stream == "ratings" else ["logloss", "auc"]
+    print(f"\n{stream}: {events:,} events ({source}); whole process, median of {repeat} runs\n")
+    header = (f"{'tool':<34} {columns[0]:>8} {columns[1]:>8} {'seconds':>8} {'events/s':>11} "
+              f"{'peak RSS':>9} {'freshet speed':>14} {'freshet ' + columns[0]:>16}")
+    print(header)
+    print("-" * len(header))
+    fresh = results[0]
+    for r in results:
+        mine = r is fresh
+        speed = "-" if mine else f"{r['seconds'] / fresh['seconds']:.2f}x"
+        ratio = "-" if mine else f"{fresh[loss] / r[loss]:.3f}"
+        print(f"{r['name']:<34} {r[keys[0]]:>8.4f} {r[keys[1]]:>8.4f} {r['seconds']:>8.3f} "
+              f"{events / r['seconds']:>11,.0f} {r['rss']:>6.0f} MiB {speed:>14} {ratio:>16}")
+    print(f"runs (s): " + "; ".join(f"{r['name']}: " + ", ".join(f"{s:.3f}" for s in r["runs"]) for r in results))
+    print(f"freshet's training loop alone: {fresh['train_eps']:,.0f} events/s")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--freshet", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--format", choices=["movielens", "csv"], required=True)
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--freshet")
+    parser.add_argument("--movielens", help="a MovieLens ratings file for the ratings stream (else synthetic)")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--streams", default="ratings,clicks")
+    parser.add_argument("--workdir")
     parser.add_argument("--dim")
     parser.add_argument("--batch")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per tool; the median time counts")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-args", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per tool; the median counts")
+    parser.add_argument("--skip-river", action="store_true", help="leave River out (it takes ~20 s per run)")
+    parser.add_argument("--river-child", help=argparse.SUPPRESS)
+    parser.add_argument("--river-predictions", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.child == "prep":
-        child_prep(args.data, args.format, args.workdir)
-        return
-    if args.child == "river":
-        child_river(*args.child_args[:1], *map(float, args.child_args[1:3]))
-        return
-    if args.child == "vw":
-        a = args.child_args
-        child_vw(a[0], a[1], a[2], float(a[3]), float(a[4]), a[5], a[6], a[7])
+    if args.river_child:
+        river_child(args.river_child, args.river_predictions)
         return
 
-    # The data preparation runs in a child of its own: a child's peak RSS
-    # counts the memory of the process it was forked from, so the parent
-    # stays small.
-    me = sys.executable
-    script = os.path.abspath(__file__)
     work = args.workdir
-    ordered = os.path.join(work, "ordered.csv")
-    vw_input = os.path.join(work, "ordered.vw")
-    labels = os.path.join(work, "labels.txt")
-    low, high = RATING_RANGE
-    out, _ = run_child([me, script, "--freshet", "-", "--data", args.data, "--format", args.format,
-                        "--workdir", work, "--child", "prep"])
-    prep = json.loads(out)
-    n_rows = prep["events"]
-    results = [("running mean", {"rmse": prep["rmse"], "mae": prep["mae"]})]
-
-    cmd = [args.freshet, "eval", "--ratings", args.data, "--format", args.format, "--json"]
-    for flag in ("dim", "batch"):
-        if getattr(args, flag):
-            cmd += [f"--{flag}", getattr(args, flag)]
-    fr, rss = median_run(cmd, args.repeat, lambda r: r["load_s"] + r["train_s"])
-    fr_total = fr["load_s"] + fr["train_s"]
-    results.append((
-        f"freshet (dim {fr['dim']}, batch {fr['batch']})",
-        {"rmse": fr["rmse"], "mae": fr["mae"], "eps": fr["events"] / fr_total,
-         "train_eps": fr["events_per_s"], "rss": rss},
-    ))
-
-    def vw(name, args):
-        argv = lambda mode: [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
-                             "--child", "vw", "--child-args", vw_input, labels, args, str(low), str(high), work,
-                             name, mode]
-        return argv("time"), argv("predict")
-
-    river = [me, script, "--freshet", "-", "--data", "-", "--format", "csv", "--workdir", work,
-             "--child", "river", "--child-args", ordered, str(low), str(high)]
-    # (name, timed command, command whose predictions are scored; None: the timed one's)
-    peers = [
-        (f"River BiasedMF ({RIVER_FACTORS} factors)", river, None),
-        ("VW linear", *vw("linear", "")),
-        (f"VW --rank {VW_RANK}", *vw("rank", f"-q ui --rank {VW_RANK}")),
-    ]
-    for name, timed, scored in peers:
-        r, rss = median_run(timed, args.repeat, lambda r: r["seconds"])
-        if scored is not None:
-            quality, scored_rss = run_child(scored)
-            quality = json.loads(quality)
-            r = {**r, "rmse": quality["rmse"], "mae": quality["mae"]}
-            rss = max(rss, scored_rss)
-        results.append((name, {"rmse": r["rmse"], "mae": r["mae"], "eps": r["events"] / r["seconds"], "rss": rss}))
-
-    fresh = results[1][1]
-    print(f"\n{n_rows:,} ratings from {os.path.basename(args.data)}, replayed in timestamp order "
-          f"(predictions clipped to [{low}, {high}]; events/s: median of {args.repeat} runs)\n")
-    header = f"{'tool':<34} {'RMSE':>7} {'MAE':>7} {'events/s':>12} {'peak RSS':>10} {'freshet speed':>14} {'freshet RMSE':>13}"
-    print(header)
-    print("-" * len(header))
-    for name, r in results:
-        eps = f"{r['eps']:,.0f}" if "eps" in r else "-"
-        rss = f"{r['rss']:.0f} MiB" if "rss" in r else "-"
-        speed = f"{fresh['eps'] / r['eps']:.2f}x" if "eps" in r and r is not fresh else "-"
-        ratio = f"{fresh['rmse'] / r['rmse']:.3f}" if r is not fresh else "-"
-        print(f"{name:<34} {r['rmse']:>7.4f} {r['mae']:>7.4f} {eps:>12} {rss:>10} {speed:>14} {ratio:>13}")
-    print(f"\nfreshet training loop alone: {fresh['train_eps']:,.0f} events/s; "
-          "events/s above include reading and parsing the file.")
+    for stream in args.streams.split(","):
+        csv_path = os.path.join(work, f"{stream}.csv")
+        if stream == "ratings" and args.movielens:
+            events, copies = repeated_ratings(args.movielens, args.events, csv_path)
+            source = f"{os.path.basename(args.movielens)} in timestamp order, {copies} copies"
+        elif stream == "ratings":
+            run_child([args.freshet, "eval", "--synthetic", str(args.events), "--export-ratings", csv_path, "--json"])
+            source = "synthetic planted-factor ratings"
+        elif stream == "clicks":
+            run_child([args.freshet, "eval", "--synthetic", str(args.events), "--synthetic-click-share", "1",
+                       "--synthetic-click-features", "3", "--export-clicks", csv_path, "--json"])
+            source = "synthetic clicks, 3 context features"
+        else:
+            parser.error(f"unknown stream {stream!r} (ratings, clicks)")
+        events = write_peer_inputs(stream, csv_path, work)
+        report(stream, events, source, compare(stream, csv_path, events, args, work), args.repeat)
 
 
 if __name__ == "__main__":

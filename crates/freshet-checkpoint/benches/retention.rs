@@ -64,7 +64,7 @@ fn main() {
     store.retain(0).expect("retain");
     eprintln!("  {rows} rows checkpointed and retained in {:.1} s", started.elapsed().as_secs_f64());
 
-    let policy = RetainPolicy { versions: VERSIONS as usize + 1, max_age_ms: None };
+    let policy = RetainPolicy { versions: VERSIONS as usize + 1, max_age_ms: None, every_ms: 0 };
     let mut retain_ms = Vec::new();
     for round in 1..=VERSIONS {
         let dirty = users / 100;

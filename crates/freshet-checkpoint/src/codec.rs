@@ -234,8 +234,7 @@ pub(crate) fn decode_pending(key: &[u8], value: &[u8], layout: u32) -> Result<Pe
 /// Appends the flat encoding of `row` to `out`.
 pub(crate) fn encode_row(row: &RowRef<'_>, out: &mut Vec<u8>) {
     let id = row.id.unwrap_or_default();
-    let floats = row.params.len() + row.m.len() + row.v.len();
-    out.reserve(ROW_HEADER + id.len() + 4 * floats);
+    out.reserve(encoded_row_len(row));
     for count in [row.params.len(), row.m.len(), row.v.len()] {
         out.extend_from_slice(&u32::try_from(count).expect("rows are at most MAX_DIM + 2 wide").to_le_bytes());
     }
@@ -251,6 +250,12 @@ pub(crate) fn encode_row(row: &RowRef<'_>, out: &mut Vec<u8>) {
     for vector in [row.params, row.m, row.v] {
         out.extend(vector.iter().flat_map(|x| x.to_le_bytes()));
     }
+}
+
+/// The bytes [`encode_row`] writes for `row`.
+pub(crate) fn encoded_row_len(row: &RowRef<'_>) -> usize {
+    let floats = row.params.len() + row.m.len() + row.v.len();
+    ROW_HEADER + row.id.map_or(0, str::len) + 4 * floats
 }
 
 /// A flat row's fixed header.

@@ -21,8 +21,9 @@ use crate::error::CheckpointError;
 /// The directory under the store's directory that holds the copies.
 pub(crate) const VERSIONS_DIR: &str = "versions";
 
-/// `[checkpoint] retain_versions` and `retain_ms`: how many versions to keep
-/// as rollback targets, and for how long.
+/// `[checkpoint] retain_versions`, `retain_ms` and `retain_every_ms`: how
+/// many versions to keep as rollback targets, for how long, and how far
+/// apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetainPolicy {
     /// Copies of versions up to the newest published one to keep (and as
@@ -31,6 +32,9 @@ pub struct RetainPolicy {
     /// Copies older than this are pruned, except the newest published one
     /// (the automatic rollback's target). `None`: no age limit.
     pub max_age_ms: Option<u64>,
+    /// A checkpoint is copied only when the newest copy is at least this old
+    /// ([`retain_due`]); 0 copies every checkpoint.
+    pub every_ms: u64,
 }
 
 /// One retained copy.
@@ -143,6 +147,31 @@ pub(crate) fn disk_use(dir: &Path, retained: &[RetainedVersion]) -> Result<Retai
     Ok(RetainedDisk { versions: retained.len(), store_bytes, retained_only_bytes })
 }
 
+/// Whether to copy a checkpoint made at `now_ms`, the newest copy having
+/// been made at `newest_created_ms`: when the policy keeps copies and none
+/// was made yet, or the newest is `policy.every_ms` old or more (or dated
+/// after `now_ms`: the clock went back, and waiting for it would retain
+/// nothing for as long). A copy
+/// flushes RocksDB's memtables, which at a checkpoint a second costs more
+/// than the checkpoint itself and leaves ten copies only ten seconds of
+/// history; spaced copies keep `versions × every_ms` of it.
+pub fn retain_due(newest_created_ms: Option<i64>, now_ms: i64, policy: RetainPolicy) -> bool {
+    let every = i64::try_from(policy.every_ms).unwrap_or(i64::MAX);
+    policy.versions > 0
+        && newest_created_ms.is_none_or(|at| {
+            let elapsed = now_ms.saturating_sub(at);
+            elapsed < 0 || elapsed >= every
+        })
+}
+
+/// The version a rollback goes to when none is named (and the automatic
+/// rollback's target): the newest retained version the publisher published,
+/// the last one serving had that passed the quality gate, or one before it
+/// when copies are spaced. `None` when no published version is retained.
+pub fn default_target(retained: &[u64], published: u64) -> Option<u64> {
+    retained.iter().copied().filter(|&version| version <= published).max()
+}
+
 /// The versions to delete from `retained` (version, created ms): of the
 /// copies up to `published`, the newest `policy.versions` not older than
 /// `policy.max_age_ms` stay, and the newest always; of the newer ones (not
@@ -173,7 +202,7 @@ pub fn to_prune(retained: &[(u64, i64)], published: u64, now_ms: i64, policy: Re
 mod tests {
     use super::*;
 
-    const KEEP_3: RetainPolicy = RetainPolicy { versions: 3, max_age_ms: None };
+    const KEEP_3: RetainPolicy = RetainPolicy { versions: 3, max_age_ms: None, every_ms: 0 };
 
     #[test]
     fn names_round_trip_and_others_are_ignored() {
@@ -194,18 +223,41 @@ mod tests {
         assert_eq!(to_prune(&copies, 4, 0, KEEP_3), vec![1]);
         // Nothing published yet: the newest three waiting ones stay.
         assert_eq!(to_prune(&copies, 0, 0, KEEP_3), vec![1, 2, 3]);
-        assert_eq!(to_prune(&copies, 6, 0, RetainPolicy { versions: 0, max_age_ms: None }), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            to_prune(&copies, 6, 0, RetainPolicy { versions: 0, max_age_ms: None, every_ms: 0 }),
+            vec![1, 2, 3, 4, 5, 6]
+        );
         assert_eq!(to_prune(&[], 6, 0, KEEP_3), Vec::<u64>::new());
     }
 
     #[test]
     fn old_copies_go_but_never_the_newest_published() {
         let copies = [(1, 1_000), (2, 2_000), (3, 3_000), (4, 9_000)];
-        let policy = RetainPolicy { versions: 10, max_age_ms: Some(5_000) };
+        let policy = RetainPolicy { versions: 10, max_age_ms: Some(5_000), every_ms: 0 };
         assert_eq!(to_prune(&copies, 4, 10_000, policy), vec![1, 2, 3]);
         // Every published copy is too old: the newest one stays anyway.
         assert_eq!(to_prune(&copies, 3, 20_000, policy), vec![1, 2]);
         // Copies awaiting the publisher are kept by count only.
         assert_eq!(to_prune(&copies, 2, 20_000, policy), vec![1]);
+    }
+
+    #[test]
+    fn copies_are_made_at_most_every_every_ms() {
+        let policy = RetainPolicy { versions: 10, max_age_ms: None, every_ms: 10_000 };
+        assert!(retain_due(None, 5, policy), "the first copy");
+        assert!(!retain_due(Some(1_000), 10_999, policy));
+        assert!(retain_due(Some(1_000), 11_000, policy));
+        assert!(retain_due(Some(1_000), 1_000, RetainPolicy { every_ms: 0, ..policy }), "every checkpoint");
+        assert!(retain_due(Some(20_000), 1_000, policy), "the clock went back");
+        assert!(!retain_due(None, 5, RetainPolicy { versions: 0, ..policy }), "keeping none");
+        assert!(retain_due(Some(i64::MIN), i64::MAX, RetainPolicy { every_ms: u64::MAX, ..policy }));
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_newest_published_copy() {
+        assert_eq!(default_target(&[3, 13, 23, 33], 30), Some(23));
+        assert_eq!(default_target(&[3, 13, 23, 33], 33), Some(33));
+        assert_eq!(default_target(&[3, 13], 2), None);
+        assert_eq!(default_target(&[], 9), None);
     }
 }

@@ -27,11 +27,21 @@ use crate::codec::{
     LAYOUT_WITHOUT_ROLLBACKS, LAYOUT_WITHOUT_SHARDS, META_DENSE, META_FORMAT, META_HIGH_WATER, META_PUBLISHED,
     META_ROLLBACKS, META_SHARD, META_SKIPPED, META_SPEC, META_VERSION, OUTBOX_PREFIX, READABLE_LAYOUTS, decode,
     decode_dense, decode_pending, decode_row, decode_shard, decode_spec, encode, encode_dense, encode_pending,
-    encode_row, encode_shard, encode_spec, offset_key, outbox_key, parse_offset, parse_row_key, parse_u64, row_key,
+    encode_row, encode_shard, encode_spec, encoded_row_len, offset_key, outbox_key, parse_offset, parse_row_key,
+    parse_u64, row_key,
 };
 use crate::error::CheckpointError;
 use crate::retain::{self, RetainPolicy, RetainedDisk, RetainedVersion, VERSIONS_DIR};
 use crate::rollback::{Position, RollbackMode, RollbackRecord, counts_after, decode_records, encode_records};
+
+/// Bytes of a row key (table byte, big-endian key).
+const ROW_KEY_LEN: usize = 9;
+/// What a write batch adds to each put or delete beyond its key and value
+/// (a type byte, a column family and two length prefixes).
+const RECORD_OVERHEAD: usize = 16;
+/// Room for a commit's records beside its rows: offsets, version, dense
+/// state (whose metric windows run to about 120 KB), marks.
+const COMMIT_RECORDS_BYTES: usize = 256 * 1024;
 
 /// A checkpoint as loaded for restore.
 #[derive(Debug, Clone, PartialEq)]
@@ -448,7 +458,13 @@ impl CheckpointStore {
         let started = Instant::now();
         let (rows, meta, offsets_cf, pending) =
             (cf(&self.db, CF_ROWS)?, cf(&self.db, CF_META)?, cf(&self.db, CF_OFFSETS)?, cf(&self.db, CF_PENDING)?);
-        let mut batch = WriteBatch::default();
+        // Sized up front: a batch of tens of MB grown by doubling copies
+        // itself and touches fresh pages at every step.
+        let record = |value: usize| value + ROW_KEY_LEN + RECORD_OVERHEAD;
+        let capacity = delta.rows.iter().map(|row| record(encoded_row_len(&row.view()))).sum::<usize>()
+            + (delta.tombstones.len() + delta.pending.len() + delta.pending_removed.len()) * record(16)
+            + COMMIT_RECORDS_BYTES;
+        let mut batch = WriteBatch::with_capacity_bytes(capacity);
         for tombstone in &delta.tombstones {
             batch.delete_cf(rows, row_key(tombstone.table, tombstone.key));
         }

@@ -54,11 +54,11 @@ fn copies_are_kept_per_policy_and_cost_less_than_the_store() {
     assert_eq!(store.retain(99_000).expect("retain").map(|r| (r.version, r.created_ms)), Some((6, 6_000)));
     assert_eq!(retained_versions(&store), vec![1, 2, 3, 4, 5, 6]);
 
-    let pruned = store.prune(RetainPolicy { versions: 3, max_age_ms: None }, 7_000).expect("prune");
+    let pruned = store.prune(RetainPolicy { versions: 3, max_age_ms: None, every_ms: 0 }, 7_000).expect("prune");
     assert_eq!(pruned, vec![1, 2, 3]);
     assert_eq!(retained_versions(&store), vec![4, 5, 6]);
     // By age: only the newest published copy is young enough, or kept anyway.
-    store.prune(RetainPolicy { versions: 3, max_age_ms: Some(500) }, 6_400).expect("prune");
+    store.prune(RetainPolicy { versions: 3, max_age_ms: Some(500), every_ms: 0 }, 6_400).expect("prune");
     assert_eq!(retained_versions(&store), vec![6]);
 
     let disk = store.retained_disk(&store.retained().expect("retained")).expect("disk");
@@ -138,7 +138,7 @@ fn skip_keeps_the_offsets_and_counts_the_events_left_out() {
 fn refusals_name_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _, _) = trained(dir.path(), 4, 200);
-    store.prune(RetainPolicy { versions: 2, max_age_ms: None }, 5_000).expect("prune");
+    store.prune(RetainPolicy { versions: 2, max_age_ms: None, every_ms: 0 }, 5_000).expect("prune");
     match store.rollback(1, RollbackMode::Skip, "cli", 0) {
         Err(CheckpointError::NotRetained { version: 1, retained }) => assert_eq!(retained, vec![3, 4]),
         other => panic!("expected NotRetained, got {other:?}"),

@@ -46,7 +46,10 @@ pub struct ConsumerConfig {
     pub batch_max_messages: usize,
     /// ...or this many milliseconds after its first message.
     pub batch_max_ms: u64,
-    /// Batches in flight between the consumer thread and its reader.
+    /// Batches in flight between the consumer thread and its reader: enough
+    /// that reading goes on while the reader writes a checkpoint (a checkpoint
+    /// of a second's changes takes ~150 ms, or ~60 full batches at 400k
+    /// events/s; the default holds a few tens of MB at most).
     pub channel_capacity: usize,
     /// How long a revocation waits for the reader to acknowledge it.
     pub revoke_timeout_ms: u64,
@@ -64,7 +67,7 @@ impl Default for ConsumerConfig {
             start_from: StartFrom::Earliest,
             batch_max_messages: 1024,
             batch_max_ms: 20,
-            channel_capacity: 8,
+            channel_capacity: 64,
             revoke_timeout_ms: 30_000,
             shutdown_timeout_ms: 10_000,
         }

@@ -329,7 +329,7 @@ impl Pipeline {
                 .map_err(|error| Rejection::MalformedExchange { message: error.to_string() }),
             Some(Channel::Route) => ExchangeTag::from_headers(|name| header_value(message, name))
                 .ok_or_else(|| Rejection::MalformedExchange { message: "no sender tag headers".to_owned() })
-                .and_then(|tag| Ok((tag, self.decoder.decode(payload, content_type, now_ms())?)))
+                .and_then(|tag| Ok((tag, self.decoder.decode_forwarded(payload, content_type)?)))
                 .map(|(tag, event)| {
                     self.builder.push_received(topic, partition, offset, Received::Event { tag, event })
                 }),

@@ -76,15 +76,29 @@ impl Decoder {
     /// Decodes and validates one message. `content_type` is the raw header
     /// value, `now_ms` the consumer's clock for the timestamp window.
     pub fn decode(&self, payload: &[u8], content_type: Option<&[u8]>, now_ms: i64) -> Result<Feedback, Rejection> {
+        let event = self.decode_unchecked(payload, content_type)?;
+        self.limits.validate(&event, now_ms)?;
+        Ok(event)
+    }
+
+    /// Decodes and validates an event another shard forwarded: every rule
+    /// but the time window, which that shard applied when it read the event
+    /// ([`ValidationConfig::validate_forwarded`]).
+    pub fn decode_forwarded(&self, payload: &[u8], content_type: Option<&[u8]>) -> Result<Feedback, Rejection> {
+        let event = self.decode_unchecked(payload, content_type)?;
+        self.limits.validate_forwarded(&event)?;
+        Ok(event)
+    }
+
+    /// The size check and the format, before the content rules.
+    fn decode_unchecked(&self, payload: &[u8], content_type: Option<&[u8]>) -> Result<Feedback, Rejection> {
         if payload.len() > self.limits.max_message_bytes {
             return Err(Rejection::TooLarge { size: payload.len(), limit: self.limits.max_message_bytes });
         }
-        let event = match ContentType::from_header(content_type)? {
-            ContentType::Json => self.decode_json(payload)?,
-            ContentType::Bincode => decode_bincode(payload)?,
-        };
-        self.limits.validate(&event, now_ms)?;
-        Ok(event)
+        match ContentType::from_header(content_type)? {
+            ContentType::Json => self.decode_json(payload),
+            ContentType::Bincode => decode_bincode(payload),
+        }
     }
 
     fn decode_json(&self, payload: &[u8]) -> Result<Feedback, Rejection> {

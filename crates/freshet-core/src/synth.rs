@@ -13,6 +13,17 @@ use crate::reject::RejectReason;
 
 /// Devices used as the click context feature, with their planted logit effect.
 const DEVICES: [(&str, f32); 3] = [("ios", 0.3), ("android", -0.2), ("web", 0.0)];
+/// Pages (the second context feature), with their planted logit effect and
+/// the weight of their interaction with the item's first planted factor (a
+/// page where some items do better than others: what a factorised or
+/// quadratic model can learn and a linear one cannot).
+const PAGES: [(&str, f32, f32); 4] =
+    [("home", 0.0, 1.5), ("search", 0.4, -1.5), ("detail", 0.2, 2.5), ("cart", -0.3, 0.0)];
+/// Hours of the day (the third context feature): a planted logit effect
+/// of `HOUR_EFFECT · sin(2π·hour/24)`.
+const HOUR_EFFECT: f32 = 0.25;
+/// Most context features a synthetic click carries (device, page, hour).
+pub const MAX_SYNTH_FEATURES: usize = 3;
 
 /// Shape of the synthetic stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +40,10 @@ pub struct SynthConfig {
     pub rating_noise: f32,
     /// Share of valid events that are clicks (the rest are ratings or forgets).
     pub click_share: f64,
+    /// Context features of each click, 1 to [`MAX_SYNTH_FEATURES`]: `device`,
+    /// then `page` (with a planted page × item interaction), then `hour`.
+    /// With 1 the stream is what it was before the others existed.
+    pub click_features: usize,
     /// Share of valid events that are forget requests.
     pub forget_share: f64,
     /// Share of messages that are malformed.
@@ -54,6 +69,7 @@ impl Default for SynthConfig {
             dim: 8,
             rating_noise: 0.3,
             click_share: 0.5,
+            click_features: 1,
             forget_share: 0.0,
             invalid_rate: 0.0,
             bincode_share: 0.0,
@@ -109,9 +125,19 @@ impl PlantedModel {
 
     /// The probability that `user` clicks `item`, without context.
     pub fn click_probability(&self, user: usize, item: usize) -> f32 {
-        let logit = self.click_bias + self.item_bias[item] + 2.0 * self.affinity(user, item);
-        1.0 / (1.0 + (-logit).exp())
+        sigmoid(self.click_bias + self.item_bias[item] + 2.0 * self.affinity(user, item))
     }
+
+    /// The first planted factor of `item` (scaled to about unit variance),
+    /// which the synthetic pages interact with.
+    fn item_trait(&self, item: usize) -> f32 {
+        let scale = (0.6f32 / (self.dim.max(1) as f32).sqrt()).sqrt();
+        self.item_factors.get(item * self.dim).map_or(0.0, |v| v / scale)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// Which input topic a message belongs on.
@@ -187,10 +213,20 @@ impl SynthStream {
         let item = format!("i{item_index}");
         if draw < self.cfg.forget_share + self.cfg.click_share {
             let (device, effect) = DEVICES[self.rng.random_range(0..DEVICES.len())];
+            let mut features = Features::from([("device".to_owned(), device.to_owned())]);
             let p = self.planted.click_probability(user_index, item_index);
-            let logit = (p / (1.0 - p)).ln() + effect;
-            let clicked = self.rng.random::<f32>() < 1.0 / (1.0 + (-logit).exp());
-            let features = Features::from([("device".to_owned(), device.to_owned())]);
+            let mut logit = (p / (1.0 - p)).ln() + effect;
+            if self.cfg.click_features >= 2 {
+                let (page, effect, interaction) = PAGES[self.rng.random_range(0..PAGES.len())];
+                logit += effect + interaction * self.planted.item_trait(item_index);
+                features.insert("page".to_owned(), page.to_owned());
+            }
+            if self.cfg.click_features >= 3 {
+                let hour = self.rng.random_range(0..24u32);
+                logit += HOUR_EFFECT * (std::f32::consts::TAU * hour as f32 / 24.0).sin();
+                features.insert("hour".to_owned(), format!("h{hour}"));
+            }
+            let clicked = self.rng.random::<f32>() < sigmoid(logit);
             Feedback::Click(Click { user, item, clicked, ts, features })
         } else {
             let (low, high) = self.cfg.rating_range;
@@ -306,5 +342,59 @@ fn malformed(event: &Feedback, reason: RejectReason, max_message_bytes: usize) -
             "features": {"a=b": "c"},
         })),
         RejectReason::MalformedExchange => unreachable!("only messages of the exchange topics are refused so"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn clicks(features: usize, n: usize) -> Vec<Click> {
+        let cfg = SynthConfig { click_share: 1.0, click_features: features, ..SynthConfig::default() };
+        let mut stream = SynthStream::new(cfg);
+        (0..n)
+            .map(|i| match stream.next_event_at(1 + i as i64) {
+                Feedback::Click(click) => click,
+                other => panic!("a click stream gave {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clicks_carry_as_many_context_features_as_configured() {
+        let names = |c: &Click| c.features.keys().cloned().collect::<Vec<_>>();
+        assert!(clicks(1, 200).iter().all(|c| names(c) == ["device"]));
+        assert!(clicks(2, 200).iter().all(|c| names(c) == ["device", "page"]));
+        let three = clicks(3, 2_000);
+        assert!(three.iter().all(|c| names(c) == ["device", "hour", "page"]));
+        let hours: std::collections::BTreeSet<&str> = three.iter().map(|c| c.features["hour"].as_str()).collect();
+        assert_eq!(hours.len(), 24, "{hours:?}");
+    }
+
+    #[test]
+    fn the_page_interacts_with_the_item() {
+        // Items with a high planted trait are clicked more on "detail" than
+        // on "search", and the other way round for a low trait.
+        let cfg = SynthConfig { click_share: 1.0, click_features: 2, ..SynthConfig::default() };
+        let mut stream = SynthStream::new(cfg);
+        let planted = stream.planted().clone();
+        let mut rate = BTreeMap::<(&str, bool), (u32, u32)>::new();
+        for i in 0..200_000 {
+            let Feedback::Click(click) = stream.next_event_at(1 + i) else { unreachable!("clicks only") };
+            let item: usize = click.item[1..].parse().expect("item index");
+            let high = planted.item_trait(item) > 0.0;
+            let page = PAGES.iter().find(|(name, ..)| *name == click.features["page"]).expect("a page").0;
+            let entry = rate.entry((page, high)).or_default();
+            entry.0 += u32::from(click.clicked);
+            entry.1 += 1;
+        }
+        let of = |page, high| {
+            let (clicked, shown) = rate[&(page, high)];
+            f64::from(clicked) / f64::from(shown)
+        };
+        assert!(of("detail", true) > of("search", true) + 0.1, "{rate:?}");
+        assert!(of("search", false) > of("detail", false) + 0.1, "{rate:?}");
     }
 }

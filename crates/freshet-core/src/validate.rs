@@ -70,8 +70,22 @@ impl ValidationConfig {
         Ok(())
     }
 
-    /// Applies every content rule to a decoded event.
+    /// Applies every content rule to a decoded event, its time inside the
+    /// window around `now_ms` (the reader's clock).
     pub fn validate(&self, event: &Feedback, now_ms: i64) -> Result<(), Rejection> {
+        self.validate_at(event, Some(now_ms))
+    }
+
+    /// [`ValidationConfig::validate`] without the time window, for an event
+    /// another shard forwarded: it read the event and judged its time then,
+    /// against its own clock; judging it again here, later, would refuse an
+    /// event that shard accepted (say after an outage longer than
+    /// `max_age_ms`), which would then be in neither shard's model.
+    pub fn validate_forwarded(&self, event: &Feedback) -> Result<(), Rejection> {
+        self.validate_at(event, None)
+    }
+
+    fn validate_at(&self, event: &Feedback, now_ms: Option<i64>) -> Result<(), Rejection> {
         match event {
             Feedback::Click(click) => {
                 self.check_id("user", &click.user)?;
@@ -115,9 +129,16 @@ impl ValidationConfig {
         Ok(())
     }
 
-    fn check_ts(&self, ts: i64, now_ms: i64) -> Result<(), Rejection> {
-        let earliest = self.max_age_ms.map_or(1, |age| now_ms.saturating_sub(age).max(1));
-        let latest = now_ms.saturating_add(self.max_future_skew_ms);
+    /// The event time against the window around `now_ms`; without a clock
+    /// only that it is positive.
+    fn check_ts(&self, ts: i64, now_ms: Option<i64>) -> Result<(), Rejection> {
+        let (earliest, latest) = match now_ms {
+            Some(now_ms) => (
+                self.max_age_ms.map_or(1, |age| now_ms.saturating_sub(age).max(1)),
+                now_ms.saturating_add(self.max_future_skew_ms),
+            ),
+            None => (1, i64::MAX),
+        };
         if ts < earliest || ts > latest {
             return Err(Rejection::TimestampOutOfRange { ts, earliest, latest });
         }

@@ -130,6 +130,28 @@ fn timestamp_window_follows_configuration() {
     assert_eq!(at(NOW - 60_001), Err(RejectReason::TimestampOutOfRange));
 }
 
+/// A forwarded event was judged on time by the shard that read it: its
+/// owner, later and with another clock, checks every other rule again but
+/// not the window.
+#[test]
+fn a_forwarded_event_is_not_judged_on_time_again() {
+    let decoder =
+        Decoder::new(ValidationConfig { max_future_skew_ms: 1_000, max_age_ms: Some(60_000), ..Default::default() });
+    let forwarded = |text: &str| decoder.decode_forwarded(text.as_bytes(), None).map(|_| ()).map_err(|e| e.reason());
+    let old = format!(r#"{{"type":"click","user":"u","item":"i","clicked":true,"ts":{}}}"#, NOW - 3_600_000);
+    assert_eq!(
+        decoder.decode(old.as_bytes(), None, NOW).map_err(|e| e.reason()),
+        Err(RejectReason::TimestampOutOfRange)
+    );
+    assert_eq!(forwarded(&old), Ok(()));
+    assert_eq!(forwarded(r#"{"type":"forget","user":"u","ts":0}"#), Err(RejectReason::TimestampOutOfRange));
+    assert_eq!(
+        forwarded(r#"{"type":"click","user":"","item":"i","clicked":true,"ts":5}"#),
+        Err(RejectReason::MissingId)
+    );
+    assert_eq!(forwarded(r#"{"type":"click","user":"u","#), Err(RejectReason::MalformedJson));
+}
+
 #[test]
 fn content_type_header_selects_the_format() {
     let event = Feedback::Rating(Rating {

@@ -131,12 +131,20 @@ pub struct CheckpointSettings {
     /// A retained version older than this (ms) is pruned, except the newest
     /// published one.
     pub retain_ms: u64,
+    /// A checkpoint is retained only when the newest retained version is
+    /// at least this old (ms); 0 retains every checkpoint. A copy flushes
+    /// RocksDB's memtables on the trainer thread.
+    pub retain_every_ms: u64,
 }
 
 impl CheckpointSettings {
     /// What to keep as rollback targets.
     pub fn retain_policy(&self) -> freshet_checkpoint::RetainPolicy {
-        freshet_checkpoint::RetainPolicy { versions: self.retain_versions, max_age_ms: Some(self.retain_ms) }
+        freshet_checkpoint::RetainPolicy {
+            versions: self.retain_versions,
+            max_age_ms: Some(self.retain_ms),
+            every_ms: self.retain_every_ms,
+        }
     }
 }
 
@@ -149,6 +157,7 @@ impl Default for CheckpointSettings {
             fsync: true,
             retain_versions: 10,
             retain_ms: 24 * 3_600_000,
+            retain_every_ms: 10_000,
         }
     }
 }

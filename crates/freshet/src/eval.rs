@@ -7,14 +7,16 @@
 
 mod dataset;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use freshet_core::Feedback;
+use freshet_core::score::ScoreContext;
 use freshet_core::synth::{SynthConfig, SynthStream};
-use freshet_core::{ModelSpec, TableKind};
-use freshet_trainer::{ClickStats, Counters, RatingStats, ShardSimulation, SimulationTraffic, TrainerConfig};
+use freshet_core::{Head, ModelSpec, TableKind};
+use freshet_trainer::{ClickStats, Counters, RatingStats, ShardSimulation, SimulationTraffic, Trainer, TrainerConfig};
 
 use crate::progress;
 use dataset::{Loaded, RatingRange, RatingsFormat};
@@ -42,6 +44,11 @@ pub struct EvalArgs {
     /// Share of clicks in the synthetic stream (the rest are ratings).
     #[arg(long, value_name = "SHARE", default_value_t = 0.0, requires = "synthetic")]
     synthetic_click_share: f64,
+    /// Context features of each synthetic click: 1 (device), 2 (and page,
+    /// which interacts with the item) or 3 (and hour of day).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "synthetic",
+          value_parser = clap::value_parser!(u8).range(1..=freshet_core::synth::MAX_SYNTH_FEATURES as i64))]
+    synthetic_click_features: u8,
     /// Seed of the synthetic stream.
     #[arg(long, default_value_t = 42, requires = "synthetic")]
     synthetic_seed: u64,
@@ -70,6 +77,12 @@ pub struct EvalArgs {
     /// replica rows; 0 exchanges after every micro-batch.
     #[arg(long, value_name = "T", default_value_t = 1_000)]
     staleness_ms: i64,
+    /// Write each rating's and click's progressive prediction (a clipped
+    /// rating or a click probability, from the parameters before its
+    /// micro-batch), one per line in replay order, to FILE: for scoring
+    /// freshet with the same code as another tool. Unsharded only.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
     /// Print one JSON object on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -92,6 +105,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     if args.staleness_ms < 0 {
         bail!("--staleness-ms must not be negative");
+    }
+    if args.predictions.is_some() && args.shards > 1 {
+        bail!("--predictions is for an unsharded model (--shards 1)");
     }
     let spec =
         ModelSpec { dim: args.dim.unwrap_or(ModelSpec::default().dim), shards: args.shards, ..ModelSpec::default() };
@@ -117,14 +133,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut sim = ShardSimulation::new(spec, config, args.batch, args.staleness_ms)?;
     let count = events.len() as u64;
     let bar = progress::bar(count, "events");
+    let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
     let train_start = Instant::now();
     for (i, event) in events.into_iter().enumerate() {
+        if let Some(predictions) = &mut predictions {
+            predictions.write(&sim.shards()[0], &event)?;
+        }
         sim.push(event);
         if i % 65_536 == 0 {
             bar.set_position(i as u64);
         }
     }
     sim.finish();
+    if let Some(predictions) = predictions {
+        predictions.finish()?;
+    }
     let train_s = train_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -145,6 +168,36 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The progressive predictions of a replay, written as they are made.
+struct Predictions {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Predictions {
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Predictions { path: path.to_owned(), out: std::io::BufWriter::new(file) })
+    }
+
+    /// The prediction `trainer` makes of `event` before its micro-batch
+    /// trains (the events before it in the batch are not trained yet
+    /// either: the progressive score, as the trainer's metrics take it).
+    fn write(&mut self, trainer: &Trainer, event: &Feedback) -> anyhow::Result<()> {
+        let (head, user, item, features, ts) = match event {
+            Feedback::Rating(r) => (Head::Rating, &r.user, &r.item, &r.features, r.ts),
+            Feedback::Click(c) => (Head::Click, &c.user, &c.item, &c.features, c.ts),
+            Feedback::Forget(_) => return Ok(()),
+        };
+        let prediction = trainer.predict(head, user, item, &ScoreContext::new(features).at(ts));
+        writeln!(self.out, "{prediction}").with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
 /// The events to replay, in file order (ratings first, then clicks).
 fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
     if let Some(n) = args.synthetic {
@@ -154,6 +207,7 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
         let cfg = SynthConfig {
             seed: args.synthetic_seed,
             click_share: args.synthetic_click_share,
+            click_features: usize::from(args.synthetic_click_features),
             ..SynthConfig::default()
         };
         let (start, step) = (cfg.start_ts, cfg.ts_step_ms);

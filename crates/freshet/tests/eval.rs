@@ -115,3 +115,83 @@ fn bad_arguments_fail_naming_them() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("trainer.session_gap_ms"), "{output:?}");
 }
+
+/// The predictions written by `--predictions` are the ones the progressive
+/// metrics took: RMSE, MAE and log loss recomputed from the file equal the
+/// summary's; the clicks carry three context features when asked.
+#[test]
+fn written_predictions_are_the_progressive_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clicks = dir.path().join("clicks.csv");
+    json_of(&eval(&[
+        "--synthetic",
+        "4000",
+        "--synthetic-click-share",
+        "0.5",
+        "--synthetic-click-features",
+        "3",
+        "--export-clicks",
+        path_str(&clicks),
+        "--export-ratings",
+        path_str(&dir.path().join("ratings.csv")),
+        "--json",
+    ]));
+    let exported = std::fs::read_to_string(&clicks).expect("exported clicks");
+    let first = exported.lines().nth(1).expect("a click");
+    assert!(first.contains("device=") && first.contains(";hour=h") && first.contains(";page="), "{first}");
+
+    for batch in ["1", "16"] {
+        let predictions = dir.path().join(format!("predictions-{batch}"));
+        let summary = json_of(&eval(&[
+            "--ratings",
+            path_str(&dir.path().join("ratings.csv")),
+            "--format",
+            "csv",
+            "--clicks",
+            path_str(&clicks),
+            "--batch",
+            batch,
+            "--predictions",
+            path_str(&predictions),
+            "--json",
+        ]));
+        // The replay order: by time, the files' events interleaved.
+        let mut labelled: Vec<(i64, bool, f64)> = Vec::new();
+        for (file, click) in [("ratings.csv", false), ("clicks.csv", true)] {
+            let text = std::fs::read_to_string(dir.path().join(file)).expect("exported");
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split(',').collect();
+                labelled.push((f[3].parse().expect("ts"), click, f[2].parse().expect("label")));
+            }
+        }
+        labelled.sort_by_key(|&(ts, ..)| ts);
+        let written: Vec<f64> = std::fs::read_to_string(&predictions)
+            .expect("predictions")
+            .lines()
+            .map(|line| line.parse().expect("a number"))
+            .collect();
+        assert_eq!(written.len(), labelled.len());
+        let (mut se, mut ae, mut ratings, mut loss, mut clicks_seen) = (0.0, 0.0, 0u32, 0.0, 0u32);
+        for (&p, &(_, click, y)) in written.iter().zip(&labelled) {
+            if click {
+                let p = p.clamp(1e-7, 1.0 - 1e-7);
+                loss -= if y > 0.5 { p.ln() } else { (1.0 - p).ln() };
+                clicks_seen += 1;
+            } else {
+                se += (p - y) * (p - y);
+                ae += (p - y).abs();
+                ratings += 1;
+            }
+        }
+        let close = |key: &str, recomputed: f64| {
+            let reported = summary[key].as_f64().expect("a figure");
+            assert!((reported - recomputed).abs() < 1e-4, "batch {batch} {key}: {reported} vs {recomputed}");
+        };
+        close("rmse", (se / f64::from(ratings)).sqrt());
+        close("mae", ae / f64::from(ratings));
+        close("logloss", loss / f64::from(clicks_seen));
+    }
+    let refused = eval(&["--synthetic", "10", "--shards", "2", "--predictions", "x", "--json"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--predictions"));
+}

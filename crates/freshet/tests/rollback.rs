@@ -24,7 +24,11 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_freshet");
 const TOKEN: &str = "rollback-test-token-0123456789";
 /// Every version stays retained, so the test can read any of them back.
-const ENV: [(&str, &str); 2] = [("FRESHET_CHECKPOINT__RETAIN_VERSIONS", "100000"), ("FRESHET_ADMIN__TOKEN", TOKEN)];
+const ENV: [(&str, &str); 3] = [
+    ("FRESHET_CHECKPOINT__RETAIN_VERSIONS", "100000"),
+    ("FRESHET_CHECKPOINT__RETAIN_EVERY_MS", "0"),
+    ("FRESHET_ADMIN__TOKEN", TOKEN),
+];
 const WAIT: Duration = Duration::from_secs(120);
 
 fn spec() -> ModelSpec {

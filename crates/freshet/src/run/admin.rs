@@ -26,7 +26,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// What an operator asks of the trainer thread.
 #[derive(Debug)]
 pub enum AdminRequest {
-    /// Roll back to `to` (the last published version when `None`).
+    /// Roll back to `to` (when `None`, the newest retained version that was
+    /// published: `freshet_checkpoint::default_target`).
     Rollback {
         /// The version.
         to: Option<u64>,

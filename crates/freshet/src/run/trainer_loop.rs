@@ -68,6 +68,8 @@ pub struct TrainerLoop {
     admin: Option<Receiver<AdminRequest>>,
     /// A shard's exchange with the other shards of a sharded model.
     sharded: Option<Sharded>,
+    /// When the newest retained copy was made (ms since the epoch), if any.
+    newest_retained_ms: Option<i64>,
 }
 
 /// What a shard of a sharded model keeps beside the unsharded loop's state.
@@ -111,6 +113,15 @@ fn forget_sent(store: &mut CheckpointStore, sharded: &mut Sharded) -> anyhow::Re
     Ok(())
 }
 
+/// Whether a version is retained whatever the spacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retain {
+    /// At start and after a rollback: the version to come back to.
+    Now,
+    /// After a checkpoint: when the policy's spacing says so.
+    IfDue,
+}
+
 /// What woke the loop.
 enum Wake {
     Source(Option<SourceEvent>),
@@ -151,6 +162,7 @@ impl TrainerLoop {
             events_pending: 0,
             offsets_pending: false,
             last_checkpoint: Instant::now(),
+            newest_retained_ms: None,
         }
     }
 
@@ -164,10 +176,12 @@ impl TrainerLoop {
                 sharded.submit(outbox);
             }
         }
+        self.newest_retained_ms =
+            self.store.retained().context("listing the retained versions")?.last().map(|r| r.created_ms);
         if self.store.version() > 0 {
             // A rollback written while stopped (`freshet rollback`) goes out marked as one.
             self.publish_full_of(self.store.current_rollback().map(|r| r.to_version));
-            self.retain()?;
+            self.retain(Retain::Now)?;
         }
         let applied = self.trainer.counters().events_applied;
         self.metrics.restored(self.store.version(), applied, self.store.events_skipped());
@@ -270,7 +284,10 @@ impl TrainerLoop {
             return Ok(());
         }
         self.rolled_back_hold = Some(since);
-        let to = self.store.published_version();
+        let Some(to) = self.default_rollback_target()? else {
+            warn!("quality gate held too long, but no published version is retained to roll back to");
+            return Ok(());
+        };
         warn!(to, held_ms = since.elapsed().as_millis() as u64, "quality gate held too long: rolling back");
         match self.rollback(to, RollbackMode::Skip, "quality_gate", runtime, events)? {
             Ok(_) => Ok(()),
@@ -290,9 +307,12 @@ impl TrainerLoop {
     ) -> anyhow::Result<()> {
         match request {
             AdminRequest::Rollback { to, mode, reason, reply } => {
-                let to = to.unwrap_or(self.store.published_version());
-                let answer =
-                    self.rollback(to, mode, reason, runtime, events)?.map(|record| json!({"rollback": record}));
+                let answer = match to.map_or_else(|| self.default_rollback_target(), |to| Ok(Some(to)))? {
+                    Some(to) => {
+                        self.rollback(to, mode, reason, runtime, events)?.map(|record| json!({"rollback": record}))
+                    }
+                    None => Err(AdminError::bad("no published version is retained to roll back to".to_owned())),
+                };
                 let _ = reply.send(answer);
             }
             AdminRequest::Backup { to, reply } => {
@@ -375,7 +395,7 @@ impl TrainerLoop {
             }
             self.rewind(&to_offsets, runtime, events)?;
         }
-        self.retain()?;
+        self.retain(Retain::Now)?;
         self.publish_full_of(Some(to));
         let applied = self.trainer.counters().events_applied;
         self.metrics.rolled_back(reason, started.elapsed().as_secs_f64(), applied, self.store.events_skipped());
@@ -415,15 +435,29 @@ impl TrainerLoop {
         Ok(())
     }
 
-    /// Retains a copy of the current version and prunes the copies the policy drops.
-    fn retain(&mut self) -> anyhow::Result<()> {
+    /// The version a rollback goes to when none is named: the newest
+    /// retained one that was published ([`freshet_checkpoint::default_target`]).
+    fn default_rollback_target(&self) -> anyhow::Result<Option<u64>> {
+        let retained = self.store.retained().context("listing the retained versions")?;
+        let versions: Vec<u64> = retained.iter().map(|r| r.version).collect();
+        Ok(freshet_checkpoint::default_target(&versions, self.store.published_version()))
+    }
+
+    /// Retains a copy of the current version (when due by the policy's
+    /// spacing, or `Retain::Now`) and prunes the copies the policy drops.
+    fn retain(&mut self, when: Retain) -> anyhow::Result<()> {
         let policy = self.settings.retain_policy();
-        if policy.versions == 0 {
+        let now = now_ms();
+        let due = match when {
+            Retain::Now => policy.versions > 0,
+            Retain::IfDue => freshet_checkpoint::retain_due(self.newest_retained_ms, now, policy),
+        };
+        if !due {
             return Ok(());
         }
-        let now = now_ms();
         let started = Instant::now();
         self.store.retain(now).context("retaining a version")?;
+        self.newest_retained_ms = Some(now);
         let pruned = self.store.prune(policy, now).context("pruning retained versions")?;
         if !pruned.is_empty() {
             debug!(?pruned, "retained versions pruned");
@@ -535,7 +569,7 @@ impl TrainerLoop {
         self.events_pending = 0;
         self.offsets_pending = false;
         self.last_checkpoint = started;
-        self.retain()
+        self.retain(Retain::IfDue)
     }
 
     /// Hands checkpoint `version` (the state after `delta`, with `progressive`
