@@ -39,6 +39,10 @@ use crate::error::ConsumerError;
 
 /// How long a poll waits when no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Messages read between two readings of the clocks and two looks at the
+/// requests of other threads (acknowledgements, rewinds): reading the
+/// clocks for every message took a tenth of the consumer thread.
+const MESSAGES_PER_LOOK: u32 = 64;
 /// How often a blocked hand-over re-checks for shutdown.
 const HANDOVER_RETRY: Duration = Duration::from_millis(5);
 
@@ -316,12 +320,14 @@ fn header_value<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a 
 }
 
 impl Pipeline {
-    fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ConsumerError> {
+    /// Decodes `message` (validated against the clock `now_ms`) into the open
+    /// batch, or dead-letters it.
+    fn handle(&mut self, message: &BorrowedMessage<'_>, now_ms: i64) -> Result<(), ConsumerError> {
         let content_type = header_value(message, CONTENT_TYPE_HEADER);
         let payload = message.payload().unwrap_or_default();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let decoded = match self.exchange.as_ref().and_then(|exchange| exchange.channel_of(topic)) {
-            None => self.decoder.decode(payload, content_type, now_ms()).map(|event| {
+            None => self.decoder.decode(payload, content_type, now_ms).map(|event| {
                 self.builder.push_event(topic, partition, offset, event);
             }),
             Some(Channel::Grads) => decode_gradients(payload)
@@ -488,27 +494,41 @@ fn consume_loop(
     shared: &Shared,
     commits: &std_mpsc::Receiver<NextOffsets>,
 ) -> Result<(), ConsumerError> {
+    let mut clock = Clock::now();
+    let mut messages = 0u32;
     while !shared.stopping() {
-        if let Some(error) = lock(&shared.failure).take() {
-            return Err(error);
+        if messages == 0 {
+            if let Some(error) = lock(&shared.failure).take() {
+                return Err(error);
+            }
+            while let Ok(offsets) = commits.try_recv() {
+                commit(consumer, &offsets, CommitMode::Async);
+            }
+            let rewind = lock(&shared.rewind).take();
+            if let Some(to) = rewind {
+                rewind_to(consumer, shared, &to)?;
+            }
         }
-        while let Ok(offsets) = commits.try_recv() {
-            commit(consumer, &offsets, CommitMode::Async);
-        }
-        let rewind = lock(&shared.rewind).take();
-        if let Some(to) = rewind {
-            rewind_to(consumer, shared, &to)?;
-        }
-        let wait = lock(&shared.pipeline).builder.time_left(Instant::now(), IDLE_POLL);
+        let wait = lock(&shared.pipeline).builder.time_left(clock.at, IDLE_POLL);
         let polled = consumer.poll(wait);
         let mut pipeline = lock(&shared.pipeline);
         match polled {
-            Some(Ok(message)) => pipeline.handle(&message)?,
+            Some(Ok(message)) => {
+                pipeline.handle(&message, clock.wall_ms)?;
+                messages = (messages + 1) % MESSAGES_PER_LOOK;
+            }
             Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => return Err(ConsumerError::Fatal(error)),
-            Some(Err(error)) => warn!(%error, "kafka consumer error"),
-            None => {}
+            Some(Err(error)) => {
+                warn!(%error, "kafka consumer error");
+                messages = 0;
+            }
+            // The poll waited: look again now.
+            None => messages = 0,
         }
-        if pipeline.builder.is_due(Instant::now()) {
+        if messages == 0 {
+            clock = Clock::now();
+        }
+        if pipeline.builder.is_due(clock.at) {
             pipeline.flush(&shared.stop)?;
         }
         if pipeline.reader_gone {
@@ -521,6 +541,22 @@ fn consume_loop(
         commit(consumer, &offsets, CommitMode::Sync);
     }
     Ok(())
+}
+
+/// The time as the consumer loop last read it: both clocks, read together
+/// every [`MESSAGES_PER_LOOK`] messages and after every poll that waited.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// For batch ages.
+    at: Instant,
+    /// For the events' time window (epoch ms).
+    wall_ms: i64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Clock { at: Instant::now(), wall_ms: now_ms() }
+    }
 }
 
 /// How long one partition's seek may take.

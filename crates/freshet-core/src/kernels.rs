@@ -28,11 +28,13 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// `Σ a[i]·b[i]` over the common length, summed in a fixed lane order.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lane_sum(a, b, |x, y| x * y)
 }
 
 /// `Σ (g[i] + c·p[i])²`: the squared norm of a gradient with its L2 penalty `c·p`.
+#[inline]
 pub fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
     lane_sum(g, p, |g, p| {
         let x = g + c * p;
@@ -41,6 +43,7 @@ pub fn penalised_norm2(g: &[f32], p: &[f32], c: f32) -> f32 {
 }
 
 /// `y += alpha · x`.
+#[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -48,6 +51,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// Whether every value is finite (no NaN, no ±∞), without branching per value.
+#[inline]
 pub fn all_finite(values: &[f32]) -> bool {
     const EXPONENT: u32 = 0x7f80_0000;
     values.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)) == 0

@@ -60,6 +60,33 @@ pub(crate) struct Optimizer {
     l2: f32,
     bias_l2: f32,
     clip_norm: Option<f32>,
+    /// The vector instructions steps are compiled for (AVX2 where the CPU
+    /// has it): the same arithmetic, elementwise, so the same bits.
+    arch: pulp::Arch,
+}
+
+/// One step's arguments, run by [`pulp::Arch::dispatch`] inside a function
+/// compiled for the instructions it picked.
+struct StepJob<'o, 'r, 's> {
+    optimizer: &'o Optimizer,
+    row: RowMut<'r>,
+    grad: &'r [f32],
+    input: StepInput,
+    lr_scale: f32,
+    penalty: Penalty,
+    scratch: &'s mut StepScratch,
+}
+
+impl pulp::WithSimd for StepJob<'_, '_, '_> {
+    type Output = bool;
+
+    // Inlined (with everything it calls) into the function compiled for the
+    // chosen instructions, so the plain loops vectorise with those.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
+        let StepJob { optimizer, row, grad, input, lr_scale, penalty, scratch } = self;
+        optimizer.step_here(row, grad, input, lr_scale, penalty, scratch)
+    }
 }
 
 /// Adam's bias correction `1/(1 − βᵗ)` for one β, tabulated up to the step
@@ -146,6 +173,7 @@ impl Optimizer {
             l2: config.l2,
             bias_l2: config.bias_l2,
             clip_norm: config.clip_norm,
+            arch: pulp::Arch::new(),
         }
     }
 
@@ -166,6 +194,20 @@ impl Optimizer {
     /// Returns false, leaving the row unchanged, if the gradient or any new
     /// value is not finite.
     pub(crate) fn step(
+        &self,
+        row: RowMut<'_>,
+        grad: &[f32],
+        input: StepInput,
+        lr_scale: f32,
+        penalty: Penalty,
+        scratch: &mut StepScratch,
+    ) -> bool {
+        self.arch.dispatch(StepJob { optimizer: self, row, grad, input, lr_scale, penalty, scratch })
+    }
+
+    /// [`Optimizer::step`], compiled into the caller's instruction set.
+    #[inline(always)]
+    fn step_here(
         &self,
         row: RowMut<'_>,
         grad: &[f32],
@@ -361,6 +403,7 @@ struct Gradient<'a> {
 /// New values of one span of parameters sharing an update rule and a rate.
 /// Each loop runs over slices of one length, so it compiles without bounds
 /// checks and vectorises.
+#[inline(always)]
 fn apply(
     algorithm: Algorithm,
     hyper: Hyper,

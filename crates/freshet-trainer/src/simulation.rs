@@ -18,6 +18,7 @@
 //! shards synchronise after every micro-batch; with micro-batches of one
 //! event that gives the unsharded model bit for bit.
 
+use freshet_core::keyed::{EventRef, KeyedEvents};
 use freshet_core::{ConfigError, Feedback, ModelSpec, Shard, hash_id, shard_of};
 
 use crate::config::TrainerConfig;
@@ -42,7 +43,8 @@ pub struct SimulationTraffic {
 #[derive(Debug)]
 pub struct ShardSimulation {
     shards: Vec<Trainer>,
-    pending: Vec<Vec<Feedback>>,
+    /// Each shard's micro-batch filling up.
+    pending: Vec<KeyedEvents>,
     batch: usize,
     staleness_ms: i64,
     next_sync_ms: Option<i64>,
@@ -64,7 +66,7 @@ impl ShardSimulation {
             .map(|index| Trainer::new_shard(spec.clone(), config.clone(), Shard::new(index, spec.shards)?))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ShardSimulation {
-            pending: trainers.iter().map(|_| Vec::with_capacity(batch)).collect(),
+            pending: trainers.iter().map(|_| KeyedEvents::with_capacity(batch, 0, 0)).collect(),
             shards: trainers,
             batch,
             staleness_ms,
@@ -73,22 +75,49 @@ impl ShardSimulation {
         })
     }
 
-    /// Feeds the next event (events come in time order), moved into its
-    /// shard's micro-batch.
+    /// Feeds the next event (events come in time order) into its shard's
+    /// micro-batch.
     pub fn push(&mut self, event: Feedback) {
-        let ts = event.ts();
+        let shard = self.sync_before(event.ts(), || hash_id(event.user()));
+        self.pending[shard].push(&event);
+        self.train_if_full(shard);
+    }
+
+    /// [`ShardSimulation::push`] of an event keyed already.
+    pub fn push_keyed(&mut self, event: EventRef<'_>) {
+        let shard = self.sync_before(event.ts, || event.user);
+        self.pending[shard].push_ref(event);
+        self.train_if_full(shard);
+    }
+
+    /// The trainer that will train an event of `user_key` next: its
+    /// owner's, which has trained every micro-batch before the event's.
+    pub fn trainer_of(&self, user_key: u64) -> &Trainer {
+        &self.shards[self.shard_of(user_key)]
+    }
+
+    /// Exchanges first if the event at `ts` is past the next sync; returns
+    /// the shard of the event's user (whose key `user_key` gives).
+    fn sync_before(&mut self, ts: i64, user_key: impl FnOnce() -> u64) -> usize {
         let due = *self.next_sync_ms.get_or_insert(ts.saturating_add(self.staleness_ms));
         if self.staleness_ms > 0 && ts >= due {
             self.exchange();
             self.next_sync_ms = Some(ts - ts.rem_euclid(self.staleness_ms) + self.staleness_ms);
         }
-        let shard = match self.shards.len() {
+        match self.shards.len() {
             1 => 0,
-            shards => shard_of(hash_id(event.user()), shards as u32) as usize,
-        };
-        self.pending[shard].push(event);
+            _ => self.shard_of(user_key()),
+        }
+    }
+
+    fn shard_of(&self, user_key: u64) -> usize {
+        shard_of(user_key, self.shards.len() as u32) as usize
+    }
+
+    /// Trains `shard`'s micro-batch once it is full.
+    fn train_if_full(&mut self, shard: usize) {
         if self.pending[shard].len() >= self.batch {
-            self.shards[shard].train_batch(&self.pending[shard]);
+            self.shards[shard].train_events(self.pending[shard].as_events());
             self.pending[shard].clear();
             if self.staleness_ms == 0 {
                 self.exchange();
@@ -101,7 +130,7 @@ impl ShardSimulation {
     pub fn finish(&mut self) {
         for (trainer, pending) in self.shards.iter_mut().zip(&mut self.pending) {
             if !pending.is_empty() {
-                trainer.train_batch(pending);
+                trainer.train_events(pending.as_events());
                 pending.clear();
             }
         }

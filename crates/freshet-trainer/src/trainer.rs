@@ -10,12 +10,10 @@
 //! always give bit-identical parameters). Expiry and the row budget run at
 //! the end of the batch.
 
-use freshet_core::id_hash::hash_feature_with;
 use freshet_core::kernels::axpy;
+use freshet_core::keyed::{EventRef, Events, KeyedEvents, Target};
 use freshet_core::score::{self, QueryTerms, ScoreContext, UserTerms};
-use freshet_core::{
-    ConfigError, Features, Feedback, Head, ModelSpec, RowLayout, Shard, TableKind, hash_feature, hash_id,
-};
+use freshet_core::{ConfigError, Feedback, Head, ModelSpec, RowLayout, Shard, TableKind, hash_feature, hash_id};
 use ndarray::ArrayView2;
 
 use crate::admission::Admission;
@@ -136,8 +134,8 @@ struct Scratch {
     keys: Vec<EventKeys>,
     features: Vec<u32>,
     prior_features: Vec<u32>,
-    /// The `name=value` text of the feature being hashed.
-    feature_text: String,
+    /// A batch of decoded events, keyed for [`Trainer::train_events`].
+    keyed: KeyedEvents,
     step: StepScratch,
 }
 
@@ -159,32 +157,27 @@ struct Observation<'a> {
     target: f32,
     user: &'a str,
     item: &'a str,
-    features: &'a Features,
+    /// The keys of its context features.
+    features: &'a [u64],
     /// Event time (epoch ms).
     ts: i64,
 }
 
 impl<'a> Observation<'a> {
-    fn of(event: &'a Feedback) -> Option<Self> {
-        match event {
-            Feedback::Rating(r) => Some(Observation {
-                head: Head::Rating,
-                target: r.rating,
-                user: &r.user,
-                item: &r.item,
-                features: &r.features,
-                ts: r.ts,
-            }),
-            Feedback::Click(c) => Some(Observation {
-                head: Head::Click,
-                target: if c.clicked { 1.0 } else { 0.0 },
-                user: &c.user,
-                item: &c.item,
-                features: &c.features,
-                ts: c.ts,
-            }),
-            Feedback::Forget(_) => None,
-        }
+    fn of(event: EventRef<'a>) -> Option<Self> {
+        let (head, target) = match event.target {
+            Target::Rating(rating) => (Head::Rating, rating),
+            Target::Click(clicked) => (Head::Click, if clicked { 1.0 } else { 0.0 }),
+            Target::Forget => return None,
+        };
+        Some(Observation {
+            head,
+            target,
+            user: event.user_id,
+            item: event.item_id,
+            features: event.features,
+            ts: event.ts,
+        })
     }
 }
 
@@ -240,21 +233,35 @@ impl Trainer {
     }
 
     /// Trains on one micro-batch, in order; forget events take effect where
-    /// they stand. See [`crate::report`] for how events are counted.
+    /// they stand. See [`crate::report`] for how events are counted. The
+    /// events are keyed first ([`KeyedEvents`]), then trained as
+    /// [`Trainer::train_events`] trains them.
     pub fn train_batch(&mut self, batch: &[Feedback]) -> BatchReport {
+        let mut keyed = std::mem::take(&mut self.scratch.keyed);
+        keyed.clear();
+        for event in batch {
+            keyed.push(event);
+        }
+        let report = self.train_events(keyed.as_events());
+        self.scratch.keyed = keyed;
+        report
+    }
+
+    /// [`Trainer::train_batch`] of events keyed already (their ids hashed).
+    pub fn train_events(&mut self, batch: Events<'_>) -> BatchReport {
         let before = self.counters;
         let mut start = 0;
         for (i, event) in batch.iter().enumerate() {
-            if let Feedback::Forget(forget) = event {
-                self.train_segment(&batch[start..i]);
-                self.clock_ms = self.clock_ms.max(forget.ts);
-                self.forget(&forget.user);
+            if event.target == Target::Forget {
+                self.train_segment(batch.slice(start..i));
+                self.clock_ms = self.clock_ms.max(event.ts);
+                self.forget_key(event.user);
                 self.counters.forgets += 1;
                 self.counters.events_applied += 1;
                 start = i + 1;
             }
         }
-        self.train_segment(&batch[start..]);
+        self.train_segment(batch.slice(start..batch.len()));
         self.maintain();
         self.schedule.observe(&self.config.lr_schedule, self.counters.events_applied, self.metrics.window_loss());
         self.report_since(&before)
@@ -265,7 +272,11 @@ impl Trainer {
     /// item and feature rows stays. Called directly (not through a forget
     /// event), it counts no event.
     pub fn forget(&mut self, user: &str) -> Vec<Tombstone> {
-        let key = hash_id(user);
+        self.forget_key(hash_id(user))
+    }
+
+    /// [`Trainer::forget`] of the user whose key is `key`.
+    fn forget_key(&mut self, key: u64) -> Vec<Tombstone> {
         let users = TableKind::User.index();
         self.admission[users].remove(key);
         if self.tables[users].remove_key(key, Removal::Forgotten) {
@@ -282,20 +293,28 @@ impl Trainer {
     /// contribute nothing. Serving computes the same number from a snapshot
     /// of these parameters ([`freshet_core::score`]).
     pub fn predict(&self, head: Head, user: &str, item: &str, context: &ScoreContext<'_>) -> f32 {
+        let features: Vec<u64> = context.features.iter().map(|(name, value)| hash_feature(name, value)).collect();
+        self.predict_keys(head, hash_id(user), hash_id(item), &features, context.at_ms)
+    }
+
+    /// [`Trainer::predict`] of ids and features given by their keys (the
+    /// features in name order), as of `at_ms` (`None`: the model's own time).
+    pub fn predict_keys(&self, head: Head, user: u64, item: u64, features: &[u64], at_ms: Option<i64>) -> f32 {
         let [users, items, feature_table] = &self.tables;
-        let user = users.get(hash_id(user)).map(|row| {
+        let context = ScoreContext { at_ms, ..ScoreContext::none() };
+        let user = users.get(user).map(|row| {
             let session = context.session_active(users.last_update(row), self.config.session_gap_ms);
             UserTerms::new(users.params(row), session)
         });
         let features: Vec<&[f32]> = if self.spec.context_features {
-            let rows = context.features.iter().filter_map(|(name, value)| feature_table.get(hash_feature(name, value)));
+            let rows = features.iter().filter_map(|&key| feature_table.get(key));
             rows.map(|row| feature_table.params(row)).collect()
         } else {
             Vec::new()
         };
         let mut vector = vec![0.0; self.spec.dim];
         let terms = score::query(head, self.globals.bias[head.index()], user, features, &mut vector);
-        let item = items.get(hash_id(item)).map(|row| items.params(row));
+        let item = items.get(item).map(|row| items.params(row));
         head.predict(score::item_score(&terms, &vector, item), &self.spec)
     }
 
@@ -377,17 +396,17 @@ impl Trainer {
     }
 
     /// One step over events without forgets: score all, sum gradients, update.
-    fn train_segment(&mut self, events: &[Feedback]) {
+    fn train_segment(&mut self, events: Events<'_>) {
         if events.is_empty() {
             return;
         }
-        self.clock_ms = events.iter().map(Feedback::ts).fold(self.clock_ms, i64::max);
+        self.clock_ms = events.iter().map(|e| e.ts).fold(self.clock_ms, i64::max);
         let fresh_from = self.tables.each_ref().map(Table::len);
         let mut keys = std::mem::take(&mut self.scratch.keys);
         keys.clear();
-        keys.extend(events.iter().filter_map(Observation::of).map(|obs| EventKeys {
-            user_key: hash_id(obs.user),
-            item_key: hash_id(obs.item),
+        keys.extend(events.iter().filter(|e| e.target != Target::Forget).map(|e| EventKeys {
+            user_key: e.user,
+            item_key: e.item,
             user: None,
             item: None,
         }));
@@ -439,8 +458,7 @@ impl Trainer {
         let mut features = std::mem::take(&mut self.scratch.features);
         features.clear();
         if self.spec.context_features {
-            for (name, value) in obs.features {
-                let key = hash_feature_with(&mut self.scratch.feature_text, name, value);
+            for &key in obs.features {
                 if let Some(row) = self.resolve(TableKind::Feature, key, "") {
                     features.push(row);
                 }
@@ -629,7 +647,7 @@ fn raw_score(
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::{Click, Rating};
+    use freshet_core::{Click, Features, Rating};
 
     use super::*;
 
@@ -671,15 +689,14 @@ mod tests {
         ];
         for event in &events {
             let mut t = trainer();
-            let obs = Observation::of(event).expect("not a forget");
+            let mut keyed = KeyedEvents::new();
+            keyed.push(event);
+            let obs = Observation::of(keyed.iter().next().expect("one event")).expect("not a forget");
             // Admit the rows, then give the global bias a non-trivial value.
             let user = t.resolve(TableKind::User, hash_id(obs.user), obs.user).expect("admitted");
             let item = t.resolve(TableKind::Item, hash_id(obs.item), obs.item).expect("admitted");
-            let feature_rows: Vec<u32> = obs
-                .features
-                .iter()
-                .map(|(n, v)| t.resolve(TableKind::Feature, hash_feature(n, v), "").expect("admitted"))
-                .collect();
+            let feature_rows: Vec<u32> =
+                obs.features.iter().map(|&key| t.resolve(TableKind::Feature, key, "").expect("admitted")).collect();
             for (k, row) in [(0usize, user), (1, item), (2, feature_rows[0]), (2, feature_rows[1])] {
                 // Every scalar non-zero, the user's scale and session offsets included.
                 let scalars = t.tables[k].scalars();

@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use freshet_core::Feedback;
-use freshet_core::score::ScoreContext;
+use freshet_core::keyed::{EventRef, KeyedEvents, Target};
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Head, ModelSpec, TableKind};
 use freshet_trainer::{ClickStats, Counters, RatingStats, ShardSimulation, SimulationTraffic, Trainer, TrainerConfig};
@@ -121,7 +120,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let load_start = Instant::now();
     let loaded = load(&args, &spec)?;
     report_malformed(&loaded);
-    let events = in_time_order(loaded.events);
+    let mut events = loaded.events;
+    events.sort_by_time();
     let load_s = load_start.elapsed().as_secs_f64();
     if let Some(path) = &args.export_ratings {
         dataset::write_csv(path, &events, false)?;
@@ -135,11 +135,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let bar = progress::bar(count, "events");
     let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
     let train_start = Instant::now();
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, event) in events.iter().enumerate() {
         if let Some(predictions) = &mut predictions {
-            predictions.write(&sim.shards()[0], &event)?;
+            predictions.write(sim.trainer_of(event.user), event)?;
         }
-        sim.push(event);
+        sim.push_keyed(event);
         if i % 65_536 == 0 {
             bar.set_position(i as u64);
         }
@@ -183,13 +183,13 @@ impl Predictions {
     /// The prediction `trainer` makes of `event` before its micro-batch
     /// trains (the events before it in the batch are not trained yet
     /// either: the progressive score, as the trainer's metrics take it).
-    fn write(&mut self, trainer: &Trainer, event: &Feedback) -> anyhow::Result<()> {
-        let (head, user, item, features, ts) = match event {
-            Feedback::Rating(r) => (Head::Rating, &r.user, &r.item, &r.features, r.ts),
-            Feedback::Click(c) => (Head::Click, &c.user, &c.item, &c.features, c.ts),
-            Feedback::Forget(_) => return Ok(()),
+    fn write(&mut self, trainer: &Trainer, event: EventRef<'_>) -> anyhow::Result<()> {
+        let head = match event.target {
+            Target::Rating(_) => Head::Rating,
+            Target::Click(_) => Head::Click,
+            Target::Forget => return Ok(()),
         };
-        let prediction = trainer.predict(head, user, item, &ScoreContext::new(features).at(ts));
+        let prediction = trainer.predict_keys(head, event.user, event.item, event.features, Some(event.ts));
         writeln!(self.out, "{prediction}").with_context(|| format!("cannot write {}", self.path.display()))
     }
 
@@ -212,7 +212,10 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
         };
         let (start, step) = (cfg.start_ts, cfg.ts_step_ms);
         let mut stream = SynthStream::new(cfg);
-        let events = (0..n).map(|i| stream.next_event_at(start + i as i64 * step)).collect();
+        let mut events = KeyedEvents::with_capacity(usize::try_from(n).unwrap_or(0), 0, 0);
+        for i in 0..n {
+            events.push(&stream.next_event_at(start + i as i64 * step));
+        }
         return Ok(Loaded { events, malformed: Vec::new() });
     }
     let range = RatingRange { min: spec.rating_min, max: spec.rating_max };
@@ -222,36 +225,10 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
     };
     if let Some(path) = &args.clicks {
         let clicks = dataset::read_clicks(path)?;
-        loaded.events.extend(clicks.events);
+        loaded.events.append(&clicks.events);
         loaded.malformed.extend(clicks.malformed);
     }
     Ok(loaded)
-}
-
-/// The events sorted by timestamp, ties in their original order. Sorts
-/// (timestamp, index) pairs, then puts each event in place by following the
-/// permutation's cycles with swaps: no event is moved during the sort and no
-/// second vector of events is allocated.
-fn in_time_order(mut events: Vec<Feedback>) -> Vec<Feedback> {
-    if events.is_sorted_by_key(Feedback::ts) {
-        return events;
-    }
-    let mut keyed: Vec<(i64, usize)> = events.iter().map(Feedback::ts).zip(0..).collect();
-    keyed.sort_unstable();
-    // `from[i]`: the position whose event belongs at `i`; `usize::MAX` once `i` is done.
-    let mut from: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
-    for start in 0..from.len() {
-        let mut at = start;
-        while from[at] != usize::MAX {
-            let source = std::mem::replace(&mut from[at], usize::MAX);
-            if source == start {
-                break;
-            }
-            events.swap(at, source);
-            at = source;
-        }
-    }
-    events
 }
 
 fn report_malformed(loaded: &Loaded) {
@@ -401,38 +378,5 @@ impl Summary<'_> {
             ));
         }
         text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use freshet_core::{Features, Rating};
-
-    use super::*;
-
-    #[test]
-    fn events_are_put_in_time_order_stably() {
-        let at = |ts: i64, user: usize| {
-            Feedback::Rating(Rating {
-                user: format!("u{user}"),
-                item: "i".to_owned(),
-                rating: 3.0,
-                ts,
-                features: Features::new(),
-            })
-        };
-        let times = [5i64, 3, 5, 1, 3, 9, 2, 5, 1];
-        let events: Vec<Feedback> = times.iter().enumerate().map(|(i, &ts)| at(ts, i)).collect();
-        let mut expected: Vec<(i64, usize)> = times.iter().copied().zip(0..).collect();
-        expected.sort();
-        let sorted = in_time_order(events);
-        let got: Vec<(i64, usize)> = sorted
-            .iter()
-            .map(|e| match e {
-                Feedback::Rating(r) => (r.ts, r.user[1..].parse().expect("index")),
-                _ => unreachable!("only ratings"),
-            })
-            .collect();
-        assert_eq!(got, expected);
     }
 }

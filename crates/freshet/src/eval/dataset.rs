@@ -18,11 +18,11 @@
 //! `ts` is epoch milliseconds; the optional `features` column holds
 //! `name=value` pairs separated by `;` (for example `device=ios;page=home`).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use freshet_core::{Click, Features, Feedback, Rating};
+use freshet_core::keyed::{KeyedEvents, Target};
 
 /// Layout of the ratings file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,8 +52,8 @@ pub struct Malformed {
 /// Events read from a file, in file order, and the lines skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The events.
-    pub events: Vec<Feedback>,
+    /// The events, keyed as they are read (no allocation per event).
+    pub events: KeyedEvents,
     /// The lines that were skipped.
     pub malformed: Vec<Malformed>,
 }
@@ -90,10 +90,10 @@ pub fn read_ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> a
                 Layout::Comma
             };
             let has_header = layout == Layout::Comma && first.trim_start().to_ascii_lowercase().starts_with("userid");
-            parse_lines(path, &text, has_header, &mut loaded, |line| movielens_rating(line, layout, range));
+            parse_lines(path, &text, has_header, &mut loaded, |line, out| movielens_rating(line, layout, range, out));
         }
         RatingsFormat::Csv => {
-            parse_lines(path, &text, true, &mut loaded, |line| csv_event(line, Kind::Rating, range));
+            parse_lines(path, &text, true, &mut loaded, |line, out| csv_event(line, Kind::Rating, range, out));
         }
     }
     Ok(loaded)
@@ -104,7 +104,7 @@ pub fn read_clicks(path: &Path) -> anyhow::Result<Loaded> {
     let text = read(path)?;
     let mut loaded = Loaded::default();
     let unused = RatingRange { min: 0.0, max: 0.0 };
-    parse_lines(path, &text, true, &mut loaded, |line| csv_event(line, Kind::Click, unused));
+    parse_lines(path, &text, true, &mut loaded, |line, out| csv_event(line, Kind::Click, unused, out));
     Ok(loaded)
 }
 
@@ -118,10 +118,16 @@ fn parse_lines(
     text: &str,
     skip_header: bool,
     loaded: &mut Loaded,
-    parse: impl Fn(&str) -> Result<Feedback, String>,
+    parse: impl Fn(&str, &mut KeyedEvents) -> Result<(), String>,
 ) {
     let mut header_pending = skip_header;
-    loaded.events.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    // Sized up front (a line is at most an event, and its ids and features
+    // are shorter than the line): growing by doubling copies and touches
+    // fresh pages every time.
+    let (lines, pairs) = text
+        .bytes()
+        .fold((1, 0), |(lines, pairs), b| (lines + usize::from(b == b'\n'), pairs + usize::from(b == b'=')));
+    loaded.events = KeyedEvents::with_capacity(lines, pairs, text.len());
     for (index, raw) in text.lines().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim_ascii().is_empty() {
@@ -130,9 +136,8 @@ fn parse_lines(
         if std::mem::take(&mut header_pending) {
             continue;
         }
-        match parse(line) {
-            Ok(event) => loaded.events.push(event),
-            Err(reason) => loaded.malformed.push(Malformed { path: path.to_owned(), line: index + 1, reason }),
+        if let Err(reason) = parse(line, &mut loaded.events) {
+            loaded.malformed.push(Malformed { path: path.to_owned(), line: index + 1, reason });
         }
     }
 }
@@ -150,7 +155,7 @@ fn fields<'a, const N: usize>(parts: impl Iterator<Item = &'a str>) -> ([&'a str
     (out, found)
 }
 
-fn movielens_rating(line: &str, layout: Layout, range: RatingRange) -> Result<Feedback, String> {
+fn movielens_rating(line: &str, layout: Layout, range: RatingRange, out: &mut KeyedEvents) -> Result<(), String> {
     // One-character separators split with the fast single-byte search.
     let (fields, found) = match layout {
         Layout::Tab => fields::<4>(line.split('\t')),
@@ -163,13 +168,9 @@ fn movielens_rating(line: &str, layout: Layout, range: RatingRange) -> Result<Fe
     let seconds: i64 = fields[3].parse().map_err(|_| format!("bad timestamp {:?}", fields[3]))?;
     let ts =
         seconds.checked_mul(1000).filter(|&ts| ts > 0).ok_or_else(|| format!("timestamp {seconds} out of range"))?;
-    Ok(Feedback::Rating(Rating {
-        user: id("user", fields[0])?,
-        item: id("item", fields[1])?,
-        rating: rating(fields[2], range)?,
-        ts,
-        features: Features::new(),
-    }))
+    let (user, item) = (id("user", fields[0])?, id("item", fields[1])?);
+    let rating = rating(fields[2], range)?;
+    out.push_text(Target::Rating(rating), ts, user, item, "").map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +179,7 @@ enum Kind {
     Click,
 }
 
-fn csv_event(line: &str, kind: Kind, range: RatingRange) -> Result<Feedback, String> {
+fn csv_event(line: &str, kind: Kind, range: RatingRange, out: &mut KeyedEvents) -> Result<(), String> {
     let (fields, found) = fields::<5>(line.split(','));
     if !(4..=5).contains(&found) {
         return Err(format!("expected 4 or 5 fields, found {found}"));
@@ -189,22 +190,19 @@ fn csv_event(line: &str, kind: Kind, range: RatingRange) -> Result<Feedback, Str
     if ts <= 0 {
         return Err(format!("ts {ts} is not positive"));
     }
-    let features = parse_features(fields[4])?;
-    Ok(match kind {
-        Kind::Rating => Feedback::Rating(Rating { user, item, rating: rating(fields[2], range)?, ts, features }),
-        Kind::Click => {
-            let clicked = match fields[2] {
-                "1" | "true" => true,
-                "0" | "false" => false,
-                other => return Err(format!("clicked must be 0/1 or false/true, found {other:?}")),
-            };
-            Feedback::Click(Click { user, item, clicked, ts, features })
-        }
-    })
+    let target = match kind {
+        Kind::Rating => Target::Rating(rating(fields[2], range)?),
+        Kind::Click => match fields[2] {
+            "1" | "true" => Target::Click(true),
+            "0" | "false" => Target::Click(false),
+            other => return Err(format!("clicked must be 0/1 or false/true, found {other:?}")),
+        },
+    };
+    out.push_text(target, ts, user, item, fields[4]).map_err(|e| e.to_string())
 }
 
-fn id(field: &str, value: &str) -> Result<String, String> {
-    if value.is_empty() { Err(format!("empty {field} id")) } else { Ok(value.to_owned()) }
+fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.is_empty() { Err(format!("empty {field} id")) } else { Ok(value) }
 }
 
 fn rating(text: &str, range: RatingRange) -> Result<f32, String> {
@@ -216,38 +214,34 @@ fn rating(text: &str, range: RatingRange) -> Result<f32, String> {
     }
 }
 
-fn parse_features(text: &str) -> Result<Features, String> {
-    text.split(';')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((name, value)) if !name.is_empty() && !value.is_empty() => Ok((name.to_owned(), value.to_owned())),
-            _ => Err(format!("feature {pair:?} is not name=value")),
-        })
-        .collect()
-}
-
 /// Writes the ratings (or clicks) among `events` as freshet CSV.
-pub fn write_csv(path: &Path, events: &[Feedback], clicks: bool) -> anyhow::Result<usize> {
-    let mut out = String::with_capacity(events.len() * 32);
-    out.push_str(if clicks { CLICKS_HEADER } else { RATINGS_HEADER });
-    out.push('\n');
+pub fn write_csv(path: &Path, events: &KeyedEvents, clicks: bool) -> anyhow::Result<usize> {
+    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
     let mut written = 0;
-    for event in events {
-        let (user, item, value, ts, features) = match (event, clicks) {
-            (Feedback::Rating(r), false) => (&r.user, &r.item, r.rating.to_string(), r.ts, &r.features),
-            (Feedback::Click(c), true) => (&c.user, &c.item, u8::from(c.clicked).to_string(), c.ts, &c.features),
-            _ => continue,
-        };
-        let features: Vec<String> = features.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        writeln!(out, "{user},{item},{value},{ts},{}", features.join(";")).expect("writing to a String cannot fail");
-        written += 1;
-    }
-    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut write = || -> std::io::Result<()> {
+        writeln!(out, "{}", if clicks { CLICKS_HEADER } else { RATINGS_HEADER })?;
+        for event in events.iter() {
+            match (event.target, clicks) {
+                (Target::Rating(rating), false) => write!(out, "{},{},{rating},", event.user_id, event.item_id)?,
+                (Target::Click(clicked), true) => {
+                    write!(out, "{},{},{},", event.user_id, event.item_id, u8::from(clicked))?;
+                }
+                _ => continue,
+            }
+            writeln!(out, "{},{}", event.ts, event.feature_text)?;
+            written += 1;
+        }
+        out.flush()
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
+    use freshet_core::{Click, Features, Feedback};
+
     use super::*;
 
     const RANGE: RatingRange = RatingRange { min: 0.5, max: 5.0 };
@@ -266,8 +260,8 @@ mod tests {
         loaded
             .events
             .iter()
-            .map(|e| match e {
-                Feedback::Rating(r) => (r.user.clone(), r.item.clone(), r.rating, r.ts),
+            .map(|e| match e.target {
+                Target::Rating(rating) => (e.user_id.to_owned(), e.item_id.to_owned(), rating, e.ts),
                 other => panic!("not a rating: {other:?}"),
             })
             .collect()
@@ -304,25 +298,21 @@ mod tests {
 
     #[test]
     fn freshet_csv_round_trips_with_features() {
-        let events = vec![
-            Feedback::Click(Click {
-                user: "u1".into(),
-                item: "i9".into(),
-                clicked: true,
-                ts: 1_700_000_000_123,
-                features: Features::from([
-                    ("device".to_owned(), "ios".to_owned()),
-                    ("page".to_owned(), "home".to_owned()),
-                ]),
-            }),
-            Feedback::Click(Click {
-                user: "u2".into(),
-                item: "i1".into(),
-                clicked: false,
-                ts: 5,
-                features: Features::new(),
-            }),
-        ];
+        let mut events = KeyedEvents::new();
+        events.push(&Feedback::Click(Click {
+            user: "u1".into(),
+            item: "i9".into(),
+            clicked: true,
+            ts: 1_700_000_000_123,
+            features: Features::from([("device".to_owned(), "ios".to_owned()), ("page".to_owned(), "home".to_owned())]),
+        }));
+        events.push(&Feedback::Click(Click {
+            user: "u2".into(),
+            item: "i1".into(),
+            clicked: false,
+            ts: 5,
+            features: Features::new(),
+        }));
         let path = std::env::temp_dir().join(format!("freshet-eval-clicks-{}", std::process::id()));
         assert_eq!(write_csv(&path, &events, true).expect("written"), 2);
         let loaded = read_clicks(&path).expect("readable");

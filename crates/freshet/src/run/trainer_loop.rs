@@ -19,6 +19,7 @@ use freshet_trainer::{MetricsReading, StateChanges, Trainer};
 use serde_json::json;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::Receiver;
+use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{debug, info, info_span, warn};
 
 use super::admin::{AdminError, AdminRequest, Answer};
@@ -122,6 +123,26 @@ enum Retain {
     IfDue,
 }
 
+/// What is ready without waiting: an operator request or a replica first
+/// (a busy source never starves them), then the source's next event.
+fn ready(
+    admin: &mut Option<Receiver<AdminRequest>>,
+    replicas: Option<&mut Receiver<ReplicaDelta>>,
+    events: &mut Receiver<SourceEvent>,
+) -> Option<Wake> {
+    if let Some(request) = admin.as_mut().and_then(|admin| admin.try_recv().ok()) {
+        return Some(Wake::Admin(request));
+    }
+    if let Some(replica) = replicas.and_then(|replicas| replicas.try_recv().ok()) {
+        return Some(Wake::Replica(replica));
+    }
+    match events.try_recv() {
+        Ok(event) => Some(Wake::Source(Some(event))),
+        Err(TryRecvError::Disconnected) => Some(Wake::Source(None)),
+        Err(TryRecvError::Empty) => None,
+    }
+}
+
 /// What woke the loop.
 enum Wake {
     Source(Option<SourceEvent>),
@@ -198,19 +219,25 @@ impl TrainerLoop {
                 .min(self.exchange_check_in())
                 .min(self.publish_check_in());
             let admin = &mut self.admin;
-            let replicas = self.sharded.as_mut().and_then(|sharded| sharded.replicas.as_mut()).map(|(_, r)| r);
-            let wake = runtime.block_on(async {
-                tokio::select! {
-                    event = events.recv() => Wake::Source(event),
-                    Some(request) = async { match admin { Some(admin) => admin.recv().await, None => None } } => {
-                        Wake::Admin(request)
+            let mut replicas = self.sharded.as_mut().and_then(|sharded| sharded.replicas.as_mut()).map(|(_, r)| r);
+            // What is ready now is taken without entering the runtime (a
+            // timer registered from this thread wakes the runtime's driver:
+            // a system call per batch under load).
+            let wake = match ready(admin, replicas.as_deref_mut(), &mut events) {
+                Some(wake) => wake,
+                None => runtime.block_on(async {
+                    tokio::select! {
+                        event = events.recv() => Wake::Source(event),
+                        Some(request) = async { match admin { Some(admin) => admin.recv().await, None => None } } => {
+                            Wake::Admin(request)
+                        }
+                        Some(replica) = async { match replicas { Some(replicas) => replicas.recv().await, None => None } } => {
+                            Wake::Replica(replica)
+                        }
+                        () = tokio::time::sleep(wait) => Wake::Timer,
                     }
-                    Some(replica) = async { match replicas { Some(replicas) => replicas.recv().await, None => None } } => {
-                        Wake::Replica(replica)
-                    }
-                    () = tokio::time::sleep(wait) => Wake::Timer,
-                }
-            });
+                }),
+            };
             match wake {
                 Wake::Source(Some(SourceEvent::Batch(batch))) => self.apply(batch),
                 Wake::Source(Some(SourceEvent::Assigned(partitions))) => {
