@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use freshet_core::keyed::{EventRef, KeyedEvents, Target};
+use freshet_core::keyed::{EventRef, Events, KeyedEvents, Target};
 use freshet_core::synth::{SynthConfig, SynthStream};
 use freshet_core::{Head, ModelSpec, TableKind};
 use freshet_trainer::{ClickStats, Counters, RatingStats, ShardSimulation, SimulationTraffic, Trainer, TrainerConfig};
@@ -117,9 +117,147 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     config.check()?;
 
+    let new_sim = || ShardSimulation::new(spec.clone(), config.clone(), args.batch, args.staleness_ms);
+    let replay = match streamed_reader(&args, &spec)? {
+        Some(reader) => replay_streamed(&args, &reader, new_sim)?,
+        None => replay_loaded(&args, &spec, new_sim)?,
+    };
+    let (count, sim) = (replay.events, &replay.sim);
+
+    let summary = Summary {
+        events: count,
+        malformed: replay.malformed,
+        load_s: replay.load_s,
+        train_s: replay.train_s,
+        batch: args.batch,
+        staleness_ms: args.staleness_ms,
+        sim,
+    };
+    if args.json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.text());
+    }
+    Ok(())
+}
+
+/// Bytes of a file parsed at a time when it is parsed on its own thread
+/// while the events before are trained.
+const PIECE_BYTES: usize = 4 << 20;
+
+/// Events replayed between two updates of the progress bar.
+const PROGRESS_EVERY: usize = 65_536;
+
+/// Pieces parsed ahead of the trainer.
+const PIECES_AHEAD: usize = 2;
+
+/// A finished replay.
+struct Replay {
+    sim: ShardSimulation,
+    events: u64,
+    malformed: u64,
+    /// Seconds until every event was parsed (and sorted).
+    load_s: f64,
+    /// Seconds from the start of training to its end.
+    train_s: f64,
+}
+
+/// Trains `events` in order, writing the predictions first when asked.
+fn replay_events(
+    sim: &mut ShardSimulation,
+    predictions: &mut Option<Predictions>,
+    events: Events<'_>,
+) -> anyhow::Result<()> {
+    for event in events.iter() {
+        if let Some(predictions) = predictions {
+            predictions.write(sim.trainer_of(event.user), event)?;
+        }
+        sim.push_keyed(event);
+    }
+    Ok(())
+}
+
+/// The last timestamp of `events` if they are in time order and none is
+/// before `after`.
+fn in_time_order(events: &KeyedEvents, after: i64) -> Option<i64> {
+    events.iter().try_fold(after, |last, event| (event.ts >= last).then_some(event.ts))
+}
+
+/// The one file of a replay that can be parsed while it is trained: a
+/// single input file with nothing to export.
+fn streamed_reader(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Option<dataset::Reader>> {
+    if args.export_ratings.is_some() || args.export_clicks.is_some() {
+        return Ok(None);
+    }
+    let range = RatingRange { min: spec.rating_min, max: spec.rating_max };
+    match (&args.ratings, &args.clicks, args.synthetic) {
+        (Some(path), None, None) => dataset::Reader::ratings(path, args.format, range).map(Some),
+        (None, Some(path), None) => dataset::Reader::clicks(path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Replays one file parsed on a thread of its own, piece by piece, while
+/// this one trains the pieces before: when the file is in time order (as a
+/// log is), parsing costs no time of its own. A file found out of order is
+/// parsed again whole, sorted and replayed from the start by a new model,
+/// so the result is the one of [`replay_loaded`] either way.
+fn replay_streamed(
+    args: &EvalArgs,
+    reader: &dataset::Reader,
+    new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
+) -> anyhow::Result<Replay> {
+    let started = Instant::now();
+    let bar = progress::bar(reader.line_count() as u64, "events");
+    let mut sim = new_sim()?;
+    let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
+    let (mut trained, mut malformed) = (0u64, Vec::new());
+    let mut last_ts = Some(i64::MIN);
+    let parsed_s = std::thread::scope(|scope| -> anyhow::Result<f64> {
+        let (pieces, parsed) = std::sync::mpsc::sync_channel::<Loaded>(PIECES_AHEAD);
+        let parser = scope.spawn(move || {
+            reader.read_pieces(PIECE_BYTES, |piece| pieces.send(piece).is_ok());
+            started.elapsed().as_secs_f64()
+        });
+        for piece in parsed {
+            last_ts = last_ts.and_then(|last| in_time_order(&piece.events, last));
+            if last_ts.is_none() {
+                break; // the parser stops at its next piece
+            }
+            replay_events(&mut sim, &mut predictions, piece.events.as_events())?;
+            trained += piece.events.len() as u64;
+            bar.set_position(trained);
+            malformed.extend(piece.malformed);
+        }
+        parser.join().map_err(|_| anyhow::anyhow!("the parsing thread panicked"))
+    })?;
+    if last_ts.is_some() {
+        report_malformed(&malformed);
+        sim.finish();
+        finish(predictions)?;
+        bar.finish_and_clear();
+        let train_s = started.elapsed().as_secs_f64();
+        return Ok(Replay { sim, events: trained, malformed: malformed.len() as u64, load_s: parsed_s, train_s });
+    }
+    eprintln!("{}: not in time order; sorting it and replaying from the start", reader.path().display());
+    let mut loaded = reader.read_all();
+    loaded.events.sort_by_time();
+    let load_s = started.elapsed().as_secs_f64();
+    report_malformed(&loaded.malformed);
+    let (sim, train_s) = replay_sorted(args, &loaded.events, new_sim, &bar)?;
+    bar.finish_and_clear();
+    Ok(Replay { sim, events: loaded.events.len() as u64, malformed: loaded.malformed.len() as u64, load_s, train_s })
+}
+
+/// Replays every input loaded first and sorted by time.
+fn replay_loaded(
+    args: &EvalArgs,
+    spec: &ModelSpec,
+    new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
+) -> anyhow::Result<Replay> {
     let load_start = Instant::now();
-    let loaded = load(&args, &spec)?;
-    report_malformed(&loaded);
+    let loaded = load(args, spec)?;
+    report_malformed(&loaded.malformed);
     let mut events = loaded.events;
     events.sort_by_time();
     let load_s = load_start.elapsed().as_secs_f64();
@@ -129,43 +267,36 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.export_clicks {
         dataset::write_csv(path, &events, true)?;
     }
+    let bar = progress::bar(events.len() as u64, "events");
+    let (sim, train_s) = replay_sorted(args, &events, new_sim, &bar)?;
+    bar.finish_and_clear();
+    Ok(Replay { sim, events: events.len() as u64, malformed: loaded.malformed.len() as u64, load_s, train_s })
+}
 
-    let mut sim = ShardSimulation::new(spec, config, args.batch, args.staleness_ms)?;
-    let count = events.len() as u64;
-    let bar = progress::bar(count, "events");
+/// Replays `events` (in time order) through a new model.
+fn replay_sorted(
+    args: &EvalArgs,
+    events: &KeyedEvents,
+    new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(ShardSimulation, f64)> {
+    let mut sim = new_sim()?;
     let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
     let train_start = Instant::now();
-    for (i, event) in events.iter().enumerate() {
-        if let Some(predictions) = &mut predictions {
-            predictions.write(sim.trainer_of(event.user), event)?;
-        }
-        sim.push_keyed(event);
-        if i % 65_536 == 0 {
-            bar.set_position(i as u64);
-        }
+    bar.set_position(0);
+    let all = events.as_events();
+    for from in (0..all.len()).step_by(PROGRESS_EVERY) {
+        let to = (from + PROGRESS_EVERY).min(all.len());
+        replay_events(&mut sim, &mut predictions, all.slice(from..to))?;
+        bar.set_position(to as u64);
     }
     sim.finish();
-    if let Some(predictions) = predictions {
-        predictions.finish()?;
-    }
-    let train_s = train_start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
+    finish(predictions)?;
+    Ok((sim, train_start.elapsed().as_secs_f64()))
+}
 
-    let summary = Summary {
-        events: count,
-        malformed: loaded.malformed.len() as u64,
-        load_s,
-        train_s,
-        batch: args.batch,
-        staleness_ms: args.staleness_ms,
-        sim: &sim,
-    };
-    if args.json {
-        println!("{}", summary.json());
-    } else {
-        print!("{}", summary.text());
-    }
-    Ok(())
+fn finish(predictions: Option<Predictions>) -> anyhow::Result<()> {
+    predictions.map_or(Ok(()), Predictions::finish)
 }
 
 /// The progressive predictions of a replay, written as they are made.
@@ -231,12 +362,12 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-fn report_malformed(loaded: &Loaded) {
-    for bad in loaded.malformed.iter().take(MALFORMED_SHOWN) {
+fn report_malformed(malformed: &[dataset::Malformed]) {
+    for bad in malformed.iter().take(MALFORMED_SHOWN) {
         eprintln!("{}:{}: skipped malformed line: {}", bad.path.display(), bad.line, bad.reason);
     }
-    if loaded.malformed.len() > MALFORMED_SHOWN {
-        eprintln!("... and {} more malformed lines", loaded.malformed.len() - MALFORMED_SHOWN);
+    if malformed.len() > MALFORMED_SHOWN {
+        eprintln!("... and {} more malformed lines", malformed.len() - MALFORMED_SHOWN);
     }
 }
 

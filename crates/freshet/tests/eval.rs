@@ -195,3 +195,49 @@ fn written_predictions_are_the_progressive_ones() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--predictions"));
 }
+
+/// A file of more than one parsed piece (4 MiB each) is parsed on its own thread
+/// while the trainer trains the pieces before; the same file with its last
+/// two events swapped is found out of order after pieces were trained, and
+/// replayed again sorted. Both replay exactly as the file loaded whole and
+/// sorted first (which `--export-clicks` forces), prediction for prediction.
+#[test]
+fn a_file_parsed_while_it_is_trained_replays_as_one_loaded_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clicks = dir.path().join("clicks.csv");
+    json_of(&eval(&[
+        "--synthetic",
+        "100000",
+        "--synthetic-click-share",
+        "1",
+        "--synthetic-click-features",
+        "3",
+        "--export-clicks",
+        path_str(&clicks),
+        "--json",
+    ]));
+    let text = std::fs::read_to_string(&clicks).expect("exported");
+    assert!(text.len() > 4 << 20, "more than one piece: {} bytes", text.len());
+    let mut lines: Vec<&str> = text.lines().collect();
+    let n = lines.len();
+    lines.swap(n - 1, n - 2);
+    let swapped = dir.path().join("swapped.csv");
+    std::fs::write(&swapped, lines.join("\n") + "\n").expect("written");
+
+    for (name, file) in [("in order", &clicks), ("last two swapped", &swapped)] {
+        let run = |extra: &[&str], predictions: &Path| {
+            let mut args = vec!["--clicks", path_str(file), "--predictions", path_str(predictions), "--json"];
+            args.extend_from_slice(extra);
+            let summary = json_of(&eval(&args));
+            (summary, std::fs::read_to_string(predictions).expect("predictions"))
+        };
+        let (streamed, streamed_predictions) = run(&[], &dir.path().join("streamed.preds"));
+        let copy = dir.path().join("copy.csv");
+        let (loaded, loaded_predictions) = run(&["--export-clicks", path_str(&copy)], &dir.path().join("loaded.preds"));
+        for key in ["events", "clicks", "logloss", "auc", "malformed"] {
+            assert_eq!(streamed[key], loaded[key], "{name} {key}: streamed {streamed}, loaded {loaded}");
+        }
+        assert_eq!(streamed["events"], 100_000, "{name}");
+        assert!(streamed_predictions == loaded_predictions, "{name}: the predictions differ");
+    }
+}

@@ -75,71 +75,132 @@ enum Layout {
     Comma,
 }
 
-/// Reads a ratings file.
-pub fn read_ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Loaded> {
-    let text = read(path)?;
-    let mut loaded = Loaded::default();
-    match format {
-        RatingsFormat::Movielens => {
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
-            let layout = if first.contains("::") {
-                Layout::DoubleColon
-            } else if first.contains('\t') {
-                Layout::Tab
-            } else {
-                Layout::Comma
-            };
-            let has_header = layout == Layout::Comma && first.trim_start().to_ascii_lowercase().starts_with("userid");
-            parse_lines(path, &text, has_header, &mut loaded, |line, out| movielens_rating(line, layout, range, out));
-        }
-        RatingsFormat::Csv => {
-            parse_lines(path, &text, true, &mut loaded, |line, out| csv_event(line, Kind::Rating, range, out));
+/// How the lines of a file read.
+#[derive(Debug, Clone, Copy)]
+enum Lines {
+    Movielens(Layout, RatingRange),
+    Csv(Kind, RatingRange),
+}
+
+impl Lines {
+    fn parse(self, line: &str, out: &mut KeyedEvents) -> Result<(), String> {
+        match self {
+            Lines::Movielens(layout, range) => movielens_rating(line, layout, range, out),
+            Lines::Csv(kind, range) => csv_event(line, kind, range, out),
         }
     }
-    Ok(loaded)
+}
+
+/// A file of events, read into memory and parsed whole or piece by piece.
+#[derive(Debug)]
+pub struct Reader {
+    path: PathBuf,
+    text: String,
+    lines: Lines,
+    has_header: bool,
+}
+
+impl Reader {
+    /// A ratings file.
+    pub fn ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Reader> {
+        let text = read(path)?;
+        let (lines, has_header) = match format {
+            RatingsFormat::Movielens => {
+                let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+                let layout = if first.contains("::") {
+                    Layout::DoubleColon
+                } else if first.contains('\t') {
+                    Layout::Tab
+                } else {
+                    Layout::Comma
+                };
+                let header = layout == Layout::Comma && first.trim_start().to_ascii_lowercase().starts_with("userid");
+                (Lines::Movielens(layout, range), header)
+            }
+            RatingsFormat::Csv => (Lines::Csv(Kind::Rating, range), true),
+        };
+        Ok(Reader { path: path.to_owned(), text, lines, has_header })
+    }
+
+    /// A clicks file (freshet CSV).
+    pub fn clicks(path: &Path) -> anyhow::Result<Reader> {
+        let unused = RatingRange { min: 0.0, max: 0.0 };
+        Ok(Reader {
+            path: path.to_owned(),
+            text: read(path)?,
+            lines: Lines::Csv(Kind::Click, unused),
+            has_header: true,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's line count: at least its events.
+    pub fn line_count(&self) -> usize {
+        self.text.bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    /// Parses the whole file.
+    pub fn read_all(&self) -> Loaded {
+        let mut all = Loaded::default();
+        self.read_pieces(usize::MAX, |piece| {
+            all = piece;
+            true
+        });
+        all
+    }
+
+    /// Parses the file in pieces of about `bytes` bytes (whole lines),
+    /// handing each to `each` in file order, until `each` returns false.
+    /// Each piece's events are sized up front (a line is at most an event,
+    /// and its ids and features are shorter than the line): growing by
+    /// doubling copies and touches fresh pages every time.
+    pub fn read_pieces(&self, bytes: usize, mut each: impl FnMut(Loaded) -> bool) {
+        let text = self.text.as_str();
+        let mut header_pending = self.has_header;
+        let (mut start, mut line_number) = (0, 0);
+        while start < text.len() {
+            let cut = start.saturating_add(bytes.max(1)).min(text.len());
+            let end = text[cut..].find('\n').map_or(text.len(), |at| cut + at + 1);
+            let piece = &text[start..end];
+            let (lines, pairs) = piece
+                .bytes()
+                .fold((1, 0), |(lines, pairs), b| (lines + usize::from(b == b'\n'), pairs + usize::from(b == b'=')));
+            let mut loaded =
+                Loaded { events: KeyedEvents::with_capacity(lines, pairs, piece.len()), malformed: Vec::new() };
+            for raw in piece.lines() {
+                line_number += 1;
+                let line = raw.strip_suffix('\r').unwrap_or(raw);
+                if line.trim_ascii().is_empty() || std::mem::take(&mut header_pending) {
+                    continue;
+                }
+                if let Err(reason) = self.lines.parse(line, &mut loaded.events) {
+                    loaded.malformed.push(Malformed { path: self.path.clone(), line: line_number, reason });
+                }
+            }
+            if !each(loaded) {
+                return;
+            }
+            start = end;
+        }
+    }
+}
+
+/// Reads a ratings file.
+pub fn read_ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Loaded> {
+    Ok(Reader::ratings(path, format, range)?.read_all())
 }
 
 /// Reads a clicks file (freshet CSV).
 pub fn read_clicks(path: &Path) -> anyhow::Result<Loaded> {
-    let text = read(path)?;
-    let mut loaded = Loaded::default();
-    let unused = RatingRange { min: 0.0, max: 0.0 };
-    parse_lines(path, &text, true, &mut loaded, |line, out| csv_event(line, Kind::Click, unused, out));
-    Ok(loaded)
+    Ok(Reader::clicks(path)?.read_all())
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Parses every non-empty line after the optional header.
-fn parse_lines(
-    path: &Path,
-    text: &str,
-    skip_header: bool,
-    loaded: &mut Loaded,
-    parse: impl Fn(&str, &mut KeyedEvents) -> Result<(), String>,
-) {
-    let mut header_pending = skip_header;
-    // Sized up front (a line is at most an event, and its ids and features
-    // are shorter than the line): growing by doubling copies and touches
-    // fresh pages every time.
-    let (lines, pairs) = text
-        .bytes()
-        .fold((1, 0), |(lines, pairs), b| (lines + usize::from(b == b'\n'), pairs + usize::from(b == b'=')));
-    loaded.events = KeyedEvents::with_capacity(lines, pairs, text.len());
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        if std::mem::take(&mut header_pending) {
-            continue;
-        }
-        if let Err(reason) = parse(line, &mut loaded.events) {
-            loaded.malformed.push(Malformed { path: path.to_owned(), line: index + 1, reason });
-        }
-    }
 }
 
 /// Takes the fields of a split line (up to `N`, trimmed) and counts them all.
@@ -294,6 +355,36 @@ mod tests {
         assert_eq!(loaded.events.len(), 2);
         let lines: Vec<usize> = loaded.malformed.iter().map(|m| m.line).collect();
         assert_eq!(lines, [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_file_read_in_pieces_is_the_file_read_whole() {
+        let text = "userId,movieId,rating,timestamp\r\n1,2,4.0,100\r\n\n1,2\n1,3,9.0,100\n2,2,3.0,101\n3,1,1.5,99";
+        let path = std::env::temp_dir().join(format!("freshet-eval-pieces-{}", std::process::id()));
+        std::fs::write(&path, text).expect("temp file");
+        let reader = Reader::ratings(&path, RatingsFormat::Movielens, RANGE).expect("readable");
+        let _ = std::fs::remove_file(&path);
+        let whole = reader.read_all();
+        assert_eq!(whole.events.len(), 3);
+        assert_eq!(reader.line_count(), 7);
+        for bytes in [1, 5, 14, 40, 1000] {
+            let (mut events, mut lines, mut pieces) = (KeyedEvents::new(), Vec::new(), 0);
+            reader.read_pieces(bytes, |piece| {
+                events.append(&piece.events);
+                lines.extend(piece.malformed.iter().map(|m| m.line));
+                pieces += 1;
+                true
+            });
+            assert_eq!(events, whole.events, "pieces of {bytes} bytes");
+            assert_eq!(lines, [4, 5], "pieces of {bytes} bytes");
+            assert!(pieces > 1 || bytes >= text.len(), "pieces of {bytes} bytes");
+        }
+        let mut taken = 0;
+        reader.read_pieces(1, |_| {
+            taken += 1;
+            taken < 2
+        });
+        assert_eq!(taken, 2, "stops when told");
     }
 
     #[test]
