@@ -108,9 +108,11 @@ python3 - "$before" "$many" "$after" <<'PY'
 import json, sys
 before, many, after = (json.loads(arg) for arg in sys.argv[1:])
 rate = (before["events_per_s"] + after["events_per_s"]) / 2
-rss = max(before["peak_rss_mib"][0], after["peak_rss_mib"][0])
+singles = [before["peak_rss_mib"][0], after["peak_rss_mib"][0]]
+largest = max(many["peak_rss_mib"])
 print(f"{many['shards']} shard processes: {many['events_per_s']:,} events/s against one process's "
       f"{before['events_per_s']:,} before and {after['events_per_s']:,} after ({many['events_per_s'] / rate:.2f}x their mean); "
-      f"peak RSS per shard {', '.join(f'{r:,}' for r in many['peak_rss_mib'])} MiB against one process's {rss:,} MiB "
-      f"({max(many['peak_rss_mib']) / rss:.2f}x at most)")
+      f"peak RSS per shard {', '.join(f'{r:,}' for r in many['peak_rss_mib'])} MiB against one process's "
+      f"{singles[0]:,} before and {singles[1]:,} MiB after (largest shard {largest / singles[0]:.2f}x and "
+      f"{largest / singles[1]:.2f}x)")
 PY

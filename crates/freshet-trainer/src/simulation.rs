@@ -18,7 +18,7 @@
 //! shards synchronise after every micro-batch; with micro-batches of one
 //! event that gives the unsharded model bit for bit.
 
-use freshet_core::keyed::{EventRef, KeyedEvents};
+use freshet_core::keyed::{EventRef, Events, KeyedEvents};
 use freshet_core::{ConfigError, Feedback, ModelSpec, Shard, hash_id, shard_of};
 
 use crate::config::TrainerConfig;
@@ -88,6 +88,41 @@ impl ShardSimulation {
         let shard = self.sync_before(event.ts, || event.user);
         self.pending[shard].push_ref(event);
         self.train_if_full(shard);
+    }
+
+    /// Feeds `events` (in time order, after those fed before) as
+    /// [`ShardSimulation::push_keyed`] would one by one, calling `before`
+    /// with each event and the trainer that will train it, as that trainer
+    /// is before the event's micro-batch (where the progressive prediction
+    /// is taken). An unsharded model trains whole micro-batches of `events`
+    /// in place, without copying them.
+    pub fn push_events<E>(
+        &mut self,
+        events: Events<'_>,
+        mut before: impl FnMut(&Trainer, EventRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut next = 0;
+        while next < events.len() {
+            let whole = next + self.batch <= events.len();
+            if self.shards.len() > 1 || !self.pending[0].is_empty() || !whole {
+                let event = events.get(next).expect("in range");
+                before(self.trainer_of(event.user), event)?;
+                self.push_keyed(event);
+                next += 1;
+                continue;
+            }
+            let batch = events.slice(next..next + self.batch);
+            for event in batch.iter() {
+                before(&self.shards[0], event)?;
+                self.sync_before(event.ts, || event.user);
+            }
+            self.shards[0].train_events(batch);
+            if self.staleness_ms == 0 {
+                self.exchange();
+            }
+            next += self.batch;
+        }
+        Ok(())
     }
 
     /// The trainer that will train an event of `user_key` next: its

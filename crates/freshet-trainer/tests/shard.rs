@@ -231,3 +231,42 @@ fn a_trainer_is_one_of_its_specs_shards() {
     let error = ShardSimulation::new(sharded(0), TrainerConfig::default(), 1, 0).expect_err("no shards");
     assert_eq!(error.key, "model.shards");
 }
+
+/// Feeding a run of keyed events at once (whole micro-batches trained in
+/// place when unsharded) is feeding them one by one: the same rows, the
+/// same progressive predictions seen before each event, the same traffic,
+/// whatever the run's cut against the micro-batches.
+#[test]
+fn events_fed_as_a_run_train_as_events_fed_one_by_one() {
+    let events = events(2_000);
+    let mut keyed = freshet_core::KeyedEvents::new();
+    events.iter().for_each(|event| keyed.push(event));
+    for (shards, batch, staleness_ms) in [(1, 1, 0), (1, 7, 1_000), (1, 64, 0), (2, 5, 1_000), (3, 1, 0)] {
+        let new = || ShardSimulation::new(sharded(shards), TrainerConfig::default(), batch, staleness_ms).expect("ok");
+        let (mut one_by_one, mut seen_one) = (new(), Vec::new());
+        for event in keyed.iter() {
+            let trainer = one_by_one.trainer_of(event.user);
+            seen_one.push(trainer.predict_keys(Head::Click, event.user, event.item, event.features, Some(event.ts)));
+            one_by_one.push_keyed(event);
+        }
+        one_by_one.finish();
+        let (mut as_runs, mut seen_runs) = (new(), Vec::new());
+        let all = keyed.as_events();
+        for (from, to) in [(0, 3), (3, 700), (700, 701), (701, 2_000)] {
+            as_runs
+                .push_events(all.slice(from..to), |trainer, event| {
+                    let p = trainer.predict_keys(Head::Click, event.user, event.item, event.features, Some(event.ts));
+                    seen_runs.push(p);
+                    Ok::<(), ()>(())
+                })
+                .expect("no error");
+        }
+        as_runs.finish();
+        let case = format!("{shards} shards, batch {batch}, staleness {staleness_ms}");
+        assert_eq!(owned_rows(as_runs.shards()), owned_rows(one_by_one.shards()), "{case}");
+        let bits = |seen: &[f32]| seen.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&seen_runs), bits(&seen_one), "{case}");
+        assert_eq!(as_runs.traffic(), one_by_one.traffic(), "{case}");
+        assert_eq!(as_runs.metrics().0.count, one_by_one.metrics().0.count, "{case}");
+    }
+}

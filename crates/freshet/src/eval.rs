@@ -168,13 +168,10 @@ fn replay_events(
     predictions: &mut Option<Predictions>,
     events: Events<'_>,
 ) -> anyhow::Result<()> {
-    for event in events.iter() {
-        if let Some(predictions) = predictions {
-            predictions.write(sim.trainer_of(event.user), event)?;
-        }
-        sim.push_keyed(event);
-    }
-    Ok(())
+    sim.push_events(events, |trainer, event| match predictions {
+        Some(predictions) => predictions.write(trainer, event),
+        None => Ok(()),
+    })
 }
 
 /// The last timestamp of `events` if they are in time order and none is
