@@ -18,17 +18,18 @@ pub fn hash_id(id: &str) -> u64 {
 
 /// The 64-bit key of a categorical feature `name=value`.
 pub fn hash_feature(name: &str, value: &str) -> u64 {
-    hash_feature_with(&mut String::with_capacity(name.len() + value.len() + 1), name, value)
+    append_feature(&mut String::with_capacity(name.len() + value.len() + 1), name, value)
 }
 
-/// [`hash_feature`], joining `name` and `value` in the reused `buffer`
-/// instead of a new string (for hot loops).
-pub fn hash_feature_with(buffer: &mut String, name: &str, value: &str) -> u64 {
-    buffer.clear();
-    buffer.push_str(name);
-    buffer.push(FEATURE_SEPARATOR);
-    buffer.push_str(value);
-    hash_id(buffer)
+/// Appends `name=value` to `text` and returns that feature's key: the one
+/// rule for a feature key, which [`hash_feature`] and keyed events
+/// ([`crate::KeyedEvents`], keeping the text) share.
+pub fn append_feature(text: &mut String, name: &str, value: &str) -> u64 {
+    let from = text.len();
+    text.push_str(name);
+    text.push(FEATURE_SEPARATOR);
+    text.push_str(value);
+    hash_id(&text[from..])
 }
 
 #[cfg(test)]
@@ -36,10 +37,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reused_buffer_gives_the_same_feature_key() {
+    fn text_before_the_feature_leaves_its_key_alone() {
         let mut buffer = String::from("left over");
         for (name, value) in [("device", "ios"), ("page", ""), ("lang", "pt=BR")] {
-            assert_eq!(hash_feature_with(&mut buffer, name, value), hash_feature(name, value));
+            assert_eq!(append_feature(&mut buffer, name, value), hash_feature(name, value));
         }
     }
 

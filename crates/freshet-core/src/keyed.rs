@@ -5,15 +5,15 @@
 //! feature keys, and the id and feature text), so a batch or a whole
 //! replayed data set costs no allocation per event.
 //!
-//! A feature's key is [`hash_id`] of its `name=value` text (the same as
-//! [`crate::hash_feature`]). An event's features are kept in name order, one
+//! A feature's key is [`crate::hash_feature`]'s (both go through
+//! [`append_feature`]). An event's features are kept in name order, one
 //! value per name, as [`Features`] (a map) holds them: their order is the
 //! order the scoring function adds them in.
 
 use std::ops::Range;
 
 use crate::event::{Features, Feedback};
-use crate::id_hash::{FEATURE_SEPARATOR, hash_id};
+use crate::id_hash::{FEATURE_SEPARATOR, append_feature, hash_id};
 
 /// What an event asks of the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,11 +180,7 @@ impl KeyedEvents {
             if i > 0 {
                 self.text.push(';');
             }
-            let pair_from = self.text.len();
-            self.text.push_str(name);
-            self.text.push(FEATURE_SEPARATOR);
-            self.text.push_str(value);
-            self.feature_keys.push(hash_id(&self.text[pair_from..]));
+            self.feature_keys.push(append_feature(&mut self.text, name, value));
         }
         let feature_text = span(text_from, self.text.len());
         self.events.push(KeyedEvent {

@@ -237,36 +237,39 @@ fn replay_streamed(
         return Ok(Replay { sim, events: trained, malformed: malformed.len() as u64, load_s: parsed_s, train_s });
     }
     eprintln!("{}: not in time order; sorting it and replaying from the start", reader.path().display());
-    let mut loaded = reader.read_all();
-    loaded.events.sort_by_time();
-    let load_s = started.elapsed().as_secs_f64();
-    report_malformed(&loaded.malformed);
-    let (sim, train_s) = replay_sorted(args, &loaded.events, new_sim, &bar)?;
     bar.finish_and_clear();
-    Ok(Replay { sim, events: loaded.events.len() as u64, malformed: loaded.malformed.len() as u64, load_s, train_s })
+    replay_all(args, reader.read_all(), started, new_sim)
 }
 
-/// Replays every input loaded first and sorted by time.
+/// Replays every input loaded first.
 fn replay_loaded(
     args: &EvalArgs,
     spec: &ModelSpec,
     new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
 ) -> anyhow::Result<Replay> {
-    let load_start = Instant::now();
-    let loaded = load(args, spec)?;
+    let started = Instant::now();
+    replay_all(args, load(args, spec)?, started, new_sim)
+}
+
+/// Replays `loaded` (read since `started`) sorted by time, exporting it
+/// first when asked.
+fn replay_all(
+    args: &EvalArgs,
+    loaded: Loaded,
+    started: Instant,
+    new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
+) -> anyhow::Result<Replay> {
     report_malformed(&loaded.malformed);
     let mut events = loaded.events;
     events.sort_by_time();
-    let load_s = load_start.elapsed().as_secs_f64();
+    let load_s = started.elapsed().as_secs_f64();
     if let Some(path) = &args.export_ratings {
         dataset::write_csv(path, &events, false)?;
     }
     if let Some(path) = &args.export_clicks {
         dataset::write_csv(path, &events, true)?;
     }
-    let bar = progress::bar(events.len() as u64, "events");
-    let (sim, train_s) = replay_sorted(args, &events, new_sim, &bar)?;
-    bar.finish_and_clear();
+    let (sim, train_s) = replay_sorted(args, &events, new_sim)?;
     Ok(Replay { sim, events: events.len() as u64, malformed: loaded.malformed.len() as u64, load_s, train_s })
 }
 
@@ -275,12 +278,11 @@ fn replay_sorted(
     args: &EvalArgs,
     events: &KeyedEvents,
     new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
-    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(ShardSimulation, f64)> {
+    let bar = progress::bar(events.len() as u64, "events");
     let mut sim = new_sim()?;
     let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
     let train_start = Instant::now();
-    bar.set_position(0);
     let all = events.as_events();
     for from in (0..all.len()).step_by(PROGRESS_EVERY) {
         let to = (from + PROGRESS_EVERY).min(all.len());
@@ -289,6 +291,7 @@ fn replay_sorted(
     }
     sim.finish();
     finish(predictions)?;
+    bar.finish_and_clear();
     Ok((sim, train_start.elapsed().as_secs_f64()))
 }
 
