@@ -97,6 +97,14 @@ impl KeyedEvents {
         }
     }
 
+    /// Makes room for `events` more events, `features` more feature keys and
+    /// `text_bytes` more of their text.
+    pub fn reserve(&mut self, events: usize, features: usize, text_bytes: usize) {
+        self.events.reserve(events);
+        self.feature_keys.reserve(features);
+        self.text.reserve(text_bytes);
+    }
+
     /// Appends a decoded event.
     pub fn push(&mut self, event: &Feedback) {
         let (target, item, features) = match event {
@@ -268,6 +276,7 @@ impl<'a> Events<'a> {
     }
 
     /// Event `index`.
+    #[inline]
     pub fn get(&self, index: usize) -> Option<EventRef<'a>> {
         self.events.get(index).map(|event| self.view(event))
     }
@@ -278,11 +287,19 @@ impl<'a> Events<'a> {
     }
 
     /// The events, one by one.
+    #[inline]
     pub fn iter(self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
         let Events { events, feature_keys, text } = self;
         events.iter().map(move |event| Events { events, feature_keys, text }.view(event))
     }
 
+    /// The `(target, ts, user key, item key)` of each event, without its texts.
+    #[inline]
+    pub fn keys(self) -> impl ExactSizeIterator<Item = (Target, i64, u64, u64)> + 'a {
+        self.events.iter().map(|event| (event.target, event.ts, event.user, event.item))
+    }
+
+    #[inline]
     fn view(&self, event: &'a KeyedEvent) -> EventRef<'a> {
         EventRef {
             target: event.target,

@@ -49,13 +49,14 @@ impl PlateauSchedule {
         })
     }
 
-    /// Called after each batch with the events seen so far and the windowed loss.
-    pub(crate) fn observe(&mut self, config: &LrScheduleConfig, events: u64, loss: Option<f64>) {
+    /// Called after each batch with the events seen so far and the windowed
+    /// loss (taken only when a check is due).
+    pub(crate) fn observe(&mut self, config: &LrScheduleConfig, events: u64, loss: impl FnOnce() -> Option<f64>) {
         if !config.enabled || events < self.next_check_at {
             return;
         }
         self.next_check_at = events + config.check_every;
-        let Some(loss) = loss.filter(|l| l.is_finite()) else {
+        let Some(loss) = loss().filter(|l| l.is_finite()) else {
             return;
         };
         match self.best {
@@ -90,13 +91,13 @@ mod tests {
             threshold: 0.01,
         };
         let mut s = PlateauSchedule::new(&config);
-        s.observe(&config, 5, Some(1.0)); // before the first check
+        s.observe(&config, 5, || Some(1.0)); // before the first check
         assert_eq!(s.scale(), 1.0);
         let mut events = 0;
         let mut scales = Vec::new();
         for loss in [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9] {
             events += 10;
-            s.observe(&config, events, Some(loss));
+            s.observe(&config, events, || Some(loss));
             scales.push(s.scale());
         }
         assert_eq!(scales, [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2]);
@@ -107,7 +108,7 @@ mod tests {
         let config = LrScheduleConfig { check_every: 1, patience: 1, ..LrScheduleConfig::default() };
         let mut s = PlateauSchedule::new(&config);
         for events in 1..100 {
-            s.observe(&config, events, Some(1.0));
+            s.observe(&config, events, || Some(1.0));
         }
         assert_eq!(s.scale(), 1.0);
     }

@@ -248,27 +248,29 @@ impl Optimizer {
         let (next_p, next_moments) = next.split_at_mut(width);
         let (next_m, next_v) = next_moments.split_at_mut(m.len());
         let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, epsilon: self.epsilon };
-        // The leading scalars that exist in this row, each kind at its own rate.
-        let scalar = |span: Range<usize>| span.start.min(scalars)..span.end.min(scalars);
+        // The leading scalars, each kind at its own rate, all under the bias
+        // rule: one loop over them (they are at most four), then the factors.
         let rates = self.scalar_rates(input, lr_scale);
-        let factor_rate = self.factor_rate(input) * lr_scale;
-        let spans = [
-            (scalar(RowLayout::BIASES), self.bias_algorithm, rates.bias, bias_l2),
-            (scalar(RowLayout::RATING_SCALE..RowLayout::RATING_SCALE + 1), self.bias_algorithm, rates.scale, bias_l2),
-            (
-                scalar(RowLayout::SESSION_OFFSET..RowLayout::SESSION_OFFSET + 1),
-                self.bias_algorithm,
-                rates.session,
-                bias_l2,
-            ),
-            (scalars..width, self.algorithm, sgd_capped(self.algorithm, factor_rate, count), l2),
-        ];
-        for (span, algorithm, rate, penalty) in spans {
-            let grad = Gradient { sum: &grad[span.clone()], penalty, clip };
-            let old = Slots { p: &params[span.clone()], m: part(m, &span), v: part(v, &span) };
-            let new = SlotsMut { p: &mut next_p[span.clone()], m: part_mut(next_m, &span), v: part_mut(next_v, &span) };
-            apply(algorithm, hyper, rate, correction, grad, old, new);
-        }
+        let scalar_rate = |i: usize| match i {
+            i if i == RowLayout::RATING_SCALE => rates.scale,
+            i if i == RowLayout::SESSION_OFFSET => rates.session,
+            _ => rates.bias,
+        };
+        let factor_rate = sgd_capped(self.algorithm, self.factor_rate(input) * lr_scale, count);
+        let span = |from: usize, to: usize, penalty: f32| {
+            let grad = Gradient { sum: &grad[from..to], penalty, clip };
+            let old = Slots { p: &params[from..to], m: part(m, from..to), v: part(v, from..to) };
+            (grad, old)
+        };
+        let (scalar_grad, scalar_old) = span(0, scalars, bias_l2);
+        let (factor_grad, factor_old) = span(scalars, width, l2);
+        let (next_p_scalars, next_p_factors) = next_p.split_at_mut(scalars);
+        let (next_m_scalars, next_m_factors) = split_slots(next_m, scalars);
+        let (next_v_scalars, next_v_factors) = split_slots(next_v, scalars);
+        let scalar_new = SlotsMut { p: next_p_scalars, m: next_m_scalars, v: next_v_scalars };
+        let factor_new = SlotsMut { p: next_p_factors, m: next_m_factors, v: next_v_factors };
+        apply(self.bias_algorithm, hyper, scalar_rate, correction, scalar_grad, scalar_old, scalar_new);
+        apply(self.algorithm, hyper, |_| factor_rate, correction, factor_grad, factor_old, factor_new);
         if !all_finite(next) {
             return false;
         }
@@ -380,13 +382,13 @@ struct SlotsMut<'a> {
 }
 
 /// `slots[span]`, or nothing when the row keeps no such slot.
-fn part<'a>(slots: &'a [f32], span: &Range<usize>) -> &'a [f32] {
-    if slots.is_empty() { slots } else { &slots[span.clone()] }
+fn part(slots: &[f32], span: Range<usize>) -> &[f32] {
+    if slots.is_empty() { slots } else { &slots[span] }
 }
 
-/// `slots[span]`, or nothing when the row keeps no such slot.
-fn part_mut<'a>(slots: &'a mut [f32], span: &Range<usize>) -> &'a mut [f32] {
-    if slots.is_empty() { slots } else { &mut slots[span.clone()] }
+/// `slots` split before `at`, or two empty halves when the row keeps no such slot.
+fn split_slots(slots: &mut [f32], at: usize) -> (&mut [f32], &mut [f32]) {
+    if slots.is_empty() { (&mut [], &mut []) } else { slots.split_at_mut(at) }
 }
 
 /// A span's loss gradient as the rule sees it: `(sum + penalty·p)·clip`.
@@ -407,7 +409,7 @@ struct Gradient<'a> {
 fn apply(
     algorithm: Algorithm,
     hyper: Hyper,
-    rate: f32,
+    rate: impl Fn(usize) -> f32,
     correction: Correction,
     grad: Gradient,
     old: Slots,
@@ -421,7 +423,7 @@ fn apply(
     match algorithm {
         Algorithm::Sgd => {
             for i in 0..n {
-                new_p[i] = p[i] - rate * g(i);
+                new_p[i] = p[i] - rate(i) * g(i);
             }
         }
         Algorithm::Adagrad => {
@@ -430,7 +432,7 @@ fn apply(
                 let gi = g(i);
                 let vi = v[i] + gi * gi;
                 new_v[i] = vi;
-                new_p[i] = p[i] - rate * gi / (vi.sqrt() + eps);
+                new_p[i] = p[i] - rate(i) * gi / (vi.sqrt() + eps);
             }
         }
         Algorithm::Adam => {
@@ -443,7 +445,7 @@ fn apply(
                     let gi = g(i);
                     let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
                     new_v[i] = vi;
-                    new_p[i] = p[i] - rate * (gi * first) / ((vi * second).sqrt() + eps);
+                    new_p[i] = p[i] - rate(i) * (gi * first) / ((vi * second).sqrt() + eps);
                 }
             } else {
                 let (m, new_m) = (&old.m[..n], &mut new.m[..n]);
@@ -453,7 +455,7 @@ fn apply(
                     let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
                     new_m[i] = mi;
                     new_v[i] = vi;
-                    new_p[i] = p[i] - rate * (mi * first) / ((vi * second).sqrt() + eps);
+                    new_p[i] = p[i] - rate(i) * (mi * first) / ((vi * second).sqrt() + eps);
                 }
             }
         }
@@ -664,6 +666,44 @@ mod tests {
             for (got, want) in params.iter().zip(expected) {
                 assert!((got - want).abs() < 1e-6, "{count} events: {params:?} vs {expected:?}");
             }
+        }
+    }
+
+    /// Adam on a user row: each scalar at its own rate, the factors at the
+    /// learning rate, bit for bit the textbook rule per element.
+    #[test]
+    fn adam_steps_each_user_scalar_at_its_rate_bit_for_bit() {
+        let config = TrainerConfig {
+            algorithm: Algorithm::Adam,
+            bias_algorithm: Algorithm::Adam,
+            learning_rate: 0.01,
+            bias_learning_rate: 0.5,
+            scale_learning_rate: 0.1,
+            session_learning_rate: 0.2,
+            ..plain_sgd()
+        };
+        let adam = Optimizer::new(&config);
+        let mut scratch = StepScratch::default();
+        let mut params = [0.3f32, -0.2, 1.0, 0.05, 0.4, -0.7, 0.9];
+        let (mut m, mut v) = ([0.01f32; 7], [0.002f32; 7]);
+        let grad = [0.7f32, -1.3, 0.25, 2.0, -0.6, 0.45, -0.05];
+        let (old_p, old_m, old_v) = (params, m, v);
+        let row = RowMut { scalars: 4, params: &mut params, m: &mut m, v: &mut v };
+        let input = StepInput { count: 1, step: 3, prior_updates: 2 };
+        assert!(adam.step(row, &grad, input, 1.0, Penalty::None, &mut scratch));
+        let (b1, b2, eps) = (config.beta1, config.beta2, config.epsilon);
+        let first = 1.0 / (1.0 - decay_power(b1, 3));
+        let second = 1.0 / (1.0 - decay_power(b2, 3));
+        let rates = [0.5f32, 0.5, 0.1, 0.2, 0.01, 0.01, 0.01];
+        for i in 0..7 {
+            let mi = b1 * old_m[i] + (1.0 - b1) * grad[i];
+            let vi = b2 * old_v[i] + (1.0 - b2) * grad[i] * grad[i];
+            let pi = old_p[i] - rates[i] * (mi * first) / ((vi * second).sqrt() + eps);
+            assert_eq!(
+                (params[i].to_bits(), m[i].to_bits(), v[i].to_bits()),
+                (pi.to_bits(), mi.to_bits(), vi.to_bits()),
+                "slot {i}"
+            );
         }
     }
 

@@ -303,6 +303,11 @@ impl Table {
         true
     }
 
+    /// At most how many rows [`Table::drain`] would hand over now.
+    pub(crate) fn dirty_len(&self) -> usize {
+        self.dirty_keys.len()
+    }
+
     #[inline]
     fn mark_dirty(&mut self, row: u32) {
         if !self.dirty.replace(row as usize, true) {
@@ -423,12 +428,14 @@ impl Table {
         let mut keys = std::mem::take(&mut self.dirty_keys);
         keys.sort_unstable();
         keys.dedup();
-        for key in keys {
+        for &key in &keys {
             if let Some(row) = self.get(key) {
                 self.dirty.replace(row as usize, false);
                 rows.push(self.row_state(row));
             }
         }
+        keys.clear();
+        self.dirty_keys = keys; // its room, for the next
         let mut removed: Vec<Tombstone> =
             self.tombstones.drain().map(|(key, cause)| Tombstone { table: self.kind, key, cause }).collect();
         removed.sort_unstable_by_key(|t| t.key);

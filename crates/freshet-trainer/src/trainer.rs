@@ -251,11 +251,11 @@ impl Trainer {
     pub fn train_events(&mut self, batch: Events<'_>) -> BatchReport {
         let before = self.counters;
         let mut start = 0;
-        for (i, event) in batch.iter().enumerate() {
-            if event.target == Target::Forget {
+        for (i, (target, ts, user, _)) in batch.keys().enumerate() {
+            if target == Target::Forget {
                 self.train_segment(batch.slice(start..i));
-                self.clock_ms = self.clock_ms.max(event.ts);
-                self.forget_key(event.user);
+                self.clock_ms = self.clock_ms.max(ts);
+                self.forget_key(user);
                 self.counters.forgets += 1;
                 self.counters.events_applied += 1;
                 start = i + 1;
@@ -263,7 +263,8 @@ impl Trainer {
         }
         self.train_segment(batch.slice(start..batch.len()));
         self.maintain();
-        self.schedule.observe(&self.config.lr_schedule, self.counters.events_applied, self.metrics.window_loss());
+        let metrics = &self.metrics;
+        self.schedule.observe(&self.config.lr_schedule, self.counters.events_applied, || metrics.window_loss());
         self.report_since(&before)
     }
 
@@ -400,16 +401,17 @@ impl Trainer {
         if events.is_empty() {
             return;
         }
-        self.clock_ms = events.iter().map(|e| e.ts).fold(self.clock_ms, i64::max);
         let fresh_from = self.tables.each_ref().map(Table::len);
         let mut keys = std::mem::take(&mut self.scratch.keys);
         keys.clear();
-        keys.extend(events.iter().filter(|e| e.target != Target::Forget).map(|e| EventKeys {
-            user_key: e.user,
-            item_key: e.item,
-            user: None,
-            item: None,
-        }));
+        let mut clock = self.clock_ms;
+        for (target, ts, user_key, item_key) in events.keys() {
+            clock = clock.max(ts);
+            if target != Target::Forget {
+                keys.push(EventKeys { user_key, item_key, user: None, item: None });
+            }
+        }
+        self.clock_ms = clock;
         self.warm(&mut keys);
         for (observation, event_keys) in events.iter().filter_map(Observation::of).zip(&keys) {
             self.learn(&observation, event_keys, &fresh_from);

@@ -205,28 +205,31 @@ fn replay_streamed(
     new_sim: impl Fn() -> Result<ShardSimulation, freshet_core::ConfigError>,
 ) -> anyhow::Result<Replay> {
     let started = Instant::now();
-    let bar = progress::bar(reader.line_count() as u64, "events");
+    let bar = progress::bar(reader.size()?, "bytes");
     let mut sim = new_sim()?;
     let mut predictions = args.predictions.as_deref().map(Predictions::create).transpose()?;
     let (mut trained, mut malformed) = (0u64, Vec::new());
     let mut last_ts = Some(i64::MIN);
     let parsed_s = std::thread::scope(|scope| -> anyhow::Result<f64> {
         let (pieces, parsed) = std::sync::mpsc::sync_channel::<Loaded>(PIECES_AHEAD);
-        let parser = scope.spawn(move || {
-            reader.read_pieces(PIECE_BYTES, |piece| pieces.send(piece).is_ok());
-            started.elapsed().as_secs_f64()
+        // Pieces trained go back to the parser, which fills them again.
+        let (spare, spares) = std::sync::mpsc::channel::<Loaded>();
+        let parser = scope.spawn(move || -> anyhow::Result<f64> {
+            reader.read_pieces(PIECE_BYTES, || spares.try_recv().ok(), |piece| pieces.send(piece).is_ok())?;
+            Ok(started.elapsed().as_secs_f64())
         });
-        for piece in parsed {
+        for mut piece in parsed {
             last_ts = last_ts.and_then(|last| in_time_order(&piece.events, last));
             if last_ts.is_none() {
                 break; // the parser stops at its next piece
             }
             replay_events(&mut sim, &mut predictions, piece.events.as_events())?;
             trained += piece.events.len() as u64;
-            bar.set_position(trained);
-            malformed.extend(piece.malformed);
+            bar.inc(piece.bytes);
+            malformed.append(&mut piece.malformed);
+            let _ = spare.send(piece);
         }
-        parser.join().map_err(|_| anyhow::anyhow!("the parsing thread panicked"))
+        parser.join().map_err(|_| anyhow::anyhow!("the parsing thread panicked"))?
     })?;
     if last_ts.is_some() {
         report_malformed(&malformed);
@@ -238,7 +241,7 @@ fn replay_streamed(
     }
     eprintln!("{}: not in time order; sorting it and replaying from the start", reader.path().display());
     bar.finish_and_clear();
-    replay_all(args, reader.read_all(), started, new_sim)
+    replay_all(args, reader.read_all()?, started, new_sim)
 }
 
 /// Replays every input loaded first.
@@ -347,7 +350,7 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
         for i in 0..n {
             events.push(&stream.next_event_at(start + i as i64 * step));
         }
-        return Ok(Loaded { events, malformed: Vec::new() });
+        return Ok(Loaded { events, malformed: Vec::new(), bytes: 0 });
     }
     let range = RatingRange { min: spec.rating_min, max: spec.rating_max };
     let mut loaded = match &args.ratings {
@@ -358,6 +361,7 @@ fn load(args: &EvalArgs, spec: &ModelSpec) -> anyhow::Result<Loaded> {
         let clicks = dataset::read_clicks(path)?;
         loaded.events.append(&clicks.events);
         loaded.malformed.extend(clicks.malformed);
+        loaded.bytes += clicks.bytes;
     }
     Ok(loaded)
 }

@@ -15,8 +15,9 @@ impl Trainer {
     /// rows removed since then, and the dense state; clears the change record.
     /// Costs a copy of the changed rows only.
     pub fn drain_dirty(&mut self) -> StateChanges {
-        let (mut rows, mut tombstones) = (Vec::new(), Vec::new());
-        let (mut pending, mut pending_removed) = (Vec::new(), Vec::new());
+        // Sized up front: tens of MB grown by doubling copy themselves and touch fresh pages.
+        let mut rows = Vec::with_capacity(self.tables.iter().map(Table::dirty_len).sum());
+        let (mut pending, mut pending_removed, mut tombstones) = (Vec::new(), Vec::new(), Vec::new());
         for (table, admission) in self.tables.iter_mut().zip(&mut self.admission) {
             table.drain(&mut rows, &mut tombstones);
             admission.drain(&mut pending, &mut pending_removed);

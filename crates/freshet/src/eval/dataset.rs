@@ -18,7 +18,7 @@
 //! `ts` is epoch milliseconds; the optional `features` column holds
 //! `name=value` pairs separated by `;` (for example `device=ios;page=home`).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -56,6 +56,8 @@ pub struct Loaded {
     pub events: KeyedEvents,
     /// The lines that were skipped.
     pub malformed: Vec<Malformed>,
+    /// Bytes of the files these lines were (0 for generated events).
+    pub bytes: u64,
 }
 
 /// Ratings outside `[min, max]` are malformed lines.
@@ -91,22 +93,29 @@ impl Lines {
     }
 }
 
-/// A file of events, read into memory and parsed whole or piece by piece.
+/// A file of events, parsed whole or piece by piece as it is read.
 #[derive(Debug)]
 pub struct Reader {
     path: PathBuf,
-    text: String,
     lines: Lines,
     has_header: bool,
 }
 
+/// Bytes read from the start of a MovieLens file to find its first line.
+const FIRST_LINE_BYTES: u64 = 64 << 10;
+
 impl Reader {
     /// A ratings file.
     pub fn ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Reader> {
-        let text = read(path)?;
         let (lines, has_header) = match format {
             RatingsFormat::Movielens => {
-                let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+                let mut start = Vec::new();
+                open(path)?
+                    .take(FIRST_LINE_BYTES)
+                    .read_to_end(&mut start)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let start = String::from_utf8_lossy(&start);
+                let first = start.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
                 let layout = if first.contains("::") {
                     Layout::DoubleColon
                 } else if first.contains('\t') {
@@ -119,18 +128,15 @@ impl Reader {
             }
             RatingsFormat::Csv => (Lines::Csv(Kind::Rating, range), true),
         };
-        Ok(Reader { path: path.to_owned(), text, lines, has_header })
+        open(path)?;
+        Ok(Reader { path: path.to_owned(), lines, has_header })
     }
 
     /// A clicks file (freshet CSV).
     pub fn clicks(path: &Path) -> anyhow::Result<Reader> {
         let unused = RatingRange { min: 0.0, max: 0.0 };
-        Ok(Reader {
-            path: path.to_owned(),
-            text: read(path)?,
-            lines: Lines::Csv(Kind::Click, unused),
-            has_header: true,
-        })
+        open(path)?;
+        Ok(Reader { path: path.to_owned(), lines: Lines::Csv(Kind::Click, unused), has_header: true })
     }
 
     /// The file.
@@ -138,69 +144,114 @@ impl Reader {
         &self.path
     }
 
-    /// The file's line count: at least its events.
-    pub fn line_count(&self) -> usize {
-        self.text.bytes().filter(|&b| b == b'\n').count() + 1
+    /// The file's size in bytes now.
+    pub fn size(&self) -> anyhow::Result<u64> {
+        let metadata = std::fs::metadata(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(metadata.len())
     }
 
     /// Parses the whole file.
-    pub fn read_all(&self) -> Loaded {
+    pub fn read_all(&self) -> anyhow::Result<Loaded> {
         let mut all = Loaded::default();
-        self.read_pieces(usize::MAX, |piece| {
-            all = piece;
-            true
-        });
-        all
+        self.read_pieces(
+            usize::MAX,
+            || None,
+            |piece| {
+                all = piece;
+                true
+            },
+        )?;
+        Ok(all)
     }
 
-    /// Parses the file in pieces of about `bytes` bytes (whole lines),
-    /// handing each to `each` in file order, until `each` returns false.
-    /// Each piece's events are sized up front (a line is at most an event,
-    /// and its ids and features are shorter than the line): growing by
-    /// doubling copies and touches fresh pages every time.
-    pub fn read_pieces(&self, bytes: usize, mut each: impl FnMut(Loaded) -> bool) {
-        let text = self.text.as_str();
+    /// Reads and parses the file in pieces of about `bytes` bytes (whole
+    /// lines), handing each to `each` in file order, until `each` returns
+    /// false. A piece's events go into a [`Loaded`] that `spare` gives back
+    /// (one `each` was done with: its buffers' pages are in use already),
+    /// else a new one; either way sized up front, as a line is at most an
+    /// event and its ids and features are shorter than the line (growing by
+    /// doubling copies and touches fresh pages every time). A line that is
+    /// not UTF-8 is a malformed line.
+    pub fn read_pieces(
+        &self,
+        bytes: usize,
+        mut spare: impl FnMut() -> Option<Loaded>,
+        mut each: impl FnMut(Loaded) -> bool,
+    ) -> anyhow::Result<()> {
+        let cannot_read = || format!("cannot read {}", self.path.display());
+        let mut file = open(&self.path)?;
+        let target = bytes.max(1);
+        let size = file.metadata().map_or(0, |metadata| metadata.len());
+        let mut buffer: Vec<u8> = Vec::with_capacity(target.min(usize::try_from(size).unwrap_or(usize::MAX)));
+        let mut ended = false;
         let mut header_pending = self.has_header;
-        let (mut start, mut line_number) = (0, 0);
-        while start < text.len() {
-            let cut = start.saturating_add(bytes.max(1)).min(text.len());
-            let end = text[cut..].find('\n').map_or(text.len(), |at| cut + at + 1);
-            let piece = &text[start..end];
-            let (lines, pairs) = piece
-                .bytes()
-                .fold((1, 0), |(lines, pairs), b| (lines + usize::from(b == b'\n'), pairs + usize::from(b == b'=')));
-            let mut loaded =
-                Loaded { events: KeyedEvents::with_capacity(lines, pairs, piece.len()), malformed: Vec::new() };
-            for raw in piece.lines() {
-                line_number += 1;
-                let line = raw.strip_suffix('\r').unwrap_or(raw);
-                if line.trim_ascii().is_empty() || std::mem::take(&mut header_pending) {
-                    continue;
+        let mut line_number = 0;
+        loop {
+            // Whole lines up to about `target` bytes, or the rest of the file.
+            let mut line_end = buffer.iter().rposition(|&b| b == b'\n').map(|at| at + 1);
+            let cut = loop {
+                match line_end {
+                    _ if ended => break buffer.len(),
+                    Some(end) if buffer.len() >= target => break end,
+                    _ => {}
                 }
-                if let Err(reason) = self.lines.parse(line, &mut loaded.events) {
+                let from = buffer.len();
+                // The rest of the piece; past it (a line longer than the piece) as much again.
+                let want = if from < target { target - from } else { target }.min(READ_BYTES);
+                let read = (&mut file).take(want as u64).read_to_end(&mut buffer).with_context(cannot_read)?;
+                ended = read == 0;
+                if let Some(at) = buffer[from..].iter().rposition(|&b| b == b'\n') {
+                    line_end = Some(from + at + 1);
+                }
+            };
+            if cut == 0 {
+                return Ok(());
+            }
+            let piece = &buffer[..cut];
+            let (lines, pairs) = piece
+                .iter()
+                .fold((1, 0), |(lines, pairs), &b| (lines + usize::from(b == b'\n'), pairs + usize::from(b == b'=')));
+            let mut loaded = spare().unwrap_or_default();
+            loaded.events.clear();
+            loaded.malformed.clear();
+            loaded.bytes = cut as u64;
+            loaded.events.reserve(lines, pairs, piece.len());
+            for raw in piece.strip_suffix(b"\n").unwrap_or(piece).split(|&b| b == b'\n') {
+                line_number += 1;
+                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                let parsed = match std::str::from_utf8(raw) {
+                    Ok(line) if line.trim_ascii().is_empty() => continue,
+                    Ok(_) if std::mem::take(&mut header_pending) => continue,
+                    Ok(line) => self.lines.parse(line, &mut loaded.events),
+                    Err(error) => Err(format!("not UTF-8 ({error})")),
+                };
+                if let Err(reason) = parsed {
                     loaded.malformed.push(Malformed { path: self.path.clone(), line: line_number, reason });
                 }
             }
+            buffer.drain(..cut);
             if !each(loaded) {
-                return;
+                return Ok(());
             }
-            start = end;
         }
     }
 }
 
+/// Most bytes asked of the file in one read.
+const READ_BYTES: usize = 4 << 20;
+
+fn open(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Reads a ratings file.
 pub fn read_ratings(path: &Path, format: RatingsFormat, range: RatingRange) -> anyhow::Result<Loaded> {
-    Ok(Reader::ratings(path, format, range)?.read_all())
+    Reader::ratings(path, format, range)?.read_all()
 }
 
 /// Reads a clicks file (freshet CSV).
 pub fn read_clicks(path: &Path) -> anyhow::Result<Loaded> {
-    Ok(Reader::clicks(path)?.read_all())
-}
-
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    Reader::clicks(path)?.read_all()
 }
 
 /// Takes the fields of a split line (up to `N`, trimmed) and counts them all.
@@ -358,33 +409,62 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_not_utf8_is_a_malformed_line() {
+        let path = std::env::temp_dir().join(format!("freshet-eval-utf8-{}", std::process::id()));
+        std::fs::write(&path, b"user,item,rating,ts\nu1,i1,4.0,100\nu\xff,i2,3.0,101\nu2,i3,2.0,102\n")
+            .expect("temp file");
+        let loaded = read_ratings(&path, RatingsFormat::Csv, RANGE).expect("readable");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded.events.len(), 2);
+        assert_eq!(loaded.malformed.len(), 1);
+        assert_eq!(loaded.malformed[0].line, 3);
+        assert!(loaded.malformed[0].reason.contains("not UTF-8"), "{}", loaded.malformed[0].reason);
+    }
+
+    #[test]
     fn a_file_read_in_pieces_is_the_file_read_whole() {
         let text = "userId,movieId,rating,timestamp\r\n1,2,4.0,100\r\n\n1,2\n1,3,9.0,100\n2,2,3.0,101\n3,1,1.5,99";
         let path = std::env::temp_dir().join(format!("freshet-eval-pieces-{}", std::process::id()));
         std::fs::write(&path, text).expect("temp file");
         let reader = Reader::ratings(&path, RatingsFormat::Movielens, RANGE).expect("readable");
-        let _ = std::fs::remove_file(&path);
-        let whole = reader.read_all();
+        let whole = reader.read_all().expect("readable");
         assert_eq!(whole.events.len(), 3);
-        assert_eq!(reader.line_count(), 7);
+        assert_eq!(whole.bytes, text.len() as u64);
         for bytes in [1, 5, 14, 40, 1000] {
-            let (mut events, mut lines, mut pieces) = (KeyedEvents::new(), Vec::new(), 0);
-            reader.read_pieces(bytes, |piece| {
-                events.append(&piece.events);
-                lines.extend(piece.malformed.iter().map(|m| m.line));
-                pieces += 1;
-                true
-            });
+            let (mut events, mut lines, mut pieces, mut read) = (KeyedEvents::new(), Vec::new(), 0, 0);
+            let spare = std::cell::Cell::new(None);
+            reader
+                .read_pieces(
+                    bytes,
+                    || spare.take(),
+                    |piece| {
+                        events.append(&piece.events);
+                        lines.extend(piece.malformed.iter().map(|m| m.line));
+                        pieces += 1;
+                        read += piece.bytes;
+                        spare.set(Some(piece)); // given back: its events must not show up again
+                        true
+                    },
+                )
+                .expect("readable");
             assert_eq!(events, whole.events, "pieces of {bytes} bytes");
             assert_eq!(lines, [4, 5], "pieces of {bytes} bytes");
+            assert_eq!(read, text.len() as u64, "pieces of {bytes} bytes");
             assert!(pieces > 1 || bytes >= text.len(), "pieces of {bytes} bytes");
         }
         let mut taken = 0;
-        reader.read_pieces(1, |_| {
-            taken += 1;
-            taken < 2
-        });
+        reader
+            .read_pieces(
+                1,
+                || None,
+                |_| {
+                    taken += 1;
+                    taken < 2
+                },
+            )
+            .expect("readable");
         assert_eq!(taken, 2, "stops when told");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
