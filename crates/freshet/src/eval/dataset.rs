@@ -126,9 +126,11 @@ impl Reader {
                 let header = layout == Layout::Comma && first.trim_start().to_ascii_lowercase().starts_with("userid");
                 (Lines::Movielens(layout, range), header)
             }
-            RatingsFormat::Csv => (Lines::Csv(Kind::Rating, range), true),
+            RatingsFormat::Csv => {
+                open(path)?; // a missing file fails here, not on the parsing thread
+                (Lines::Csv(Kind::Rating, range), true)
+            }
         };
-        open(path)?;
         Ok(Reader { path: path.to_owned(), lines, has_header })
     }
 
