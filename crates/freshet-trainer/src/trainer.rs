@@ -420,6 +420,23 @@ impl Trainer {
         self.apply_step();
     }
 
+    /// Reads the rows `events` will use (those that exist now), so that
+    /// training them in micro-batches smaller than the run finds them
+    /// cached: their cache misses overlap here instead of queueing one
+    /// micro-batch at a time. Changes nothing the model computes.
+    pub fn warm_events(&mut self, events: Events<'_>) {
+        let mut keys = std::mem::take(&mut self.scratch.keys);
+        keys.clear();
+        keys.extend(
+            events
+                .keys()
+                .filter(|&(target, ..)| target != Target::Forget)
+                .map(|(_, _, user_key, item_key)| EventKeys { user_key, item_key, user: None, item: None }),
+        );
+        self.warm(&mut keys);
+        self.scratch.keys = keys;
+    }
+
     /// Reads every row the step is about to use, in a tight loop of
     /// independent loads (as the index lookups before it were), so their
     /// cache misses overlap instead of queueing one by one inside the
