@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::Router;
@@ -84,6 +85,9 @@ pub struct ServeMetrics {
     publish_to_apply: HistogramVec,
     version: IntGauge,
     shard_version: IntGaugeVec,
+    /// The shards `shard_version` has a series of, so that a shard the
+    /// served model no longer has loses its series.
+    shards_shown: Arc<Mutex<Vec<u32>>>,
     newest_event_ms: IntGauge,
     rows: IntGaugeVec,
     cluster: IntGauge,
@@ -143,6 +147,7 @@ impl ServeMetrics {
             publish_to_apply,
             version,
             shard_version,
+            shards_shown: Arc::default(),
             newest_event_ms,
             rows,
             cluster,
@@ -163,6 +168,20 @@ impl ServeMetrics {
         }
     }
 
+    /// Sets the version of each shard served, and removes the series of
+    /// shards shown before that the model no longer has (fewer shards).
+    fn show_shard_versions(&self, shards: impl Iterator<Item = (u32, u64)>) {
+        let mut shown = self.shards_shown.lock().unwrap_or_else(PoisonError::into_inner);
+        let now: Vec<(u32, u64)> = shards.collect();
+        for gone in shown.iter().filter(|&&old| !now.iter().any(|&(shard, _)| shard == old)) {
+            let _ = self.shard_version.remove_label_values(&[gone.to_string().as_str()]);
+        }
+        for &(shard, version) in &now {
+            self.shard_version.with_label_values(&[shard.to_string().as_str()]).set(version as i64);
+        }
+        *shown = now.into_iter().map(|(shard, _)| shard).collect();
+    }
+
     fn render(&self, view: &SubscriberView) -> String {
         if let Some(answers) = view.cluster_answers() {
             self.cluster.set(i64::from(answers));
@@ -170,9 +189,7 @@ impl ServeMetrics {
         if let Some(model) = view.model() {
             let info = model.info();
             self.version.set(info.version as i64);
-            for shard in &info.shards {
-                self.shard_version.with_label_values(&[shard.shard.to_string().as_str()]).set(shard.version as i64);
-            }
+            self.show_shard_versions(info.shards.iter().map(|shard| (shard.shard, shard.version)));
             self.newest_event_ms.set(info.newest_event_ms);
             for (table, count) in &info.rows {
                 self.rows.with_label_values(&[table.as_str()]).set(*count as i64);
@@ -559,6 +576,24 @@ mod tests {
             live.store(builder.finish(0));
         }
         live
+    }
+
+    #[test]
+    fn a_shard_the_model_no_longer_has_loses_its_version_series() {
+        let metrics = ServeMetrics::new().expect("metrics");
+        let text = |metrics: &ServeMetrics| {
+            let mut text = Vec::new();
+            TextEncoder::new().encode(&metrics.registry.gather(), &mut text).expect("encodes");
+            String::from_utf8(text).expect("text")
+        };
+        metrics.show_shard_versions([(0, 5), (1, 6)].into_iter());
+        let two = text(&metrics);
+        assert!(two.contains("freshet_subscriber_shard_version{shard=\"0\"} 5"), "{two}");
+        assert!(two.contains("freshet_subscriber_shard_version{shard=\"1\"} 6"), "{two}");
+        metrics.show_shard_versions([(0, 7)].into_iter());
+        let one = text(&metrics);
+        assert!(one.contains("freshet_subscriber_shard_version{shard=\"0\"} 7"), "{one}");
+        assert!(!one.contains("shard=\"1\""), "{one}");
     }
 
     fn call(app: &Router, request: HttpRequest<Body>) -> (StatusCode, String) {
