@@ -66,7 +66,9 @@ pub(crate) struct Optimizer {
 }
 
 /// One step's arguments, run by [`pulp::Arch::dispatch`] inside a function
-/// compiled for the instructions it picked.
+/// compiled for the instructions it picked (the tests' one-row entry; the
+/// trainer dispatches once for all the rows of a step).
+#[cfg(test)]
 struct StepJob<'o, 'r, 's> {
     optimizer: &'o Optimizer,
     row: RowMut<'r>,
@@ -77,6 +79,7 @@ struct StepJob<'o, 'r, 's> {
     scratch: &'s mut StepScratch,
 }
 
+#[cfg(test)]
 impl pulp::WithSimd for StepJob<'_, '_, '_> {
     type Output = bool;
 
@@ -188,11 +191,9 @@ impl Optimizer {
         slots(self.algorithm).max(slots(self.bias_algorithm))
     }
 
-    /// One step on `row` with `grad`, the loss gradient summed over the
-    /// events that touched it. An empty `m` under Adam means no momentum: the
-    /// step follows the newest gradient, as Adam with `beta1` = 0 does.
-    /// Returns false, leaving the row unchanged, if the gradient or any new
-    /// value is not finite.
+    /// [`Optimizer::step_here`] on one row, in its own dispatch (the tests'
+    /// entry; the trainer dispatches once for all the rows of a step).
+    #[cfg(test)]
     pub(crate) fn step(
         &self,
         row: RowMut<'_>,
@@ -205,9 +206,20 @@ impl Optimizer {
         self.arch.dispatch(StepJob { optimizer: self, row, grad, input, lr_scale, penalty, scratch })
     }
 
-    /// [`Optimizer::step`], compiled into the caller's instruction set.
+    /// The vector instructions steps are compiled for.
+    pub(crate) fn arch(&self) -> pulp::Arch {
+        self.arch
+    }
+
+    /// One step on `row` with `grad`, the loss gradient summed over the
+    /// events that touched it. An empty `m` under Adam means no momentum: the
+    /// step follows the newest gradient, as Adam with `beta1` = 0 does.
+    /// Returns false, leaving the row unchanged, if the gradient or any new
+    /// value is not finite. Inlined into its caller, which runs inside
+    /// [`pulp::Arch::dispatch`] of [`Optimizer::arch`] so the loops
+    /// vectorise with the instructions picked there.
     #[inline(always)]
-    fn step_here(
+    pub(crate) fn step_here(
         &self,
         row: RowMut<'_>,
         grad: &[f32],

@@ -151,6 +151,18 @@ struct EventKeys {
     item: Option<u32>,
 }
 
+/// [`Trainer::apply_step`]'s body, run by [`pulp::Arch::dispatch`].
+struct ApplyStep<'t>(&'t mut Trainer);
+
+impl pulp::WithSimd for ApplyStep<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.0.apply_step_here();
+    }
+}
+
 /// A rating or click, reduced to what the model uses.
 struct Observation<'a> {
     head: Head,
@@ -548,8 +560,15 @@ impl Trainer {
         Some(self.tables[k].insert(key, id, self.clock_ms, init))
     }
 
-    /// One optimizer step per touched row and per head that saw events.
+    /// One optimizer step per touched row and per head that saw events, all
+    /// in one function compiled for the instructions the optimizer picked
+    /// (one dispatch per step, not per row).
     fn apply_step(&mut self) {
+        self.optimizer.arch().dispatch(ApplyStep(self));
+    }
+
+    #[inline(always)]
+    fn apply_step_here(&mut self) {
         let lr_scale = self.schedule.scale();
         let clock = self.clock_ms;
         let Trainer { tables, sums, optimizer, scratch, counters, globals, global_sums, shard, outbox, .. } = self;
@@ -564,7 +583,7 @@ impl Trainer {
                 }
                 let input =
                     StepInput { count, step: table.steps(row).saturating_add(1), prior_updates: table.updates(row) };
-                if optimizer.step(table.row_mut(row), grad, input, lr_scale, Penalty::L2, &mut scratch.step) {
+                if optimizer.step_here(table.row_mut(row), grad, input, lr_scale, Penalty::L2, &mut scratch.step) {
                     table.record_update(row, count, clock);
                 } else {
                     counters.nonfinite_skipped += 1;
@@ -591,7 +610,7 @@ impl Trainer {
             let input =
                 StepInput { count, step: globals.steps[h].saturating_add(1), prior_updates: globals.updates[h] };
             let grad = [global_sums.grads[h]];
-            if optimizer.step(row, &grad, input, lr_scale, Penalty::None, &mut scratch.step) {
+            if optimizer.step_here(row, &grad, input, lr_scale, Penalty::None, &mut scratch.step) {
                 globals.steps[h] = input.step;
                 globals.updates[h] += u64::from(count);
             } else {
