@@ -88,11 +88,13 @@ TOML
     done
     echo >&2
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    # Where the trainer thread's time went: training, checkpoints, hand-offs.
+    curl -fsS "http://127.0.0.1:$port/metrics" >"$work/metrics.txt" || : >"$work/metrics.txt"
     kill -TERM "$pid"
     wait "$pid" || true
     pid=""
-    python3 - "$format" "$events" "$started" "$fetched" "$valid" "$run_started" "$run_ended" "$rss" <<'PY'
-import sys
+    python3 - "$format" "$events" "$started" "$fetched" "$valid" "$run_started" "$run_ended" "$rss" "$work/metrics.txt" <<'PY'
+import re, sys
 fmt, events = sys.argv[1], int(sys.argv[2])
 fetch_s = float(sys.argv[4]) - float(sys.argv[3])
 valid, run_s = int(sys.argv[5]), float(sys.argv[7]) - float(sys.argv[6])
@@ -101,5 +103,16 @@ raw, mine = events / fetch_s, valid / run_s
 print(f"{fmt:<8} raw fetch (kcat): {raw:>9,.0f} events/s ({events} in {fetch_s:.2f} s); "
       f"freshet run: {mine:>9,.0f} events/s ({valid} trained and checkpointed in {run_s:.2f} s, "
       f"checkpoint every 1 s, dim 32, peak RSS {rss_mib:,.0f} MiB); ratio {mine / raw:.2f}")
+sums = {}
+for line in open(sys.argv[9]):
+    m = re.match(r'freshet_(batch|checkpoint|trainer_handoff)_seconds_(sum|count)(\{step="(\w+)"\})? (\S+)', line)
+    if m:
+        key = (m.group(4) or m.group(1), m.group(2))
+        sums[key] = sums.get(key, 0.0) + float(m.group(5))
+steps = [name for name in ("batch", "checkpoint", "delta", "full", "retain") if (name, "count") in sums]
+busy = sum(sums[(name, "sum")] for name in steps)
+print(f"{'':<8} trainer thread over the run's {run_s:.2f} s: "
+      + "; ".join(f"{name} {sums[(name, 'sum')]:.2f} s in {sums[(name, 'count')]:,.0f}" for name in steps)
+      + f" (busy {busy / run_s:.0%})")
 PY
 done
