@@ -88,12 +88,15 @@ TOML
     done
     echo >&2
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    # The process's CPU seconds (user + system) since it started: steadier
+    # than its rate on a shared host, where neighbours take the cores.
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat")
     # Where the trainer thread's time went: training, checkpoints, hand-offs.
     curl -fsS "http://127.0.0.1:$port/metrics" >"$work/metrics.txt" || : >"$work/metrics.txt"
     kill -TERM "$pid"
     wait "$pid" || true
     pid=""
-    python3 - "$format" "$events" "$started" "$fetched" "$valid" "$run_started" "$run_ended" "$rss" "$work/metrics.txt" <<'PY'
+    python3 - "$format" "$events" "$started" "$fetched" "$valid" "$run_started" "$run_ended" "$rss" "$work/metrics.txt" "$cpu" <<'PY'
 import re, sys
 fmt, events = sys.argv[1], int(sys.argv[2])
 fetch_s = float(sys.argv[4]) - float(sys.argv[3])
@@ -111,6 +114,8 @@ for line in open(sys.argv[9]):
         sums[key] = sums.get(key, 0.0) + float(m.group(5))
 steps = [name for name in ("batch", "checkpoint", "delta", "full", "retain") if (name, "count") in sums]
 busy = sum(sums[(name, "sum")] for name in steps)
+cpu_s = float(sys.argv[10])
+print(f"{'':<8} freshet CPU (user + system, whole process): {cpu_s:.2f} s, {cpu_s / valid * 1e6:.2f} us an event")
 print(f"{'':<8} trainer thread over the run's {run_s:.2f} s: "
       + "; ".join(f"{name} {sums[(name, 'sum')]:.2f} s in {sums[(name, 'count')]:,.0f}" for name in steps)
       + f" (busy {busy / run_s:.0%})")

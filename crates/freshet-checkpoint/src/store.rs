@@ -135,7 +135,12 @@ pub(crate) fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
-    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Parameters and Adam moments are dense floats: LZ4 left a checkpoint's
+    // blocks as large as their raw keys and values (measured on a trained
+    // model), so RocksDB stored them uncompressed after spending the time to
+    // try, at every flush and compaction. Blocks written compressed by
+    // earlier versions stay readable (the build keeps LZ4).
+    options.set_compression_type(rocksdb::DBCompressionType::None);
     options.set_max_background_jobs(2);
     options
 }
