@@ -402,7 +402,7 @@ impl Connector {
             StartFrom::Latest => "latest",
             StartFrom::Committed | StartFrom::Earliest => "earliest",
         };
-        let mut client = kafka.client();
+        let mut client = kafka.consumer_client();
         if let Some(instance) = &config.group_instance_id {
             client.set("group.instance.id", instance);
         }

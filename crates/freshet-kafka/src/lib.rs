@@ -39,7 +39,7 @@ mod probe;
 mod send;
 mod topics;
 
-pub use config::{KafkaConfig, REDACTED, redact};
+pub use config::{FETCH_QUEUE_BACKOFF_MS, KafkaConfig, REDACTED, redact};
 pub use error::{KafkaSetupError, is_fenced};
 pub use probe::{ClusterProbe, ClusterStatus};
 pub use send::{send_future, send_threaded};

@@ -396,18 +396,8 @@ fn consumer(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaEr
     consumer_config(config).create_with_context(QuietEof)
 }
 
-/// How long librdkafka waits before fetching again once the read-ahead is
-/// full, unless the configuration says otherwise. Its default (1 s) with the
-/// small read-ahead below stalled a subscriber for ~1 s after every two or
-/// three 3 MB deltas (measured catching up: ~20 ms a delta, then 950 ms
-/// idle), which fell behind a trainer publishing four a second.
-const FETCH_QUEUE_BACKOFF_MS: &str = "10";
-
 fn consumer_config(config: &SubscriberConfig) -> ClientConfig {
-    let mut client = config.kafka.client();
-    if client.get("fetch.queue.backoff.ms").is_none() {
-        client.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    }
+    let mut client = config.kafka.consumer_client();
     client
         .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
         .set("enable.auto.commit", "false")
@@ -748,12 +738,12 @@ mod tests {
     use super::*;
 
     /// librdkafka's own backoff once the small read-ahead is full is a
-    /// second per stall (see [`FETCH_QUEUE_BACKOFF_MS`]); a setting in the
-    /// configuration wins.
+    /// second per stall (see [`freshet_kafka::FETCH_QUEUE_BACKOFF_MS`]); a
+    /// setting in the configuration wins.
     #[test]
     fn the_snapshot_consumer_fetches_again_soon_after_its_read_ahead_drains() {
         let default = consumer_config(&SubscriberConfig::new("127.0.0.1:9092", "snapshots"));
-        assert_eq!(default.get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        assert_eq!(default.get("fetch.queue.backoff.ms"), Some(freshet_kafka::FETCH_QUEUE_BACKOFF_MS));
         assert_eq!(default.get("queued.max.messages.kbytes"), Some("8192"));
 
         let mut kafka = KafkaConfig::new("127.0.0.1:9092");

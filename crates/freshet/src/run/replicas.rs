@@ -40,7 +40,7 @@ impl ReplicaFeed {
         topic: &str,
         shard: Shard,
     ) -> anyhow::Result<(Self, mpsc::Receiver<ReplicaDelta>)> {
-        let mut client = kafka.client();
+        let mut client = kafka.consumer_client();
         client
             .set("group.id", format!("freshet-replicas-{topic}-shard-{}", shard.index()))
             .set("enable.auto.commit", "false")
