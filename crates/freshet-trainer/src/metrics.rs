@@ -545,8 +545,18 @@ impl Fenwick {
         sum
     }
 
+    /// The count at `index`: the node that ends there less the nodes that
+    /// tile the rest of its range (a walk of about one step on average,
+    /// where two prefix sums walk twelve steps each).
     fn at(&self, index: usize) -> u64 {
-        self.prefix(index + 1) - self.prefix(index)
+        let node = index + 1;
+        let start = node - (node & node.wrapping_neg());
+        let (mut count, mut i) = (self.tree[node], index);
+        while i > start {
+            count -= self.tree[i];
+            i -= i & i.wrapping_neg();
+        }
+        count
     }
 
     fn total(&self) -> u64 {
@@ -557,6 +567,23 @@ impl Fenwick {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_count_at_an_index_is_what_was_added_there() {
+        // Sizes around powers of two, every index, after adds and a removal.
+        for size in [1usize, 2, 3, 7, 8, 9, 64, 100, AUC_BINS] {
+            let counts: Vec<u64> = (0..size as u64).map(|i| (i * 7919 + 3) % 11).collect();
+            let mut tree = Fenwick::from_counts(&counts).expect("small counts");
+            for (index, &count) in counts.iter().enumerate() {
+                assert_eq!(tree.at(index), count, "size {size}, index {index}");
+                assert_eq!(tree.at(index), tree.prefix(index + 1) - tree.prefix(index));
+            }
+            tree.add(size - 1, 5);
+            tree.sub(0, counts[0]);
+            assert_eq!(tree.at(size - 1), counts[size - 1] + 5 - if size == 1 { counts[0] } else { 0 });
+            assert_eq!(tree.at(0), if size == 1 { 5 } else { 0 });
+        }
+    }
 
     #[test]
     fn a_tree_built_from_counts_equals_one_built_by_adding_and_gives_them_back() {
