@@ -144,7 +144,7 @@ impl ModelUnderTest {
 
     /// The changes since the previous hand-off as version `version`.
     pub fn delta(&mut self, version: u64) -> Outgoing {
-        let delta = self.trainer.drain_dirty().into_params(self.trainer.config().session_gap_ms);
+        let delta = self.trainer.drain_dirty().params(self.trainer.config().session_gap_ms);
         Outgoing::delta(version - 1, version, delta, self.watermark(), self.trainer.metrics().snapshot_metrics())
     }
 

@@ -12,7 +12,7 @@ use freshet_core::{TableKind, hash_id};
 use freshet_e2e::snapshots::{
     ModelUnderTest, Scenario, events_within, same_params, same_scores, sample_triples, wait_for_version,
 };
-use freshet_publisher::{FullPolicy, Outgoing, PublishError, PublisherHandle, QualityGate};
+use freshet_publisher::{FullPolicy, Outgoing, PublishError, PublisherEvent, PublisherHandle, QualityGate};
 use freshet_subscriber::SubscriberEvent;
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -317,5 +317,56 @@ fn a_due_full_snapshot_follows_its_delta_so_followers_pass_over_it() -> anyhow::
     assert_eq!(applied_versions(&joined), vec![3], "{joined:?}");
     assert!(late.model().expect("served").info().full);
     late.stop(Duration::from_secs(5));
+    scenario.assert_served_and_stop(subscriber)
+}
+
+#[test]
+fn a_delta_handed_over_ahead_commits_only_once_durable_and_is_withdrawn_if_never() -> anyhow::Result<()> {
+    let mut scenario = Scenario::new("ahead", 10)?;
+    let (subscriber, log) = scenario.subscribe()?;
+    let policy = FullPolicy { every_deltas: 1_000, interval: Duration::from_secs(3_600) };
+    let (prepared_tx, prepared) = std::sync::mpsc::channel();
+    let on_event = move |event: PublisherEvent<'_>| {
+        if let PublisherEvent::Prepared { version } = event {
+            let _ = prepared_tx.send(version);
+        }
+    };
+    let publisher = PublisherHandle::spawn(scenario.producer()?, QualityGate::default(), policy, on_event)?;
+    scenario.trained.train(2_000);
+    publisher.submit(scenario.trained.full(1));
+    wait_for_version(&log, 1, APPLY_TIMEOUT)?;
+    assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 1, "a version submitted as durable commits at once");
+    let chain_start = publisher.stats().last.expect("version 1 published").header_offset;
+
+    // Handed over while its checkpoint is written: every message is
+    // delivered, and a read_committed subscriber sees none of it.
+    scenario.trained.train(500);
+    publisher.submit_ahead(scenario.trained.delta(2));
+    assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 2, "version 2's messages are delivered before it is durable");
+    let waiting = events_within(&log, Duration::from_secs(2));
+    assert!(applied_versions(&waiting).is_empty(), "not served before it is durable: {waiting:?}");
+    assert_eq!(publisher.stats().published_version, 1);
+    publisher.durable(2);
+    let events = wait_for_version(&log, 2, APPLY_TIMEOUT)?;
+    assert_eq!(applied_versions(&events), vec![2], "{events:?}");
+    assert_eq!(rejections(&events), 0, "{events:?}");
+    same_params(&subscriber.model().expect("served"), &scenario.trained.trainer.export_params())?;
+
+    // Version 3 never becomes durable (its checkpoint failed): closing
+    // withdraws it, and its transaction is aborted rather than left open.
+    scenario.trained.train(500);
+    let third = scenario.trained.delta(3);
+    publisher.submit_ahead(third.clone());
+    assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 3);
+    let stats = publisher.close(Duration::from_secs(10))?;
+    assert_eq!((stats.published_version, stats.deltas), (2, 1), "{stats:?}");
+    let withdrawn = events_within(&log, Duration::from_secs(2));
+    assert!(applied_versions(&withdrawn).is_empty(), "a withdrawn version is never served: {withdrawn:?}");
+    // A transaction left open would hold every reader at its first message
+    // until the 60 s transaction timeout: the same version written and
+    // committed after it is served well before that.
+    scenario.write_in_transaction(&scenario.forge(&third, chain_start, |_| {}), true)?;
+    let events = wait_for_version(&log, 3, Duration::from_secs(20))?;
+    assert_eq!(applied_versions(&events), vec![3], "{events:?}");
     scenario.assert_served_and_stop(subscriber)
 }

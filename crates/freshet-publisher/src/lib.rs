@@ -9,8 +9,10 @@
 //! it wait. It depends on `freshet-core` and `freshet-kafka` only: what it
 //! is handed is core's snapshot content ([`freshet_core::snapshot::ModelParams`],
 //! [`freshet_core::snapshot::ParamsDelta`]), never trainer types. It does
-//! not decide what is durable: the trainer loop hands over version N only
-//! after checkpoint N is committed.
+//! not decide what is durable: it commits version N's transaction only
+//! after the trainer loop says checkpoint N is committed (a version handed
+//! over with [`PublisherHandle::submit`], or declared with
+//! [`PublisherHandle::durable`] after [`PublisherHandle::submit_ahead`]).
 //!
 //! Hand-offs that wait (publisher busy, publish held) merge into one:
 //!

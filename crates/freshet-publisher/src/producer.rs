@@ -38,6 +38,13 @@ pub enum PublishError {
     /// A delta came with no full snapshot published before it in this process.
     #[error("a delta snapshot needs a full snapshot published first")]
     NoChain,
+    /// The caller withdrew the version before its transaction committed
+    /// (its checkpoint never became durable): the transaction was aborted.
+    #[error("version {version} withdrawn before it was durable; its transaction was aborted")]
+    Withdrawn {
+        /// The version.
+        version: u64,
+    },
     /// Kafka client setup failed.
     #[error("creating the snapshot producer: {0}")]
     Setup(KafkaError),
@@ -55,8 +62,9 @@ pub enum PublishError {
 
 impl PublishError {
     /// Whether the publisher must stop (publishing again cannot succeed).
+    /// A withdrawn version is not published again, but nothing failed.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, PublishError::Aborted(_))
+        !matches!(self, PublishError::Aborted(_) | PublishError::Withdrawn { .. })
     }
 }
 
@@ -176,6 +184,20 @@ impl SnapshotProducer {
     /// Publishes `outgoing` in one transaction. A delta needs a full snapshot
     /// published by this instance before it.
     pub fn publish(&mut self, outgoing: &Outgoing) -> Result<Published, PublishError> {
+        self.publish_when(outgoing, || true)
+    }
+
+    /// [`Self::publish`], committing only if `may_commit` says so once every
+    /// message of the transaction is delivered: it may wait (for the
+    /// version's checkpoint to become durable) and returns false to withdraw
+    /// the version, whose transaction is then aborted
+    /// ([`PublishError::Withdrawn`]). Readers of committed data never see a
+    /// withdrawn version.
+    pub fn publish_when(
+        &mut self,
+        outgoing: &Outgoing,
+        may_commit: impl FnOnce() -> bool,
+    ) -> Result<Published, PublishError> {
         let _span = info_span!("publish", version = outgoing.version, full = outgoing.is_full()).entered();
         let started = Instant::now();
         let chain_start = match (outgoing.is_full(), self.chain_start) {
@@ -197,9 +219,19 @@ impl SnapshotProducer {
         };
         let encoded = encode(outgoing, context, self.chunk_bytes);
         let opened = Instant::now();
-        let written = self.producer.begin_transaction().and_then(|()| self.write(&encoded, chain_start));
+        let written = self.producer.begin_transaction().and_then(|()| self.write(&encoded, chain_start, may_commit));
         match written {
-            Ok(header_offset) => {
+            Ok(None) => {
+                if let Err(error) = self.producer.abort_transaction(self.timeout) {
+                    if self.verdict(&error) == Verdict::Stop {
+                        return Err(self.fenced());
+                    }
+                    warn!(%error, "aborting a withdrawn snapshot failed; a new producer takes over before the next try");
+                    self.replace = true;
+                }
+                Err(PublishError::Withdrawn { version: outgoing.version })
+            }
+            Ok(Some(header_offset)) => {
                 self.outlived = false;
                 if outgoing.is_full() {
                     self.chain_start = Some(header_offset);
@@ -254,8 +286,16 @@ impl SnapshotProducer {
     }
 
     /// Produces the header (waiting for its offset), the chunks and the
-    /// commit record, then commits the transaction. Returns the header's offset.
-    fn write(&self, encoded: &EncodedSnapshot, chain_start: Option<i64>) -> Result<i64, KafkaError> {
+    /// commit record, then, once all are delivered and `may_commit` agrees,
+    /// commits the transaction. Returns the header's offset, or `None` when
+    /// `may_commit` withdrew the version (the transaction is left open for
+    /// the caller to abort).
+    fn write(
+        &self,
+        encoded: &EncodedSnapshot,
+        chain_start: Option<i64>,
+        may_commit: impl FnOnce() -> bool,
+    ) -> Result<Option<i64>, KafkaError> {
         let header_offset = wait(self.send(&encoded.header_value)?)?;
         let mut deliveries = Vec::with_capacity(encoded.chunks.len() + 1);
         for chunk in &encoded.chunks {
@@ -264,6 +304,9 @@ impl SnapshotProducer {
         deliveries.push(self.send(&encoded.commit_value(chain_start.unwrap_or(header_offset)))?);
         for delivery in deliveries {
             wait(delivery)?;
+        }
+        if !may_commit() {
+            return Ok(None);
         }
         // A commit that timed out is still under way: it must be called again
         // (an abort then is refused), until the coordinator settles it.
@@ -275,7 +318,7 @@ impl SnapshotProducer {
                 {
                     warn!(%error, "the snapshot commit is not settled yet; calling it again");
                 }
-                other => break other.map(|()| header_offset),
+                other => break other.map(|()| Some(header_offset)),
             }
         }
     }

@@ -3,6 +3,12 @@
 //! merge into one. The thread publishes, holds (quality gate) or retries, and
 //! reports what it published.
 //!
+//! A delta may be handed over ahead, while its checkpoint is being written
+//! ([`PublisherHandle::submit_ahead`]): its transaction is written meanwhile
+//! and committed only once the trainer says the version is durable
+//! ([`PublisherHandle::durable`]), so a subscriber never serves a version a
+//! restart could lose, and the snapshot is out a checkpoint write sooner.
+//!
 //! When a full snapshot is due, the trainer hands over the version's delta
 //! and then its full snapshot: the delta goes out first, so subscribers
 //! following the chain apply a few rows and pass over the full snapshot of
@@ -33,6 +39,12 @@ pub enum PublisherEvent<'a> {
         version: u64,
         /// Whether it is a full snapshot.
         full: bool,
+    },
+    /// Every message of the transaction is delivered; it commits once the
+    /// version is durable (at once unless it was handed over ahead).
+    Prepared {
+        /// The version.
+        version: u64,
     },
     /// The transaction committed.
     Published(&'a Published),
@@ -99,11 +111,31 @@ impl State {
             fresh: false,
             closing: false,
             wants_full: false,
+            durable: 0,
             deltas_since_full: 0,
             last_full: None,
             failure: None,
             stats: PublisherStats::default(),
         }
+    }
+
+    /// Takes `outgoing` in: the newest pending hand-off, or the full snapshot
+    /// that follows its delta.
+    fn hand_over(&mut self, outgoing: Outgoing) {
+        let follows_delta = self.pending.as_ref().is_some_and(|p| !p.is_full() && p.version == outgoing.version);
+        if outgoing.is_full() && follows_delta {
+            self.full_after = Some(outgoing);
+        } else {
+            if let Some(full) = self.full_after.take() {
+                // Both move on to the newer version.
+                self.full_after = full.merge(outgoing.clone()).ok();
+            }
+            self.pending = match self.pending.take() {
+                None => Some(outgoing),
+                Some(earlier) => self.merged(earlier, outgoing),
+            };
+        }
+        self.fresh = true;
     }
 
     /// `earlier` then `later` as one hand-off. On a gap between them both
@@ -131,6 +163,9 @@ struct State {
     closing: bool,
     /// A full snapshot is needed whatever the policy says.
     wants_full: bool,
+    /// The newest version the trainer has declared durable: a transaction
+    /// of a newer one is not committed.
+    durable: u64,
     deltas_since_full: u32,
     last_full: Option<Instant>,
     failure: Option<PublishError>,
@@ -147,6 +182,20 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data: keep using it.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until `version` is durable (true) or the handle closes first (false).
+    fn wait_durable(&self, version: u64) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.durable >= version {
+                return true;
+            }
+            if state.closing {
+                return false;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
     }
 }
 
@@ -173,24 +222,31 @@ impl PublisherHandle {
         Ok(PublisherHandle { shared, thread: Some(thread) })
     }
 
-    /// Hands a version over; merges with one not taken yet. A full snapshot
-    /// of the version of a delta not taken yet is published after that delta.
+    /// Hands a durable version over; merges with one not taken yet. A full
+    /// snapshot of the version of a delta not taken yet is published after
+    /// that delta.
     pub fn submit(&self, outgoing: Outgoing) {
+        let version = outgoing.version;
         let mut state = self.shared.lock();
-        let follows_delta = state.pending.as_ref().is_some_and(|p| !p.is_full() && p.version == outgoing.version);
-        if outgoing.is_full() && follows_delta {
-            state.full_after = Some(outgoing);
-        } else {
-            if let Some(full) = state.full_after.take() {
-                // Both move on to the newer version.
-                state.full_after = full.merge(outgoing.clone()).ok();
-            }
-            state.pending = match state.pending.take() {
-                None => Some(outgoing),
-                Some(earlier) => state.merged(earlier, outgoing),
-            };
-        }
-        state.fresh = true;
+        state.durable = state.durable.max(version);
+        state.hand_over(outgoing);
+        self.shared.wake.notify_all();
+    }
+
+    /// Hands over a version whose checkpoint is still being written, as
+    /// [`Self::submit`] does, except that its transaction commits only after
+    /// [`Self::durable`] of its version (or a newer one). A handle closed or
+    /// dropped before that aborts the transaction: the version is withdrawn.
+    pub fn submit_ahead(&self, outgoing: Outgoing) {
+        let mut state = self.shared.lock();
+        state.hand_over(outgoing);
+        self.shared.wake.notify_all();
+    }
+
+    /// Declares every version up to `version` durable: their transactions may commit.
+    pub fn durable(&self, version: u64) {
+        let mut state = self.shared.lock();
+        state.durable = state.durable.max(version);
         self.shared.wake.notify_all();
     }
 
@@ -284,11 +340,23 @@ impl Worker {
                 }
                 continue;
             }
-            (self.on_event)(PublisherEvent::Started { version: outgoing.version, full: outgoing.is_full() });
-            match self.producer.publish(&outgoing) {
+            let version = outgoing.version;
+            (self.on_event)(PublisherEvent::Started { version, full: outgoing.is_full() });
+            let (shared, on_event) = (&self.shared, &self.on_event);
+            let may_commit = || {
+                on_event(PublisherEvent::Prepared { version });
+                shared.wait_durable(version)
+            };
+            match self.producer.publish_when(&outgoing, may_commit) {
                 Ok(published) => {
                     (self.on_event)(PublisherEvent::Published(&published));
                     self.record(published, outgoing.metrics);
+                }
+                Err(error @ PublishError::Withdrawn { .. }) => {
+                    // Only a closing handle withdraws: its checkpoint failed or never came.
+                    warn!(%error, "snapshot withdrawn");
+                    (self.on_event)(PublisherEvent::Aborted { version });
+                    return;
                 }
                 Err(error) if !error.is_fatal() => {
                     warn!(%error, version = outgoing.version, "publish failed; retrying");

@@ -104,6 +104,17 @@ impl RowState {
             values: self.params,
         }
     }
+
+    /// [`Self::into_snapshot_row`] of a copy, leaving the row as it is.
+    pub fn snapshot_row(&self) -> SnapshotRow {
+        SnapshotRow {
+            table: self.table,
+            key: self.key,
+            id: self.id.clone(),
+            updated_ms: self.last_update_ms,
+            values: self.params.clone(),
+        }
+    }
 }
 
 impl From<RowRef<'_>> for RowState {
@@ -207,13 +218,14 @@ impl StateChanges {
         self.rows.is_empty() && self.tombstones.is_empty() && self.pending.is_empty() && self.pending_removed.is_empty()
     }
 
-    /// The parameters alone, for incremental snapshots (optimizer state and
-    /// pending counts are dropped, the parameters moved, not copied).
-    pub fn into_params(self, session_gap_ms: i64) -> ParamsDelta {
+    /// A copy of the parameters alone, for incremental snapshots (optimizer
+    /// state and pending counts are left out): the trainer loop hands it
+    /// over while the changes themselves are being written to the checkpoint.
+    pub fn params(&self, session_gap_ms: i64) -> ParamsDelta {
         ParamsDelta {
             globals: self.dense.globals.bias,
             session_gap_ms,
-            rows: self.rows.into_iter().map(RowState::into_snapshot_row).collect(),
+            rows: self.rows.iter().map(RowState::snapshot_row).collect(),
             tombstones: self.tombstones.iter().map(|t| SnapshotTombstone { table: t.table, key: t.key }).collect(),
         }
     }

@@ -314,7 +314,7 @@ fn parameter_views_carry_item_ids() {
     let (view, keys) = t.table_params(TableKind::Item);
     assert_eq!(view.shape(), &[1, 18]);
     assert_eq!(keys, &[hash_id("movie-42")]);
-    let delta = t.drain_dirty().into_params(t.config().session_gap_ms);
+    let delta = t.drain_dirty().params(t.config().session_gap_ms);
     assert_eq!(delta.rows.len(), 2);
 }
 

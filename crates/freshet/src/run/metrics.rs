@@ -341,6 +341,8 @@ impl RunMetrics {
             PublisherEvent::Started { version, full } => {
                 self.snapshot_in_flight.with_label_values(&[kind(full)]).set(version as i64);
             }
+            // Still in flight until it commits (after its checkpoint is durable).
+            PublisherEvent::Prepared { .. } => {}
             PublisherEvent::Published(published) => self.published(published),
             PublisherEvent::Aborted { .. } => {
                 for kind in ["full", "delta"] {

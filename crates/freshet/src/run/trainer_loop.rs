@@ -559,18 +559,23 @@ impl TrainerLoop {
     }
 
     /// Writes the changes since the last checkpoint with the offsets they
-    /// reflect, then acknowledges those offsets to the source.
+    /// reflect, then acknowledges those offsets to the source. The delta
+    /// snapshot of the new version is handed to the publisher before the
+    /// write, so its transaction is written meanwhile; it commits only once
+    /// the checkpoint is durable.
     fn checkpoint(&mut self) -> anyhow::Result<()> {
         if !self.pending() {
             return Ok(());
         }
-        let _span = info_span!("checkpoint", version = self.store.version() + 1).entered();
+        let version = self.store.version() + 1;
+        let _span = info_span!("checkpoint", version).entered();
         let started = Instant::now();
         let delta = self.trainer.drain_dirty();
+        let progressive = self.trainer.metrics();
+        self.hand_delta_ahead(version, &delta, &progressive);
         let stats = match &mut self.sharded {
             None => self.store.commit(&self.spec, &delta, &self.applied)?,
             Some(sharded) => {
-                let version = self.store.version() + 1;
                 let messages = sharded.exchange.outbox(version, self.trainer.take_gradients());
                 let exchange = ExchangeCommit { high_water: sharded.exchange.high_water(), outbox: &messages };
                 let stats = self.store.commit_with(&self.spec, &delta, &self.applied, Some(exchange))?;
@@ -580,9 +585,14 @@ impl TrainerLoop {
                 stats
             }
         };
-        let progressive = self.trainer.metrics();
+        debug_assert_eq!(stats.version, version);
+        if let Some(publisher) = &self.publisher {
+            publisher.durable(stats.version);
+            if !publisher.has_chain() || publisher.full_due() {
+                self.publish_full();
+            }
+        }
         self.metrics.checkpoint(&stats, &self.applied, self.store.memory(), &self.trainer, &progressive);
-        self.hand_to_publisher(stats.version, delta, &progressive);
         debug!(
             version = stats.version,
             rows = stats.rows,
@@ -599,21 +609,19 @@ impl TrainerLoop {
         self.retain(Retain::IfDue)
     }
 
-    /// Hands checkpoint `version` (the state after `delta`, with `progressive`
-    /// metrics) to the publisher as a delta on the previous version, and in
-    /// full too when one is due (the delta first: subscribers following the
-    /// chain take it and pass over the full snapshot).
-    fn hand_to_publisher(&self, version: u64, delta: StateChanges, progressive: &MetricsReading) {
+    /// Hands `delta`, the changes that make checkpoint `version` (with
+    /// `progressive` metrics), to the publisher as a delta on the previous
+    /// version, before the checkpoint is written: the publisher commits it
+    /// only after [`PublisherHandle::durable`]. Without a chain to extend
+    /// (nothing published yet) the version goes out in full once durable.
+    fn hand_delta_ahead(&self, version: u64, delta: &StateChanges, progressive: &MetricsReading) {
         let Some(publisher) = &self.publisher else { return };
         if publisher.has_chain() {
             let started = Instant::now();
-            let params = delta.into_params(self.trainer.config().session_gap_ms);
+            let params = delta.params(self.trainer.config().session_gap_ms);
             let metrics = progressive.snapshot_metrics();
-            publisher.submit(Outgoing::delta(version - 1, version, params, self.watermark(), metrics));
+            publisher.submit_ahead(Outgoing::delta(version - 1, version, params, self.watermark(), metrics));
             self.metrics.trainer_handoff("delta", started.elapsed());
-        }
-        if !publisher.has_chain() || publisher.full_due() {
-            self.publish_full();
         }
     }
 
