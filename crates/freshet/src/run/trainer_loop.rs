@@ -1,7 +1,8 @@
 //! The trainer thread of `freshet run`: applies micro-batches in order,
 //! checkpoints every interval (and before letting revoked partitions go), and
-//! only then acknowledges the offsets to the source and hands the
-//! checkpointed version to the publisher. After each checkpoint it retains a
+//! only then acknowledges the offsets to the source and lets the publisher
+//! commit the version (its delta was handed over before the checkpoint
+//! write, so its messages go out meanwhile). After each checkpoint it retains a
 //! copy of the version (a rollback target) and prunes old copies; between
 //! batches it serves admin requests (rollback, backup) and, when the quality
 //! gate has held too long, rolls back on its own.
