@@ -343,9 +343,13 @@ impl TrainerLoop {
                 };
                 let _ = reply.send(answer);
             }
-            AdminRequest::Backup { to, reply } => {
-                let _ = reply.send(self.backup(&to));
-            }
+            AdminRequest::Backup { to, reply } => match self.backup(&to) {
+                Ok(answer) => drop(reply.send(answer)),
+                Err(error) => {
+                    let _ = reply.send(Err(AdminError::internal(format!("{error:#}"))));
+                    return Err(error);
+                }
+            },
             AdminRequest::Versions { reply } => {
                 let _ = reply.send(self.versions());
             }
@@ -355,14 +359,19 @@ impl TrainerLoop {
 
     /// A consistent copy of the checkpoint, taken between batches after a
     /// checkpoint of everything applied (so it holds the newest version).
-    fn backup(&mut self, to: &std::path::Path) -> Answer {
+    /// The outer error is fatal, as a failed checkpoint is everywhere: the
+    /// changes it drained from the trainer are in no checkpoint, so the run
+    /// stops and a restart resumes from the last durable one.
+    fn backup(&mut self, to: &std::path::Path) -> anyhow::Result<Answer> {
         if to.exists() {
-            return Err(AdminError::bad(format!("{} exists: give a directory that does not", to.display())));
+            return Ok(Err(AdminError::bad(format!("{} exists: give a directory that does not", to.display()))));
         }
-        self.checkpoint().map_err(|error| AdminError::internal(format!("checkpoint before the backup: {error:#}")))?;
-        self.store.backup(to).map_err(|error| AdminError::internal(error.to_string()))?;
+        self.checkpoint().context("checkpoint before a backup")?;
+        if let Err(error) = self.store.backup(to) {
+            return Ok(Err(AdminError::internal(error.to_string())));
+        }
         info!(to = %to.display(), version = self.store.version(), "online backup written");
-        Ok(json!({"backup": to, "version": self.store.version()}))
+        Ok(Ok(json!({"backup": to, "version": self.store.version()})))
     }
 
     /// The retained versions, their cost on disk and the rollbacks so far.
