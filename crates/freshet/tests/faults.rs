@@ -303,9 +303,17 @@ fn sigkill_during_a_full_snapshot_of_more_than_100_mb_leaves_nothing_torn() {
     // transaction is open (its chunks are in the log, uncommitted).
     let watermarks: rdkafka::consumer::BaseConsumer =
         freshet_kafka::KafkaConfig::new(&bootstrap).client().create().expect("a client");
+    // Asked again while the broker is too busy to answer in time (a 120 MB
+    // transaction is being written): a failed request is not a watermark of 0.
     let high = || {
-        rdkafka::consumer::Consumer::fetch_watermarks(&watermarks, &snapshots, 0, Duration::from_secs(10))
-            .map_or(0, |(_, high)| high)
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match rdkafka::consumer::Consumer::fetch_watermarks(&watermarks, &snapshots, 0, Duration::from_secs(10)) {
+                Ok((_, high)) => return high,
+                Err(error) => assert!(Instant::now() < deadline, "the snapshot topic's watermarks: {error}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     let before = high();
     let restarted = Running::start(BIN, &["run", "--config"], &config);
