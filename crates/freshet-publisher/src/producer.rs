@@ -222,13 +222,7 @@ impl SnapshotProducer {
         let written = self.producer.begin_transaction().and_then(|()| self.write(&encoded, chain_start, may_commit));
         match written {
             Ok(None) => {
-                if let Err(error) = self.producer.abort_transaction(self.timeout) {
-                    if self.verdict(&error) == Verdict::Stop {
-                        return Err(self.fenced());
-                    }
-                    warn!(%error, "aborting a withdrawn snapshot failed; a new producer takes over before the next try");
-                    self.replace = true;
-                }
+                self.abort()?;
                 Err(PublishError::Withdrawn { version: outgoing.version })
             }
             Ok(Some(header_offset)) => {
@@ -258,18 +252,25 @@ impl SnapshotProducer {
                     Verdict::Replace => self.replace = true,
                     Verdict::Retry => {
                         warn!(%error, "aborting the snapshot transaction");
-                        if let Err(abort) = self.producer.abort_transaction(self.timeout) {
-                            if self.verdict(&abort) == Verdict::Stop {
-                                return Err(self.fenced());
-                            }
-                            warn!(error = %abort, "the abort failed too; a new producer takes over before the next try");
-                            self.replace = true;
-                        }
+                        self.abort()?;
                     }
                 }
                 Err(PublishError::Aborted(error))
             }
         }
+    }
+
+    /// Aborts the open transaction. An abort that fails leaves a new producer
+    /// to take over before the next try, unless another instance fenced this one.
+    fn abort(&mut self) -> Result<(), PublishError> {
+        if let Err(error) = self.producer.abort_transaction(self.timeout) {
+            if self.verdict(&error) == Verdict::Stop {
+                return Err(self.fenced());
+            }
+            warn!(%error, "the abort failed; a new producer takes over before the next try");
+            self.replace = true;
+        }
+        Ok(())
     }
 
     /// Starts a new producer with the same transactional id in place of the
