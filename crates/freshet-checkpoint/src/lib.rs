@@ -42,6 +42,6 @@ mod store;
 
 pub use error::CheckpointError;
 pub use inspect::{Inspection, inspect};
-pub use retain::{RetainPolicy, RetainedDisk, RetainedVersion, default_target, retain_due, to_prune};
+pub use retain::{RetainPolicy, RetainedDisk, RetainedVersion, default_target, flush_ahead_due, retain_due, to_prune};
 pub use rollback::{RollbackMode, RollbackRecord, SkippedRange};
 pub use store::{CheckpointStore, CommitStats, ExchangeCommit, Resumed, SavedState, StoreMemory};

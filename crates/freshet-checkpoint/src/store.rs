@@ -565,6 +565,19 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Starts writing the memtables out to SST files in the background
+    /// (RocksDB's flush, not waited for), so that a [`Self::retain`] soon
+    /// after has less to flush while its caller waits (see
+    /// [`crate::flush_ahead_due`]). Durability is unchanged: what is in the
+    /// memtables is in the WAL already.
+    pub fn flush_ahead(&self) -> Result<(), CheckpointError> {
+        let families: Vec<&ColumnFamily> =
+            COLUMN_FAMILIES.iter().map(|name| cf(&self.db, name)).collect::<Result<_, _>>()?;
+        let mut options = FlushOptions::default();
+        options.set_wait(false);
+        self.db.flush_cfs_opt(&families, &options).map_err(CheckpointError::rocks("flushing ahead of a retain"))
+    }
+
     /// Keeps a copy of the current version under `versions/` as a rollback
     /// target (RocksDB's checkpoint API: the memtables are flushed and the
     /// SST files hard-linked, so the copy costs what changed since the last

@@ -152,3 +152,51 @@ fn refusals_name_the_reason() {
     store.rollback(4, RollbackMode::Replay, "cli", 0).expect("replay forward");
     assert_eq!(store.load(&spec()).expect("load").expect("state").offsets, offsets(400));
 }
+
+#[test]
+fn a_flush_ahead_of_a_retain_leaves_every_copy_and_the_store_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = CheckpointStore::open(dir.path(), true).expect("open");
+    let mut trainer = Trainer::new(spec(), config()).expect("trainer");
+    let mut stream =
+        SynthStream::new(SynthConfig { seed: 9, users: 400, items: 120, forget_share: 0.02, ..Default::default() });
+    let mut states = vec![trainer.export_state()];
+    for version in 1..=6u64 {
+        let events: Vec<Feedback> =
+            (0..300).map(|i| stream.next_event_at(1_764_400_000_000 + (version * 300 + i) as i64)).collect();
+        trainer.train_batch(&events);
+        store.commit(&spec(), &trainer.drain_dirty(), &offsets(100 * version as i64)).expect("commit");
+        states.push(trainer.export_state());
+        // The trainer loop's order: a flush started (not waited for) one
+        // checkpoint ahead of the copy, a checkpoint while it runs, then the copy.
+        match version % 2 {
+            1 => {
+                let before = store.memory().memtables;
+                store.flush_ahead().expect("flush ahead");
+                // Not waited for by the call; the memtables empty once it is done.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while store.memory().memtables >= before {
+                    assert!(std::time::Instant::now() < deadline, "the flush ahead never ran ({before} bytes)");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            _ => {
+                store.retain(1_000 * version as i64).expect("retain").expect("a copy");
+                store.record_published(version).expect("published");
+            }
+        }
+    }
+    assert_eq!(retained_versions(&store), vec![2, 4, 6]);
+    for version in [2usize, 4] {
+        let (_, resumed) = store
+            .rollback_and_restore(version as u64, RollbackMode::Replay, "test", 50, &spec(), config())
+            .expect("rollback");
+        assert_eq!(resumed.trainer.export_state(), states[version], "the copy of version {version}");
+    }
+    // A flush ahead with nothing after it, then a reopen: the newest rollback's state.
+    store.flush_ahead().expect("flush ahead");
+    drop(store);
+    let store = CheckpointStore::open(dir.path(), true).expect("reopen");
+    let resumed = store.restore(&spec(), config()).expect("restore").expect("a checkpoint");
+    assert_eq!(resumed.trainer.export_state(), states[4]);
+}

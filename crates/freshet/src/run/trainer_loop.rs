@@ -39,6 +39,10 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 const PUBLISH_CHECK: Duration = Duration::from_millis(100);
 /// How often to look for sent outboxes while one is waiting.
 const EXCHANGE_CHECK: Duration = Duration::from_millis(200);
+/// The memtables are flushed at least this long before a retained copy is
+/// due (a checkpoint interval, if longer): time for the background flush
+/// to finish before the copy's own.
+const FLUSH_AHEAD_MIN_LEAD_MS: u64 = 500;
 /// How long the final publish may take at shutdown.
 const PUBLISH_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -66,6 +70,8 @@ pub struct TrainerLoop {
     rollback_after: Option<Duration>,
     /// The hold the last automatic rollback answered (one per hold).
     rolled_back_hold: Option<Instant>,
+    /// Whether the memtables were flushed ahead of the next retained copy.
+    flushed_ahead: bool,
     /// Operator requests, when the admin endpoints are on.
     admin: Option<Receiver<AdminRequest>>,
     /// A shard's exchange with the other shards of a sharded model.
@@ -172,6 +178,7 @@ impl TrainerLoop {
             sharded,
             rollback_after,
             rolled_back_hold: None,
+            flushed_ahead: false,
             admin,
             trainer,
             store,
@@ -490,9 +497,15 @@ impl TrainerLoop {
             Retain::IfDue => freshet_checkpoint::retain_due(self.newest_retained_ms, now, policy),
         };
         if !due {
+            let lead = self.settings.interval_ms.max(FLUSH_AHEAD_MIN_LEAD_MS);
+            if !self.flushed_ahead && freshet_checkpoint::flush_ahead_due(self.newest_retained_ms, now, lead, policy) {
+                self.store.flush_ahead().context("flushing ahead of a retain")?;
+                self.flushed_ahead = true;
+            }
             return Ok(());
         }
         let started = Instant::now();
+        self.flushed_ahead = false;
         self.store.retain(now).context("retaining a version")?;
         self.newest_retained_ms = Some(now);
         let pruned = self.store.prune(policy, now).context("pruning retained versions")?;
