@@ -16,25 +16,11 @@ use freshet_core::ModelSpec;
 use freshet_core::snapshot::{SnapshotChunk, SnapshotHeader, SnapshotKind, SnapshotMetrics, SnapshotRow, Watermark};
 use freshet_core::{TableKind, hash_id};
 use freshet_subscriber::{Builder, DEFAULT_CANDIDATES, ServingModel};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// Rows per chunk message, about what the publisher packs into one.
 const CHUNK_ROWS: usize = 4_000;
-
-/// A small deterministic generator (no dependency for a bench).
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn value(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
-}
 
 fn header(version: u64, kind: SnapshotKind, spec: &ModelSpec, rows: [u64; 3]) -> SnapshotHeader {
     SnapshotHeader {
@@ -55,7 +41,7 @@ fn header(version: u64, kind: SnapshotKind, spec: &ModelSpec, rows: [u64; 3]) ->
     }
 }
 
-fn row(spec: &ModelSpec, table: TableKind, n: u64, noise: &mut Noise) -> SnapshotRow {
+fn row(spec: &ModelSpec, table: TableKind, n: u64, noise: &mut StdRng) -> SnapshotRow {
     let id = match table {
         TableKind::Item => format!("i{n}"),
         _ => format!("u{n}"),
@@ -65,7 +51,7 @@ fn row(spec: &ModelSpec, table: TableKind, n: u64, noise: &mut Noise) -> Snapsho
         key: hash_id(&id),
         id: (table == TableKind::Item).then_some(id),
         updated_ms: 1_764_400_000_000 + n as i64,
-        values: (0..spec.row_width(table)).map(|_| noise.value()).collect(),
+        values: (0..spec.row_width(table)).map(|_| noise.random_range(-0.5..0.5)).collect(),
     }
 }
 
@@ -110,7 +96,7 @@ fn main() {
         }
     }
     let spec = ModelSpec { context_features: false, ..ModelSpec::default() };
-    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let mut noise = StdRng::seed_from_u64(7);
     let started = Instant::now();
     let full: Vec<SnapshotRow> = (0..users)
         .map(|n| (TableKind::User, n))
@@ -124,7 +110,7 @@ fn main() {
         let version = 2 + d;
         let rows: Vec<SnapshotRow> = (0..changed)
             .map(|_| {
-                let n = noise.next() % (users + items);
+                let n = noise.random_range(0..users + items);
                 match n < users {
                     true => row(&spec, TableKind::User, n, &mut noise),
                     false => row(&spec, TableKind::Item, n - users, &mut noise),
