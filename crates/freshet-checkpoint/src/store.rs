@@ -571,11 +571,16 @@ impl CheckpointStore {
     /// [`crate::flush_ahead_due`]). Durability is unchanged: what is in the
     /// memtables is in the WAL already.
     pub fn flush_ahead(&self) -> Result<(), CheckpointError> {
+        self.flush(false)
+    }
+
+    /// Flushes the memtables of every column family, waiting for it or not.
+    fn flush(&self, wait: bool) -> Result<(), CheckpointError> {
         let families: Vec<&ColumnFamily> =
             COLUMN_FAMILIES.iter().map(|name| cf(&self.db, name)).collect::<Result<_, _>>()?;
         let mut options = FlushOptions::default();
-        options.set_wait(false);
-        self.db.flush_cfs_opt(&families, &options).map_err(CheckpointError::rocks("flushing ahead of a retain"))
+        options.set_wait(wait);
+        self.db.flush_cfs_opt(&families, &options).map_err(CheckpointError::rocks("flushing the memtables"))
     }
 
     /// Keeps a copy of the current version under `versions/` as a rollback
@@ -966,12 +971,7 @@ impl Drop for CheckpointStore {
     /// memory for a large model). A crash skips this; the next open then
     /// replays the log.
     fn drop(&mut self) {
-        let families: Result<Vec<_>, _> = COLUMN_FAMILIES.iter().map(|name| cf(&self.db, name)).collect();
-        let flushed = match families {
-            Ok(families) => self.db.flush_cfs_opt(&families, &FlushOptions::default()).map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = flushed {
+        if let Err(error) = self.flush(true) {
             tracing::warn!(%error, "flushing the checkpoint store on close failed; the next open replays the WAL");
         }
     }
