@@ -113,8 +113,8 @@ async fn consumes_exact_counts_and_dead_letters_every_reject() {
     // Exactly every message once: offsets ranges are disjoint and complete.
     assert_eq!(seen.messages(), produced.messages.len());
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-    for event in seen.batches.iter().flat_map(|b| &b.events) {
-        *by_kind.entry(event.kind().as_str()).or_default() += 1;
+    for event in seen.batches.iter().flat_map(|b| b.events.iter()) {
+        *by_kind.entry(event.target.kind().as_str()).or_default() += 1;
     }
     let mut expected_kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut expected_rejects: BTreeMap<RejectReason, u64> = BTreeMap::new();

@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 
 use freshet_core::exchange::{Channel, ExchangeTag};
 use freshet_core::grads::GradientsMessage;
-use freshet_core::{Feedback, RejectReason};
+use freshet_core::{Feedback, KeyedEvents, RejectReason};
 
 use freshet_core::offsets::{NextOffsets, OffsetRange, TopicPartition};
 
 /// A batch of consumed messages, ready for the trainer.
 #[derive(Debug, Clone, Default)]
 pub struct MicroBatch {
-    /// The valid events, in consumption order.
-    pub events: Vec<Feedback>,
+    /// The valid events, in consumption order, keyed as decoded.
+    pub events: KeyedEvents,
     /// Rejected messages per reason; all of them are already durable in the
     /// dead-letter topic when the batch is handed over.
     pub rejected: BTreeMap<RejectReason, u64>,
@@ -105,9 +105,19 @@ impl BatchBuilder {
         }
     }
 
-    pub(crate) fn push_event(&mut self, topic: &str, partition: i32, offset: i64, event: Feedback) {
+    /// Appends the message at `offset` to the batch's events with
+    /// `decode` (which appends nothing when it fails) and notes its
+    /// position if it succeeds.
+    pub(crate) fn push_event<E>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        decode: impl FnOnce(&mut KeyedEvents) -> Result<(), E>,
+    ) -> Result<(), E> {
+        decode(&mut self.batch.events)?;
         self.note_offset(topic, partition, offset);
-        self.batch.events.push(event);
+        Ok(())
     }
 
     pub(crate) fn push_received(&mut self, topic: &str, partition: i32, offset: i64, received: Received) {
@@ -152,18 +162,23 @@ mod tests {
     use super::*;
     use freshet_core::{Forget, RejectReason};
 
-    fn forget(user: &str) -> Feedback {
-        Feedback::Forget(Forget { user: user.into(), ts: 1 })
+    fn push_forget(builder: &mut BatchBuilder, topic: &str, partition: i32, offset: i64, user: &str) {
+        let event = Feedback::Forget(Forget { user: user.into(), ts: 1 });
+        let pushed = builder.push_event(topic, partition, offset, |events| {
+            events.push(&event);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(pushed, Ok(()));
     }
 
     #[test]
     fn tracks_offset_ranges_per_partition() {
         let mut builder = BatchBuilder::new(10, Duration::from_secs(1));
         assert!(builder.is_empty());
-        builder.push_event("a", 0, 5, forget("u1"));
+        push_forget(&mut builder, "a", 0, 5, "u1");
         builder.push_rejected("a", 0, 6, RejectReason::MalformedJson);
-        builder.push_event("a", 1, 9, forget("u2"));
-        builder.push_event("b", 0, 3, forget("u3"));
+        push_forget(&mut builder, "a", 1, 9, "u2");
+        push_forget(&mut builder, "b", 0, 3, "u3");
         let batch = builder.take();
         assert!(builder.is_empty());
         assert_eq!(batch.messages(), 4);
@@ -176,13 +191,25 @@ mod tests {
     }
 
     #[test]
+    fn an_event_that_fails_to_decode_is_not_in_the_batch() {
+        let mut builder = BatchBuilder::new(10, Duration::from_secs(1));
+        let failed = builder.push_event("a", 0, 5, |_| Err("malformed"));
+        assert_eq!(failed, Err("malformed"));
+        assert!(builder.is_empty(), "no batch opened, no offset noted");
+        push_forget(&mut builder, "a", 0, 6, "u1");
+        let batch = builder.take();
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.offsets[&TopicPartition::new("a", 0)], OffsetRange { first: 6, last: 6 });
+    }
+
+    #[test]
     fn closes_on_size_or_age() {
         let mut builder = BatchBuilder::new(2, Duration::from_millis(50));
         assert!(!builder.is_due(Instant::now()));
-        builder.push_event("a", 0, 0, forget("u1"));
+        push_forget(&mut builder, "a", 0, 0, "u1");
         assert!(!builder.is_due(Instant::now()));
         assert!(builder.is_due(Instant::now() + Duration::from_millis(60)));
-        builder.push_event("a", 0, 1, forget("u1"));
+        push_forget(&mut builder, "a", 0, 1, "u1");
         assert!(builder.is_due(Instant::now()));
         assert!(builder.time_left(Instant::now(), Duration::from_secs(9)) <= Duration::from_millis(50));
         builder.take();

@@ -327,8 +327,8 @@ impl Pipeline {
         let payload = message.payload().unwrap_or_default();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let decoded = match self.exchange.as_ref().and_then(|exchange| exchange.channel_of(topic)) {
-            None => self.decoder.decode(payload, content_type, now_ms).map(|event| {
-                self.builder.push_event(topic, partition, offset, event);
+            None => self.builder.push_event(topic, partition, offset, |events| {
+                self.decoder.decode_into(payload, content_type, now_ms, events)
             }),
             Some(Channel::Grads) => decode_gradients(payload)
                 .map(|gradients| self.builder.push_received(topic, partition, offset, Received::Gradients(gradients)))

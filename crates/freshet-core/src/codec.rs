@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Click, EventKind, Features, Feedback, Forget, Rating};
+use crate::keyed::{KeyedEvents, Target, in_name_order};
 use crate::reject::Rejection;
 use crate::validate::ValidationConfig;
 
@@ -77,8 +78,25 @@ impl Decoder {
     /// value, `now_ms` the consumer's clock for the timestamp window.
     pub fn decode(&self, payload: &[u8], content_type: Option<&[u8]>, now_ms: i64) -> Result<Feedback, Rejection> {
         let event = self.decode_unchecked(payload, content_type)?;
-        self.limits.validate(&event, now_ms)?;
-        Ok(event)
+        event.check(&self.limits, Some(now_ms))?;
+        Ok(event.into_feedback())
+    }
+
+    /// [`Self::decode`] into `into`, keyed: what a consumer does with every
+    /// message, with no allocation per event beyond `into`'s buffers'
+    /// growth. Nothing is appended when the message is rejected.
+    pub fn decode_into(
+        &self,
+        payload: &[u8],
+        content_type: Option<&[u8]>,
+        now_ms: i64,
+        into: &mut KeyedEvents,
+    ) -> Result<(), Rejection> {
+        let event = self.decode_unchecked(payload, content_type)?;
+        event.check(&self.limits, Some(now_ms))?;
+        let features = event.features.iter().map(|(name, value)| (name.as_ref(), value.as_ref()));
+        into.push_parts(event.target, event.ts, &event.user, &event.item, features);
+        Ok(())
     }
 
     /// Decodes and validates an event another shard forwarded: every rule
@@ -86,73 +104,210 @@ impl Decoder {
     /// ([`ValidationConfig::validate_forwarded`]).
     pub fn decode_forwarded(&self, payload: &[u8], content_type: Option<&[u8]>) -> Result<Feedback, Rejection> {
         let event = self.decode_unchecked(payload, content_type)?;
-        self.limits.validate_forwarded(&event)?;
-        Ok(event)
+        event.check(&self.limits, None)?;
+        Ok(event.into_feedback())
     }
 
     /// The size check and the format, before the content rules.
-    fn decode_unchecked(&self, payload: &[u8], content_type: Option<&[u8]>) -> Result<Feedback, Rejection> {
+    fn decode_unchecked<'a>(&self, payload: &'a [u8], content_type: Option<&[u8]>) -> Result<Decoded<'a>, Rejection> {
         if payload.len() > self.limits.max_message_bytes {
             return Err(Rejection::TooLarge { size: payload.len(), limit: self.limits.max_message_bytes });
         }
-        match ContentType::from_header(content_type)? {
-            ContentType::Json => self.decode_json(payload),
-            ContentType::Bincode => decode_bincode(payload),
-        }
+        let mut event = match ContentType::from_header(content_type)? {
+            ContentType::Json => self.decode_json(payload)?,
+            ContentType::Bincode => decode_bincode(payload)?,
+        };
+        in_name_order(&mut event.features);
+        Ok(event)
     }
 
-    fn decode_json(&self, payload: &[u8]) -> Result<Feedback, Rejection> {
-        let text = std::str::from_utf8(payload).map_err(|e| Rejection::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
-        let raw: RawEvent<'_> =
-            serde_json::from_str(text).map_err(|e| Rejection::MalformedJson { message: e.to_string() })?;
+    fn decode_json<'a>(&self, payload: &'a [u8]) -> Result<Decoded<'a>, Rejection> {
+        // serde_json checks the UTF-8 of what it reads; a payload it refuses
+        // is looked at again only to name the right reason.
+        let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(|e| match std::str::from_utf8(payload) {
+            Err(utf8) => Rejection::InvalidUtf8 { valid_up_to: utf8.valid_up_to() },
+            Ok(_) => Rejection::MalformedJson { message: e.to_string() },
+        })?;
         let found = raw.kind.as_deref().unwrap_or_default();
         let kind = EventKind::parse(found)
             .ok_or_else(|| Rejection::UnknownType { found: found.chars().take(64).collect() })?;
         let user = required_id(raw.user, "user")?;
-        let ts_of = |ts: Option<i64>| ts.ok_or(Rejection::MissingTimestamp);
+        let ts = raw.ts.ok_or(Rejection::MissingTimestamp);
+        let features = raw.features.map(|f| f.0).unwrap_or_default();
         Ok(match kind {
             EventKind::Click => {
                 let item = required_id(raw.item, "item")?;
                 let clicked = raw.clicked.ok_or(Rejection::MissingField { field: "clicked" })?;
-                Feedback::Click(Click {
-                    user,
-                    item,
-                    clicked: clicked.0,
-                    ts: ts_of(raw.ts)?,
-                    features: raw.features.unwrap_or_default(),
-                })
+                Decoded { target: Target::Click(clicked.0), ts: ts?, user, item, features }
             }
             EventKind::Rating => {
                 let item = required_id(raw.item, "item")?;
                 let rating = raw.rating.ok_or(Rejection::MissingField { field: "rating" })?;
+                // The range is checked before the rating is narrowed to f32.
                 self.limits.check_rating(rating)?;
-                Feedback::Rating(Rating {
-                    user,
-                    item,
-                    rating: rating as f32,
-                    ts: ts_of(raw.ts)?,
-                    features: raw.features.unwrap_or_default(),
-                })
+                Decoded { target: Target::Rating(rating as f32), ts: ts?, user, item, features }
             }
-            EventKind::Forget => Feedback::Forget(Forget { user, ts: ts_of(raw.ts)? }),
+            EventKind::Forget => {
+                Decoded { target: Target::Forget, ts: ts?, user, item: Cow::Borrowed(""), features: Vec::new() }
+            }
         })
     }
 }
 
-fn required_id(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, Rejection> {
+/// An event as its payload holds it, its text borrowed where the format
+/// allows: what both formats decode to, before the rules are checked and
+/// it becomes a [`Feedback`] or a keyed event. Its features are in name
+/// order once decoding is done ([`in_name_order`]).
+struct Decoded<'a> {
+    target: Target,
+    ts: i64,
+    user: Cow<'a, str>,
+    /// Empty for a forget.
+    item: Cow<'a, str>,
+    features: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl Decoded<'_> {
+    fn check(&self, limits: &ValidationConfig, now_ms: Option<i64>) -> Result<(), Rejection> {
+        let features = self.features.iter().map(|(name, value)| (name.as_ref(), value.as_ref()));
+        limits.check_event(self.target, &self.user, &self.item, self.ts, features, now_ms)
+    }
+
+    fn into_feedback(self) -> Feedback {
+        let (user, item, ts) = (self.user.into_owned(), self.item.into_owned(), self.ts);
+        let features = || self.features.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+        match self.target {
+            Target::Click(clicked) => Feedback::Click(Click { user, item, clicked, ts, features: features() }),
+            Target::Rating(rating) => Feedback::Rating(Rating { user, item, rating, ts, features: features() }),
+            Target::Forget => Feedback::Forget(Forget { user, ts }),
+        }
+    }
+}
+
+fn required_id<'a>(value: Option<Cow<'a, str>>, field: &'static str) -> Result<Cow<'a, str>, Rejection> {
     match value {
-        Some(id) if !id.is_empty() => Ok(id.into_owned()),
+        Some(id) if !id.is_empty() => Ok(id),
         _ => Err(Rejection::MissingId { field }),
     }
 }
 
-fn decode_bincode(payload: &[u8]) -> Result<Feedback, Rejection> {
-    let (event, read) = bincode::serde::decode_from_slice::<Feedback, _>(payload, bincode_config())
+fn decode_bincode(payload: &[u8]) -> Result<Decoded<'_>, Rejection> {
+    let (event, read) = bincode::serde::borrow_decode_from_slice::<WireEvent<'_>, _>(payload, bincode_config())
         .map_err(|e| Rejection::MalformedBincode { message: e.to_string() })?;
     if read != payload.len() {
         return Err(Rejection::MalformedBincode { message: format!("{} trailing bytes", payload.len() - read) });
     }
-    Ok(event)
+    Ok(match event {
+        WireEvent::Click(c) => {
+            Decoded { target: Target::Click(c.clicked), ts: c.ts, user: c.user, item: c.item, features: c.features.0 }
+        }
+        WireEvent::Rating(r) => {
+            Decoded { target: Target::Rating(r.rating), ts: r.ts, user: r.user, item: r.item, features: r.features.0 }
+        }
+        WireEvent::Forget(f) => {
+            Decoded { target: Target::Forget, ts: f.ts, user: f.user, item: Cow::Borrowed(""), features: Vec::new() }
+        }
+    })
+}
+
+/// [`Feedback`]'s serde form (the bincode wire format) read borrowing its
+/// text: the same variants and fields in the same order.
+#[derive(Deserialize)]
+enum WireEvent<'a> {
+    Click(#[serde(borrow)] WireClick<'a>),
+    Rating(#[serde(borrow)] WireRating<'a>),
+    Forget(#[serde(borrow)] WireForget<'a>),
+}
+
+#[derive(Deserialize)]
+struct WireClick<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    item: Cow<'a, str>,
+    clicked: bool,
+    ts: i64,
+    #[serde(borrow)]
+    features: Pairs<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireRating<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    item: Cow<'a, str>,
+    rating: f32,
+    ts: i64,
+    #[serde(borrow)]
+    features: Pairs<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireForget<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    ts: i64,
+}
+
+/// A string-to-string map read as its pairs in the order the payload
+/// holds them (sorted and deduplicated afterwards, as a [`Features`] map
+/// would be), the text borrowed where the format allows.
+#[derive(Default)]
+struct Pairs<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+/// Pairs reserved up front at most, whatever length a payload claims.
+const MAX_RESERVED_PAIRS: usize = 16;
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<Pairs<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Pairs<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_RESERVED_PAIRS));
+                while let Some((Text(name), Text(value))) = map.next_entry()? {
+                    pairs.push((name, value));
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A string, borrowed from the payload where the format allows.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<Text<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Encodes an event in the given format (what producers send).
@@ -183,8 +338,8 @@ struct RawEvent<'a> {
     rating: Option<f64>,
     #[serde(default)]
     ts: Option<i64>,
-    #[serde(default)]
-    features: Option<Features>,
+    #[serde(borrow, default)]
+    features: Option<Pairs<'a>>,
 }
 
 /// `clicked` accepts `true`/`false` or `1`/`0`.

@@ -8,11 +8,12 @@
 //! A feature's key is [`crate::hash_feature`]'s (both go through
 //! [`append_feature`]). An event's features are kept in name order, one
 //! value per name, as [`Features`] (a map) holds them: their order is the
-//! order the scoring function adds them in.
+//! order the scoring function adds them in. [`in_name_order`] is that rule
+//! for pairs read from text or a payload.
 
 use std::ops::Range;
 
-use crate::event::{Features, Feedback};
+use crate::event::{Click, EventKind, Features, Feedback, Forget, Rating};
 use crate::id_hash::{FEATURE_SEPARATOR, append_feature, hash_id};
 
 /// What an event asks of the model.
@@ -24,6 +25,17 @@ pub enum Target {
     Click(bool),
     /// Remove the user's row.
     Forget,
+}
+
+impl Target {
+    /// The kind of event that asks it.
+    pub fn kind(self) -> EventKind {
+        match self {
+            Target::Rating(_) => EventKind::Rating,
+            Target::Click(_) => EventKind::Click,
+            Target::Forget => EventKind::Forget,
+        }
+    }
 }
 
 /// Where an event's parts sit in its [`KeyedEvents`]' buffers.
@@ -63,6 +75,8 @@ impl Span {
 pub struct KeyedEvents {
     events: Vec<KeyedEvent>,
     feature_keys: Vec<u64>,
+    /// Where each feature's `name=value` sits in the text (beside its key).
+    feature_pairs: Vec<Span>,
     text: String,
 }
 
@@ -93,6 +107,7 @@ impl KeyedEvents {
         KeyedEvents {
             events: Vec::with_capacity(events),
             feature_keys: Vec::with_capacity(features),
+            feature_pairs: Vec::with_capacity(features),
             text: String::with_capacity(text_bytes),
         }
     }
@@ -102,6 +117,7 @@ impl KeyedEvents {
     pub fn reserve(&mut self, events: usize, features: usize, text_bytes: usize) {
         self.events.reserve(events);
         self.feature_keys.reserve(features);
+        self.feature_pairs.reserve(features);
         self.text.reserve(text_bytes);
     }
 
@@ -113,7 +129,7 @@ impl KeyedEvents {
             Feedback::Forget(_) => (Target::Forget, "", None),
         };
         let pairs = features.into_iter().flat_map(Features::iter).map(|(n, v)| (n.as_str(), v.as_str()));
-        self.append_parts(target, event.ts(), event.user(), item, pairs);
+        self.push_parts(target, event.ts(), event.user(), item, pairs);
     }
 
     /// Appends a rating or click read from text: `features` is
@@ -128,7 +144,6 @@ impl KeyedEvents {
         item: &str,
         features: &str,
     ) -> Result<(), FeatureTextError> {
-        // Most lines hold their pairs in name order already, once each.
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for pair in features.split(';').filter(|pair| !pair.is_empty()) {
             match pair.split_once(FEATURE_SEPARATOR) {
@@ -136,19 +151,8 @@ impl KeyedEvents {
                 _ => return Err(FeatureTextError { pair: pair.to_owned() }),
             }
         }
-        if !pairs.is_sorted_by(|a, b| a.0 < b.0) {
-            // Stable: of a repeated name, the last pair stays last; keep it.
-            pairs.sort_by(|a, b| a.0.cmp(b.0));
-            let mut kept: Vec<(&str, &str)> = Vec::with_capacity(pairs.len());
-            for pair in pairs {
-                match kept.last_mut() {
-                    Some(last) if last.0 == pair.0 => *last = pair,
-                    _ => kept.push(pair),
-                }
-            }
-            pairs = kept;
-        }
-        self.append_parts(target, ts, user, item, pairs.into_iter());
+        in_name_order(&mut pairs);
+        self.push_parts(target, ts, user, item, pairs.into_iter());
         Ok(())
     }
 
@@ -159,6 +163,10 @@ impl KeyedEvents {
         let feature_text = self.add_text(event.feature_text);
         let keys_from = self.feature_keys.len();
         self.feature_keys.extend_from_slice(event.features);
+        // The pairs keep their places relative to the feature text.
+        let moved = |at: u32| at - event.text_from + feature_text.start;
+        let pairs = event.pairs.iter().map(|pair| Span { start: moved(pair.start), end: moved(pair.end) });
+        self.feature_pairs.extend(pairs);
         self.events.push(KeyedEvent {
             target: event.target,
             ts: event.ts,
@@ -171,8 +179,9 @@ impl KeyedEvents {
         });
     }
 
-    /// Appends an event whose feature pairs come in name order, once each.
-    fn append_parts<'p>(
+    /// Appends an event whose feature `pairs` come in name order, once
+    /// each ([`in_name_order`]); `item` is empty for a forget.
+    pub fn push_parts<'p>(
         &mut self,
         target: Target,
         ts: i64,
@@ -188,7 +197,9 @@ impl KeyedEvents {
             if i > 0 {
                 self.text.push(';');
             }
+            let pair_from = self.text.len();
             self.feature_keys.push(append_feature(&mut self.text, name, value));
+            self.feature_pairs.push(span(pair_from, self.text.len()));
         }
         let feature_text = span(text_from, self.text.len());
         self.events.push(KeyedEvent {
@@ -220,6 +231,7 @@ impl KeyedEvents {
     pub fn clear(&mut self) {
         self.events.clear();
         self.feature_keys.clear();
+        self.feature_pairs.clear();
         self.text.clear();
     }
 
@@ -242,13 +254,52 @@ impl KeyedEvents {
 
     /// All the events, borrowed.
     pub fn as_events(&self) -> Events<'_> {
-        Events { events: &self.events, feature_keys: &self.feature_keys, text: &self.text }
+        Events {
+            events: &self.events,
+            feature_keys: &self.feature_keys,
+            feature_pairs: &self.feature_pairs,
+            text: &self.text,
+        }
+    }
+
+    /// Keeps the events `keep` says yes to, in their order (their text
+    /// stays in the buffer until [`Self::clear`]).
+    pub fn retain(&mut self, mut keep: impl FnMut(EventRef<'_>) -> bool) {
+        let all = Events {
+            events: &[],
+            feature_keys: &self.feature_keys,
+            feature_pairs: &self.feature_pairs,
+            text: &self.text,
+        };
+        self.events.retain(|event| keep(all.view(event)));
     }
 
     /// The events, one by one.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {
         self.as_events().iter()
     }
+}
+
+/// Puts feature pairs in name order, one per name, the last value of a
+/// repeated name winning: how a [`Features`] map built from them in order
+/// would hold them.
+pub fn in_name_order<T: AsRef<str>>(pairs: &mut Vec<(T, T)>) {
+    // Most events hold their pairs in name order already, once each.
+    if pairs.is_sorted_by(|a, b| a.0.as_ref() < b.0.as_ref()) {
+        return;
+    }
+    // Stable: of a repeated name, the last pair stays last; keep it.
+    pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    let mut write = 0;
+    for read in 0..pairs.len() {
+        if write > 0 && pairs[write - 1].0.as_ref() == pairs[read].0.as_ref() {
+            pairs.swap(write - 1, read);
+        } else {
+            pairs.swap(write, read);
+            write += 1;
+        }
+    }
+    pairs.truncate(write);
 }
 
 fn span(start: usize, end: usize) -> Span {
@@ -261,6 +312,7 @@ fn span(start: usize, end: usize) -> Span {
 pub struct Events<'a> {
     events: &'a [KeyedEvent],
     feature_keys: &'a [u64],
+    feature_pairs: &'a [Span],
     text: &'a str,
 }
 
@@ -289,8 +341,7 @@ impl<'a> Events<'a> {
     /// The events, one by one.
     #[inline]
     pub fn iter(self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
-        let Events { events, feature_keys, text } = self;
-        events.iter().map(move |event| Events { events, feature_keys, text }.view(event))
+        self.events.iter().map(move |event| self.view(event))
     }
 
     /// The `(target, ts, user key, item key)` of each event, without its texts.
@@ -310,12 +361,14 @@ impl<'a> Events<'a> {
             item_id: &self.text[event.item_id.range()],
             features: &self.feature_keys[event.features.range()],
             feature_text: &self.text[event.feature_text.range()],
+            pairs: &self.feature_pairs[event.features.range()],
+            text_from: event.feature_text.start,
         }
     }
 }
 
 /// One keyed event, borrowed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a> {
     /// What the event asks.
     pub target: Target,
@@ -333,12 +386,55 @@ pub struct EventRef<'a> {
     pub features: &'a [u64],
     /// Its features as `name=value;name=value` text, in the same order.
     pub feature_text: &'a str,
+    /// Where each `name=value` sits in the buffer the feature text is in.
+    pairs: &'a [Span],
+    /// Where the feature text starts in that buffer.
+    text_from: u32,
+}
+
+/// Equal when every part is: where its text sits in a buffer does not count.
+impl PartialEq for EventRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.target, self.ts, self.user, self.item, self.user_id, self.item_id, self.features, self.feature_text)
+            == (
+                other.target,
+                other.ts,
+                other.user,
+                other.item,
+                other.user_id,
+                other.item_id,
+                other.features,
+                other.feature_text,
+            )
+            && self.feature_pairs().eq(other.feature_pairs())
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// The event as it was decoded (what a shard forwards to another).
+    pub fn to_feedback(&self) -> Feedback {
+        let (user, item, ts) = (self.user_id.to_owned(), self.item_id.to_owned(), self.ts);
+        let features = || self.feature_pairs().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+        match self.target {
+            Target::Click(clicked) => Feedback::Click(Click { user, item, clicked, ts, features: features() }),
+            Target::Rating(rating) => Feedback::Rating(Rating { user, item, rating, ts, features: features() }),
+            Target::Forget => Feedback::Forget(Forget { user, ts }),
+        }
+    }
+
+    /// Its features as `(name, value)` pairs, in name order.
+    pub fn feature_pairs(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> + 'a {
+        let (text, from) = (self.feature_text, self.text_from);
+        self.pairs.iter().map(move |pair| {
+            let text = &text[(pair.start - from) as usize..(pair.end - from) as usize];
+            text.split_once(FEATURE_SEPARATOR).expect("a feature pair holds its separator")
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Click, Forget, Rating};
     use crate::id_hash::hash_feature;
 
     fn features(pairs: &[(&str, &str)]) -> Features {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::event::{Features, Feedback};
 use crate::id_hash::FEATURE_SEPARATOR;
+use crate::keyed::Target;
 use crate::model::ModelSpec;
 use crate::reject::Rejection;
 
@@ -87,24 +88,41 @@ impl ValidationConfig {
 
     fn validate_at(&self, event: &Feedback, now_ms: Option<i64>) -> Result<(), Rejection> {
         match event {
-            Feedback::Click(click) => {
-                self.check_id("user", &click.user)?;
-                self.check_id("item", &click.item)?;
-                self.check_features(&click.features)?;
-                self.check_ts(click.ts, now_ms)
+            Feedback::Click(c) => {
+                self.check_event(Target::Click(c.clicked), &c.user, &c.item, c.ts, pairs(&c.features), now_ms)
             }
-            Feedback::Rating(rating) => {
-                self.check_id("user", &rating.user)?;
-                self.check_id("item", &rating.item)?;
-                self.check_rating(f64::from(rating.rating))?;
-                self.check_features(&rating.features)?;
-                self.check_ts(rating.ts, now_ms)
+            Feedback::Rating(r) => {
+                self.check_event(Target::Rating(r.rating), &r.user, &r.item, r.ts, pairs(&r.features), now_ms)
             }
-            Feedback::Forget(forget) => {
-                self.check_id("user", &forget.user)?;
-                self.check_ts(forget.ts, now_ms)
+            Feedback::Forget(f) => self.check_event(Target::Forget, &f.user, "", f.ts, std::iter::empty(), now_ms),
+        }
+    }
+
+    /// The rules for an event given by its parts (`item` and `features`
+    /// unread for a forget), in the order a rejection names the first
+    /// broken one: the ids, the rating, the features, the time (against
+    /// `now_ms`'s window; any positive time when `None`).
+    pub(crate) fn check_event<'p>(
+        &self,
+        target: Target,
+        user: &str,
+        item: &str,
+        ts: i64,
+        features: impl ExactSizeIterator<Item = (&'p str, &'p str)>,
+        now_ms: Option<i64>,
+    ) -> Result<(), Rejection> {
+        self.check_id("user", user)?;
+        match target {
+            Target::Forget => {}
+            Target::Click(_) | Target::Rating(_) => {
+                self.check_id("item", item)?;
+                if let Target::Rating(rating) = target {
+                    self.check_rating(f64::from(rating))?;
+                }
+                self.check_feature_pairs(features)?;
             }
         }
+        self.check_ts(ts, now_ms)
     }
 
     /// Checks an id field: present, not empty, not too long.
@@ -148,6 +166,14 @@ impl ValidationConfig {
     /// Checks context features: how many, and each name and value (serving
     /// applies the same rules to a request's features).
     pub fn check_features(&self, features: &Features) -> Result<(), Rejection> {
+        self.check_feature_pairs(pairs(features))
+    }
+
+    /// [`Self::check_features`] of `(name, value)` pairs, one per name.
+    pub(crate) fn check_feature_pairs<'p>(
+        &self,
+        features: impl ExactSizeIterator<Item = (&'p str, &'p str)>,
+    ) -> Result<(), Rejection> {
         if features.len() > self.max_features {
             return Err(Rejection::TooManyFeatures { count: features.len(), limit: self.max_features });
         }
@@ -170,4 +196,8 @@ impl ValidationConfig {
         }
         Ok(())
     }
+}
+
+fn pairs(features: &Features) -> impl ExactSizeIterator<Item = (&str, &str)> {
+    features.iter().map(|(name, value)| (name.as_str(), value.as_str()))
 }

@@ -1,7 +1,40 @@
-//! Property: decoding arbitrary bytes never panics, in either format.
+//! Properties: decoding arbitrary bytes never panics, in either format;
+//! decoding into keyed events gives exactly the decoded event keyed, or
+//! the same rejection and nothing appended.
 
-use freshet_core::Decoder;
+use freshet_core::{Click, ContentType, Decoder, Features, Feedback, KeyedEvents, Rating, encode};
 use proptest::prelude::*;
+
+const NOW: i64 = 1_764_400_000_000;
+
+/// Decodes `payload` both ways (into a sequence already holding an
+/// event) and checks they agree.
+fn decode_both_ways(payload: &[u8], header: Option<&[u8]>) -> Result<Feedback, freshet_core::Rejection> {
+    let decoder = Decoder::default();
+    let before = Feedback::Rating(Rating {
+        user: "u0".into(),
+        item: "i0".into(),
+        rating: 1.0,
+        ts: 1,
+        features: Features::new(),
+    });
+    let (mut keyed, mut expected) = (KeyedEvents::new(), KeyedEvents::new());
+    keyed.push(&before);
+    expected.push(&before);
+    let decoded = decoder.decode(payload, header, NOW);
+    match (&decoded, decoder.decode_into(payload, header, NOW, &mut keyed)) {
+        (Ok(event), Ok(())) => expected.push(event),
+        (Err(one), Err(other)) => assert_eq!(one, &other, "the same rejection both ways"),
+        (one, other) => panic!("decode gave {one:?}, decode_into {other:?}"),
+    }
+    assert_eq!(keyed, expected, "decode_into appends the decoded event keyed, or nothing");
+    decoded
+}
+
+/// A JSON string literal of `text`, escaped as serde_json escapes it.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string encodes")
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4_000))]
@@ -9,12 +42,43 @@ proptest! {
     #[test]
     fn arbitrary_bytes(payload in proptest::collection::vec(any::<u8>(), 0..512), bincode in any::<bool>()) {
         let header: &[u8] = if bincode { b"application/x-bincode" } else { b"application/json" };
-        let _ = Decoder::default().decode(&payload, Some(header), 1_764_400_000_000);
+        let _ = decode_both_ways(&payload, Some(header));
     }
 
     #[test]
-    fn json_shaped_text(text in r#"\{("(type|user|item|ts|rating|clicked|features)":("[a-z=]{0,3}"|-?[0-9]{1,20}(\.[0-9])?|true|null|\{\}),?){0,7}\}"#) {
-        let _ = Decoder::default().decode(text.as_bytes(), None, 1_764_400_000_000);
+    fn json_shaped_text(text in r#"\{("(type|user|item|ts|rating|clicked|features)":("[a-z=]{0,3}"|-?[0-9]{1,20}(\.[0-9])?|true|null|\{\}|\{"[a-c]":"[x\\"]{0,2}"\}),?){0,7}\}"#) {
+        let _ = decode_both_ways(text.as_bytes(), None);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    /// Features in any order, names repeated, text with escapes and
+    /// non-ASCII: both formats decode them as a map keeps them (name
+    /// order, the last value of a name), both ways.
+    #[test]
+    fn features_in_any_order_decode_as_a_map_holds_them(
+        user in "[a-zé\"\\\\]{1,6}",
+        item in "[a-z0-9\\n]{1,6}",
+        pairs in proptest::collection::vec(("[a-cé]{1,2}", "[a-z;=\"\\\\é]{1,4}"), 0..8),
+        clicked in any::<bool>(),
+    ) {
+        let fields: Vec<String> = pairs.iter().map(|(name, value)| format!("{}:{}", quoted(name), quoted(value))).collect();
+        let json = format!(
+            r#"{{"type":"click","user":{},"item":{},"clicked":{clicked},"ts":{NOW},"features":{{{}}}}}"#,
+            quoted(&user),
+            quoted(&item),
+            fields.join(","),
+        );
+        let features: Features = pairs.into_iter().collect();
+        let expected = Feedback::Click(Click { user, item, clicked, ts: NOW, features });
+        prop_assert_eq!(decode_both_ways(json.as_bytes(), None), Ok(expected.clone()));
+        let bincode = encode(&expected, ContentType::Bincode);
+        prop_assert_eq!(decode_both_ways(&bincode, Some(ContentType::Bincode.mime().as_bytes())), Ok(expected.clone()));
+        let mut keyed = KeyedEvents::new();
+        keyed.push(&expected);
+        prop_assert_eq!(keyed.iter().next().map(|event| event.to_feedback()), Some(expected), "keyed events give the event back");
     }
 }
 

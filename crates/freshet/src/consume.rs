@@ -97,8 +97,8 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, batch: &MicroBatch) {
-        for event in &batch.events {
-            *self.by_kind.entry(event.kind().as_str()).or_default() += 1;
+        for event in batch.events.iter() {
+            *self.by_kind.entry(event.target.kind().as_str()).or_default() += 1;
         }
         for (reason, count) in &batch.rejected {
             *self.rejects.entry(reason.as_str()).or_default() += count;

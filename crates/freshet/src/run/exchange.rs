@@ -22,7 +22,7 @@ use freshet_core::exchange::{
 };
 use freshet_core::grads::{GradientsMessage, encode_gradients};
 use freshet_core::threads::join_within;
-use freshet_core::{CONTENT_TYPE_HEADER, ContentType, Feedback, Gradients, Shard, encode, hash_id};
+use freshet_core::{CONTENT_TYPE_HEADER, ContentType, Feedback, Gradients, KeyedEvents, Shard, encode};
 use freshet_kafka::{KafkaConfig, is_fenced, send_threaded};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -102,15 +102,15 @@ impl ShardExchange {
     /// Keeps the events whose user this shard owns and moves the others
     /// into the interval's outbox, for their owners; returns how many were
     /// forwarded.
-    pub fn route(&mut self, events: &mut Vec<Feedback>) -> usize {
+    pub fn route(&mut self, events: &mut KeyedEvents) -> usize {
         let before = self.forwarded.len();
         events.retain(|event| {
-            let owner = self.shard.owner(hash_id(event.user()));
+            let owner = self.shard.owner(event.user);
             if owner == self.shard.index() {
                 return true;
             }
             let part = self.next_part.entry(owner).or_default();
-            let payload = encode(event, ContentType::Bincode);
+            let payload = encode(&event.to_feedback(), ContentType::Bincode);
             self.forwarded.push(OutboxMessage { channel: Channel::Route, to: owner, part: *part, payload });
             *part += 1;
             false
@@ -321,10 +321,12 @@ fn send(producer: &ExchangeProducer, topics: &Topics, outbox: &Outbox) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use freshet_core::{Click, Features};
+    use freshet_core::{Click, Decoder, Features, hash_id};
 
     fn click(user: &str) -> Feedback {
-        Feedback::Click(Click { user: user.into(), item: "i1".into(), clicked: true, ts: 1, features: Features::new() })
+        // A value holding the pair separator: a forwarded event keeps every feature as it was.
+        let features = Features::from([("device".into(), "ios;x=1".into()), ("page".into(), "home".into())]);
+        Feedback::Click(Click { user: user.into(), item: "i1".into(), clicked: true, ts: 1, features })
     }
 
     #[test]
@@ -332,13 +334,23 @@ mod tests {
         let shard = Shard::new(0, 3).expect("shard");
         let mut exchange = ShardExchange::new(shard, HighWater::default());
         let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
-        let mut events: Vec<Feedback> = users.iter().map(|u| click(u)).collect();
+        let mut events = KeyedEvents::new();
+        for user in &users {
+            events.push(&click(user));
+        }
         let forwarded = exchange.route(&mut events);
-        assert!(events.iter().all(|e| shard.owns(hash_id(e.user()))));
+        assert!(events.iter().all(|e| shard.owns(hash_id(e.user_id)) && e.to_feedback() == click(e.user_id)));
         assert_eq!(events.len() + forwarded, 60);
         assert!(forwarded > 0 && !events.is_empty());
         let outbox = exchange.outbox(5, Vec::new());
         assert_eq!(outbox.len(), forwarded);
+        for message in &outbox {
+            let bincode = Some(ContentType::Bincode.mime().as_bytes());
+            let event =
+                Decoder::default().decode_forwarded(&message.payload, bincode).expect("a forwarded event decodes");
+            assert_eq!(event, click(event.user()), "forwarded as it was read");
+            assert_eq!(shard.owner(hash_id(event.user())), message.to);
+        }
         for owner in [1, 2] {
             let parts: Vec<u32> = outbox.iter().filter(|m| m.to == owner).map(|m| m.part).collect();
             assert_eq!(parts, (0..parts.len() as u32).collect::<Vec<_>>(), "parts count from 0 per owner");

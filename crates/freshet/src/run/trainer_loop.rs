@@ -540,11 +540,13 @@ impl TrainerLoop {
                 }
             }
             self.metrics.exchange_received(Channel::Route, "applied", inbound.events.len());
-            batch.events.extend(inbound.events);
+            for event in &inbound.events {
+                batch.events.push(event);
+            }
             let forwarded = sharded.exchange.route(&mut batch.events);
             self.metrics.forwarded(forwarded);
         }
-        let report = self.trainer.train_batch(&batch.events);
+        let report = self.trainer.train_events(batch.events.as_events());
         self.metrics.batch(&batch, started.elapsed().as_secs_f64());
         debug!(
             events = report.events,
