@@ -199,10 +199,10 @@ fn decode_bincode(payload: &[u8]) -> Result<Decoded<'_>, Rejection> {
     }
     Ok(match event {
         WireEvent::Click(c) => {
-            Decoded { target: Target::Click(c.clicked), ts: c.ts, user: c.user, item: c.item, features: c.features.0 }
+            Decoded { target: Target::Click(c.value), ts: c.ts, user: c.user, item: c.item, features: c.features.0 }
         }
         WireEvent::Rating(r) => {
-            Decoded { target: Target::Rating(r.rating), ts: r.ts, user: r.user, item: r.item, features: r.features.0 }
+            Decoded { target: Target::Rating(r.value), ts: r.ts, user: r.user, item: r.item, features: r.features.0 }
         }
         WireEvent::Forget(f) => {
             Decoded { target: Target::Forget, ts: f.ts, user: f.user, item: Cow::Borrowed(""), features: Vec::new() }
@@ -211,33 +211,23 @@ fn decode_bincode(payload: &[u8]) -> Result<Decoded<'_>, Rejection> {
 }
 
 /// [`Feedback`]'s serde form (the bincode wire format) read borrowing its
-/// text: the same variants and fields in the same order.
+/// text: the same variants and fields in the same order (bincode reads
+/// fields by position, not name).
 #[derive(Deserialize)]
 enum WireEvent<'a> {
-    Click(#[serde(borrow)] WireClick<'a>),
-    Rating(#[serde(borrow)] WireRating<'a>),
+    Click(#[serde(borrow)] WireFeedback<'a, bool>),
+    Rating(#[serde(borrow)] WireFeedback<'a, f32>),
     Forget(#[serde(borrow)] WireForget<'a>),
 }
 
+/// A [`Click`] (`T` = `clicked`) or a [`Rating`] (`T` = `rating`).
 #[derive(Deserialize)]
-struct WireClick<'a> {
+struct WireFeedback<'a, T> {
     #[serde(borrow)]
     user: Cow<'a, str>,
     #[serde(borrow)]
     item: Cow<'a, str>,
-    clicked: bool,
-    ts: i64,
-    #[serde(borrow)]
-    features: Pairs<'a>,
-}
-
-#[derive(Deserialize)]
-struct WireRating<'a> {
-    #[serde(borrow)]
-    user: Cow<'a, str>,
-    #[serde(borrow)]
-    item: Cow<'a, str>,
-    rating: f32,
+    value: T,
     ts: i64,
     #[serde(borrow)]
     features: Pairs<'a>,
