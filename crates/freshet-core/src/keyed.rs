@@ -181,7 +181,7 @@ impl KeyedEvents {
 
     /// Appends an event whose feature `pairs` come in name order, once
     /// each ([`in_name_order`]); `item` is empty for a forget.
-    pub fn push_parts<'p>(
+    pub(crate) fn push_parts<'p>(
         &mut self,
         target: Target,
         ts: i64,
