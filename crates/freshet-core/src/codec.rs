@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Click, EventKind, Features, Feedback, Forget, Rating};
+use crate::event::{EventKind, Features, Feedback};
 use crate::keyed::{KeyedEvents, Target, in_name_order};
 use crate::reject::Rejection;
 use crate::validate::ValidationConfig;
@@ -174,13 +174,8 @@ impl Decoded<'_> {
     }
 
     fn into_feedback(self) -> Feedback {
-        let (user, item, ts) = (self.user.into_owned(), self.item.into_owned(), self.ts);
-        let features = || self.features.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
-        match self.target {
-            Target::Click(clicked) => Feedback::Click(Click { user, item, clicked, ts, features: features() }),
-            Target::Rating(rating) => Feedback::Rating(Rating { user, item, rating, ts, features: features() }),
-            Target::Forget => Feedback::Forget(Forget { user, ts }),
-        }
+        let features = self.features.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+        self.target.feedback(self.user.into_owned(), self.item.into_owned(), self.ts, features)
     }
 }
 
@@ -220,7 +215,7 @@ enum WireEvent<'a> {
     Forget(#[serde(borrow)] WireForget<'a>),
 }
 
-/// A [`Click`] (`T` = `clicked`) or a [`Rating`] (`T` = `rating`).
+/// A [`crate::Click`] (`T` = `clicked`) or a [`crate::Rating`] (`T` = `rating`).
 #[derive(Deserialize)]
 struct WireFeedback<'a, T> {
     #[serde(borrow)]

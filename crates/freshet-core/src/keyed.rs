@@ -36,6 +36,16 @@ impl Target {
             Target::Forget => EventKind::Forget,
         }
     }
+
+    /// The event that asks it, from its parts (`item` and `features`
+    /// dropped for a forget).
+    pub(crate) fn feedback(self, user: String, item: String, ts: i64, features: Features) -> Feedback {
+        match self {
+            Target::Click(clicked) => Feedback::Click(Click { user, item, clicked, ts, features }),
+            Target::Rating(rating) => Feedback::Rating(Rating { user, item, rating, ts, features }),
+            Target::Forget => Feedback::Forget(Forget { user, ts }),
+        }
+    }
 }
 
 /// Where an event's parts sit in its [`KeyedEvents`]' buffers.
@@ -413,13 +423,8 @@ impl PartialEq for EventRef<'_> {
 impl<'a> EventRef<'a> {
     /// The event as it was decoded (what a shard forwards to another).
     pub fn to_feedback(&self) -> Feedback {
-        let (user, item, ts) = (self.user_id.to_owned(), self.item_id.to_owned(), self.ts);
-        let features = || self.feature_pairs().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
-        match self.target {
-            Target::Click(clicked) => Feedback::Click(Click { user, item, clicked, ts, features: features() }),
-            Target::Rating(rating) => Feedback::Rating(Rating { user, item, rating, ts, features: features() }),
-            Target::Forget => Feedback::Forget(Forget { user, ts }),
-        }
+        let features = self.feature_pairs().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+        self.target.feedback(self.user_id.to_owned(), self.item_id.to_owned(), self.ts, features)
     }
 
     /// Its features as `(name, value)` pairs, in name order.
