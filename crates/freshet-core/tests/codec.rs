@@ -240,3 +240,69 @@ fn configuration_errors_name_the_key() {
     assert_eq!(bad.check().expect_err("invalid").key, "validation.max_age_ms");
     assert!(ValidationConfig::default().check().is_ok());
 }
+
+/// The events of `tests/fixtures/events.hex`, in its order.
+fn fixture_events() -> Vec<Feedback> {
+    let features = Features::from([("device".into(), "ios".into()), ("pagé".into(), "home;x=1".into())]);
+    vec![
+        Feedback::Click(Click { user: "u1".into(), item: "i9".into(), clicked: true, ts: NOW, features }),
+        Feedback::Rating(Rating {
+            user: "ü2".into(),
+            item: "i3".into(),
+            rating: 4.5,
+            ts: NOW,
+            features: Features::new(),
+        }),
+        Feedback::Forget(Forget { user: "u1".into(), ts: NOW }),
+    ]
+}
+
+/// Both wire formats against bytes checked in (`tests/fixtures/events.hex`:
+/// one `format hex` line per message, written by this encoder when the file
+/// was made): each line decodes to its event, and encoding the event gives
+/// the line's bytes again. A change to either format fails here first.
+#[test]
+fn checked_in_messages_decode_and_encode_byte_for_byte() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events.hex")).expect("fixture");
+    let lines: Vec<(&str, Vec<u8>)> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (format, hex) = line.split_once(' ').expect("format hex");
+            let bytes =
+                (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex")).collect();
+            (format, bytes)
+        })
+        .collect();
+    let events = fixture_events();
+    assert_eq!(lines.len(), 2 * events.len(), "each event in both formats");
+    let mut keyed = freshet_core::KeyedEvents::new();
+    for ((format, bytes), event) in lines.iter().zip(events.iter().flat_map(|e| [e, e])) {
+        let format = if *format == "json" { ContentType::Json } else { ContentType::Bincode };
+        let header = Some(format.mime().as_bytes());
+        assert_eq!(Decoder::default().decode(bytes, header, NOW).as_ref(), Ok(event), "{format:?}");
+        Decoder::default().decode_into(bytes, header, NOW, &mut keyed).expect("decodes keyed");
+        assert_eq!(keyed.iter().last().map(|e| e.to_feedback()).as_ref(), Some(event), "{format:?} keyed");
+        assert_eq!(&encode(event, format), bytes, "{format:?} encodes as checked in");
+    }
+}
+
+/// Writes `tests/fixtures/events.hex` if it is absent (an existing file is
+/// never overwritten): `cargo test -p freshet-core --test codec -- --ignored`.
+#[test]
+#[ignore = "writes the fixture once; the checked-in file is the test's input"]
+fn write_events_fixture() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events.hex");
+    if std::path::Path::new(path).exists() {
+        return;
+    }
+    let mut text = String::from("# freshet feedback messages: `format hex` per line (docs/events.md)\n");
+    for event in fixture_events() {
+        for (name, format) in [("json", ContentType::Json), ("bincode", ContentType::Bincode)] {
+            let hex: String = encode(&event, format).iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&format!("{name} {hex}\n"));
+        }
+    }
+    std::fs::write(path, text).expect("fixture written");
+}
