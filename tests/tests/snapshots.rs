@@ -337,20 +337,33 @@ fn a_delta_handed_over_ahead_commits_only_once_durable_and_is_withdrawn_if_never
     wait_for_version(&log, 1, APPLY_TIMEOUT)?;
     assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 1, "a version submitted as durable commits at once");
     let chain_start = publisher.stats().last.expect("version 1 published").header_offset;
+    // Deltas are read ahead once the subscriber has reached the end of the topic.
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while !subscriber.stats().caught_up && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Handed over while its checkpoint is written: every message is
-    // delivered, and a read_committed subscriber sees none of it.
+    // delivered, and a read_committed subscriber sees none of it. The
+    // subscriber's read-ahead drafts it meanwhile, and serves the draft once
+    // the transaction commits.
     scenario.trained.train(500);
     publisher.submit_ahead(scenario.trained.delta(2));
     assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 2, "version 2's messages are delivered before it is durable");
     let waiting = events_within(&log, Duration::from_secs(2));
     assert!(applied_versions(&waiting).is_empty(), "not served before it is durable: {waiting:?}");
     assert_eq!(publisher.stats().published_version, 1);
+    assert_eq!(subscriber.stats().read_ahead_built, 1, "drafted while it waited: {:?}", subscriber.stats());
     publisher.durable(2);
     let events = wait_for_version(&log, 2, APPLY_TIMEOUT)?;
     assert_eq!(applied_versions(&events), vec![2], "{events:?}");
     assert_eq!(rejections(&events), 0, "{events:?}");
+    let read_ahead = |events: &[SubscriberEvent]| {
+        events.iter().any(|event| matches!(event, SubscriberEvent::Applied(report) if report.read_ahead))
+    };
+    assert!(read_ahead(&events), "served from the draft: {events:?}");
     same_params(&subscriber.model().expect("served"), &scenario.trained.trainer.export_params())?;
+    same_scores(&subscriber.model().expect("served"), &scenario.trained, &sample_triples(&scenario.trained, 1_000, 2))?;
 
     // Version 3 never becomes durable (its checkpoint failed): closing
     // withdraws it, and its transaction is aborted rather than left open.
@@ -362,6 +375,8 @@ fn a_delta_handed_over_ahead_commits_only_once_durable_and_is_withdrawn_if_never
     assert_eq!((stats.published_version, stats.deltas), (2, 1), "{stats:?}");
     let withdrawn = events_within(&log, Duration::from_secs(2));
     assert!(applied_versions(&withdrawn).is_empty(), "a withdrawn version is never served: {withdrawn:?}");
+    let stats = subscriber.stats();
+    assert_eq!((stats.read_ahead_built, stats.read_ahead_applied), (2, 1), "drafted, never served: {stats:?}");
     // A transaction left open would hold every reader at its first message
     // until the 60 s transaction timeout: the same version written and
     // committed after it is served well before that.

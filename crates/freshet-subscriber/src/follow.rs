@@ -23,12 +23,18 @@ use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
 use crate::chain::{Plan, plan, reload_from};
 use crate::inflight::{Answering, InFlight};
 use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
+use crate::read_ahead::Draft;
 use crate::swap::{LiveModel, Retired};
 
 /// Priority of the thread that applies snapshots (see [`lower_priority`]).
 const APPLY_PRIORITY: u8 = 25;
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(100);
+/// How long one poll of the committed stream waits while a read-ahead
+/// consumer runs beside it (whose messages are taken between two polls).
+const POLL_READING_AHEAD: Duration = Duration::from_millis(5);
+/// Most read-ahead messages taken between two polls of the committed stream.
+const READ_AHEAD_BURST: usize = 64;
 /// Messages read back from the end first when looking for the newest chain
 /// (the last message is usually a commit record; chunks are up to 512 KiB,
 /// so a wide first window reads megabytes for nothing).
@@ -45,13 +51,24 @@ pub struct SubscriberConfig {
     pub topic: String,
     /// Candidates a top-k scores exactly, at least (see [`ServingModel::top_k`]).
     pub top_k_candidates: usize,
+    /// Whether a second consumer reads deltas before their transaction
+    /// commits, so that a delta is decoded and applied to a version not yet
+    /// served while the publisher waits for its checkpoint; it is served
+    /// only once the committed stream delivers the same snapshot complete.
+    /// Full snapshots always take the committed path.
+    pub read_ahead: bool,
 }
 
 impl SubscriberConfig {
     /// Follows `topic` on `kafka` (a [`KafkaConfig`], or bootstrap servers
     /// alone) with the default settings.
     pub fn new(kafka: impl Into<KafkaConfig>, topic: impl Into<String>) -> Self {
-        SubscriberConfig { kafka: kafka.into(), topic: topic.into(), top_k_candidates: DEFAULT_CANDIDATES }
+        SubscriberConfig {
+            kafka: kafka.into(),
+            topic: topic.into(),
+            top_k_candidates: DEFAULT_CANDIDATES,
+            read_ahead: true,
+        }
     }
 }
 
@@ -118,6 +135,9 @@ pub struct SwapReport {
     pub bytes: usize,
     /// The checksum over the header and chunks, verified equal to the commit's.
     pub checksum: u64,
+    /// Whether its rows were applied from messages read before its
+    /// transaction committed (see [`SubscriberConfig::read_ahead`]).
+    pub read_ahead: bool,
     /// Now minus the newest event time the version reflects (ms).
     pub freshness_ms: i64,
     /// Now minus when the publisher built it (ms).
@@ -139,6 +159,10 @@ pub struct SubscriberStats {
     pub rejected: u64,
     /// Bytes of applied snapshots.
     pub bytes_applied: u64,
+    /// Deltas built from messages read before their transaction committed.
+    pub read_ahead_built: u64,
+    /// Of those, the ones served once the committed stream delivered them.
+    pub read_ahead_applied: u64,
     /// Publish-to-apply latency of the newest swap (ms).
     pub last_publish_to_apply_ms: i64,
     /// Whether the subscriber reached the end of every partition of the
@@ -246,13 +270,17 @@ impl Subscriber {
                 debug!(error, "the subscriber thread keeps its priority");
             }
             // Made here, so that librdkafka's threads inherit the lowered priority.
-            let consumer = match consumer(&config) {
-                Ok(consumer) => consumer,
+            let consumers = consumer(&config, Isolation::Committed)
+                .and_then(|consumer| Ok((consumer, config.read_ahead.then(|| consumer_ahead(&config)).transpose()?)));
+            let (consumer, ahead) = match consumers {
+                Ok(consumers) => consumers,
                 Err(error) => return drop(created.send(Err(error))),
             };
             let _ = created.send(Ok(()));
             let follower = Follower {
                 consumer: Arc::new(consumer),
+                ahead: ahead.map(Arc::new),
+                committed_idle: false,
                 topic,
                 live,
                 retired: Retired::default(),
@@ -329,6 +357,10 @@ struct Follower {
     /// Shared, so a polled message (which borrows it) and the follower's
     /// other state can be used together.
     consumer: Arc<BaseConsumer<QuietEof>>,
+    /// The read-ahead consumer (uncommitted messages), if reading ahead.
+    ahead: Option<Arc<BaseConsumer<QuietEof>>>,
+    /// Whether the committed consumer's last poll found nothing waiting.
+    committed_idle: bool,
     topic: String,
     live: Arc<LiveModel>,
     /// Versions swapped out, freed here once their readers are done.
@@ -360,6 +392,11 @@ struct Chain {
     position: Offset,
     /// Whether the end of the partition was reached at least once.
     reached_end: bool,
+    /// Versions of this chain put together so far: a draft is adopted
+    /// only onto the generation it was made on.
+    generation: u64,
+    /// Deltas read ahead of their commit.
+    draft: Draft,
 }
 
 impl Chain {
@@ -373,7 +410,15 @@ impl Chain {
             rejected_headers: HashSet::new(),
             position: start.map_or(Offset::Beginning, Offset::Offset),
             reached_end: false,
+            generation: 0,
+            draft: Draft::default(),
         }
+    }
+
+    /// The drafted builder of `done`, if it was read ahead on this chain's
+    /// version now (see [`Draft::adopt`]).
+    fn adopt(&mut self, done: &Completed) -> Option<Box<Builder>> {
+        self.draft.adopt(done, self.generation)
     }
 }
 
@@ -381,6 +426,8 @@ impl Chain {
 enum Building {
     /// The next version, being built as chunks arrive.
     Apply(Box<Builder>),
+    /// The next version, already built from the same messages read ahead.
+    Drafted,
     /// The served version again.
     Repeat,
     /// Not needed.
@@ -391,18 +438,36 @@ enum Building {
     Failed(String),
 }
 
-/// The snapshot consumer of `config`.
-fn consumer(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaError> {
-    consumer_config(config).create_with_context(QuietEof)
+/// Which messages a snapshot consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Those of committed transactions: the stream that decides what is served.
+    Committed,
+    /// Every message as it is written (see [`crate::read_ahead`]).
+    Uncommitted,
 }
 
-fn consumer_config(config: &SubscriberConfig) -> ClientConfig {
+/// The snapshot consumer of `config`.
+fn consumer(config: &SubscriberConfig, isolation: Isolation) -> Result<BaseConsumer<QuietEof>, KafkaError> {
+    consumer_config(config, isolation).create_with_context(QuietEof)
+}
+
+/// The read-ahead consumer of `config`.
+fn consumer_ahead(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaError> {
+    consumer(config, Isolation::Uncommitted)
+}
+
+fn consumer_config(config: &SubscriberConfig, isolation: Isolation) -> ClientConfig {
+    let (level, eof) = match isolation {
+        Isolation::Committed => ("read_committed", "true"),
+        Isolation::Uncommitted => ("read_uncommitted", "false"),
+    };
     let mut client = config.kafka.consumer_client();
     client
         .set("group.id", format!("freshet-subscriber-{}-{}", std::process::id(), freshet_core::now_ms()))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
+        .set("isolation.level", level)
+        .set("enable.partition.eof", eof)
         .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
         .set("fetch.max.bytes", (4 * 1024 * 1024).to_string())
         // Snapshots are applied as they arrive: a small read-ahead keeps
@@ -444,15 +509,24 @@ impl Follower {
                 let _ = self.in_flight.stand_aside();
                 self.retired.collect();
             }
+            let poll = match self.ahead.clone() {
+                Some(ahead) => {
+                    self.read_ahead(&ahead);
+                    POLL_READING_AHEAD
+                }
+                None => POLL,
+            };
             let consumer = Arc::clone(&self.consumer);
-            let Some(result) = consumer.poll(POLL) else { continue };
+            let polled = consumer.poll(poll);
+            self.committed_idle = polled.is_none();
+            let Some(result) = polled else { continue };
             match result {
                 Ok(message) => {
                     let Some(k) = self.chain_of(message.partition()) else { continue };
                     let chain = &mut self.chains[k];
                     chain.position = Offset::Offset(message.offset() + 1);
                     let fed = chain.assembler.feed(message.offset(), message.payload().unwrap_or_default());
-                    self.handle(k, fed);
+                    self.handle(k, message.offset(), fed);
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     if let Some(k) = self.chain_of(partition) {
@@ -462,6 +536,45 @@ impl Follower {
                     }
                 }
                 Err(error) => warn!(%error, "snapshot consumer"),
+            }
+        }
+    }
+
+    /// Takes the messages the read-ahead consumer has (a bounded burst)
+    /// past what the committed stream has handled into the drafts. A draft
+    /// starts only while the committed stream has nothing waiting (its last
+    /// poll found no message): catching up, both consumers read the same
+    /// snapshots and the committed one would build them first.
+    fn read_ahead(&mut self, ahead: &BaseConsumer<QuietEof>) {
+        for _ in 0..READ_AHEAD_BURST {
+            let message = match ahead.poll(Duration::ZERO) {
+                None => return,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    debug!(%error, "snapshot read-ahead consumer");
+                    continue;
+                }
+            };
+            let Some(k) = self.chain_of(message.partition()) else { continue };
+            let chain = &self.chains[k];
+            if matches!(chain.position, Offset::Offset(next) if message.offset() < next) {
+                continue;
+            }
+            let generation = chain.generation;
+            let mut draft = std::mem::take(&mut self.chains[k].draft);
+            let built = draft.feed(message.offset(), message.payload().unwrap_or_default(), generation, |header| {
+                if !self.committed_idle {
+                    return None;
+                }
+                let _ = self.in_flight.stand_aside();
+                match self.check_shard(k, header).map(|()| self.plan(k, header)) {
+                    Ok(Building::Apply(builder)) => Some(builder),
+                    _ => None,
+                }
+            });
+            self.chains[k].draft = draft;
+            if built {
+                self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_built += 1;
             }
         }
     }
@@ -490,14 +603,18 @@ impl Follower {
         Ok(())
     }
 
-    fn handle(&mut self, k: usize, fed: Result<Fed, AssemblyError>) {
+    fn handle(&mut self, k: usize, offset: i64, fed: Result<Fed, AssemblyError>) {
         match fed {
             Ok(Fed::Header(header)) => {
-                // Starting a version copies its base's tables in one go: not while requests fill the cores.
-                let _ = self.in_flight.stand_aside();
+                let generation = self.chains[k].generation;
                 let building = match self.check_shard(k, &header) {
                     Err(reason) => Building::Failed(reason),
-                    Ok(()) => self.plan(k, &header),
+                    Ok(()) if self.chains[k].draft.ready_for(offset, generation) => Building::Drafted,
+                    Ok(()) => {
+                        // Starting a version copies its base's tables in one go: not while requests fill the cores.
+                        let _ = self.in_flight.stand_aside();
+                        self.plan(k, &header)
+                    }
                 };
                 let chain = &mut self.chains[k];
                 if !matches!(building, Building::Apply(_)) {
@@ -556,22 +673,20 @@ impl Follower {
                     warn!(shard, served, version, "a full snapshot of an older version: the model was reset");
                 }
                 let model = (*builder).finish_onto(self.assembled.as_ref(), done.chain_start_offset);
-                if done.header.kind == SnapshotKind::Full {
-                    self.chains[k].chain_start = Some(done.header_offset);
-                }
-                let missing = model.missing_shards();
-                let previous = missing.is_empty().then(|| self.live.store(model.clone()));
-                self.assembled = Some(model);
-                match previous {
-                    Some(previous) => {
-                        // Freeing a version is one go too.
-                        let _ = self.in_flight.stand_aside();
-                        self.retired.push(previous);
-                        self.applied(&done);
-                    }
-                    None => self.skip(version, &format!("waiting for the first full snapshot of shards {missing:?}")),
-                }
+                self.put_together(k, &done, model, false);
             }
+            Some(Building::Drafted) => match self.chains[k].adopt(&done) {
+                Some(builder) => {
+                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_applied += 1;
+                    let model = builder.finish_onto(self.assembled.as_ref(), done.chain_start_offset);
+                    self.put_together(k, &done, model, true);
+                }
+                // The same offsets with other bytes: the log was rewritten under us.
+                None => self.reject(format!(
+                    "snapshot {version} at offset {}: the committed messages differ from those read ahead",
+                    done.header_offset
+                )),
+            },
             Some(Building::Repeat) => {
                 // The same version again (a publisher restart): same parameters, newer chain.
                 self.chains[k].chain_start = Some(done.header_offset);
@@ -592,6 +707,29 @@ impl Follower {
                 self.reject(reason);
             }
             None => self.reject(format!("snapshot {version} completed without a header")),
+        }
+    }
+
+    /// Makes `model`, the version `done` built on chain `k`, the newest
+    /// one, and serves it once no shard is missing.
+    fn put_together(&mut self, k: usize, done: &Completed, model: ServingModel, read_ahead: bool) {
+        if done.header.kind == SnapshotKind::Full {
+            self.chains[k].chain_start = Some(done.header_offset);
+        }
+        let missing = model.missing_shards();
+        let previous = missing.is_empty().then(|| self.live.store(model.clone()));
+        self.assembled = Some(model);
+        self.chains[k].generation += 1;
+        match previous {
+            Some(previous) => {
+                // Freeing a version is one go too.
+                let _ = self.in_flight.stand_aside();
+                self.retired.push(previous);
+                self.applied(done, read_ahead);
+            }
+            None => {
+                self.skip(done.header.version, &format!("waiting for the first full snapshot of shards {missing:?}"))
+            }
         }
     }
 
@@ -620,7 +758,7 @@ impl Follower {
         }
     }
 
-    fn applied(&mut self, snapshot: &Completed) {
+    fn applied(&mut self, snapshot: &Completed, read_ahead: bool) {
         let now = freshet_core::now_ms();
         let header = &snapshot.header;
         let report = SwapReport {
@@ -631,6 +769,7 @@ impl Follower {
             tombstones: header.tombstones,
             bytes: snapshot.bytes,
             checksum: snapshot.checksum,
+            read_ahead,
             freshness_ms: now.saturating_sub(header.watermark.newest_event_ms),
             publish_to_apply_ms: now.saturating_sub(header.created_ms),
             watermark: header.watermark.clone(),
@@ -661,13 +800,19 @@ impl Follower {
         (self.on_event)(&SubscriberEvent::Rejected { reason });
     }
 
-    /// Assigns every partition at its chain's position.
+    /// Assigns every partition at its chain's position, to the read-ahead
+    /// consumer too (its drafts start again there).
     fn assign(&mut self) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
-        for (partition, chain) in self.chains.iter().enumerate() {
+        for (partition, chain) in self.chains.iter_mut().enumerate() {
             assignment.add_partition_offset(&self.topic, partition as i32, chain.position)?;
+            chain.draft.reset();
         }
-        self.consumer.assign(&assignment)
+        self.consumer.assign(&assignment)?;
+        match &self.ahead {
+            Some(ahead) => ahead.assign(&assignment),
+            None => Ok(()),
+        }
     }
 
     /// The newest chain start of every partition of the topic (`None`
@@ -742,13 +887,13 @@ mod tests {
     /// setting in the configuration wins.
     #[test]
     fn the_snapshot_consumer_fetches_again_soon_after_its_read_ahead_drains() {
-        let default = consumer_config(&SubscriberConfig::new("127.0.0.1:9092", "snapshots"));
+        let default = consumer_config(&SubscriberConfig::new("127.0.0.1:9092", "snapshots"), Isolation::Committed);
         assert_eq!(default.get("fetch.queue.backoff.ms"), Some(freshet_kafka::FETCH_QUEUE_BACKOFF_MS));
         assert_eq!(default.get("queued.max.messages.kbytes"), Some("8192"));
 
         let mut kafka = KafkaConfig::new("127.0.0.1:9092");
         kafka.settings.insert("fetch.queue.backoff.ms".to_owned(), "250".to_owned());
-        let configured = consumer_config(&SubscriberConfig::new(kafka, "snapshots"));
+        let configured = consumer_config(&SubscriberConfig::new(kafka, "snapshots"), Isolation::Committed);
         assert_eq!(configured.get("fetch.queue.backoff.ms"), Some("250"));
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use freshet_core::{ConfigError, Features, Head, ScoreContext, ValidationConfig};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -49,6 +49,11 @@ pub struct ServeConfig {
     /// serving the version it holds through a Kafka outage (an outage of
     /// Kafka never becomes an outage of serving).
     pub ready_without_kafka: bool,
+    /// Whether deltas are decoded and applied (not served) while their
+    /// transaction waits for the trainer's checkpoint, by a second consumer
+    /// reading uncommitted messages; served once committed
+    /// ([`crate::SubscriberConfig::read_ahead`]).
+    pub read_ahead: bool,
 }
 
 impl Default for ServeConfig {
@@ -58,6 +63,7 @@ impl Default for ServeConfig {
             top_k_candidates: DEFAULT_CANDIDATES,
             huge_pages: false,
             ready_without_kafka: false,
+            read_ahead: true,
         }
     }
 }
@@ -83,6 +89,7 @@ pub struct ServeMetrics {
     request_seconds: HistogramVec,
     snapshots: IntCounterVec,
     publish_to_apply: HistogramVec,
+    read_ahead: IntCounter,
     version: IntGauge,
     shard_version: IntGaugeVec,
     /// The shards `shard_version` has a series of, so that a shard the
@@ -110,6 +117,10 @@ impl ServeMetrics {
             Opts::new("freshet_subscriber_snapshots_total", "Snapshots by outcome (full, delta, skipped, rejected)"),
             &["outcome"],
         )?;
+        let read_ahead = IntCounter::new(
+            "freshet_subscriber_read_ahead_applied_total",
+            "Deltas served from rows applied before their transaction committed",
+        )?;
         let publish_to_apply = HistogramVec::new(
             HistogramOpts::new("freshet_subscriber_publish_to_apply_seconds", "From snapshot creation to hot swap")
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
@@ -134,6 +145,7 @@ impl ServeMetrics {
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(snapshots.clone()))?;
         registry.register(Box::new(publish_to_apply.clone()))?;
+        registry.register(Box::new(read_ahead.clone()))?;
         registry.register(Box::new(version.clone()))?;
         registry.register(Box::new(shard_version.clone()))?;
         registry.register(Box::new(newest_event_ms.clone()))?;
@@ -145,6 +157,7 @@ impl ServeMetrics {
             request_seconds,
             snapshots,
             publish_to_apply,
+            read_ahead,
             version,
             shard_version,
             shards_shown: Arc::default(),
@@ -159,6 +172,9 @@ impl ServeMetrics {
         match event {
             SubscriberEvent::Applied(report) => {
                 self.snapshots.with_label_values(&[report.kind.as_str()]).inc();
+                if report.read_ahead {
+                    self.read_ahead.inc();
+                }
                 self.publish_to_apply
                     .with_label_values(&[report.kind.as_str()])
                     .observe(report.publish_to_apply_ms.max(0) as f64 / 1e3);

@@ -55,6 +55,7 @@ pub mod http;
 mod inflight;
 mod model;
 mod pages;
+mod read_ahead;
 mod replica;
 mod scan;
 mod store;

@@ -38,6 +38,7 @@ impl SnapshotSourceArgs {
             kafka: config.kafka.clone(),
             topic: config.publisher.topic_for(&config.name.0),
             top_k_candidates: config.serve.top_k_candidates,
+            read_ahead: config.serve.read_ahead,
         };
         Ok((subscriber, config))
     }
