@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use freshet_core::snapshot::{SnapshotHeader, SnapshotKind, Watermark, decode_commit};
+use freshet_core::snapshot::{ChunkView, SnapshotHeader, SnapshotKind, Watermark, decode_commit};
 use freshet_core::threads::join_within;
 use freshet_kafka::{ClusterProbe, ClusterStatus, KafkaConfig};
 use rdkafka::ClientContext;
@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
 use crate::chain::{Plan, plan, reload_from};
 use crate::inflight::{Answering, InFlight};
-use crate::model::{Builder, DEFAULT_CANDIDATES, ServingModel};
-use crate::read_ahead::Draft;
+use crate::model::{ApplyError, Builder, DEFAULT_CANDIDATES, ServingModel};
+use crate::read_ahead::{Claim, Draft};
 use crate::swap::{LiveModel, Retired};
 
 /// Priority of the thread that applies snapshots (see [`lower_priority`]).
@@ -135,8 +135,9 @@ pub struct SwapReport {
     pub bytes: usize,
     /// The checksum over the header and chunks, verified equal to the commit's.
     pub checksum: u64,
-    /// Whether its rows were applied from messages read before its
-    /// transaction committed (see [`SubscriberConfig::read_ahead`]).
+    /// Whether its rows (all, or its first chunks) were applied from
+    /// messages read before its transaction committed (see
+    /// [`SubscriberConfig::read_ahead`]).
     pub read_ahead: bool,
     /// Now minus the newest event time the version reflects (ms).
     pub freshness_ms: i64,
@@ -159,9 +160,10 @@ pub struct SubscriberStats {
     pub rejected: u64,
     /// Bytes of applied snapshots.
     pub bytes_applied: u64,
-    /// Deltas built from messages read before their transaction committed.
+    /// Deltas built whole from messages read before their transaction committed.
     pub read_ahead_built: u64,
-    /// Of those, the ones served once the committed stream delivered them.
+    /// Deltas served with rows applied (all, or their first chunks) from
+    /// messages read before their transaction committed.
     pub read_ahead_applied: u64,
     /// Publish-to-apply latency of the newest swap (ms).
     pub last_publish_to_apply_ms: i64,
@@ -424,8 +426,9 @@ impl Chain {
 
 /// The open snapshot, by its [`Plan`].
 enum Building {
-    /// The next version, being built as chunks arrive.
-    Apply(Box<Builder>),
+    /// The next version, being built as chunks arrive; the first `drafted`
+    /// chunks were applied already, read ahead.
+    Apply { builder: Box<Builder>, drafted: u32 },
     /// The next version, already built from the same messages read ahead.
     Drafted,
     /// The served version again.
@@ -445,6 +448,17 @@ enum Isolation {
     Committed,
     /// Every message as it is written (see [`crate::read_ahead`]).
     Uncommitted,
+}
+
+impl Building {
+    /// Applies `chunk` if this builds the version and the read-ahead did
+    /// not apply it already (chunks come in order, from index 0).
+    fn apply(&mut self, chunk: &ChunkView<'_>) -> Result<(), ApplyError> {
+        match self {
+            Building::Apply { builder, drafted } if chunk.index >= *drafted => builder.apply_view(chunk),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The snapshot consumer of `config`.
@@ -568,7 +582,7 @@ impl Follower {
                 }
                 let _ = self.in_flight.stand_aside();
                 match self.check_shard(k, header).map(|()| self.plan(k, header)) {
-                    Ok(Building::Apply(builder)) => Some(builder),
+                    Ok(Building::Apply { builder, .. }) => Some(builder),
                     _ => None,
                 }
             });
@@ -606,26 +620,28 @@ impl Follower {
     fn handle(&mut self, k: usize, offset: i64, fed: Result<Fed, AssemblyError>) {
         match fed {
             Ok(Fed::Header(header)) => {
-                let generation = self.chains[k].generation;
-                let building = match self.check_shard(k, &header) {
-                    Err(reason) => Building::Failed(reason),
-                    Ok(()) if self.chains[k].draft.ready_for(offset, generation) => Building::Drafted,
-                    Ok(()) => {
+                let chain = &mut self.chains[k];
+                let claim = chain.draft.claim(offset, chain.generation);
+                let building = match (self.check_shard(k, &header), claim) {
+                    (Err(reason), _) => Building::Failed(reason),
+                    (Ok(()), Claim::Ready) => Building::Drafted,
+                    (Ok(()), Claim::Partial { builder, applied }) => Building::Apply { builder, drafted: applied },
+                    (Ok(()), Claim::Nothing) => {
                         // Starting a version copies its base's tables in one go: not while requests fill the cores.
                         let _ = self.in_flight.stand_aside();
                         self.plan(k, &header)
                     }
                 };
                 let chain = &mut self.chains[k];
-                if !matches!(building, Building::Apply(_)) {
+                if !matches!(building, Building::Apply { .. }) {
                     chain.assembler.skip_rows();
                 }
                 chain.building = Some(building);
             }
             Ok(Fed::Chunk(chunk)) => {
                 let chain = &mut self.chains[k];
-                if let Some(Building::Apply(builder)) = &mut chain.building
-                    && let Err(error) = builder.apply_view(&chunk)
+                if let Some(building) = &mut chain.building
+                    && let Err(error) = building.apply(&chunk)
                 {
                     chain.building = Some(Building::Failed(format!("snapshot {}: {error}", chunk.version)));
                     chain.assembler.skip_rows();
@@ -648,7 +664,10 @@ impl Follower {
     fn plan(&self, shard: usize, header: &SnapshotHeader) -> Building {
         let assembled = self.assembled.as_ref();
         let served = assembled.and_then(|model| model.shard_version(shard as u32));
-        let apply = |builder: Builder| Building::Apply(Box::new(builder.standing_aside_for(self.in_flight.clone())));
+        let apply = |builder: Builder| Building::Apply {
+            builder: Box::new(builder.standing_aside_for(self.in_flight.clone())),
+            drafted: 0,
+        };
         match plan(served, header.kind, header.version) {
             Plan::Full => Builder::full(header, assembled, self.candidates)
                 .map_or_else(|error| Building::Failed(format!("full snapshot {}: {error}", header.version)), apply),
@@ -666,14 +685,17 @@ impl Follower {
     fn complete(&mut self, k: usize, done: Completed) {
         let version = done.header.version;
         match self.chains[k].building.take() {
-            Some(Building::Apply(builder)) => {
+            Some(Building::Apply { builder, drafted }) => {
                 let shard = done.header.shard;
                 let served = self.assembled.as_ref().and_then(|model| model.shard_version(shard));
                 if done.header.kind == SnapshotKind::Full && served.is_some_and(|served| served > version) {
                     warn!(shard, served, version, "a full snapshot of an older version: the model was reset");
                 }
                 let model = (*builder).finish_onto(self.assembled.as_ref(), done.chain_start_offset);
-                self.put_together(k, &done, model, false);
+                if drafted > 0 {
+                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_applied += 1;
+                }
+                self.put_together(k, &done, model, drafted > 0);
             }
             Some(Building::Drafted) => match self.chains[k].adopt(&done) {
                 Some(builder) => {
@@ -880,7 +902,40 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
+    use freshet_core::{TableKind, hash_id};
+
     use super::*;
+    use crate::fixtures::{served_users, user_snapshot};
+
+    /// A delta whose first chunk the read-ahead applied is finished by the
+    /// committed stream from its next chunk on, every chunk applied once.
+    #[test]
+    fn a_handed_over_draft_is_finished_from_its_first_chunk_not_drafted() {
+        let base = served_users(&[("u1", 0.5), ("u2", 0.5)]);
+        let drafted = user_snapshot(2, SnapshotKind::Delta { base_version: 1 }, &[("u1", 2.0), ("u2", 3.0)]);
+        let mut assembler = Assembler::new();
+        let Ok(Fed::Header(header)) = assembler.feed(0, &drafted[0]) else { panic!("a header") };
+        let mut builder = Box::new(Builder::delta(&header, &base).expect("on its base"));
+        let Ok(Fed::Chunk(first)) = assembler.feed(1, &drafted[1]) else { panic!("a chunk") };
+        builder.apply_view(&first).expect("applies");
+
+        // The committed stream's copy of the first chunk, told apart here by
+        // other values: passed over, as it was applied already.
+        let other = user_snapshot(2, SnapshotKind::Delta { base_version: 1 }, &[("u1", 9.0), ("u2", 9.0)]);
+        let mut committed = Assembler::new();
+        let chunks: Vec<_> = (0..).zip(&other).map(|(offset, value)| committed.feed(offset, value)).collect();
+        let mut building = Building::Apply { builder, drafted: 1 };
+        for fed in &chunks {
+            if let Ok(Fed::Chunk(chunk)) = fed {
+                building.apply(chunk).expect("applies");
+            }
+        }
+        let Building::Apply { builder, .. } = building else { unreachable!() };
+        let model = builder.finish_onto(Some(&base), 0);
+        let row = |id: &str| model.row(TableKind::User, hash_id(id)).expect("a user row");
+        assert!(row("u1").iter().all(|&v| v == 2.0), "the drafted first chunk kept: {:?}", row("u1"));
+        assert!(row("u2").iter().all(|&v| v == 9.0), "the second chunk applied: {:?}", row("u2"));
+    }
 
     /// librdkafka's own backoff once the small read-ahead is full is a
     /// second per stall (see [`freshet_kafka::FETCH_QUEUE_BACKOFF_MS`]); a

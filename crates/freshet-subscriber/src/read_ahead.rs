@@ -8,7 +8,9 @@
 //! yet served during that wait ([`Draft`]). When the read_committed consumer
 //! then delivers the same snapshot complete (the same header offset and the
 //! same checksum), the drafted version is served as it stands, instead of
-//! being built again from the committed messages.
+//! being built again from the committed messages. A draft still being built
+//! when the committed header arrives is handed over with the count of chunks
+//! it applied, and the committed stream applies the rest ([`Claim`]).
 //!
 //! **Architecture invariant:** a draft never decides anything. The
 //! committed stream decides every swap; a draft only saves it the work of
@@ -39,9 +41,24 @@ pub(crate) struct Draft {
 #[derive(Debug)]
 struct Building {
     header_offset: i64,
-    /// The follower's generation when the builder was made (see [`Draft::feed`]).
+    /// The chain's generation when the builder was made (see [`Draft::feed`]).
     generation: u64,
     builder: Box<Builder>,
+    /// Chunks applied, the first ones in order.
+    applied: u32,
+}
+
+/// What the read-ahead has of a snapshot whose header the committed stream delivered.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Its draft is complete: [`Draft::adopt`] hands it over once the
+    /// committed stream completes the snapshot too.
+    Ready,
+    /// Its draft was still being built: the builder, with its first
+    /// `applied` chunks applied.
+    Partial { builder: Box<Builder>, applied: u32 },
+    /// Nothing: the committed stream builds it.
+    Nothing,
 }
 
 /// A drafted delta, every row applied, not served.
@@ -75,15 +92,17 @@ impl Draft {
                     SnapshotKind::Delta { .. } => start(&header),
                     SnapshotKind::Full => None,
                 }
-                .map(|builder| Building { header_offset: offset, generation, builder });
+                .map(|builder| Building { header_offset: offset, generation, builder, applied: 0 });
                 self.passing = self.building.is_none();
             }
             Ok(Fed::Chunk(chunk)) => {
-                if let Some(building) = &mut self.building
-                    && building.builder.apply_view(&chunk).is_err()
-                {
-                    self.building = None;
-                    self.passing = true;
+                if let Some(building) = &mut self.building {
+                    if building.builder.apply_view(&chunk).is_ok() {
+                        building.applied += 1;
+                    } else {
+                        self.building = None;
+                        self.passing = true;
+                    }
                 }
             }
             Ok(Fed::Skipped) => {}
@@ -105,16 +124,23 @@ impl Draft {
         false
     }
 
-    /// Whether a draft of the snapshot whose header is at `header_offset`
-    /// is ready to be adopted onto generation `generation`. If not, a
-    /// draft of it (or of one before it) still being built is dropped: the
-    /// committed stream builds it now.
-    pub(crate) fn ready_for(&mut self, header_offset: i64, generation: u64) -> bool {
-        if self.building.as_ref().is_some_and(|building| building.header_offset <= header_offset) {
-            self.building = None;
+    /// What the read-ahead has of the snapshot whose header the committed
+    /// stream delivered at `header_offset`, for the chain's generation
+    /// `generation`. A draft being built of it is handed over (the
+    /// read-ahead passes over the rest of it); one of a snapshot before it
+    /// is dropped.
+    pub(crate) fn claim(&mut self, header_offset: i64, generation: u64) -> Claim {
+        if let Some(building) = self.building.take_if(|building| building.header_offset <= header_offset) {
             self.passing = true;
+            if building.header_offset == header_offset && building.generation == generation {
+                return Claim::Partial { builder: building.builder, applied: building.applied };
+            }
         }
-        self.ready.as_ref().is_some_and(|ready| ready.header_offset == header_offset && ready.generation == generation)
+        let ready = self.ready.as_ref();
+        match ready.is_some_and(|ready| ready.header_offset == header_offset && ready.generation == generation) {
+            true => Claim::Ready,
+            false => Claim::Nothing,
+        }
     }
 
     /// The drafted builder of `done`, a snapshot the committed stream
@@ -134,52 +160,15 @@ impl Draft {
 
 #[cfg(test)]
 mod tests {
-    use freshet_core::snapshot::{
-        SnapshotChecksum, SnapshotChunk, SnapshotCommit, SnapshotMessage, SnapshotRow, encode_message,
-    };
-    use freshet_core::{ModelSpec, RowLayout, TableKind, hash_id};
+    use freshet_core::{TableKind, hash_id};
 
     use super::*;
-    use crate::fixtures::header;
-    use crate::model::{DEFAULT_CANDIDATES, ServingModel};
+    use crate::fixtures::{served_users, user_snapshot};
+    use crate::model::ServingModel;
 
-    const DIM: usize = 8;
-
-    fn spec() -> ModelSpec {
-        ModelSpec { dim: DIM, ..ModelSpec::default() }
-    }
-
-    /// User `id`'s row (users keep no id text), every value `value`.
-    fn user_row(id: &str, value: f32) -> SnapshotRow {
-        let values = vec![value; RowLayout::new(TableKind::User, DIM).width()];
-        SnapshotRow { table: TableKind::User, key: hash_id(id), id: None, updated_ms: 0, values }
-    }
-
-    /// The message values of a snapshot setting user `u1` to `value` everywhere.
-    fn snapshot(version: u64, kind: SnapshotKind, value: f32) -> Vec<Vec<u8>> {
-        let header = header(version, kind, spec(), [1, 0, 0], 0);
-        let rows = vec![user_row("u1", value)];
-        let chunk = SnapshotChunk { version, index: 0, rows, tombstones: vec![] };
-        let mut values = vec![
-            encode_message(&SnapshotMessage::Header(Box::new(header))),
-            encode_message(&SnapshotMessage::Chunk(chunk)),
-        ];
-        let mut checksum = SnapshotChecksum::new();
-        values.iter().for_each(|value| checksum.update(value));
-        let commit = SnapshotCommit { version, chunks: 1, checksum: checksum.digest(), chain_start_offset: 0 };
-        values.push(encode_message(&SnapshotMessage::Commit(commit)));
-        values
-    }
-
-    /// Version 1: user 1 at 0.5.
-    fn served() -> ServingModel {
-        let mut assembler = Assembler::new();
-        let values = snapshot(1, SnapshotKind::Full, 0.5);
-        let Ok(Fed::Header(header)) = assembler.feed(0, &values[0]) else { panic!("a header") };
-        let mut builder = Builder::full(&header, None, DEFAULT_CANDIDATES).expect("a valid full snapshot");
-        let Ok(Fed::Chunk(chunk)) = assembler.feed(1, &values[1]) else { panic!("a chunk") };
-        builder.apply_view(&chunk).expect("applies");
-        builder.finish(0)
+    /// A delta of version 2 on version 1 setting user `u1` to `value`.
+    fn delta(value: f32) -> Vec<Vec<u8>> {
+        user_snapshot(2, SnapshotKind::Delta { base_version: 1 }, &[("u1", value)])
     }
 
     /// Feeds `values` from `first` on, drafting deltas onto `base` at `generation`.
@@ -200,14 +189,14 @@ mod tests {
 
     #[test]
     fn a_delta_drafted_ahead_is_adopted_only_as_the_same_snapshot_on_the_same_version() {
-        let base = served();
-        let delta = snapshot(2, SnapshotKind::Delta { base_version: 1 }, 2.0);
+        let base = served_users(&[("u1", 0.5)]);
+        let delta = delta(2.0);
         let mut draft = Draft::default();
         assert_eq!(feed(&mut draft, &base, 10, &delta, 7), [false, false, true], "ready at its commit record");
 
-        assert!(!draft.ready_for(11, 7), "another header offset");
-        assert!(!draft.ready_for(10, 8), "drafted on another version of the chain");
-        assert!(draft.ready_for(10, 7));
+        assert!(matches!(draft.claim(11, 7), Claim::Nothing), "another header offset");
+        assert!(matches!(draft.claim(10, 8), Claim::Nothing), "drafted on another version of the chain");
+        assert!(matches!(draft.claim(10, 7), Claim::Ready));
         let done = committed(10, &delta);
         assert!(draft.adopt(&Completed { checksum: done.checksum ^ 1, ..done.clone() }, 7).is_none(), "other bytes");
         assert!(draft.adopt(&done, 7).is_none(), "a draft is offered once");
@@ -222,32 +211,40 @@ mod tests {
 
     #[test]
     fn an_aborted_draft_is_replaced_by_the_next_and_fulls_are_not_drafted() {
-        let base = served();
+        let base = served_users(&[("u1", 0.5)]);
         let mut draft = Draft::default();
-        let aborted = snapshot(2, SnapshotKind::Delta { base_version: 1 }, 9.0);
-        let retried = snapshot(2, SnapshotKind::Delta { base_version: 1 }, 2.0);
+        let aborted = delta(9.0);
+        let retried = delta(2.0);
         feed(&mut draft, &base, 10, &aborted, 0);
         feed(&mut draft, &base, 14, &retried, 0);
-        assert!(!draft.ready_for(10, 0), "the aborted transaction's header is never delivered committed");
-        assert!(draft.ready_for(14, 0));
+        assert!(matches!(draft.claim(10, 0), Claim::Nothing), "an aborted transaction's header is never committed");
+        assert!(matches!(draft.claim(14, 0), Claim::Ready));
         let model = draft.adopt(&committed(14, &retried), 0).expect("drafted").finish_onto(Some(&base), 0);
         assert!(model.row(TableKind::User, hash_id("u1")).expect("u1").iter().all(|&v| v == 2.0));
 
-        let full = snapshot(3, SnapshotKind::Full, 4.0);
+        let full = user_snapshot(3, SnapshotKind::Full, &[("u1", 4.0)]);
         assert_eq!(feed(&mut draft, &base, 20, &full, 0), [false, false, false], "a full snapshot is not drafted");
-        assert!(!draft.ready_for(20, 0));
+        assert!(matches!(draft.claim(20, 0), Claim::Nothing));
 
-        let broken = snapshot(5, SnapshotKind::Delta { base_version: 4 }, 4.0);
+        let broken = user_snapshot(5, SnapshotKind::Delta { base_version: 4 }, &[("u1", 4.0)]);
         assert_eq!(feed(&mut draft, &base, 30, &broken, 0), [false, false, false], "not on the version served");
     }
 
     #[test]
-    fn a_draft_still_building_when_its_commit_arrives_is_dropped() {
-        let base = served();
-        let delta = snapshot(2, SnapshotKind::Delta { base_version: 1 }, 2.0);
+    fn a_draft_still_building_when_its_header_is_committed_is_handed_over_with_its_chunks_applied() {
+        let base = served_users(&[("u1", 0.5)]);
+        let delta = delta(2.0);
         let mut draft = Draft::default();
-        feed(&mut draft, &base, 10, &delta[..2], 0);
-        assert!(!draft.ready_for(10, 0), "not complete: the committed stream builds it");
-        assert_eq!(feed(&mut draft, &base, 12, &delta[2..], 0), [false], "dropped, not finished");
+        feed(&mut draft, &base, 10, &delta[..1], 0);
+        assert!(matches!(draft.claim(10, 1), Claim::Nothing), "made on another generation: dropped");
+        assert_eq!(feed(&mut draft, &base, 11, &delta[1..], 0), [false, false], "the rest passed over");
+
+        feed(&mut draft, &base, 20, &delta[..2], 0);
+        let Claim::Partial { builder, applied } = draft.claim(20, 0) else { panic!("handed over") };
+        assert_eq!(applied, 1, "its one chunk");
+        let model = builder.finish_onto(Some(&base), 0);
+        assert!(model.row(TableKind::User, hash_id("u1")).expect("u1").iter().all(|&v| v == 2.0));
+        assert_eq!(feed(&mut draft, &base, 22, &delta[2..], 0), [false], "the committed stream completes it");
+        assert!(matches!(draft.claim(20, 0), Claim::Nothing), "handed over once");
     }
 }
