@@ -385,3 +385,43 @@ fn a_delta_handed_over_ahead_commits_only_once_durable_and_is_withdrawn_if_never
     assert_eq!(applied_versions(&events), vec![3], "{events:?}");
     scenario.assert_served_and_stop(subscriber)
 }
+
+#[test]
+fn the_read_ahead_stops_at_a_full_snapshot_and_drafts_the_deltas_after_it() -> anyhow::Result<()> {
+    let mut scenario = Scenario::new("ahead-full", 11)?;
+    let mut producer = scenario.producer()?;
+    let (subscriber, log) = scenario.subscribe()?;
+    let waited = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        what()
+    };
+    scenario.trained.train(2_000);
+    producer.publish(&scenario.trained.full(1))?;
+    wait_for_version(&log, 1, APPLY_TIMEOUT)?;
+    assert!(waited(&|| subscriber.stats().caught_up), "the subscriber reaches the end");
+
+    // A full snapshot held uncommitted for a second: the read-ahead meets
+    // its header first and stops there until the committed stream applied it.
+    scenario.trained.train(500);
+    producer.publish_when(&scenario.trained.full(2), || {
+        std::thread::sleep(Duration::from_secs(1));
+        true
+    })?;
+    wait_for_version(&log, 2, APPLY_TIMEOUT)?;
+    assert_eq!(subscriber.stats().read_ahead_built, 0, "a full snapshot is not drafted");
+
+    // The read-ahead goes on after it: the next delta is drafted before it commits.
+    scenario.trained.train(500);
+    producer.publish_when(&scenario.trained.delta(3), || waited(&|| subscriber.stats().read_ahead_built == 1))?;
+    let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
+    let stats = subscriber.stats();
+    assert_eq!((stats.read_ahead_built, stats.read_ahead_applied), (1, 1), "{stats:?}");
+    assert!(
+        events.iter().any(|event| matches!(event, SubscriberEvent::Applied(report) if report.read_ahead)),
+        "{events:?}"
+    );
+    scenario.assert_served_and_stop(subscriber)
+}

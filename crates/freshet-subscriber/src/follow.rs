@@ -23,7 +23,7 @@ use crate::assemble::{Assembler, AssemblyError, Completed, Fed};
 use crate::chain::{Plan, plan, reload_from};
 use crate::inflight::{Answering, InFlight};
 use crate::model::{ApplyError, Builder, DEFAULT_CANDIDATES, ServingModel};
-use crate::read_ahead::{Claim, Draft};
+use crate::read_ahead::{Claim, Draft, Progress};
 use crate::swap::{LiveModel, Retired};
 
 /// Priority of the thread that applies snapshots (see [`lower_priority`]).
@@ -399,6 +399,8 @@ struct Chain {
     generation: u64,
     /// Deltas read ahead of their commit.
     draft: Draft,
+    /// Whether the read-ahead stopped at a full snapshot of this partition.
+    ahead_paused: bool,
 }
 
 impl Chain {
@@ -414,6 +416,7 @@ impl Chain {
             reached_end: false,
             generation: 0,
             draft: Draft::default(),
+            ahead_paused: false,
         }
     }
 
@@ -472,9 +475,11 @@ fn consumer_ahead(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, K
 }
 
 fn consumer_config(config: &SubscriberConfig, isolation: Isolation) -> ClientConfig {
-    let (level, eof) = match isolation {
-        Isolation::Committed => ("read_committed", "true"),
-        Isolation::Uncommitted => ("read_uncommitted", "false"),
+    // The read-ahead holds less: it stops at full snapshots, and a delta
+    // it has not applied yet is fetched again by the committed consumer.
+    let (level, eof, queued_kbytes) = match isolation {
+        Isolation::Committed => ("read_committed", "true", "8192"),
+        Isolation::Uncommitted => ("read_uncommitted", "false", "2048"),
     };
     let mut client = config.kafka.consumer_client();
     client
@@ -486,7 +491,7 @@ fn consumer_config(config: &SubscriberConfig, isolation: Isolation) -> ClientCon
         .set("fetch.max.bytes", (4 * 1024 * 1024).to_string())
         // Snapshots are applied as they arrive: a small read-ahead keeps
         // serving memory near the model's own size.
-        .set("queued.max.messages.kbytes", "8192");
+        .set("queued.max.messages.kbytes", queued_kbytes);
     client
 }
 
@@ -576,7 +581,7 @@ impl Follower {
             }
             let generation = chain.generation;
             let mut draft = std::mem::take(&mut self.chains[k].draft);
-            let built = draft.feed(message.offset(), message.payload().unwrap_or_default(), generation, |header| {
+            let progress = draft.feed(message.offset(), message.payload().unwrap_or_default(), generation, |header| {
                 if !self.committed_idle {
                     return None;
                 }
@@ -587,9 +592,36 @@ impl Follower {
                 }
             });
             self.chains[k].draft = draft;
-            if built {
-                self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_built += 1;
+            match progress {
+                Progress::Ready => {
+                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_built += 1;
+                }
+                Progress::Full => self.pause_ahead(ahead, k),
+                Progress::Nothing => {}
             }
+        }
+    }
+
+    /// Stops the read-ahead of partition `k` at a full snapshot (the
+    /// committed stream reads it; fetching it twice costs the serving core
+    /// and the read-ahead's queue), until [`Follower::resume_ahead`].
+    fn pause_ahead(&mut self, ahead: &BaseConsumer<QuietEof>, k: usize) {
+        let mut partition = TopicPartitionList::new();
+        partition.add_partition(&self.topic, k as i32);
+        match ahead.pause(&partition) {
+            Ok(()) => self.chains[k].ahead_paused = true,
+            Err(error) => debug!(%error, "pausing the snapshot read-ahead"),
+        }
+    }
+
+    /// After the committed stream finished a snapshot: a read-ahead paused
+    /// at a full snapshot goes on from where the committed stream is.
+    fn resume_ahead(&mut self) {
+        if !self.chains.iter().any(|chain| chain.ahead_paused) {
+            return;
+        }
+        if let Err(error) = self.assignment().and_then(|assignment| self.assign_ahead(&assignment)) {
+            warn!(%error, "resuming the snapshot read-ahead");
         }
     }
 
@@ -648,7 +680,10 @@ impl Follower {
                 }
             }
             Ok(Fed::Skipped) => {}
-            Ok(Fed::Complete(done)) => self.complete(k, done),
+            Ok(Fed::Complete(done)) => {
+                self.complete(k, done);
+                self.resume_ahead();
+            }
             Err(error) => {
                 let chain = &mut self.chains[k];
                 chain.building = None;
@@ -656,6 +691,7 @@ impl Follower {
                     chain.rejected_headers.insert(*header_offset);
                 }
                 self.reject(error.to_string());
+                self.resume_ahead();
             }
         }
     }
@@ -822,17 +858,32 @@ impl Follower {
         (self.on_event)(&SubscriberEvent::Rejected { reason });
     }
 
-    /// Assigns every partition at its chain's position, to the read-ahead
-    /// consumer too (its drafts start again there).
-    fn assign(&mut self) -> Result<(), KafkaError> {
+    /// Every partition at its chain's position.
+    fn assignment(&self) -> Result<TopicPartitionList, KafkaError> {
         let mut assignment = TopicPartitionList::new();
-        for (partition, chain) in self.chains.iter_mut().enumerate() {
+        for (partition, chain) in self.chains.iter().enumerate() {
             assignment.add_partition_offset(&self.topic, partition as i32, chain.position)?;
-            chain.draft.reset();
         }
+        Ok(assignment)
+    }
+
+    /// Assigns every partition at its chain's position, to the read-ahead
+    /// consumer too.
+    fn assign(&mut self) -> Result<(), KafkaError> {
+        let assignment = self.assignment()?;
         self.consumer.assign(&assignment)?;
+        self.assign_ahead(&assignment)
+    }
+
+    /// Assigns the read-ahead consumer `assignment`: its drafts start again
+    /// there, none paused.
+    fn assign_ahead(&mut self, assignment: &TopicPartitionList) -> Result<(), KafkaError> {
+        for chain in &mut self.chains {
+            chain.draft.reset();
+            chain.ahead_paused = false;
+        }
         match &self.ahead {
-            Some(ahead) => ahead.assign(&assignment),
+            Some(ahead) => ahead.assign(assignment).and_then(|()| ahead.resume(assignment)),
             None => Ok(()),
         }
     }

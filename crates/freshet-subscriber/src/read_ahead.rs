@@ -48,6 +48,18 @@ struct Building {
     applied: u32,
 }
 
+/// What one message did to a [`Draft`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Nothing to act on.
+    Nothing,
+    /// A draft became ready.
+    Ready,
+    /// A full snapshot opened: the read-ahead consumer may stop until the
+    /// committed stream is past it, instead of fetching it a second time.
+    Full,
+}
+
 /// What the read-ahead has of a snapshot whose header the committed stream delivered.
 #[derive(Debug)]
 pub(crate) enum Claim {
@@ -75,25 +87,29 @@ impl Draft {
     /// versions of this partition's chain put together so far: a draft is
     /// made on, and only adopted onto, the version of the same generation.
     /// `start` makes the builder of a delta's header (`None`: not one to
-    /// build on what is served now). Returns whether a draft became ready.
+    /// build on what is served now).
     pub(crate) fn feed(
         &mut self,
         offset: i64,
         value: &[u8],
         generation: u64,
         start: impl FnOnce(&SnapshotHeader) -> Option<Box<Builder>>,
-    ) -> bool {
+    ) -> Progress {
         if self.passing && (decode_chunk_position(value).is_some() || decode_commit(value).is_some()) {
-            return false;
+            return Progress::Nothing;
         }
         match self.assembler.feed(offset, value) {
             Ok(Fed::Header(header)) => {
-                self.building = match header.kind {
-                    SnapshotKind::Delta { .. } => start(&header),
-                    SnapshotKind::Full => None,
+                let full = header.kind == SnapshotKind::Full;
+                self.building = match full {
+                    false => start(&header),
+                    true => None,
                 }
                 .map(|builder| Building { header_offset: offset, generation, builder, applied: 0 });
                 self.passing = self.building.is_none();
+                if full {
+                    return Progress::Full;
+                }
             }
             Ok(Fed::Chunk(chunk)) => {
                 if let Some(building) = &mut self.building {
@@ -113,7 +129,7 @@ impl Draft {
                 {
                     let (header_offset, checksum, builder) = (done.header_offset, done.checksum, building.builder);
                     self.ready = Some(Drafted { header_offset, checksum, generation, builder });
-                    return true;
+                    return Progress::Ready;
                 }
             }
             Err(_) => {
@@ -121,7 +137,7 @@ impl Draft {
                 self.passing = true;
             }
         }
-        false
+        Progress::Nothing
     }
 
     /// What the read-ahead has of the snapshot whose header the committed
@@ -172,7 +188,7 @@ mod tests {
     }
 
     /// Feeds `values` from `first` on, drafting deltas onto `base` at `generation`.
-    fn feed(draft: &mut Draft, base: &ServingModel, first: i64, values: &[Vec<u8>], generation: u64) -> Vec<bool> {
+    fn feed(draft: &mut Draft, base: &ServingModel, first: i64, values: &[Vec<u8>], generation: u64) -> Vec<Progress> {
         let start = |header: &SnapshotHeader| Builder::delta(header, base).ok().map(Box::new);
         (first..).zip(values).map(|(offset, value)| draft.feed(offset, value, generation, start)).collect()
     }
@@ -192,7 +208,11 @@ mod tests {
         let base = served_users(&[("u1", 0.5)]);
         let delta = delta(2.0);
         let mut draft = Draft::default();
-        assert_eq!(feed(&mut draft, &base, 10, &delta, 7), [false, false, true], "ready at its commit record");
+        assert_eq!(
+            feed(&mut draft, &base, 10, &delta, 7),
+            [Progress::Nothing, Progress::Nothing, Progress::Ready],
+            "ready at its commit record"
+        );
 
         assert!(matches!(draft.claim(11, 7), Claim::Nothing), "another header offset");
         assert!(matches!(draft.claim(10, 8), Claim::Nothing), "drafted on another version of the chain");
@@ -223,11 +243,12 @@ mod tests {
         assert!(model.row(TableKind::User, hash_id("u1")).expect("u1").iter().all(|&v| v == 2.0));
 
         let full = user_snapshot(3, SnapshotKind::Full, &[("u1", 4.0)]);
-        assert_eq!(feed(&mut draft, &base, 20, &full, 0), [false, false, false], "a full snapshot is not drafted");
+        let nothing = [Progress::Nothing, Progress::Nothing];
+        assert_eq!(feed(&mut draft, &base, 20, &full, 0), [Progress::Full, nothing[0], nothing[1]], "not drafted");
         assert!(matches!(draft.claim(20, 0), Claim::Nothing));
 
         let broken = user_snapshot(5, SnapshotKind::Delta { base_version: 4 }, &[("u1", 4.0)]);
-        assert_eq!(feed(&mut draft, &base, 30, &broken, 0), [false, false, false], "not on the version served");
+        assert_eq!(feed(&mut draft, &base, 30, &broken, 0), [Progress::Nothing; 3], "not on the version served");
     }
 
     #[test]
@@ -237,14 +258,18 @@ mod tests {
         let mut draft = Draft::default();
         feed(&mut draft, &base, 10, &delta[..1], 0);
         assert!(matches!(draft.claim(10, 1), Claim::Nothing), "made on another generation: dropped");
-        assert_eq!(feed(&mut draft, &base, 11, &delta[1..], 0), [false, false], "the rest passed over");
+        assert_eq!(feed(&mut draft, &base, 11, &delta[1..], 0), [Progress::Nothing; 2], "the rest passed over");
 
         feed(&mut draft, &base, 20, &delta[..2], 0);
         let Claim::Partial { builder, applied } = draft.claim(20, 0) else { panic!("handed over") };
         assert_eq!(applied, 1, "its one chunk");
         let model = builder.finish_onto(Some(&base), 0);
         assert!(model.row(TableKind::User, hash_id("u1")).expect("u1").iter().all(|&v| v == 2.0));
-        assert_eq!(feed(&mut draft, &base, 22, &delta[2..], 0), [false], "the committed stream completes it");
+        assert_eq!(
+            feed(&mut draft, &base, 22, &delta[2..], 0),
+            [Progress::Nothing],
+            "the committed stream completes it"
+        );
         assert!(matches!(draft.claim(20, 0), Claim::Nothing), "handed over once");
     }
 }
