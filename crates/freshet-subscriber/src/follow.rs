@@ -272,8 +272,10 @@ impl Subscriber {
                 debug!(error, "the subscriber thread keeps its priority");
             }
             // Made here, so that librdkafka's threads inherit the lowered priority.
-            let consumers = consumer(&config, Isolation::Committed)
-                .and_then(|consumer| Ok((consumer, config.read_ahead.then(|| consumer_ahead(&config)).transpose()?)));
+            let consumers = consumer(&config, Isolation::Committed).and_then(|committed| {
+                let ahead = config.read_ahead.then(|| consumer(&config, Isolation::Uncommitted)).transpose()?;
+                Ok((committed, ahead))
+            });
             let (consumer, ahead) = match consumers {
                 Ok(consumers) => consumers,
                 Err(error) => return drop(created.send(Err(error))),
@@ -467,11 +469,6 @@ impl Building {
 /// The snapshot consumer of `config`.
 fn consumer(config: &SubscriberConfig, isolation: Isolation) -> Result<BaseConsumer<QuietEof>, KafkaError> {
     consumer_config(config, isolation).create_with_context(QuietEof)
-}
-
-/// The read-ahead consumer of `config`.
-fn consumer_ahead(config: &SubscriberConfig) -> Result<BaseConsumer<QuietEof>, KafkaError> {
-    consumer(config, Isolation::Uncommitted)
 }
 
 fn consumer_config(config: &SubscriberConfig, isolation: Isolation) -> ClientConfig {

@@ -33,7 +33,8 @@ pub(crate) struct Draft {
     building: Option<Building>,
     ready: Option<Drafted>,
     /// The open snapshot is not drafted: its chunks and commit are passed
-    /// over unread (a full snapshot's hundreds of megabytes unchecked twice).
+    /// over unread (a full snapshot's hundreds of megabytes are checked by
+    /// the committed stream alone).
     passing: bool,
 }
 
@@ -101,11 +102,9 @@ impl Draft {
         match self.assembler.feed(offset, value) {
             Ok(Fed::Header(header)) => {
                 let full = header.kind == SnapshotKind::Full;
-                self.building = match full {
-                    false => start(&header),
-                    true => None,
-                }
-                .map(|builder| Building { header_offset: offset, generation, builder, applied: 0 });
+                let builder = if full { None } else { start(&header) };
+                self.building =
+                    builder.map(|builder| Building { header_offset: offset, generation, builder, applied: 0 });
                 self.passing = self.building.is_none();
                 if full {
                     return Progress::Full;
@@ -153,9 +152,10 @@ impl Draft {
             }
         }
         let ready = self.ready.as_ref();
-        match ready.is_some_and(|ready| ready.header_offset == header_offset && ready.generation == generation) {
-            true => Claim::Ready,
-            false => Claim::Nothing,
+        if ready.is_some_and(|ready| ready.header_offset == header_offset && ready.generation == generation) {
+            Claim::Ready
+        } else {
+            Claim::Nothing
         }
     }
 
