@@ -425,3 +425,25 @@ fn the_read_ahead_stops_at_a_full_snapshot_and_drafts_the_deltas_after_it() -> a
     );
     scenario.assert_served_and_stop(subscriber)
 }
+
+#[test]
+fn a_subscriber_catches_up_while_snapshots_keep_coming() -> anyhow::Result<()> {
+    let mut scenario = Scenario::new("live", 12)?;
+    let mut producer = scenario.producer()?;
+    scenario.trained.train(1_000);
+    producer.publish(&scenario.trained.full(1))?;
+    let (subscriber, log) = scenario.subscribe()?;
+    // A delta every ~100 ms: librdkafka's end-of-partition event, which
+    // needs a fetch to come back empty, does not come while they do.
+    let started = Instant::now();
+    let mut version = 1;
+    while !subscriber.stats().caught_up && started.elapsed() < Duration::from_secs(20) {
+        version += 1;
+        scenario.trained.train(200);
+        producer.publish(&scenario.trained.delta(version))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(subscriber.stats().caught_up, "caught up while snapshots kept coming: {:?}", subscriber.stats());
+    wait_for_version(&log, version, APPLY_TIMEOUT)?;
+    scenario.assert_served_and_stop(subscriber)
+}

@@ -167,8 +167,9 @@ pub struct SubscriberStats {
     pub read_ahead_applied: u64,
     /// Publish-to-apply latency of the newest swap (ms).
     pub last_publish_to_apply_ms: i64,
-    /// Whether the subscriber reached the end of every partition of the
-    /// topic at least once.
+    /// Whether the subscriber has read everything every partition of the
+    /// topic held when it began following (it reached their end, or read a
+    /// message written after), even while snapshots keep coming.
     pub caught_up: bool,
 }
 
@@ -394,8 +395,15 @@ struct Chain {
     rejected_headers: HashSet<i64>,
     /// Where reading goes on after a reassignment: past the newest message handled.
     position: Offset,
-    /// Whether the end of the partition was reached at least once.
+    /// Whether the end of the partition was reached at least once: the
+    /// end-of-partition event, or a message at or past `end_at_start`.
     reached_end: bool,
+    /// The partition's end offset when following began. librdkafka's
+    /// end-of-partition event needs a fetch to come back empty, which never
+    /// happens while snapshots come more often than its fetch wait (500 ms);
+    /// a message at or past this offset also says everything there was
+    /// when following began has been read.
+    end_at_start: i64,
     /// Versions of this chain put together so far: a draft is adopted
     /// only onto the generation it was made on.
     generation: u64,
@@ -407,8 +415,8 @@ struct Chain {
 
 impl Chain {
     /// A chain read from `start` (the newest full snapshot's header), or
-    /// from the beginning of a partition with none.
-    fn new(start: Option<i64>) -> Self {
+    /// from the beginning of a partition with none, whose end is at `end` now.
+    fn new(start: Option<i64>, end: i64) -> Self {
         Chain {
             assembler: Assembler::new(),
             building: None,
@@ -416,6 +424,7 @@ impl Chain {
             rejected_headers: HashSet::new(),
             position: start.map_or(Offset::Beginning, Offset::Offset),
             reached_end: false,
+            end_at_start: end,
             generation: 0,
             draft: Draft::default(),
             ahead_paused: false,
@@ -515,7 +524,7 @@ impl Follower {
             }
         };
         info!(topic = %self.topic, ?starts, "following snapshots");
-        self.chains = starts.into_iter().map(Chain::new).collect();
+        self.chains = starts.into_iter().map(|(start, end)| Chain::new(start, end)).collect();
         if let Err(error) = self.assign() {
             warn!(%error, "assigning the snapshot topic");
             return;
@@ -541,14 +550,16 @@ impl Follower {
                     let Some(k) = self.chain_of(message.partition()) else { continue };
                     let chain = &mut self.chains[k];
                     chain.position = Offset::Offset(message.offset() + 1);
+                    let past_start = message.offset() >= chain.end_at_start;
                     let fed = chain.assembler.feed(message.offset(), message.payload().unwrap_or_default());
                     self.handle(k, message.offset(), fed);
+                    if past_start {
+                        self.reached_end(k);
+                    }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     if let Some(k) = self.chain_of(partition) {
-                        self.chains[k].reached_end = true;
-                        let caught_up = self.chains.iter().all(|chain| chain.reached_end);
-                        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up |= caught_up;
+                        self.reached_end(k);
                     }
                 }
                 Err(error) => warn!(%error, "snapshot consumer"),
@@ -620,6 +631,13 @@ impl Follower {
         if let Err(error) = self.assignment().and_then(|assignment| self.assign_ahead(&assignment)) {
             warn!(%error, "resuming the snapshot read-ahead");
         }
+    }
+
+    /// Notes that chain `k` read everything its partition held when following began.
+    fn reached_end(&mut self, k: usize) {
+        self.chains[k].reached_end = true;
+        let caught_up = self.chains.iter().all(|chain| chain.reached_end);
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up |= caught_up;
     }
 
     fn chain_of(&self, partition: i32) -> Option<usize> {
@@ -886,8 +904,8 @@ impl Follower {
     }
 
     /// The newest chain start of every partition of the topic (`None`
-    /// where a partition has no commit record yet).
-    fn chain_starts(&mut self) -> Result<Vec<Option<i64>>, KafkaError> {
+    /// where a partition has no commit record yet) and its end offset now.
+    fn chain_starts(&mut self) -> Result<Vec<(Option<i64>, i64)>, KafkaError> {
         let metadata = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
         let partitions = match metadata.topics().first() {
             Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => topic.partitions().len(),
@@ -897,22 +915,28 @@ impl Follower {
             }
             None => return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)),
         };
-        (0..partitions as i32).map(|partition| self.newest_chain_start(partition)).collect()
+        (0..partitions as i32).map(|partition| self.newest_chain_start_and_end(partition)).collect()
     }
 
     /// The chain start named by the newest commit record of `partition`,
     /// reading backwards from the end in growing windows; `None` when it
     /// has none.
     fn newest_chain_start(&mut self, partition: i32) -> Result<Option<i64>, KafkaError> {
+        self.newest_chain_start_and_end(partition).map(|(start, _)| start)
+    }
+
+    /// [`Follower::newest_chain_start`], and the partition's end offset it
+    /// read back from.
+    fn newest_chain_start_and_end(&mut self, partition: i32) -> Result<(Option<i64>, i64), KafkaError> {
         let (low, high) = self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?;
         let mut window = FIRST_WINDOW;
         loop {
             let from = (high - window).max(low);
             if let Some(start) = self.scan_for_commit(partition, from, high)? {
-                return Ok(Some(start));
+                return Ok((Some(start), high));
             }
             if from == low {
-                return Ok(None);
+                return Ok((None, high));
             }
             window = window.saturating_mul(8);
         }
