@@ -17,6 +17,15 @@ use freshet_subscriber::SubscriberEvent;
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether `what` holds, asked every 20 ms for at most [`APPLY_TIMEOUT`].
+fn eventually(what: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while !what() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    what()
+}
+
 fn rejections(events: &[SubscriberEvent]) -> usize {
     events.iter().filter(|event| matches!(event, SubscriberEvent::Rejected { .. })).count()
 }
@@ -237,11 +246,7 @@ fn the_quality_gate_holds_a_degraded_version_and_publishes_when_it_recovers() ->
     wait_for_version(&log, 1, APPLY_TIMEOUT)?;
     scenario.trained.train(500);
     publisher.submit(with_rmse(scenario.trained.delta(2), 1.20)); // worse by 0.30: held
-    let deadline = Instant::now() + APPLY_TIMEOUT;
-    while publisher.stats().holds == 0 {
-        assert!(Instant::now() < deadline, "the degraded version was not held");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(eventually(|| publisher.stats().holds > 0), "the degraded version was not held");
     let held = publisher.stats();
     assert!(held.holding() && held.published_version == 1, "{held:?}");
     assert!(applied_versions(&events_within(&log, Duration::from_secs(2))).is_empty(), "nothing new was served");
@@ -338,10 +343,7 @@ fn a_delta_handed_over_ahead_commits_only_once_durable_and_is_withdrawn_if_never
     assert_eq!(prepared.recv_timeout(APPLY_TIMEOUT)?, 1, "a version submitted as durable commits at once");
     let chain_start = publisher.stats().last.expect("version 1 published").header_offset;
     // Deltas are read ahead once the subscriber has reached the end of the topic.
-    let deadline = Instant::now() + APPLY_TIMEOUT;
-    while !subscriber.stats().caught_up && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(eventually(|| subscriber.stats().caught_up), "the subscriber reaches the end");
 
     // Handed over while its checkpoint is written: every message is
     // delivered, and a read_committed subscriber sees none of it. The
@@ -391,17 +393,10 @@ fn the_read_ahead_stops_at_a_full_snapshot_and_drafts_the_deltas_after_it() -> a
     let mut scenario = Scenario::new("ahead-full", 11)?;
     let mut producer = scenario.producer()?;
     let (subscriber, log) = scenario.subscribe()?;
-    let waited = |what: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + APPLY_TIMEOUT;
-        while !what() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        what()
-    };
     scenario.trained.train(2_000);
     producer.publish(&scenario.trained.full(1))?;
     wait_for_version(&log, 1, APPLY_TIMEOUT)?;
-    assert!(waited(&|| subscriber.stats().caught_up), "the subscriber reaches the end");
+    assert!(eventually(|| subscriber.stats().caught_up), "the subscriber reaches the end");
 
     // A full snapshot held uncommitted for a second: the read-ahead meets
     // its header first and stops there until the committed stream applied it.
@@ -415,7 +410,7 @@ fn the_read_ahead_stops_at_a_full_snapshot_and_drafts_the_deltas_after_it() -> a
 
     // The read-ahead goes on after it: the next delta is drafted before it commits.
     scenario.trained.train(500);
-    producer.publish_when(&scenario.trained.delta(3), || waited(&|| subscriber.stats().read_ahead_built == 1))?;
+    producer.publish_when(&scenario.trained.delta(3), || eventually(|| subscriber.stats().read_ahead_built == 1))?;
     let events = wait_for_version(&log, 3, APPLY_TIMEOUT)?;
     let stats = subscriber.stats();
     assert_eq!((stats.read_ahead_built, stats.read_ahead_applied), (1, 1), "{stats:?}");
