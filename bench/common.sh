@@ -16,3 +16,16 @@ fi
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# Waits until the `freshet run` whose /metrics listen on 127.0.0.1:PORT reads
+# some source partitions (the group assigned them), or until PID exits.
+wait_assigned() {
+    local port=$1 pid=$2 assigned
+    while :; do
+        assigned=$(curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null |
+            awk '/^freshet_source_partitions_assigned / {print $2}' || true)
+        [[ "${assigned:-0}" != 0 ]] && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "freshet run exited before it was assigned partitions" >&2; return 1; }
+        sleep 0.05
+    done
+}

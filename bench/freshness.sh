@@ -14,6 +14,7 @@ work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
+metrics_port=$(free_port)
 cat >"$work/freshet.toml" <<TOML
 name = "$base"
 [kafka]
@@ -30,11 +31,13 @@ fsync = true
 [publisher]
 full_every_deltas = 40
 full_interval_ms = 60000
+[metrics]
+listen = "127.0.0.1:$metrics_port"
 TOML
 
 RUST_LOG=info "$bin/freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
 pids+=($!)
-until grep -q "partitions assigned" "$work/run.log"; do sleep 0.1; done
+wait_assigned "$metrics_port" "$!"
 port=$(free_port)
 "$bin/freshet" serve --config "$work/freshet.toml" --listen "127.0.0.1:$port" 2>"$work/serve.log" &
 pids+=($!)

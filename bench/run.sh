@@ -78,7 +78,7 @@ TOML
     echo "freshet run ..." >&2
     RUST_LOG=info "$freshet" run --config "$work/freshet.toml" 2>"$work/run.log" &
     pid=$!
-    until grep -q "partitions assigned" "$work/run.log"; do sleep 0.05; done
+    wait_assigned "$port" "$pid"
     run_started=$(now)
     while :; do
         # Events in the newest durable checkpoint, from /metrics: polling is

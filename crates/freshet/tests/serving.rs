@@ -35,6 +35,8 @@ fn run_publishes_and_subscribe_and_serve_follow_it() {
     }
     assert_eq!(get(&metrics_address, "/healthz").0, 200);
     assert_eq!(get(&metrics_address, "/readyz").0, 200);
+    // Both topics' two partitions: the one member of the group reads all four.
+    assert_eq!(metric(&metrics_address, "freshet_source_partitions_assigned"), Some(4.0));
     let (status, metrics) = get(&metrics_address, "/metrics");
     assert_eq!(status, 200);
     for name in [

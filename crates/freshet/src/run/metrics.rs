@@ -43,6 +43,7 @@ pub struct RunMetrics {
     applied_offset: IntGaugeVec,
     lag: IntGaugeVec,
     events_applied: IntGauge,
+    source_partitions: IntGauge,
     events_skipped: IntGauge,
     rollbacks: IntCounterVec,
     rollback_seconds: Histogram,
@@ -180,6 +181,10 @@ impl RunMetrics {
                 "freshet_consumer_lag",
                 "Messages behind the newest checkpoint, per source partition",
                 &["topic", "partition"],
+            )?,
+            source_partitions: gauge(
+                "freshet_source_partitions_assigned",
+                "Source partitions this instance reads now (assigned and not revoked)",
             )?,
             events_applied: gauge(
                 "freshet_events_applied",
@@ -401,6 +406,11 @@ impl RunMetrics {
     /// (`delta`, `full`, `retain`).
     pub fn trainer_handoff(&self, step: &str, elapsed: std::time::Duration) {
         self.trainer_handoff_seconds.with_label_values(&[step]).observe(elapsed.as_secs_f64());
+    }
+
+    /// How many source partitions this instance holds now.
+    pub fn source_partitions(&self, count: usize) {
+        self.source_partitions.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// How many consumers the source replaced so far.
