@@ -255,6 +255,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
         Source::start(&KafkaConfig::new(&bootstrap), &settings, Decoder::default(), NextOffsets::new()).expect("first");
     let mut first_seen = Seen::default();
     read_until(&first, &mut first_events, &mut first_seen, |s| !s.batches.is_empty()).await;
+    assert_eq!(first.partitions_assigned(), 8, "the one member reads both topics' four partitions each");
 
     // A second member joins: the first must hand over its open batch, then
     // the revocation, and keep the partitions until it is acknowledged.
@@ -274,6 +275,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
         }
     };
     assert_eq!(revocation.partitions.len(), 8, "eager protocol revokes everything");
+    assert_eq!(first.partitions_assigned(), 0, "revoked partitions are no longer counted");
     // Nothing follows the revocation until it is acknowledged.
     let held = tokio::time::timeout(Duration::from_millis(1_500), first_events.recv()).await;
     assert!(held.is_err(), "an event arrived before the revocation was acknowledged: {held:?}");
@@ -321,6 +323,7 @@ async fn revocation_hands_over_first_and_waits_for_the_reader() {
     let (first_owned, second_owned) = (first_assigned.unwrap_or_default(), second_assigned.unwrap_or_default());
     assert_eq!(first_owned.len() + second_owned.len(), 8, "{first_owned:?} + {second_owned:?}");
     assert!(first_owned.iter().all(|tp| !second_owned.contains(tp)), "partitions were split");
+    assert_eq!((first.partitions_assigned(), second.partitions_assigned()), (first_owned.len(), second_owned.len()));
     // The second member started where the first acknowledged (group commits), so
     // together they read each message once, give or take commits still in flight.
     assert!(first_seen.messages() + second_seen.messages() >= produced.messages.len());

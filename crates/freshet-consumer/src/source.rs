@@ -110,6 +110,13 @@ impl Acknowledger {
     pub fn consumers_replaced(&self) -> u64 {
         self.shared.replaced.load(Ordering::Relaxed)
     }
+
+    /// How many partitions the source reads now: assigned and not revoked,
+    /// as the reader is told ([`SourceEvent::Assigned`] comes after the
+    /// count grows, [`SourceEvent::Revoked`] after it shrinks).
+    pub fn partitions_assigned(&self) -> usize {
+        lock(&self.shared.assigned).len()
+    }
 }
 
 /// What a source reads beyond its configuration: for one shard of a sharded
@@ -232,6 +239,11 @@ impl Source {
     /// committed to the group so that lag tools see them.
     pub fn acknowledge(&self, offsets: &NextOffsets) {
         self.acknowledger.acknowledge(offsets);
+    }
+
+    /// See [`Acknowledger::partitions_assigned`].
+    pub fn partitions_assigned(&self) -> usize {
+        self.acknowledger.partitions_assigned()
     }
 
     /// A handle for acknowledging from another thread than the one that stops the source.

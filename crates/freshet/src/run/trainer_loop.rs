@@ -7,7 +7,6 @@
 //! batches it serves admin requests (rollback, backup) and, when the quality
 //! gate has held too long, rolls back on its own.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,7 +14,7 @@ use freshet_checkpoint::{CheckpointError, CheckpointStore, ExchangeCommit, Rollb
 use freshet_consumer::{Acknowledger, MicroBatch, SourceEvent};
 use freshet_core::exchange::Channel;
 use freshet_core::snapshot::Watermark;
-use freshet_core::{ModelSpec, NextOffsets, TopicPartition, now_ms};
+use freshet_core::{ModelSpec, NextOffsets, now_ms};
 use freshet_publisher::{Outgoing, PublisherHandle};
 use freshet_trainer::{MetricsReading, StateChanges, Trainer};
 use serde_json::json;
@@ -59,8 +58,6 @@ pub struct TrainerLoop {
     metrics: RunMetrics,
     /// Next offset per partition of everything applied so far.
     applied: NextOffsets,
-    /// The source partitions assigned and not revoked.
-    assigned: BTreeSet<TopicPartition>,
     /// Events applied since the last checkpoint.
     events_pending: u64,
     /// Whether offsets moved since the last checkpoint (rejects move them too).
@@ -191,7 +188,6 @@ impl TrainerLoop {
             publisher,
             metrics,
             applied,
-            assigned: BTreeSet::new(),
             events_pending: 0,
             offsets_pending: false,
             last_checkpoint: Instant::now(),
@@ -254,16 +250,12 @@ impl TrainerLoop {
                 Wake::Source(Some(SourceEvent::Batch(batch))) => self.apply(batch),
                 Wake::Source(Some(SourceEvent::Assigned(partitions))) => {
                     debug!(count = partitions.len(), "assigned");
-                    self.assigned.extend(partitions);
-                    self.metrics.source_partitions(self.assigned.len());
+                    self.metrics.source_partitions(self.acknowledger.partitions_assigned());
                 }
                 Wake::Source(Some(SourceEvent::Revoked(revocation))) => {
                     self.checkpoint().context("checkpoint before revocation")?;
-                    for tp in &revocation.partitions {
-                        self.assigned.remove(tp);
-                    }
                     revocation.acknowledge();
-                    self.metrics.source_partitions(self.assigned.len());
+                    self.metrics.source_partitions(self.acknowledger.partitions_assigned());
                 }
                 Wake::Source(Some(SourceEvent::Rewound)) => warn!("a rewind nobody waits for"),
                 Wake::Source(None) => {
