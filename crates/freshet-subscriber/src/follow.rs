@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -512,6 +512,11 @@ fn lower_priority() -> Result<(), String> {
 }
 
 impl Follower {
+    /// The counters, to update.
+    fn stats(&self) -> MutexGuard<'_, SubscriberStats> {
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn run(mut self) {
         let starts = loop {
             match self.chain_starts() {
@@ -602,7 +607,7 @@ impl Follower {
             self.chains[k].draft = draft;
             match progress {
                 Progress::Ready => {
-                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_built += 1;
+                    self.stats().read_ahead_built += 1;
                 }
                 Progress::Full => self.pause_ahead(ahead, k),
                 Progress::Nothing => {}
@@ -637,7 +642,7 @@ impl Follower {
     fn reached_end(&mut self, k: usize) {
         self.chains[k].reached_end = true;
         let caught_up = self.chains.iter().all(|chain| chain.reached_end);
-        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).caught_up |= caught_up;
+        self.stats().caught_up |= caught_up;
     }
 
     fn chain_of(&self, partition: i32) -> Option<usize> {
@@ -743,14 +748,10 @@ impl Follower {
                     warn!(shard, served, version, "a full snapshot of an older version: the model was reset");
                 }
                 let model = (*builder).finish_onto(self.assembled.as_ref(), done.chain_start_offset);
-                if drafted > 0 {
-                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_applied += 1;
-                }
                 self.put_together(k, &done, model, drafted > 0);
             }
             Some(Building::Drafted) => match self.chains[k].adopt(&done) {
                 Some(builder) => {
-                    self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_ahead_applied += 1;
                     let model = builder.finish_onto(self.assembled.as_ref(), done.chain_start_offset);
                     self.put_together(k, &done, model, true);
                 }
@@ -786,6 +787,9 @@ impl Follower {
     /// Makes `model`, the version `done` built on chain `k`, the newest
     /// one, and serves it once no shard is missing.
     fn put_together(&mut self, k: usize, done: &Completed, model: ServingModel, read_ahead: bool) {
+        if read_ahead {
+            self.stats().read_ahead_applied += 1;
+        }
         if done.header.kind == SnapshotKind::Full {
             self.chains[k].chain_start = Some(done.header_offset);
         }
@@ -849,7 +853,7 @@ impl Follower {
         };
         debug!(?report, "snapshot applied");
         {
-            let mut stats = self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut stats = self.stats();
             if header.kind == SnapshotKind::Full {
                 stats.fulls_applied += 1;
             } else {
@@ -863,13 +867,13 @@ impl Follower {
 
     fn skip(&mut self, version: u64, reason: &str) {
         debug!(version, reason, "snapshot skipped");
-        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).skipped += 1;
+        self.stats().skipped += 1;
         (self.on_event)(&SubscriberEvent::Skipped { version, reason: reason.to_owned() });
     }
 
     fn reject(&mut self, reason: String) {
         warn!(reason, "snapshot rejected");
-        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).rejected += 1;
+        self.stats().rejected += 1;
         (self.on_event)(&SubscriberEvent::Rejected { reason });
     }
 
